@@ -1,6 +1,7 @@
 //! The s3-crypt-proxy filter chain. See `docs/filters.md`.
 #![forbid(unsafe_code)]
 
+pub mod backend;
 pub mod error;
 pub mod request;
 pub mod sigv4;
