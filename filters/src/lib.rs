@@ -1,10 +1,28 @@
 //! The s3-crypt-proxy filter chain. See `docs/filters.md`.
+//!
+//! Each filter is one module with the phases it needs ([`filter::Filter`]); the chain
+//! ([`chain::Chain`]) runs them in the configured order, checked by
+//! [`chain::validate_order`] at start-up.
 #![forbid(unsafe_code)]
 
+pub mod allowlist;
+pub mod auth;
 pub mod backend;
+pub mod chain;
+pub mod conditional;
+pub mod crypto;
+pub mod ctx;
 pub mod error;
+pub mod etag;
+pub mod filter;
+pub mod keys;
+pub mod listing;
 pub mod request;
+pub mod resign;
 pub mod sigv4;
 pub mod xml;
 
+pub use chain::{validate_order, Chain, FilterKind};
+pub use ctx::RequestCtx;
 pub use error::{s3err, S3Error, S3ErrorCode};
+pub use filter::{Filter, Flow, Reply};

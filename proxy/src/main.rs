@@ -1,1 +1,228 @@
-fn main() {}
+//! s3-crypt-proxy: a stateless, transparent S3 encryption proxy on pingora.
+
+mod admin;
+mod audit;
+mod background;
+mod config;
+mod metrics;
+mod service;
+mod tls;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use clap::{Parser, Subcommand};
+use filters::allowlist::AllowlistFilter;
+use filters::auth::Sigv4Filter;
+use filters::backend::Backend;
+use filters::conditional::ConditionalFilter;
+use filters::crypto::CryptoFilter;
+use filters::keys::KeyState;
+use filters::listing::ListingFilter;
+use filters::resign::ResignFilter;
+use filters::{Chain, Filter, FilterKind};
+use pingora::apps::http_app::HttpServer;
+use pingora::server::configuration::{Opt, ServerConf};
+use pingora::server::Server;
+use pingora::services::background::background_service;
+use pingora::services::listening::Service;
+
+const AFTER_HELP: &str = "\
+Configuration comes from the YAML file given with --config, then from S3CP_* environment
+variables (see conf/proxy.example.yaml and the README). Example:
+
+  s3-crypt-proxy run --config /etc/s3-crypt-proxy/config.yaml
+  s3-crypt-proxy run --config config.yaml --upgrade      # take over the sockets of a running proxy
+  s3-crypt-proxy check --config config.yaml              # validate and exit
+  s3-crypt-proxy fingerprint --cert /etc/s3-crypt-proxy/proxy.crt   # for PBS's fingerprint field";
+
+#[derive(Parser)]
+#[command(name = "s3-crypt-proxy", version, about = "Stateless, transparent S3 encryption proxy", after_help = AFTER_HELP)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the proxy.
+    Run {
+        /// YAML configuration file (e.g. /etc/s3-crypt-proxy/config.yaml).
+        #[arg(short, long, env = "S3CP_CONFIG")]
+        config: Option<PathBuf>,
+        /// Zero-downtime upgrade: receive the listening sockets from the running proxy over
+        /// server.upgrade_sock, then send the old process SIGQUIT.
+        #[arg(short, long)]
+        upgrade: bool,
+        /// Detach into the background (systemd units do not need this).
+        #[arg(short, long)]
+        daemon: bool,
+    },
+    /// Check the configuration (including filter order, TLS files and the backend address) and exit.
+    Check {
+        #[arg(short, long, env = "S3CP_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Print the SHA-256 fingerprint of the TLS certificate in the form PBS expects.
+    Fingerprint {
+        /// The certificate (PEM); defaults to tls.cert_file of the configuration.
+        #[arg(long)]
+        cert: Option<PathBuf>,
+        #[arg(short, long, env = "S3CP_CONFIG")]
+        config: Option<PathBuf>,
+    },
+}
+
+/// Prints one line and exits with code 2: the contract for configuration errors.
+fn die(msg: impl std::fmt::Display) -> ! {
+    eprintln!("s3-crypt-proxy: {msg}");
+    std::process::exit(2);
+}
+
+fn main() {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Fingerprint { cert, config } => {
+            let path = match cert {
+                Some(p) => p,
+                None => match config::load(config.as_deref()).unwrap_or_else(|e| die(e)).tls {
+                    Some((c, _)) => PathBuf::from(c),
+                    None => die("no certificate: pass --cert or configure tls.cert_file"),
+                },
+            };
+            println!("{}", tls::fingerprint_file(&path).unwrap_or_else(|e| die(e)));
+        }
+        Cmd::Check { config } => {
+            let cfg = config::load(config.as_deref()).unwrap_or_else(|e| die(e));
+            prepare(&cfg).unwrap_or_else(|e| die(e));
+            println!("configuration OK: filters {:?}", cfg.filters.iter().map(|f| f.name()).collect::<Vec<_>>());
+        }
+        Cmd::Run { config, upgrade, daemon } => {
+            let cfg = config::load(config.as_deref()).unwrap_or_else(|e| die(e));
+            init_logging(&cfg.log_level);
+            let parts = prepare(&cfg).unwrap_or_else(|e| die(e));
+            run(cfg, parts, upgrade, daemon);
+        }
+    }
+}
+
+fn init_logging(level: &str) {
+    env_logger::Builder::new()
+        .parse_filters(&format!("warn,s3_crypt_proxy={level},filters={level},keyd={level},pingora={}", if level == "debug" { "info" } else { "warn" }))
+        .format_timestamp_millis()
+        .init();
+}
+
+/// Everything that can fail before the server starts, checked up front (pingora would
+/// panic on a bad certificate or an unresolvable backend later).
+struct Parts {
+    backend: Arc<Backend>,
+    fingerprint: Option<String>,
+}
+
+fn prepare(cfg: &config::Config) -> Result<Parts, String> {
+    let backend = Arc::new(Backend::new(cfg.backend.clone())?);
+    let fingerprint = match &cfg.tls {
+        Some((cert, key)) => Some(tls::check_pair(cert, key)?),
+        None => None,
+    };
+    if let Some(a) = &cfg.audit_log {
+        audit::Audit::open(a)?;
+    }
+    Ok(Parts { backend, fingerprint })
+}
+
+fn build_chain(cfg: &config::Config, backend: &Arc<Backend>, keys: &Arc<KeyState>) -> Chain {
+    let filters: Vec<Arc<dyn Filter>> = cfg
+        .filters
+        .iter()
+        .map(|k| -> Arc<dyn Filter> {
+            match k {
+                FilterKind::Sigv4 => Arc::new(Sigv4Filter::new(cfg.client.clone())),
+                FilterKind::Allowlist => Arc::new(AllowlistFilter::new(cfg.allowed_buckets.clone())),
+                FilterKind::Conditional => Arc::new(ConditionalFilter::new(cfg.conditional_writes, backend.clone())),
+                FilterKind::Crypto => Arc::new(CryptoFilter::new(keys.clone(), backend.clone(), cfg.chunk_size, cfg.unencrypted_objects)),
+                FilterKind::Listing => Arc::new(ListingFilter::new(cfg.chunk_size)),
+                FilterKind::Resign => Arc::new(ResignFilter::new(backend.clone())),
+            }
+        })
+        .collect();
+    Chain::new(filters)
+}
+
+fn run(cfg: config::Config, parts: Parts, upgrade: bool, daemon: bool) {
+    let opt = Opt { upgrade, daemon, nocapture: false, test: false, conf: None };
+    let conf = ServerConf {
+        threads: if cfg.threads == 0 { std::thread::available_parallelism().map_or(2, |n| n.get()) } else { cfg.threads },
+        grace_period_seconds: Some(cfg.grace_period_seconds),
+        graceful_shutdown_timeout_seconds: Some(cfg.graceful_shutdown_timeout_seconds),
+        upgrade_sock: cfg.upgrade_sock.clone(),
+        pid_file: cfg.pid_file.clone(),
+        ..ServerConf::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(opt, conf);
+    server.bootstrap();
+
+    let keys = Arc::new(KeyState::default());
+    let metrics = Arc::new(metrics::Metrics::new());
+    let needs_key = cfg.filters.contains(&FilterKind::Crypto);
+    let chain = build_chain(&cfg, &parts.backend, &keys);
+    let names = chain.names();
+    let audit = cfg.audit_log.as_deref().map(|a| Arc::new(audit::Audit::open(a).unwrap_or_else(|e| die(e))));
+
+    let proxy = service::S3Proxy {
+        chain,
+        backend: parts.backend.clone(),
+        keys: keys.clone(),
+        needs_key,
+        vhost_suffix: cfg.virtual_host_suffix.clone(),
+        metrics: metrics.clone(),
+        audit,
+    };
+    let mut s3 = pingora::proxy::http_proxy_service_with_name(&server.configuration, proxy, "s3");
+    match &cfg.tls {
+        Some((cert, key)) => {
+            s3.add_tls(&cfg.listen_addr, cert, key).unwrap_or_else(|e| die(format!("tls: {e}")));
+            log::info!("S3 listener https://{} (certificate fingerprint {})", cfg.listen_addr, parts.fingerprint.as_deref().unwrap_or("?"));
+        }
+        None => {
+            s3.add_tcp(&cfg.listen_addr);
+            log::warn!("S3 listener http://{} WITHOUT TLS: configure tls.cert_file/key_file for production (PBS requires HTTPS)", cfg.listen_addr);
+        }
+    }
+    server.add_service(s3);
+
+    let admin_api = admin::AdminApi {
+        keys: keys.clone(),
+        metrics: metrics.clone(),
+        token: cfg.admin_token.clone(),
+        needs_key,
+        started: SystemTime::now(),
+        filters: names.clone(),
+    };
+    let mut admin = Service::new("admin".to_string(), HttpServer::new_app(admin_api));
+    match &cfg.tls {
+        Some((cert, key)) => admin.add_tls(&cfg.admin_listen_addr, cert, key).unwrap_or_else(|e| die(format!("tls: {e}"))),
+        None => admin.add_tcp(&cfg.admin_listen_addr),
+    }
+    server.add_service(admin);
+
+    if let Some(sock) = &cfg.memkey_socket {
+        server.add_service(background_service(
+            "keyd poller",
+            background::KeyPoller { socket: PathBuf::from(sock), interval: cfg.poll_interval, keys: keys.clone(), metrics: metrics.clone() },
+        ));
+    }
+    server.add_service(background_service(
+        "backend probe",
+        background::BackendProbe {
+            backend: parts.backend.clone(),
+            bucket: cfg.allowed_buckets.first().cloned(),
+            interval: cfg.poll_interval.max(Duration::from_secs(1)),
+            metrics: metrics.clone(),
+        },
+    ));
+    log::info!("s3-crypt-proxy {} starting: filters {:?}, backend {:?}", env!("CARGO_PKG_VERSION"), names, parts.backend);
+    server.run_forever();
+}

@@ -1,0 +1,137 @@
+//! The `sigv4` filter: authenticates the client and checks the body it sends.
+//!
+//! Request phase: verifies the signature and leaves a [`VerifiedRequest`] in the context.
+//! Body phase: hashes every piece once (signed SHA-256, Content-MD5) and judges at the end
+//! of the body. When the body goes upstream unchanged, the last piece is held back until
+//! the verdict, so a bad body never reaches the backend whole; when the crypto filter
+//! rewrites the body it holds back its own final chunk instead.
+
+use std::time::SystemTime;
+
+use async_trait::async_trait;
+use bytes::{Bytes, BytesMut};
+use pingora::http::RequestHeader;
+
+use crate::ctx::RequestCtx;
+use crate::error::{s3err, S3Error, S3ErrorCode};
+use crate::filter::{Filter, Flow};
+use crate::request::PayloadMode;
+use crate::sigv4::{verify, Credentials, PayloadVerifier};
+
+/// SHA-256 of the empty string.
+const EMPTY_SHA256: [u8; 32] = [
+    0xe3, 0xb0, 0xc4, 0x42, 0x98, 0xfc, 0x1c, 0x14, 0x9a, 0xfb, 0xf4, 0xc8, 0x99, 0x6f, 0xb9, 0x24, 0x27, 0xae,
+    0x41, 0xe4, 0x64, 0x9b, 0x93, 0x4c, 0xa4, 0x95, 0x99, 0x1b, 0x78, 0x52, 0xb8, 0x55,
+];
+
+pub struct Sigv4Filter {
+    creds: Credentials,
+}
+
+impl Sigv4Filter {
+    pub fn new(creds: Credentials) -> Self {
+        Self { creds }
+    }
+}
+
+/// The `reason` label of `s3_crypt_proxy_auth_failures_total`.
+pub fn auth_failure_label(code: S3ErrorCode) -> &'static str {
+    match code {
+        S3ErrorCode::SignatureDoesNotMatch => "signature",
+        S3ErrorCode::InvalidAccessKeyId => "access_key",
+        S3ErrorCode::RequestTimeTooSkewed => "clock_skew",
+        S3ErrorCode::AccessDenied => "denied",
+        S3ErrorCode::XAmzContentSHA256Mismatch => "payload_hash",
+        S3ErrorCode::BadDigest => "content_md5",
+        _ => "malformed",
+    }
+}
+
+#[async_trait]
+impl Filter for Sigv4Filter {
+    fn name(&self) -> &'static str {
+        "sigv4"
+    }
+
+    async fn request(&self, req: &RequestHeader, ctx: &mut RequestCtx) -> Result<Flow, S3Error> {
+        let s3 = ctx.s3()?;
+        let verified = match verify(req, s3, &self.creds, SystemTime::now()) {
+            Ok(v) => v,
+            Err(e) => {
+                ctx.auth_failure = Some(auth_failure_label(e.code));
+                return Err(e);
+            }
+        };
+        if verified.payload.is_streaming() {
+            return Err(s3err(
+                S3ErrorCode::NotImplemented,
+                "aws-chunked (STREAMING-*) uploads are not supported by this proxy version; configure the client to sign the payload",
+            ));
+        }
+        // A request without a body is judged now: by the time the (empty) body phase runs,
+        // a DELETE would already have reached the backend.
+        let bodyless = s3.content_length.unwrap_or(0) == 0;
+        if let (true, PayloadMode::Signed(h)) = (bodyless, verified.payload) {
+            if h != EMPTY_SHA256 {
+                ctx.auth_failure = Some("payload_hash");
+                return Err(s3err(S3ErrorCode::XAmzContentSHA256Mismatch, "The provided 'x-amz-content-sha256' header does not match what was computed."));
+            }
+        }
+        ctx.verified = Some(verified);
+        Ok(Flow::Continue)
+    }
+
+    async fn upstream_request(&self, _up: &mut RequestHeader, ctx: &mut RequestCtx) -> Result<(), S3Error> {
+        // A retried attempt replays the body from its start.
+        ctx.payload = None;
+        ctx.held_piece = None;
+        Ok(())
+    }
+
+    fn request_body(&self, body: &mut Option<Bytes>, end: bool, ctx: &mut RequestCtx) -> Result<(), S3Error> {
+        let signed = match ctx.verified()?.payload {
+            PayloadMode::Signed(h) => Some(h),
+            _ => None,
+        };
+        if ctx.payload.is_none() {
+            let md5 = ctx.s3()?.content_md5;
+            ctx.payload = Some(PayloadVerifier::new(signed, md5, ctx.want_body_md5));
+        }
+        let verifier = ctx.payload.as_mut().expect("created above");
+        if let Some(b) = body.as_ref() {
+            verifier.update(b);
+        }
+        if end {
+            let verifier = ctx.payload.take().expect("created above");
+            match verifier.finish() {
+                Ok(md5) => ctx.body_md5 = md5,
+                Err(e) => {
+                    ctx.auth_failure = Some(auth_failure_label(e.code));
+                    return Err(e);
+                }
+            }
+        }
+        if ctx.body_rewritten {
+            return Ok(());
+        }
+        // Pass the body on one piece late, so the last piece waits for the verdict.
+        let current = body.take();
+        let previous = ctx.held_piece.take();
+        if end {
+            *body = match (previous, current) {
+                (Some(p), Some(c)) if !c.is_empty() => {
+                    let mut joined = BytesMut::with_capacity(p.len() + c.len());
+                    joined.extend_from_slice(&p);
+                    joined.extend_from_slice(&c);
+                    Some(joined.freeze())
+                }
+                (Some(p), _) => Some(p),
+                (None, c) => c,
+            };
+        } else {
+            ctx.held_piece = current;
+            *body = Some(previous.unwrap_or_default());
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,472 @@
+//! The `crypto` filter: object bodies are encrypted on the way in and authenticated and
+//! decrypted on the way out (format: `docs/object-format.md`).
+//!
+//! - PutObject / UploadPart: the body is encrypted as it streams; the upstream request
+//!   carries the exact ciphertext length; the final chunk is released only after the
+//!   sigv4 filter accepted the whole body, so a rejected upload leaves a short body that
+//!   the backend discards. User metadata is sealed into `x-amz-meta-s3cp`.
+//! - GetObject / HeadObject: the plaintext length comes from the ciphertext length (no
+//!   extra request), metadata is unsealed, and only authenticated chunks reach the client;
+//!   a bad chunk aborts the response before any of its plaintext is sent.
+//! - CopyObject: the source is streamed through the proxy and its segment headers are
+//!   re-wrapped for the new name (the chunks are not re-encrypted).
+
+mod copy;
+mod metadata;
+mod range;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::{Bytes, BytesMut};
+use pingora::http::{RequestHeader, ResponseHeader};
+use s3cp_format::{meta, Decryptor, FormatError, KeyRing, ObjectId, SegmentEncryptor};
+
+use crate::backend::Backend;
+use crate::ctx::RequestCtx;
+use crate::error::{s3err, S3Error, S3ErrorCode};
+use crate::etag::{client_etag, segments_from_etag};
+use crate::filter::{Filter, Flow};
+use crate::keys::KeyState;
+use crate::request::Operation;
+use range::ByteRange;
+
+/// What to do with objects that are not in the proxy's format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UnencryptedPolicy {
+    /// Answer an error (the default: a plaintext object in an encrypted bucket is a
+    /// surprise worth reporting).
+    Refuse,
+    /// Serve them unchanged (migration from an unencrypted bucket).
+    PassThrough,
+}
+
+impl std::str::FromStr for UnencryptedPolicy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "refuse" => Ok(Self::Refuse),
+            "passthrough" => Ok(Self::PassThrough),
+            _ => Err(format!("unencrypted_objects must be `refuse` or `passthrough`, not {s:?}")),
+        }
+    }
+}
+
+#[derive(Default)]
+enum Plan {
+    #[default]
+    None,
+    Encrypt {
+        part: u32,
+        plain_len: u64,
+    },
+    SealMetadata,
+    Read {
+        range: Option<ByteRange>,
+    },
+}
+
+/// The crypto filter's per-request state.
+#[derive(Default)]
+pub struct CryptoCtx {
+    plan: Plan,
+    ring: Option<Arc<KeyRing>>,
+    sealed_meta: Option<String>,
+    encryptor: Option<SegmentEncryptor>,
+    decryptor: Option<Decryptor>,
+    segments: u32,
+    /// Plaintext positions to pass on: `[skip, skip + take)` of the decrypted stream.
+    skip: u64,
+    take: u64,
+    /// When set, the backend's body is dropped and this is sent instead.
+    replacement: Option<Bytes>,
+    /// The client's ETag conditions on a read, answered here (the backend knows only
+    /// ciphertext ETags).
+    if_match: Option<String>,
+    if_none_match: Option<String>,
+}
+
+pub struct CryptoFilter {
+    keys: Arc<KeyState>,
+    backend: Arc<Backend>,
+    chunk_size: u32,
+    unencrypted: UnencryptedPolicy,
+}
+
+impl CryptoFilter {
+    pub fn new(keys: Arc<KeyState>, backend: Arc<Backend>, chunk_size: u32, unencrypted: UnencryptedPolicy) -> Self {
+        Self { keys, backend, chunk_size, unencrypted }
+    }
+
+    fn ring(&self) -> Result<Arc<KeyRing>, S3Error> {
+        self.keys.get().ok_or_else(|| {
+            s3err(S3ErrorCode::ServiceUnavailable, "The encryption key is not loaded yet; deliver it with memkey-admin key send").with_retry_after(5)
+        })
+    }
+}
+
+/// Maps a format error to the client's answer, recording its kind for the metrics.
+fn crypto_error(ctx: &mut RequestCtx, e: &FormatError) -> S3Error {
+    ctx.crypto_failure = Some(e.kind());
+    let resource = ctx.s3.as_ref().map(|s| s.resource()).unwrap_or_default();
+    log::error!("request {}: object {resource}: {e}", ctx.request_id);
+    match e {
+        FormatError::MetadataTooLarge(_) => s3err(S3ErrorCode::MetadataTooLarge, "Your metadata headers exceed the maximum allowed metadata size once encrypted (about 1400 bytes)"),
+        _ => s3err(S3ErrorCode::InternalError, format!("The object could not be decrypted or authenticated (request {})", ctx.request_id)),
+    }
+}
+
+/// Headers that describe the plaintext body and must not reach the backend.
+const PLAINTEXT_BODY_HEADERS: &[&str] = &[
+    "content-md5",
+    "x-amz-checksum-crc32",
+    "x-amz-checksum-crc32c",
+    "x-amz-checksum-crc64nvme",
+    "x-amz-checksum-sha1",
+    "x-amz-checksum-sha256",
+    "x-amz-checksum-type",
+    "x-amz-sdk-checksum-algorithm",
+    "x-amz-checksum-algorithm",
+    "x-amz-trailer",
+    "x-amz-decoded-content-length",
+    "transfer-encoding",
+];
+
+#[async_trait]
+impl Filter for CryptoFilter {
+    fn name(&self) -> &'static str {
+        "crypto"
+    }
+
+    async fn request(&self, req: &RequestHeader, ctx: &mut RequestCtx) -> Result<Flow, S3Error> {
+        ctx.verified()?;
+        let s3 = ctx.s3()?.clone();
+        let obj_op = matches!(
+            s3.op,
+            Operation::PutObject | Operation::UploadPart | Operation::CreateMultipartUpload | Operation::GetObject
+                | Operation::HeadObject | Operation::CopyObject | Operation::UploadPartCopy
+        );
+        if !obj_op {
+            return Ok(Flow::Continue);
+        }
+        if req.headers.contains_key(meta::HEADER) {
+            return Err(s3err(S3ErrorCode::InvalidArgument, format!("the metadata name {} is reserved by the encryption proxy", meta::HEADER)));
+        }
+        let ring = self.ring()?;
+        let (bucket, key) = (s3.bucket.clone().unwrap_or_default(), s3.key.clone().unwrap_or_default());
+        let obj = ObjectId { bucket: &bucket, key: &key };
+        match s3.op {
+            Operation::PutObject | Operation::CreateMultipartUpload => {
+                let payload = metadata::from_request(req, s3.content_md5);
+                let sealed = meta::seal(ring.current(), obj, self.chunk_size, &payload).map_err(|e| crypto_error(ctx, &e))?;
+                ctx.crypto.sealed_meta = Some(sealed);
+                ctx.crypto.plan = if s3.op == Operation::PutObject {
+                    let plain_len = s3.plaintext_length().ok_or_else(|| s3err(S3ErrorCode::MissingContentLength, "You must provide the Content-Length HTTP header."))?;
+                    ctx.want_body_md5 = true;
+                    Plan::Encrypt { part: 0, plain_len }
+                } else {
+                    Plan::SealMetadata
+                };
+            }
+            Operation::UploadPart => {
+                let part = s3
+                    .query_value("partNumber")
+                    .and_then(|p| p.parse::<u32>().ok())
+                    .filter(|p| (1..=10_000).contains(p))
+                    .ok_or_else(|| s3err(S3ErrorCode::InvalidArgument, "Part number must be an integer between 1 and 10000, inclusive"))?;
+                let plain_len = s3.plaintext_length().ok_or_else(|| s3err(S3ErrorCode::MissingContentLength, "You must provide the Content-Length HTTP header."))?;
+                if plain_len == 0 {
+                    return Err(s3err(S3ErrorCode::InvalidRequest, "empty parts cannot be stored encrypted: every part must hold at least one byte"));
+                }
+                ctx.crypto.plan = Plan::Encrypt { part, plain_len };
+            }
+            Operation::GetObject | Operation::HeadObject => {
+                let h = |n: &str| req.headers.get(n).and_then(|v| v.to_str().ok()).map(str::to_string);
+                let range = match h("range") {
+                    Some(r) if s3.op == Operation::GetObject => ByteRange::parse(&r),
+                    _ => None,
+                };
+                ctx.crypto.if_match = h("if-match");
+                ctx.crypto.if_none_match = h("if-none-match");
+                ctx.crypto.plan = Plan::Read { range };
+            }
+            Operation::CopyObject => {
+                let reply = copy::copy_object(&self.backend, &ring, req, &s3, ctx).await?;
+                return Ok(Flow::Respond(reply));
+            }
+            Operation::UploadPartCopy => {
+                return Err(s3err(S3ErrorCode::NotImplemented, "UploadPartCopy is not supported by this proxy version"));
+            }
+            _ => {}
+        }
+        ctx.crypto.ring = Some(ring);
+        Ok(Flow::Continue)
+    }
+
+    async fn upstream_request(&self, up: &mut RequestHeader, ctx: &mut RequestCtx) -> Result<(), S3Error> {
+        let set = |up: &mut RequestHeader, n: &'static str, v: String| {
+            up.insert_header(n, v).map_err(|e| S3Error::internal("setting an upstream header", e))
+        };
+        match ctx.crypto.plan {
+            Plan::Encrypt { part, plain_len } => {
+                let ring = ctx.crypto.ring.clone().expect("set with the plan");
+                let s3 = ctx.s3()?;
+                let obj = ObjectId { bucket: s3.bucket.as_deref().unwrap_or(""), key: s3.key.as_deref().unwrap_or("") };
+                // Created per attempt: a retry replays the body from the start.
+                let enc = SegmentEncryptor::new(ring.current(), obj, part, plain_len, self.chunk_size)
+                    .map_err(|e| crypto_error(ctx, &e))?;
+                set(up, "content-length", enc.cipher_len().to_string())?;
+                ctx.crypto.encryptor = Some(enc);
+                ctx.key_id = Some(ring.current_id());
+                ctx.body_rewritten = true;
+                for h in PLAINTEXT_BODY_HEADERS {
+                    up.remove_header(*h);
+                }
+                if let Some(enc) = up.headers.get("content-encoding").and_then(|v| v.to_str().ok()) {
+                    let rest: Vec<&str> = enc.split(',').map(str::trim).filter(|t| !t.eq_ignore_ascii_case("aws-chunked")).collect();
+                    let rest = rest.join(",");
+                    up.remove_header("content-encoding");
+                    if !rest.is_empty() && part > 0 {
+                        set(up, "content-encoding", rest)?;
+                    }
+                }
+                if part == 0 {
+                    self.seal_headers(up, ctx)?;
+                }
+            }
+            Plan::SealMetadata => self.seal_headers(up, ctx)?,
+            Plan::Read { .. } => {
+                // Ranges and ETag conditions are answered by the proxy: the backend knows
+                // only ciphertext offsets and ciphertext ETags.
+                for h in ["range", "if-range", "if-match", "if-none-match"] {
+                    up.remove_header(h);
+                }
+            }
+            Plan::None => {}
+        }
+        Ok(())
+    }
+
+    fn request_body(&self, body: &mut Option<Bytes>, end: bool, ctx: &mut RequestCtx) -> Result<(), S3Error> {
+        let Some(enc) = ctx.crypto.encryptor.as_mut() else { return Ok(()) };
+        let mut out = match body.take() {
+            Some(b) if !b.is_empty() => {
+                ctx.bytes_encrypted += b.len() as u64;
+                let r = enc.update(&b);
+                r.map_err(|e| crypto_error(ctx, &e))?
+            }
+            _ => Bytes::new(),
+        };
+        if end {
+            // The sigv4 filter ran first and accepted the body: release the final chunk.
+            let enc = ctx.crypto.encryptor.take().expect("checked above");
+            let last = enc.finish().map_err(|e| {
+                if matches!(e, FormatError::InputTooShort) {
+                    s3err(S3ErrorCode::IncompleteBody, "You did not provide the number of bytes specified by the Content-Length HTTP header")
+                } else {
+                    crypto_error(ctx, &e)
+                }
+            })?;
+            if out.is_empty() {
+                out = last;
+            } else {
+                let mut joined = BytesMut::with_capacity(out.len() + last.len());
+                joined.extend_from_slice(&out);
+                joined.extend_from_slice(&last);
+                out = joined.freeze();
+            }
+        }
+        *body = Some(out);
+        Ok(())
+    }
+
+    fn upstream_response(&self, resp: &mut ResponseHeader, ctx: &mut RequestCtx) -> Result<(), S3Error> {
+        let status = resp.status.as_u16();
+        let op = ctx.s3()?.op;
+        match (&ctx.crypto.plan, op) {
+            (Plan::Encrypt { .. }, Operation::PutObject) if (200..300).contains(&status) => {
+                strip_checksums(resp);
+                let md5 = ctx.body_md5.map(hex::encode);
+                let backend = header(resp, "etag").unwrap_or_default();
+                set_header(resp, "etag", client_etag(&backend, md5.as_deref()))?;
+            }
+            (Plan::Encrypt { .. }, _) => strip_checksums(resp),
+            (Plan::Read { .. }, _) if status == 200 || status == 206 => self.read_response(resp, ctx)?,
+            (Plan::Read { .. }, _) if status == 304 || status == 412 => {
+                if let Some(e) = header(resp, "etag") {
+                    set_header(resp, "etag", client_etag(&e, None))?;
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn response_body(&self, body: &mut Option<Bytes>, end: bool, ctx: &mut RequestCtx) -> Result<(), S3Error> {
+        if let Some(replacement) = &ctx.crypto.replacement {
+            *body = if end { Some(replacement.clone()) } else { Some(Bytes::new()) };
+            return Ok(());
+        }
+        let Some(dec) = ctx.crypto.decryptor.as_mut() else { return Ok(()) };
+        let mut plain = match body.take() {
+            Some(b) if !b.is_empty() => {
+                let r = dec.update(&b);
+                r.map_err(|e| crypto_error(ctx, &e))?
+            }
+            _ => Bytes::new(),
+        };
+        if end {
+            let dec = ctx.crypto.decryptor.take().expect("checked above");
+            let segments = ctx.crypto.segments;
+            let last = dec.finish_expecting_segments(segments).map_err(|e| crypto_error(ctx, &e))?;
+            if !last.is_empty() {
+                let mut joined = BytesMut::with_capacity(plain.len() + last.len());
+                joined.extend_from_slice(&plain);
+                joined.extend_from_slice(&last);
+                plain = joined.freeze();
+            }
+        }
+        ctx.bytes_decrypted += plain.len() as u64;
+        *body = Some(range::trim(&mut ctx.crypto.skip, &mut ctx.crypto.take, plain));
+        Ok(())
+    }
+}
+
+impl CryptoFilter {
+    /// Moves the plaintext's descriptive headers into the sealed metadata header.
+    fn seal_headers(&self, up: &mut RequestHeader, ctx: &mut RequestCtx) -> Result<(), S3Error> {
+        metadata::strip_sealed_headers(up);
+        let sealed = ctx.crypto.sealed_meta.take().ok_or_else(|| S3Error::internal("crypto filter", "no sealed metadata"))?;
+        up.insert_header("content-type", "application/octet-stream")
+            .and_then(|_| up.insert_header(meta::HEADER, sealed))
+            .map_err(|e| S3Error::internal("setting the sealed metadata", e))?;
+        Ok(())
+    }
+
+    /// A GET/HEAD answer for an object: unseal its metadata, give plaintext length and
+    /// ETag, evaluate ETag conditions and ranges, and prepare decryption.
+    fn read_response(&self, resp: &mut ResponseHeader, ctx: &mut RequestCtx) -> Result<(), S3Error> {
+        let s3 = ctx.s3()?.clone();
+        let Some(sealed) = header(resp, meta::HEADER) else {
+            return match self.unencrypted {
+                UnencryptedPolicy::PassThrough => Ok(()),
+                UnencryptedPolicy::Refuse => {
+                    ctx.crypto_failure = Some("not_encrypted");
+                    let e = s3err(S3ErrorCode::InvalidObjectState, "This object was not written through the encryption proxy and is not encrypted; set unencrypted_objects: passthrough to read such objects").with_resource(s3.resource());
+                    self.replace_with_error(resp, ctx, e)
+                }
+            };
+        };
+        let ring = ctx.crypto.ring.clone().expect("set with the plan");
+        let obj = ObjectId { bucket: s3.bucket.as_deref().unwrap_or(""), key: s3.key.as_deref().unwrap_or("") };
+        let opened = match meta::open(&ring, obj, &sealed) {
+            Ok(o) => o,
+            Err(e) => {
+                let err = crypto_error(ctx, &e);
+                return self.replace_with_error(resp, ctx, err);
+            }
+        };
+        ctx.key_id = Some(opened.key_id);
+        let backend_etag = header(resp, "etag").unwrap_or_default();
+        let segments = segments_from_etag(&backend_etag);
+        let cipher_len = header(resp, "content-length").and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        let Some(plain_len) = s3cp_format::object_plain_len(cipher_len, opened.chunk_size, segments) else {
+            ctx.crypto_failure = Some("bad_length");
+            let e = s3err(S3ErrorCode::InternalError, format!("The stored object has an impossible length (request {})", ctx.request_id));
+            return self.replace_with_error(resp, ctx, e);
+        };
+        let sealed_md5 = metadata::restore(resp, &opened.payload)?;
+        let etag = client_etag(&backend_etag, sealed_md5.as_deref());
+        set_header(resp, "etag", etag.clone())?;
+        metadata::apply_response_overrides(resp, &s3.query)?;
+
+        // ETag conditions, on the ETags this client may have been shown.
+        let candidates = [etag, client_etag(&backend_etag, None)];
+        let matches = |list: &str| {
+            list.split(',').map(str::trim).any(|t| t == "*" || candidates.iter().any(|c| c == t || c.trim_matches('"') == t.trim_matches('"')))
+        };
+        if let Some(im) = ctx.crypto.if_match.take() {
+            if !matches(&im) {
+                let e = crate::conditional::precondition_failed(&s3.resource());
+                return self.replace_with_error(resp, ctx, e);
+            }
+        }
+        if let Some(inm) = ctx.crypto.if_none_match.take() {
+            if matches(&inm) {
+                resp.set_status(304).map_err(|e| S3Error::internal("304", e))?;
+                resp.remove_header("content-length");
+                ctx.crypto.replacement = Some(Bytes::new());
+                return Ok(());
+            }
+        }
+
+        let (status, len) = match ctx.crypto.plan {
+            Plan::Read { range: Some(r) } => match r.resolve(plain_len) {
+                Some((first, last)) => {
+                    set_header(resp, "content-range", format!("bytes {first}-{last}/{plain_len}"))?;
+                    ctx.crypto.skip = first;
+                    ctx.crypto.take = last - first + 1;
+                    (206, last - first + 1)
+                }
+                None => {
+                    let e = s3err(S3ErrorCode::InvalidRange, "The requested range is not satisfiable").with_resource(s3.resource());
+                    self.replace_with_error(resp, ctx, e)?;
+                    set_header(resp, "content-range", format!("bytes */{plain_len}"))?;
+                    return Ok(());
+                }
+            },
+            _ => {
+                ctx.crypto.skip = 0;
+                ctx.crypto.take = plain_len;
+                (200, plain_len)
+            }
+        };
+        resp.set_status(status).map_err(|e| S3Error::internal("status", e))?;
+        set_header(resp, "content-length", len.to_string())?;
+        set_header(resp, "accept-ranges", "bytes".to_string())?;
+        strip_checksums(resp);
+        if s3.op == Operation::GetObject {
+            ctx.crypto.segments = segments;
+            ctx.crypto.decryptor = Some(Decryptor::new((*ring).clone(), obj));
+        }
+        Ok(())
+    }
+
+    /// Turns the backend's answer into an S3 error answer; its body is dropped.
+    fn replace_with_error(&self, resp: &mut ResponseHeader, ctx: &mut RequestCtx, e: S3Error) -> Result<(), S3Error> {
+        let body = e.to_xml(&ctx.request_id);
+        let keep: Vec<_> = ["date", "x-amz-request-id"].iter().filter_map(|h| header(resp, h).map(|v| (*h, v))).collect();
+        let mut fresh = ResponseHeader::build(e.status(), None).map_err(|x| S3Error::internal("error answer", x))?;
+        for (h, v) in keep {
+            set_header(&mut fresh, h, v)?;
+        }
+        set_header(&mut fresh, "content-type", "application/xml".to_string())?;
+        set_header(&mut fresh, "content-length", body.len().to_string())?;
+        *resp = fresh;
+        ctx.crypto.decryptor = None;
+        ctx.crypto.replacement = Some(if ctx.s3()?.op == Operation::HeadObject { Bytes::new() } else { body });
+        ctx.error = Some(e);
+        Ok(())
+    }
+}
+
+pub(crate) fn header(resp: &ResponseHeader, name: &str) -> Option<String> {
+    resp.headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string)
+}
+
+pub(crate) fn set_header(resp: &mut ResponseHeader, name: &'static str, value: String) -> Result<(), S3Error> {
+    resp.insert_header(name, value).map_err(|e| S3Error::internal("setting a response header", e))
+}
+
+/// Checksums the backend computed describe ciphertext: never show them.
+fn strip_checksums(resp: &mut ResponseHeader) {
+    let names: Vec<String> = resp
+        .headers
+        .keys()
+        .map(|k| k.as_str().to_string())
+        .filter(|k| k.starts_with("x-amz-checksum-"))
+        .collect();
+    for n in names {
+        resp.remove_header(&n);
+    }
+}

@@ -1,0 +1,120 @@
+//! The client's object metadata, sealed into `x-amz-meta-s3cp` so the backend cannot read
+//! it. Payload: JSON `{"h": [[name, value], …], "md5": "<hex>"}` (`md5` only when the
+//! client sent Content-MD5, i.e. it is known before the body).
+
+use pingora::http::{RequestHeader, ResponseHeader};
+use serde::{Deserialize, Serialize};
+
+use crate::error::S3Error;
+
+/// Headers that describe the object to the client and travel sealed.
+const SEALED: &[&str] = &[
+    "content-type",
+    "content-disposition",
+    "content-encoding",
+    "content-language",
+    "cache-control",
+    "expires",
+    "x-amz-website-redirect-location",
+];
+
+fn is_sealed(name: &str) -> bool {
+    SEALED.contains(&name) || (name.starts_with("x-amz-meta-") && name != s3cp_format::meta::HEADER)
+}
+
+#[derive(Serialize, Deserialize, Default)]
+struct Sealed {
+    h: Vec<(String, String)>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    md5: Option<String>,
+}
+
+/// The metadata payload of an upload request.
+pub fn from_request(req: &RequestHeader, content_md5: Option<[u8; 16]>) -> Vec<u8> {
+    let mut sealed = Sealed { h: Vec::new(), md5: content_md5.map(hex::encode) };
+    for (name, value) in req.headers.iter() {
+        let n = name.as_str();
+        if !is_sealed(n) {
+            continue;
+        }
+        let Ok(v) = value.to_str() else { continue };
+        let v = if n == "content-encoding" {
+            // aws-chunked describes the transfer, not the object.
+            v.split(',').map(str::trim).filter(|t| !t.eq_ignore_ascii_case("aws-chunked")).collect::<Vec<_>>().join(",")
+        } else {
+            v.to_string()
+        };
+        if !v.is_empty() {
+            sealed.h.push((n.to_string(), v));
+        }
+    }
+    serde_json::to_vec(&sealed).expect("strings serialize")
+}
+
+/// Removes the sealed headers from a request going to the backend.
+pub fn strip_sealed_headers(up: &mut RequestHeader) {
+    let names: Vec<String> = up.headers.keys().map(|k| k.as_str().to_string()).filter(|n| is_sealed(n)).collect();
+    for n in names {
+        up.remove_header(&n);
+    }
+}
+
+/// Replaces the backend's descriptive headers by the unsealed ones; returns the sealed MD5.
+pub fn restore(resp: &mut ResponseHeader, payload: &[u8]) -> Result<Option<String>, S3Error> {
+    let sealed: Sealed = serde_json::from_slice(payload).map_err(|e| S3Error::internal("unsealing metadata", e))?;
+    let names: Vec<String> = resp
+        .headers
+        .keys()
+        .map(|k| k.as_str().to_string())
+        .filter(|n| is_sealed(n) || n == s3cp_format::meta::HEADER)
+        .collect();
+    for n in names {
+        resp.remove_header(&n);
+    }
+    for (n, v) in sealed.h {
+        resp.append_header(n, v).map_err(|e| S3Error::internal("restoring metadata", e))?;
+    }
+    if !resp.headers.contains_key("content-type") {
+        resp.insert_header("content-type", "binary/octet-stream").map_err(|e| S3Error::internal("restoring metadata", e))?;
+    }
+    Ok(sealed.md5)
+}
+
+/// `response-content-type` and friends in a GET's query override the stored values.
+pub fn apply_response_overrides(resp: &mut ResponseHeader, query: &[(String, String)]) -> Result<(), S3Error> {
+    for (k, v) in query {
+        if let Some(h) = k.strip_prefix("response-") {
+            if matches!(h, "content-type" | "content-language" | "expires" | "cache-control" | "content-disposition" | "content-encoding") {
+                resp.insert_header(h.to_string(), v.as_str()).map_err(|e| S3Error::internal("response override", e))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metadata_round_trip() {
+        let mut req = RequestHeader::build("PUT", b"/b/k", None).unwrap();
+        req.insert_header("content-type", "text/plain").unwrap();
+        req.insert_header("x-amz-meta-color", "blue").unwrap();
+        req.insert_header("content-encoding", "gzip, aws-chunked").unwrap();
+        req.insert_header("x-amz-date", "x").unwrap();
+        let payload = from_request(&req, Some([1; 16]));
+        strip_sealed_headers(&mut req);
+        assert!(req.headers.get("x-amz-meta-color").is_none() && req.headers.get("x-amz-date").is_some());
+
+        let mut resp = ResponseHeader::build(200, None).unwrap();
+        resp.insert_header("content-type", "application/octet-stream").unwrap();
+        resp.insert_header("x-amz-meta-s3cp", "sealed").unwrap();
+        let md5 = restore(&mut resp, &payload).unwrap();
+        assert_eq!(md5.as_deref(), Some("01010101010101010101010101010101"));
+        assert_eq!(resp.headers.get("content-type").unwrap(), "text/plain");
+        assert_eq!(resp.headers.get("x-amz-meta-color").unwrap(), "blue");
+        assert_eq!(resp.headers.get("content-encoding").unwrap(), "gzip");
+        assert!(resp.headers.get("x-amz-meta-s3cp").is_none());
+    }
+}

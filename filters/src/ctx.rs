@@ -1,0 +1,79 @@
+//! Per-request state shared by the filters. Each filter owns its own field; the proxy
+//! reads the rest for metrics and the audit log.
+
+use std::time::Instant;
+
+use s3cp_format::KeyId;
+
+use crate::crypto::CryptoCtx;
+use crate::error::{s3err, S3Error, S3ErrorCode};
+use crate::listing::ListingCtx;
+use crate::request::S3Request;
+use crate::sigv4::{PayloadVerifier, VerifiedRequest};
+
+pub struct RequestCtx {
+    pub request_id: String,
+    pub started: Instant,
+    /// The parsed request; set by the proxy before the first filter runs.
+    pub s3: Option<S3Request>,
+    /// Set by the sigv4 filter once the signature checked out.
+    pub verified: Option<VerifiedRequest>,
+    /// The sigv4 filter's body check, and the piece it holds back until the check passes.
+    pub payload: Option<PayloadVerifier>,
+    pub held_piece: Option<bytes::Bytes>,
+    /// Whether the body's MD5 must be computed even without `Content-MD5` (for the ETag).
+    pub want_body_md5: bool,
+    /// The MD5 of the plaintext body, once it was all received and verified.
+    pub body_md5: Option<[u8; 16]>,
+    /// The crypto filter replaced the body: the upstream payload is not the client's.
+    pub body_rewritten: bool,
+    pub crypto: CryptoCtx,
+    pub listing: ListingCtx,
+    /// The master key used to write or read the object.
+    pub key_id: Option<KeyId>,
+    /// Plaintext bytes encrypted / decrypted for this request (metrics).
+    pub bytes_encrypted: u64,
+    pub bytes_decrypted: u64,
+    /// Why the request failed, kept for `fail_to_proxy`, metrics and the audit log.
+    pub error: Option<S3Error>,
+    /// A short label when the failure was cryptographic (`tampered`, `wrong_key`, ...).
+    pub crypto_failure: Option<&'static str>,
+    pub auth_failure: Option<&'static str>,
+}
+
+impl RequestCtx {
+    pub fn new(request_id: String) -> Self {
+        Self {
+            request_id,
+            started: Instant::now(),
+            s3: None,
+            verified: None,
+            payload: None,
+            held_piece: None,
+            want_body_md5: false,
+            body_md5: None,
+            body_rewritten: false,
+            crypto: CryptoCtx::default(),
+            listing: ListingCtx::default(),
+            key_id: None,
+            bytes_encrypted: 0,
+            bytes_decrypted: 0,
+            error: None,
+            crypto_failure: None,
+            auth_failure: None,
+        }
+    }
+
+    /// The parsed request. The proxy sets it before any filter runs.
+    pub fn s3(&self) -> Result<&S3Request, S3Error> {
+        self.s3.as_ref().ok_or_else(|| S3Error::internal("filter chain", "request was not parsed"))
+    }
+
+    /// The proof that the client was authenticated; filters that act on the client's
+    /// behalf require it.
+    pub fn verified(&self) -> Result<&VerifiedRequest, S3Error> {
+        self.verified
+            .as_ref()
+            .ok_or_else(|| s3err(S3ErrorCode::AccessDenied, "request was not authenticated"))
+    }
+}

@@ -1,0 +1,53 @@
+//! ETags the client sees.
+//!
+//! The backend's ETag is the MD5 of the ciphertext, which no client can check against
+//! what it uploaded. The proxy therefore shows:
+//! - the MD5 of the plaintext, when it is known: in the PutObject answer (computed while
+//!   the body streamed through) and on GET/HEAD when the client sent `Content-MD5` at
+//!   upload (it is then sealed into the object's metadata);
+//! - otherwise the backend's ETag with a `-1` suffix for single-part objects, so that
+//!   clients that treat a plain 32-hex ETag as an MD5 (rclone, s3cmd) do not compare it
+//!   with their data. Multipart ETags (`…-N`) already say they are not an MD5 and pass
+//!   unchanged.
+//!
+//! Conditional headers accept every ETag the proxy may have shown for the object.
+
+/// Number of parts (= segments) an object has, from the backend's ETag.
+pub fn segments_from_etag(etag: &str) -> u32 {
+    let t = etag.trim().trim_matches('"');
+    t.rsplit_once('-').and_then(|(_, n)| n.parse::<u32>().ok()).filter(|n| *n > 0).unwrap_or(1)
+}
+
+/// The ETag shown to the client for an encrypted object (quoted).
+pub fn client_etag(backend_etag: &str, plaintext_md5: Option<&str>) -> String {
+    if let Some(md5) = plaintext_md5 {
+        return format!("\"{md5}\"");
+    }
+    let t = backend_etag.trim().trim_matches('"');
+    if t.contains('-') {
+        format!("\"{t}\"")
+    } else {
+        format!("\"{t}-1\"")
+    }
+}
+
+/// The backend ETag behind a client-visible mapped ETag, if it is one.
+pub fn backend_etag_of(client: &str) -> Option<String> {
+    let t = client.trim().trim_matches('"');
+    t.strip_suffix("-1").map(|b| format!("\"{b}\""))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn etag_mapping_round_trips() {
+        assert_eq!(segments_from_etag("\"abc-12\""), 12);
+        assert_eq!(segments_from_etag("\"abc\""), 1);
+        assert_eq!(client_etag("\"abc\"", None), "\"abc-1\"");
+        assert_eq!(client_etag("\"abc-3\"", None), "\"abc-3\"");
+        assert_eq!(client_etag("\"abc\"", Some("d41d")), "\"d41d\"");
+        assert_eq!(backend_etag_of("\"abc-1\"").as_deref(), Some("\"abc\""));
+    }
+}

@@ -1,0 +1,105 @@
+//! The admin listener: health, readiness, metrics, key status and the live dashboard.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use async_trait::async_trait;
+use filters::keys::KeyState;
+use http::Response;
+use pingora::apps::http_app::ServeHttp;
+use pingora::protocols::http::ServerSession;
+use subtle::ConstantTimeEq;
+
+use crate::metrics::Metrics;
+
+pub struct AdminApi {
+    pub keys: Arc<KeyState>,
+    pub metrics: Arc<Metrics>,
+    pub token: Option<String>,
+    pub needs_key: bool,
+    pub started: SystemTime,
+    pub filters: Vec<&'static str>,
+}
+
+fn respond(status: u16, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
+    Response::builder()
+        .status(status)
+        .header("content-type", content_type)
+        .header("content-length", body.len())
+        .header("cache-control", "no-store")
+        .body(body)
+        .expect("static response parts are valid")
+}
+
+fn json(status: u16, v: serde_json::Value) -> Response<Vec<u8>> {
+    respond(status, "application/json", serde_json::to_vec(&v).expect("json"))
+}
+
+fn rfc3339(t: SystemTime) -> String {
+    let fmt = time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second]Z");
+    time::OffsetDateTime::from(t).format(&fmt).unwrap_or_default()
+}
+
+impl AdminApi {
+    fn authorized(&self, session: &ServerSession) -> bool {
+        let Some(token) = &self.token else { return false };
+        let given = session
+            .req_header()
+            .headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        bool::from(given.as_bytes().ct_eq(token.as_bytes()))
+    }
+
+    fn key_status(&self) -> serde_json::Value {
+        match self.keys.get() {
+            Some(ring) => serde_json::json!({
+                "loaded": true,
+                "current_key_id": ring.current_id(),
+                "key_ids": ring.ids().collect::<Vec<_>>(),
+                "loaded_at": self.keys.loaded_at().map(rfc3339),
+            }),
+            None => serde_json::json!({ "loaded": false, "key_ids": [] }),
+        }
+    }
+}
+
+#[async_trait]
+impl ServeHttp for AdminApi {
+    async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let path = session.req_header().uri.path().to_string();
+        match path.as_str() {
+            "/healthz" => respond(200, "text/plain", b"ok\n".to_vec()),
+            "/readyz" => {
+                let key = !self.needs_key || self.keys.get().is_some();
+                let backend = self.metrics.backend_up.get() == 1;
+                let status = if key && backend { 200 } else { 503 };
+                json(status, serde_json::json!({ "ready": status == 200, "key_loaded": key, "backend_up": backend }))
+            }
+            "/metrics" => respond(200, "text/plain; version=0.0.4", self.metrics.render()),
+            "/api/v1/key/status" => {
+                if self.token.is_none() {
+                    json(403, serde_json::json!({ "error": "admin.token is not configured" }))
+                } else if !self.authorized(session) {
+                    json(401, serde_json::json!({ "error": "missing or wrong bearer token" }))
+                } else {
+                    json(200, self.key_status())
+                }
+            }
+            "/api/v1/info" => json(
+                200,
+                serde_json::json!({
+                    "version": env!("CARGO_PKG_VERSION"),
+                    "started": rfc3339(self.started),
+                    "filters": self.filters,
+                    "encrypting": self.needs_key,
+                    "key_loaded": self.keys.get().is_some(),
+                }),
+            ),
+            "/" => respond(200, "text/html; charset=utf-8", include_bytes!("dashboard.html").to_vec()),
+            _ => json(404, serde_json::json!({ "error": "not found" })),
+        }
+    }
+}

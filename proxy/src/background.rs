@@ -1,0 +1,103 @@
+//! Background tasks: polling keyd for the key ring, and probing the backend for `/readyz`.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use filters::backend::Backend;
+use filters::keys::KeyState;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+
+use crate::metrics::Metrics;
+
+/// Reads the key ring from keyd's Unix socket every `interval`. When keyd has no key (it
+/// was restarted), the proxy keeps the ring it has: data stays readable until an operator
+/// delivers the key again.
+pub struct KeyPoller {
+    pub socket: PathBuf,
+    pub interval: Duration,
+    pub keys: Arc<KeyState>,
+    pub metrics: Arc<Metrics>,
+}
+
+#[async_trait]
+impl BackgroundService for KeyPoller {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut last_problem = String::new();
+        loop {
+            match keyd::client::fetch_keyring(&self.socket).await {
+                Ok(Some(ring)) => {
+                    let ids: Vec<u32> = ring.ids().collect();
+                    let current = ring.current_id();
+                    if self.keys.set(ring) {
+                        log::info!("encryption keys loaded from keyd: ids {ids:?}, current {current}");
+                    }
+                    last_problem.clear();
+                }
+                Ok(None) => {
+                    let msg = if self.keys.get().is_some() {
+                        "keyd holds no key (restarted?); keeping the keys already loaded"
+                    } else {
+                        "keyd holds no key yet: S3 requests get 503 until `memkey-admin key send`"
+                    };
+                    if last_problem != msg {
+                        log::warn!("{msg}");
+                        last_problem = msg.to_string();
+                    }
+                }
+                Err(e) => {
+                    let msg = format!("cannot reach keyd at {}: {e}", self.socket.display());
+                    if last_problem != msg {
+                        log::warn!("{msg}");
+                        last_problem = msg;
+                    }
+                }
+            }
+            self.metrics.key_loaded.set(i64::from(self.keys.get().is_some()));
+            tokio::select! {
+                _ = tokio::time::sleep(self.interval) => {}
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+}
+
+/// Asks the backend a cheap question every `interval`; any HTTP answer means it is up.
+pub struct BackendProbe {
+    pub backend: Arc<Backend>,
+    pub bucket: Option<String>,
+    pub interval: Duration,
+    pub metrics: Arc<Metrics>,
+}
+
+#[async_trait]
+impl BackgroundService for BackendProbe {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut was_up = None;
+        loop {
+            let bucket = self.bucket.as_deref();
+            let up = match self.backend.request("HEAD", bucket, None, &[], &[], None) {
+                Ok(req) => match tokio::time::timeout(Duration::from_secs(10), self.backend.send(bucket, req, None, 0)).await {
+                    Ok(Ok((resp, _))) => resp.status.as_u16() < 500,
+                    _ => false,
+                },
+                Err(_) => false,
+            };
+            if was_up != Some(up) {
+                if up {
+                    log::info!("backend {:?} answers", self.backend);
+                } else {
+                    log::warn!("backend {:?} does not answer", self.backend);
+                }
+                was_up = Some(up);
+            }
+            self.metrics.backend_up.set(i64::from(up));
+            tokio::select! {
+                _ = tokio::time::sleep(self.interval) => {}
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+}

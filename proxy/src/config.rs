@@ -1,0 +1,341 @@
+//! Configuration: a YAML file, then `S3CP_*` environment variables on top, then checks.
+//! Any problem is one clear line and exit code 2 (see `main`).
+
+use std::path::Path;
+use std::time::Duration;
+
+use filters::backend::BackendConfig;
+use filters::conditional::ConditionalMode;
+use filters::crypto::UnencryptedPolicy;
+use filters::sigv4::Credentials;
+use filters::FilterKind;
+use serde::Deserialize;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    pub listen_addr: Option<String>,
+    pub admin_listen_addr: Option<String>,
+    #[serde(default)]
+    pub tls: RawTls,
+    #[serde(default)]
+    pub admin: RawAdmin,
+    #[serde(default)]
+    pub backend: RawBackend,
+    #[serde(default)]
+    pub client: RawClient,
+    #[serde(default)]
+    pub encryption: RawEncryption,
+    pub allowed_buckets: Option<Vec<String>>,
+    #[serde(default)]
+    pub memkey: RawMemkey,
+    pub filters: Option<Vec<String>>,
+    pub conditional_writes: Option<String>,
+    pub unencrypted_objects: Option<String>,
+    pub virtual_host_suffix: Option<String>,
+    pub log_level: Option<String>,
+    pub audit_log: Option<String>,
+    #[serde(default)]
+    pub server: RawServer,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    pub cert_file: Option<String>,
+    pub key_file: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    pub token: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBackend {
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+    pub access_key: Option<String>,
+    pub secret_key: Option<String>,
+    pub path_style: Option<bool>,
+    pub insecure_skip_verify: Option<bool>,
+    pub ca_file: Option<String>,
+    pub connect_timeout: Option<String>,
+    pub timeout: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawClient {
+    pub access_key: Option<String>,
+    pub secret_key: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawEncryption {
+    pub chunk_size: Option<u32>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMemkey {
+    pub socket_path: Option<String>,
+    pub endpoint: Option<String>,
+    pub poll_interval: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawServer {
+    pub threads: Option<usize>,
+    pub grace_period_seconds: Option<u64>,
+    pub graceful_shutdown_timeout_seconds: Option<u64>,
+    pub upgrade_sock: Option<String>,
+    pub pid_file: Option<String>,
+}
+
+/// The checked configuration.
+#[derive(Debug)]
+pub struct Config {
+    pub listen_addr: String,
+    pub admin_listen_addr: String,
+    pub tls: Option<(String, String)>,
+    pub admin_token: Option<String>,
+    pub backend: BackendConfig,
+    pub client: Credentials,
+    pub chunk_size: u32,
+    pub allowed_buckets: Vec<String>,
+    pub memkey_socket: Option<String>,
+    pub memkey_endpoint: Option<String>,
+    pub poll_interval: Duration,
+    pub filters: Vec<FilterKind>,
+    pub conditional_writes: ConditionalMode,
+    pub unencrypted_objects: UnencryptedPolicy,
+    pub virtual_host_suffix: Option<String>,
+    pub log_level: String,
+    pub audit_log: Option<String>,
+    pub threads: usize,
+    pub grace_period_seconds: u64,
+    pub graceful_shutdown_timeout_seconds: u64,
+    pub upgrade_sock: String,
+    pub pid_file: String,
+}
+
+/// Every variable the proxy reads, with the setting it overrides.
+pub const ENV_VARS: &[(&str, &str)] = &[
+    ("S3CP_LISTEN_ADDR", "listen_addr"),
+    ("S3CP_ADMIN_LISTEN_ADDR", "admin_listen_addr"),
+    ("S3CP_TLS_CERT_FILE", "tls.cert_file"),
+    ("S3CP_TLS_KEY_FILE", "tls.key_file"),
+    ("S3CP_ADMIN_TOKEN", "admin.token"),
+    ("S3CP_BACKEND_ENDPOINT", "backend.endpoint"),
+    ("S3CP_BACKEND_REGION", "backend.region"),
+    ("S3CP_BACKEND_ACCESS_KEY", "backend.access_key"),
+    ("S3CP_BACKEND_SECRET_KEY", "backend.secret_key"),
+    ("S3CP_BACKEND_PATH_STYLE", "backend.path_style"),
+    ("S3CP_BACKEND_INSECURE", "backend.insecure_skip_verify"),
+    ("S3CP_BACKEND_CA_FILE", "backend.ca_file"),
+    ("S3CP_CLIENT_ACCESS_KEY", "client.access_key"),
+    ("S3CP_CLIENT_SECRET_KEY", "client.secret_key"),
+    ("S3CP_CHUNK_SIZE", "encryption.chunk_size"),
+    ("S3CP_ALLOWED_BUCKETS", "allowed_buckets (comma-separated)"),
+    ("S3CP_MEMKEY_SOCKET", "memkey.socket_path"),
+    ("S3CP_MEMKEY_ENDPOINT", "memkey.endpoint"),
+    ("S3CP_MEMKEY_POLL_INTERVAL", "memkey.poll_interval"),
+    ("S3CP_FILTERS", "filters (comma-separated)"),
+    ("S3CP_CONDITIONAL_WRITES", "conditional_writes"),
+    ("S3CP_UNENCRYPTED_OBJECTS", "unencrypted_objects"),
+    ("S3CP_VIRTUAL_HOST_SUFFIX", "virtual_host_suffix"),
+    ("S3CP_LOG_LEVEL", "log_level"),
+    ("S3CP_AUDIT_LOG", "audit_log"),
+];
+
+fn parse_bool(var: &str, v: &str) -> Result<bool, String> {
+    match v.to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Ok(true),
+        "0" | "false" | "no" | "off" => Ok(false),
+        _ => Err(format!("{var}={v:?} is not a boolean (true/false)")),
+    }
+}
+
+fn list(v: &str) -> Vec<String> {
+    v.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_string).collect()
+}
+
+fn duration(name: &str, v: &str) -> Result<Duration, String> {
+    humantime::parse_duration(v).map_err(|e| format!("{name}: {v:?} is not a duration like 5s or 2m ({e})"))
+}
+
+impl RawConfig {
+    pub fn from_file(path: &Path) -> Result<Self, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read config {}: {e}", path.display()))?;
+        serde_yaml::from_str(&text).map_err(|e| format!("config {}: {e}", path.display()))
+    }
+
+    /// Applies `S3CP_*` variables from `env` (a lookup function, so tests need no globals).
+    pub fn apply_env(&mut self, env: impl Fn(&str) -> Option<String>) -> Result<(), String> {
+        let s = |k: &str| env(k);
+        macro_rules! set {
+            ($var:literal, $field:expr) => {
+                if let Some(v) = s($var) {
+                    $field = Some(v);
+                }
+            };
+        }
+        set!("S3CP_LISTEN_ADDR", self.listen_addr);
+        set!("S3CP_ADMIN_LISTEN_ADDR", self.admin_listen_addr);
+        set!("S3CP_TLS_CERT_FILE", self.tls.cert_file);
+        set!("S3CP_TLS_KEY_FILE", self.tls.key_file);
+        set!("S3CP_ADMIN_TOKEN", self.admin.token);
+        set!("S3CP_BACKEND_ENDPOINT", self.backend.endpoint);
+        set!("S3CP_BACKEND_REGION", self.backend.region);
+        set!("S3CP_BACKEND_ACCESS_KEY", self.backend.access_key);
+        set!("S3CP_BACKEND_SECRET_KEY", self.backend.secret_key);
+        set!("S3CP_BACKEND_CA_FILE", self.backend.ca_file);
+        set!("S3CP_CLIENT_ACCESS_KEY", self.client.access_key);
+        set!("S3CP_CLIENT_SECRET_KEY", self.client.secret_key);
+        set!("S3CP_MEMKEY_SOCKET", self.memkey.socket_path);
+        set!("S3CP_MEMKEY_ENDPOINT", self.memkey.endpoint);
+        set!("S3CP_MEMKEY_POLL_INTERVAL", self.memkey.poll_interval);
+        set!("S3CP_CONDITIONAL_WRITES", self.conditional_writes);
+        set!("S3CP_UNENCRYPTED_OBJECTS", self.unencrypted_objects);
+        set!("S3CP_VIRTUAL_HOST_SUFFIX", self.virtual_host_suffix);
+        set!("S3CP_LOG_LEVEL", self.log_level);
+        set!("S3CP_AUDIT_LOG", self.audit_log);
+        if let Some(v) = s("S3CP_BACKEND_PATH_STYLE") {
+            self.backend.path_style = Some(parse_bool("S3CP_BACKEND_PATH_STYLE", &v)?);
+        }
+        if let Some(v) = s("S3CP_BACKEND_INSECURE") {
+            self.backend.insecure_skip_verify = Some(parse_bool("S3CP_BACKEND_INSECURE", &v)?);
+        }
+        if let Some(v) = s("S3CP_CHUNK_SIZE") {
+            self.encryption.chunk_size = Some(v.parse().map_err(|_| format!("S3CP_CHUNK_SIZE={v:?} is not a number"))?);
+        }
+        if let Some(v) = s("S3CP_ALLOWED_BUCKETS") {
+            self.allowed_buckets = Some(list(&v));
+        }
+        if let Some(v) = s("S3CP_FILTERS") {
+            self.filters = Some(list(&v));
+        }
+        Ok(())
+    }
+
+    /// Checks everything and fills defaults.
+    pub fn finish(self) -> Result<Config, String> {
+        let need = |v: Option<String>, name: &str| v.filter(|s| !s.is_empty()).ok_or_else(|| format!("{name} is required"));
+        let tls = match (self.tls.cert_file, self.tls.key_file) {
+            (Some(c), Some(k)) => Some((c, k)),
+            (None, None) => None,
+            _ => return Err("tls.cert_file and tls.key_file must be set together".into()),
+        };
+        let filters: Vec<FilterKind> = match self.filters {
+            Some(names) => names.iter().map(|n| n.parse()).collect::<Result<_, _>>()?,
+            None => FilterKind::default_chain(),
+        };
+        let memkey_socket = self.memkey.socket_path.filter(|s| !s.is_empty());
+        filters::validate_order(&filters, memkey_socket.is_some())?;
+        let chunk_size = self.encryption.chunk_size.unwrap_or(s3cp_format::DEFAULT_CHUNK_SIZE);
+        s3cp_format::validate_chunk_size(chunk_size).map_err(|e| format!("encryption.chunk_size: {e}"))?;
+        let backend = BackendConfig {
+            endpoint: need(self.backend.endpoint, "backend.endpoint (S3CP_BACKEND_ENDPOINT)")?,
+            region: self.backend.region.unwrap_or_else(|| "us-east-1".into()),
+            credentials: Credentials::new(
+                need(self.backend.access_key, "backend.access_key (S3CP_BACKEND_ACCESS_KEY)")?,
+                need(self.backend.secret_key, "backend.secret_key (S3CP_BACKEND_SECRET_KEY)")?,
+            ),
+            path_style: self.backend.path_style.unwrap_or(false),
+            insecure_skip_verify: self.backend.insecure_skip_verify.unwrap_or(false),
+            ca_file: self.backend.ca_file,
+            connect_timeout: duration("backend.connect_timeout", self.backend.connect_timeout.as_deref().unwrap_or("10s"))?,
+            io_timeout: duration("backend.timeout", self.backend.timeout.as_deref().unwrap_or("5m"))?,
+            idle_timeout: Duration::from_secs(60),
+        };
+        let client = Credentials::new(
+            need(self.client.access_key, "client.access_key (S3CP_CLIENT_ACCESS_KEY)")?,
+            need(self.client.secret_key, "client.secret_key (S3CP_CLIENT_SECRET_KEY)")?,
+        );
+        let poll_interval = duration("memkey.poll_interval", self.memkey.poll_interval.as_deref().unwrap_or("5s"))?;
+        if poll_interval < Duration::from_millis(100) {
+            return Err("memkey.poll_interval must be at least 100ms".into());
+        }
+        Ok(Config {
+            listen_addr: self.listen_addr.unwrap_or_else(|| "0.0.0.0:8080".into()),
+            admin_listen_addr: self.admin_listen_addr.unwrap_or_else(|| "127.0.0.1:9090".into()),
+            tls,
+            admin_token: self.admin.token.filter(|t| !t.is_empty()),
+            backend,
+            client,
+            chunk_size,
+            allowed_buckets: self.allowed_buckets.unwrap_or_default(),
+            memkey_socket,
+            memkey_endpoint: self.memkey.endpoint,
+            poll_interval,
+            filters,
+            conditional_writes: self.conditional_writes.as_deref().unwrap_or("backend").parse()?,
+            unencrypted_objects: self.unencrypted_objects.as_deref().unwrap_or("refuse").parse()?,
+            virtual_host_suffix: self.virtual_host_suffix.filter(|s| !s.is_empty()),
+            log_level: self.log_level.unwrap_or_else(|| "info".into()),
+            audit_log: self.audit_log.filter(|s| s != "off"),
+            threads: self.server.threads.unwrap_or(0),
+            grace_period_seconds: self.server.grace_period_seconds.unwrap_or(30),
+            graceful_shutdown_timeout_seconds: self.server.graceful_shutdown_timeout_seconds.unwrap_or(30),
+            upgrade_sock: self.server.upgrade_sock.unwrap_or_else(|| "/tmp/s3-crypt-proxy-upgrade.sock".into()),
+            pid_file: self.server.pid_file.unwrap_or_else(|| "/tmp/s3-crypt-proxy.pid".into()),
+        })
+    }
+}
+
+/// Loads the file (optional), applies the process environment and checks.
+pub fn load(path: Option<&Path>) -> Result<Config, String> {
+    let mut raw = match path {
+        Some(p) => RawConfig::from_file(p)?,
+        None => RawConfig::default(),
+    };
+    raw.apply_env(|k| std::env::var(k).ok())?;
+    raw.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    const MIN: &str = "backend: {endpoint: 'http://127.0.0.1:9000', access_key: a, secret_key: b}\nclient: {access_key: c, secret_key: d}\nmemkey: {socket_path: /run/memkey/memkey.sock}\n";
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let c: RawConfig = serde_yaml::from_str(MIN).unwrap();
+        let c = c.finish().unwrap();
+        assert_eq!(c.listen_addr, "0.0.0.0:8080");
+        assert_eq!(c.filters, FilterKind::default_chain());
+        assert_eq!(c.chunk_size, 65536);
+        assert_eq!(c.poll_interval, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn env_overrides_file() {
+        let mut c: RawConfig = serde_yaml::from_str(MIN).unwrap();
+        let env: HashMap<&str, &str> = [("S3CP_ALLOWED_BUCKETS", "a-bkt, b-bkt"), ("S3CP_BACKEND_PATH_STYLE", "true"), ("S3CP_LISTEN_ADDR", "127.0.0.1:1")].into();
+        c.apply_env(|k| env.get(k).map(|v| v.to_string())).unwrap();
+        let c = c.finish().unwrap();
+        assert_eq!(c.allowed_buckets, vec!["a-bkt", "b-bkt"]);
+        assert!(c.backend.path_style);
+        assert_eq!(c.listen_addr, "127.0.0.1:1");
+    }
+
+    #[test]
+    fn errors_are_one_clear_line() {
+        let bad = serde_yaml::from_str::<RawConfig>("listen_adr: x").unwrap_err().to_string();
+        assert!(bad.contains("unknown field `listen_adr`"), "{bad}");
+        let mut c: RawConfig = serde_yaml::from_str(MIN).unwrap();
+        c.filters = Some(vec!["allowlist".into(), "sigv4".into()]);
+        assert!(c.finish().unwrap_err().contains("sigv4 must come first"));
+        let c: RawConfig = serde_yaml::from_str("client: {access_key: c, secret_key: d}").unwrap();
+        assert!(c.finish().unwrap_err().contains("backend.endpoint"));
+        let mut c: RawConfig = serde_yaml::from_str(MIN).unwrap();
+        assert!(c.apply_env(|k| (k == "S3CP_BACKEND_PATH_STYLE").then(|| "maybe".into())).unwrap_err().contains("not a boolean"));
+    }
+}

@@ -1,0 +1,68 @@
+//! Prometheus metrics, on the admin listener at `/metrics`.
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+};
+
+pub struct Metrics {
+    pub registry: Registry,
+    pub requests: IntCounterVec,
+    pub bytes_encrypted: IntCounter,
+    pub bytes_decrypted: IntCounter,
+    pub bytes_received: IntCounter,
+    pub bytes_sent: IntCounter,
+    pub duration: HistogramVec,
+    pub key_loaded: IntGauge,
+    pub active: IntGauge,
+    pub encryption_errors: IntCounterVec,
+    pub auth_failures: IntCounterVec,
+    pub backend_errors: IntCounterVec,
+    pub backend_up: IntGauge,
+}
+
+fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
+    r.register(Box::new(c.clone())).expect("metric names are unique");
+    c
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let r = Registry::new();
+        let p = "s3_crypt_proxy_";
+        Self {
+            requests: reg(&r, IntCounterVec::new(Opts::new(format!("{p}requests_total"), "S3 requests answered"), &["method", "operation", "status"]).expect("valid")),
+            bytes_encrypted: reg(&r, IntCounter::new(format!("{p}bytes_encrypted_total"), "Plaintext bytes encrypted").expect("valid")),
+            bytes_decrypted: reg(&r, IntCounter::new(format!("{p}bytes_decrypted_total"), "Plaintext bytes decrypted and authenticated").expect("valid")),
+            bytes_received: reg(&r, IntCounter::new(format!("{p}bytes_received_total"), "Request body bytes received from clients").expect("valid")),
+            bytes_sent: reg(&r, IntCounter::new(format!("{p}bytes_sent_total"), "Response body bytes sent to clients").expect("valid")),
+            duration: reg(
+                &r,
+                HistogramVec::new(
+                    HistogramOpts::new(format!("{p}request_duration_seconds"), "Time from request to the end of the answer")
+                        .buckets(vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0]),
+                    &["operation"],
+                )
+                .expect("valid"),
+            ),
+            key_loaded: reg(&r, IntGauge::new(format!("{p}key_loaded"), "1 when an encryption key is loaded").expect("valid")),
+            active: reg(&r, IntGauge::new(format!("{p}active_requests"), "Requests in flight").expect("valid")),
+            encryption_errors: reg(&r, IntCounterVec::new(Opts::new(format!("{p}encryption_errors_total"), "Objects that failed encryption, decryption or authentication"), &["type"]).expect("valid")),
+            auth_failures: reg(&r, IntCounterVec::new(Opts::new(format!("{p}auth_failures_total"), "Requests refused by client authentication"), &["reason"]).expect("valid")),
+            backend_errors: reg(&r, IntCounterVec::new(Opts::new(format!("{p}backend_errors_total"), "Backend answers with status >= 500, or no answer (status=\"unreachable\")"), &["status"]).expect("valid")),
+            backend_up: reg(&r, IntGauge::new(format!("{p}backend_up"), "1 when the last backend probe succeeded").expect("valid")),
+            registry: r,
+        }
+    }
+
+    pub fn render(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        TextEncoder::new().encode(&self.registry.gather(), &mut out).expect("text encoding cannot fail");
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,239 @@
+//! The pingora `ProxyHttp` implementation: it parses each request once, runs the filter
+//! chain in each pingora phase, and turns every failure into an S3 XML error.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use filters::backend::Backend;
+use filters::keys::KeyState;
+use filters::request::S3Request;
+use filters::{s3err, Chain, Flow, Reply, RequestCtx, S3Error, S3ErrorCode};
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::prelude::*;
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::{Error, ErrorSource, ErrorType};
+
+use crate::audit::{Audit, AuditLine};
+use crate::metrics::Metrics;
+
+pub struct S3Proxy {
+    pub chain: Chain,
+    pub backend: Arc<Backend>,
+    pub keys: Arc<KeyState>,
+    /// The chain encrypts: without a key every request is refused.
+    pub needs_key: bool,
+    pub vhost_suffix: Option<String>,
+    pub metrics: Arc<Metrics>,
+    pub audit: Option<Arc<Audit>>,
+}
+
+fn request_id() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static SEQ: AtomicU64 = AtomicU64::new(0);
+    let t = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
+    format!("{:016X}{:08X}", t, SEQ.fetch_add(1, Ordering::Relaxed) as u32)
+}
+
+/// Wraps an S3 error as a pingora error, keeping it retrievable as the cause.
+fn to_pingora(ctx: &mut RequestCtx, e: S3Error) -> Box<Error> {
+    ctx.error = Some(e.clone());
+    Error::because(ErrorType::HTTPStatus(e.status()), "s3 error", e)
+}
+
+fn base_header(status: u16, ctx: &RequestCtx) -> Result<ResponseHeader> {
+    let mut h = ResponseHeader::build(status, Some(6))?;
+    h.insert_header("date", httpdate::fmt_http_date(SystemTime::now()))?;
+    h.insert_header("x-amz-request-id", ctx.request_id.as_str())?;
+    h.insert_header("server", "s3-crypt-proxy")?;
+    Ok(h)
+}
+
+impl S3Proxy {
+    async fn write_reply(&self, session: &mut Session, ctx: &RequestCtx, reply: Reply) -> Result<()> {
+        let mut h = base_header(reply.status, ctx)?;
+        for (n, v) in reply.headers {
+            h.insert_header(n, v)?;
+        }
+        h.insert_header("content-length", reply.body.len().to_string())?;
+        // An unread request body would have to be drained first; close instead.
+        if ctx.s3.as_ref().and_then(|s| s.content_length).unwrap_or(0) > 0 {
+            session.set_keepalive(None);
+        }
+        session.write_response_header(Box::new(h), false).await?;
+        session.write_response_body(Some(reply.body), true).await?;
+        Ok(())
+    }
+
+    async fn write_error(&self, session: &mut Session, ctx: &mut RequestCtx, e: S3Error) -> Result<()> {
+        let body = if session.req_header().method == http::Method::HEAD { Bytes::new() } else { e.to_xml(&ctx.request_id) };
+        let mut headers = vec![("content-type", "application/xml".to_string())];
+        if let Some(secs) = e.retry_after {
+            headers.push(("retry-after", secs.to_string()));
+        }
+        let status = e.status();
+        ctx.error = Some(e);
+        self.write_reply(session, ctx, Reply { status, headers, body }).await
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for S3Proxy {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        // Paired with the decrement in `logging`, which runs for every request.
+        self.metrics.active.inc();
+        RequestCtx::new(request_id())
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        let parsed = S3Request::parse(session.req_header(), self.vhost_suffix.as_deref());
+        match parsed {
+            Ok(s3) => ctx.s3 = Some(s3),
+            Err(e) => {
+                self.write_error(session, ctx, e).await?;
+                return Ok(true);
+            }
+        }
+        if self.needs_key && self.keys.get().is_none() {
+            let e = s3err(S3ErrorCode::ServiceUnavailable, "The encryption key is not loaded yet; deliver it with `memkey-admin key send`").with_retry_after(5);
+            self.write_error(session, ctx, e).await?;
+            return Ok(true);
+        }
+        let req = session.req_header().clone();
+        match self.chain.request(&req, ctx).await {
+            Ok(Flow::Continue) => {
+                let expects = req.headers.get("expect").is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+                if expects {
+                    session.write_continue_response().await?;
+                }
+                Ok(false)
+            }
+            Ok(Flow::Respond(reply)) => {
+                self.write_reply(session, ctx, reply).await?;
+                Ok(true)
+            }
+            Err(e) => {
+                self.write_error(session, ctx, e).await?;
+                Ok(true)
+            }
+        }
+    }
+
+    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
+        let bucket = ctx.s3.as_ref().and_then(|s| s.bucket.as_deref());
+        Ok(Box::new(self.backend.peer(bucket)))
+    }
+
+    async fn upstream_request_filter(&self, _session: &mut Session, up: &mut RequestHeader, ctx: &mut RequestCtx) -> Result<()> {
+        match self.chain.upstream_request(up, ctx).await {
+            Ok(()) => Ok(()),
+            Err(e) => Err(to_pingora(ctx, e)),
+        }
+    }
+
+    async fn request_body_filter(&self, _session: &mut Session, body: &mut Option<Bytes>, end: bool, ctx: &mut RequestCtx) -> Result<()> {
+        match self.chain.request_body(body, end, ctx) {
+            Ok(()) => Ok(()),
+            Err(e) => Err(to_pingora(ctx, e)),
+        }
+    }
+
+    async fn upstream_response_filter(&self, _session: &mut Session, resp: &mut ResponseHeader, ctx: &mut RequestCtx) -> Result<()> {
+        if resp.status.is_informational() {
+            return Ok(());
+        }
+        let status = resp.status.as_u16();
+        if status >= 500 {
+            self.metrics.backend_errors.with_label_values(&[&status.to_string()]).inc();
+        }
+        match self.chain.upstream_response(resp, ctx) {
+            Ok(()) => Ok(()),
+            Err(e) => Err(to_pingora(ctx, e)),
+        }
+    }
+
+    fn upstream_response_body_filter(&self, _session: &mut Session, body: &mut Option<Bytes>, end: bool, ctx: &mut RequestCtx) -> Result<Option<std::time::Duration>> {
+        match self.chain.response_body(body, end, ctx) {
+            Ok(()) => Ok(None),
+            Err(e) => Err(to_pingora(ctx, e)),
+        }
+    }
+
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> FailToProxy {
+        let s3 = match e.root_cause().downcast_ref::<S3Error>() {
+            Some(s) => s.clone(),
+            None => match ctx.error.clone() {
+                Some(s) => s,
+                None => match e.esource() {
+                    ErrorSource::Upstream => {
+                        self.metrics.backend_errors.with_label_values(&["unreachable"]).inc();
+                        log::warn!("request {}: backend failed: {e}", ctx.request_id);
+                        s3err(S3ErrorCode::ServiceUnavailable, "The storage backend is unavailable. Please try again.").with_retry_after(1)
+                    }
+                    ErrorSource::Downstream => {
+                        if matches!(e.etype(), ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed) {
+                            ctx.error = Some(s3err(S3ErrorCode::IncompleteBody, "client connection closed"));
+                            return FailToProxy { error_code: 0, can_reuse_downstream: false };
+                        }
+                        s3err(S3ErrorCode::InvalidRequest, "The request could not be read")
+                    }
+                    _ => S3Error::internal("proxy", e),
+                },
+            },
+        };
+        let code = s3.status();
+        // Once the answer has started, the only honest signal left is to cut the connection.
+        if session.response_written().is_some() {
+            ctx.error = Some(s3);
+            return FailToProxy { error_code: 0, can_reuse_downstream: false };
+        }
+        if let Err(we) = self.write_error(session, ctx, s3).await {
+            log::debug!("could not send the error answer: {we}");
+        }
+        FailToProxy { error_code: code, can_reuse_downstream: false }
+    }
+
+    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
+        self.metrics.active.dec();
+        let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        let s3 = ctx.s3.as_ref();
+        let op = s3.map_or("Unknown", |s| s.op.name());
+        let method = session.req_header().method.as_str().to_string();
+        let m = &self.metrics;
+        m.requests.with_label_values(&[&method, op, &status.to_string()]).inc();
+        m.duration.with_label_values(&[op]).observe(ctx.started.elapsed().as_secs_f64());
+        m.bytes_encrypted.inc_by(ctx.bytes_encrypted);
+        m.bytes_decrypted.inc_by(ctx.bytes_decrypted);
+        let (bytes_in, bytes_out) = (session.body_bytes_read() as u64, session.body_bytes_sent() as u64);
+        m.bytes_received.inc_by(bytes_in);
+        m.bytes_sent.inc_by(bytes_out);
+        if let Some(kind) = ctx.crypto_failure {
+            m.encryption_errors.with_label_values(&[kind]).inc();
+        }
+        if let Some(reason) = ctx.auth_failure {
+            m.auth_failures.with_label_values(&[reason]).inc();
+        }
+        if let Some(audit) = &self.audit {
+            let fmt = time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z");
+            audit.write(&AuditLine {
+                time: time::OffsetDateTime::now_utc().format(&fmt).unwrap_or_default(),
+                request_id: &ctx.request_id,
+                client: session.client_addr().map(|a| a.to_string()),
+                access_key: ctx.verified.as_ref().map(|v| v.access_key.as_str()),
+                operation: op,
+                method: &method,
+                bucket: s3.and_then(|s| s.bucket.as_deref()),
+                key: s3.and_then(|s| s.key.as_deref()),
+                status,
+                error: ctx.error.as_ref().map(|e| e.code.as_str()),
+                bytes_in,
+                bytes_out,
+                duration_ms: ctx.started.elapsed().as_secs_f64() * 1000.0,
+                key_id: ctx.key_id,
+            });
+        }
+    }
+}
