@@ -1,1 +1,19 @@
-//! placeholder
+//! memkey-server ("keyd"): keeps s3-crypt-proxy master keys in locked memory, accepts them
+//! from administrators over an authenticated, forward-secret delivery protocol
+//! (`docs/key-protocol.md`) and hands them to the local proxy over a Unix socket.
+//!
+//! * [`client`]: what the proxy calls (`fetch_keyring`, `fetch_status`).
+//! * [`server`]: run the server in-process (`Server::start`).
+//! * [`protocol`]: message formats and cryptography shared with `memkey-admin`.
+
+pub mod client;
+pub mod config;
+pub mod harden;
+pub mod protocol;
+pub mod server;
+pub mod service;
+pub mod util;
+pub mod vault;
+
+pub use config::Config;
+pub use server::{Server, ServerHandle, StartError};

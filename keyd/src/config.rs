@@ -1,0 +1,414 @@
+//! `memkey.yaml` and its `MEMKEY_*` environment overrides.
+//!
+//! Precedence: built-in defaults < YAML file (`--config`) < environment variables.
+//! Every error is a single line (the binary prints it and exits with status 2).
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ed25519_dalek::{SigningKey, VerifyingKey};
+use serde::Deserialize;
+use zeroize::Zeroizing;
+
+use crate::protocol::{fingerprint_hex, signing_key_from_hex, verifying_key_from_hex};
+use crate::util::parse_duration;
+
+/// Default TCP listen address.
+pub const DEFAULT_LISTEN_ADDR: &str = "127.0.0.1:7070";
+/// Default Unix socket for the proxy.
+pub const DEFAULT_SOCKET_PATH: &str = "/run/memkey/memkey.sock";
+
+/// A configuration problem, rendered as one line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError(pub String);
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Guarantee a single line whatever the underlying error printed.
+        let one_line: String = self.0.split_whitespace().collect::<Vec<_>>().join(" ");
+        f.write_str(&one_line)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+fn err(msg: impl Into<String>) -> ConfigError {
+    ConfigError(msg.into())
+}
+
+/// Certificate chain and private key (PEM files) for the HTTPS listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// Validated server configuration.
+#[derive(Clone)]
+pub struct Config {
+    /// TCP address for `/challenge`, `/key`, `/status`, `/health` (port 0 picks a free port).
+    pub listen_addr: SocketAddr,
+    /// `None` serves plain HTTP (labs only; a warning is logged).
+    pub tls: Option<TlsFiles>,
+    /// Unix socket for the proxy (`/key/raw`, `/status`); `None` disables it.
+    pub unix_socket_path: Option<PathBuf>,
+    /// The server's long-term Ed25519 identity.
+    pub identity: SigningKey,
+    /// How long an issued challenge can be used.
+    pub challenge_timeout: Duration,
+    /// Failed deliveries from one IP before it is locked out.
+    pub max_failed_attempts: u32,
+    /// How long a lockout lasts.
+    pub lockout_duration: Duration,
+    /// Admin Ed25519 public keys allowed to deliver keys.
+    pub admins: Vec<VerifyingKey>,
+    /// Outstanding challenges kept at most (memory bound), across all clients.
+    pub max_pending_challenges: usize,
+    /// Outstanding challenges kept at most per source IP.
+    pub max_pending_per_ip: usize,
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("listen_addr", &self.listen_addr)
+            .field("tls", &self.tls)
+            .field("unix_socket_path", &self.unix_socket_path)
+            .field("identity_fingerprint", &fingerprint_hex(&self.identity.verifying_key()))
+            .field("challenge_timeout", &self.challenge_timeout)
+            .field("max_failed_attempts", &self.max_failed_attempts)
+            .field("lockout_duration", &self.lockout_duration)
+            .field("admins", &self.admins.iter().map(|a| hex::encode(a.as_bytes())).collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl Config {
+    /// Defaults around an identity: plain HTTP on 127.0.0.1:0, no socket, no admins.
+    /// Meant for tests and embedding; the binary uses [`Config::load`].
+    pub fn new(identity: SigningKey) -> Self {
+        Self {
+            listen_addr: "127.0.0.1:0".parse().expect("literal address"),
+            tls: None,
+            unix_socket_path: None,
+            identity,
+            challenge_timeout: Duration::from_secs(30),
+            max_failed_attempts: 5,
+            lockout_duration: Duration::from_secs(300),
+            admins: Vec::new(),
+            max_pending_challenges: 16_384,
+            max_pending_per_ip: 64,
+        }
+    }
+
+    /// The server fingerprint (hex SHA-256 of the identity public key).
+    pub fn fingerprint(&self) -> String {
+        fingerprint_hex(&self.identity.verifying_key())
+    }
+
+    /// Reads the optional YAML file, applies `MEMKEY_*` variables from `env`, validates.
+    pub fn load(path: Option<&Path>, env: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let mut raw = match path {
+            Some(p) => {
+                let text = std::fs::read_to_string(p)
+                    .map_err(|e| err(format!("cannot read config file {}: {e}", p.display())))?;
+                let text = Zeroizing::new(text);
+                if text.trim().is_empty() {
+                    RawConfig::default()
+                } else {
+                    serde_yaml::from_str::<RawConfig>(&text)
+                        .map_err(|e| err(format!("config file {}: {e}", p.display())))?
+                }
+            }
+            None => RawConfig::default(),
+        };
+        raw.apply_env(&env)?;
+        raw.validate()
+    }
+
+    /// [`Config::load`] with the process environment.
+    pub fn load_from_env(path: Option<&Path>) -> Result<Self, ConfigError> {
+        Self::load(path, |name| std::env::var(name).ok())
+    }
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    server: RawServer,
+    #[serde(default)]
+    identity: RawIdentity,
+    #[serde(default)]
+    security: RawSecurity,
+    #[serde(default)]
+    admins: Option<Vec<String>>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    listen_addr: Option<String>,
+    tls_enabled: Option<bool>,
+    tls_cert: Option<String>,
+    tls_key: Option<String>,
+    unix_socket_path: Option<String>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawIdentity {
+    private_key: Option<String>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSecurity {
+    challenge_timeout: Option<String>,
+    max_failed_attempts: Option<u32>,
+    lockout_duration: Option<String>,
+    max_pending_challenges: Option<usize>,
+}
+
+fn parse_bool(name: &str, v: &str) -> Result<bool, ConfigError> {
+    match v.trim().to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Ok(true),
+        "0" | "false" | "no" | "off" => Ok(false),
+        _ => Err(err(format!("{name}={v:?} is not a boolean (use true or false)"))),
+    }
+}
+
+impl RawConfig {
+    fn apply_env(&mut self, env: &impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        if let Some(v) = env("MEMKEY_LISTEN_ADDR") {
+            self.server.listen_addr = Some(v);
+        }
+        if let Some(v) = env("MEMKEY_TLS_ENABLED") {
+            self.server.tls_enabled = Some(parse_bool("MEMKEY_TLS_ENABLED", &v)?);
+        }
+        if let Some(v) = env("MEMKEY_TLS_CERT") {
+            self.server.tls_cert = Some(v);
+        }
+        if let Some(v) = env("MEMKEY_TLS_KEY") {
+            self.server.tls_key = Some(v);
+        }
+        if let Some(v) = env("MEMKEY_SOCKET") {
+            self.server.unix_socket_path = Some(v);
+        }
+        if let Some(v) = env("MEMKEY_IDENTITY_KEY") {
+            self.identity.private_key = Some(v);
+        }
+        if let Some(v) = env("MEMKEY_CHALLENGE_TIMEOUT") {
+            self.security.challenge_timeout = Some(v);
+        }
+        if let Some(v) = env("MEMKEY_MAX_FAILED_ATTEMPTS") {
+            let n = v
+                .trim()
+                .parse()
+                .map_err(|_| err(format!("MEMKEY_MAX_FAILED_ATTEMPTS={v:?} is not a positive integer")))?;
+            self.security.max_failed_attempts = Some(n);
+        }
+        if let Some(v) = env("MEMKEY_LOCKOUT_DURATION") {
+            self.security.lockout_duration = Some(v);
+        }
+        if let Some(v) = env("MEMKEY_ADMINS") {
+            self.admins = Some(v.split(',').map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect());
+        }
+        Ok(())
+    }
+
+    fn validate(self) -> Result<Config, ConfigError> {
+        let listen = self.server.listen_addr.as_deref().unwrap_or(DEFAULT_LISTEN_ADDR);
+        let listen_addr: SocketAddr = listen.trim().parse().map_err(|_| {
+            err(format!("server.listen_addr {listen:?} is not an IP:port address (e.g. \"127.0.0.1:7070\")"))
+        })?;
+
+        let tls = if self.server.tls_enabled.unwrap_or(true) {
+            let cert = self.server.tls_cert.filter(|s| !s.trim().is_empty()).ok_or_else(|| {
+                err("server.tls_enabled is true but server.tls_cert (MEMKEY_TLS_CERT) is not set")
+            })?;
+            let key = self.server.tls_key.filter(|s| !s.trim().is_empty()).ok_or_else(|| {
+                err("server.tls_enabled is true but server.tls_key (MEMKEY_TLS_KEY) is not set")
+            })?;
+            Some(TlsFiles { cert: PathBuf::from(cert.trim()), key: PathBuf::from(key.trim()) })
+        } else {
+            None
+        };
+
+        let unix_socket_path = match self.server.unix_socket_path {
+            None => Some(PathBuf::from(DEFAULT_SOCKET_PATH)),
+            Some(s) if s.trim().is_empty() => None,
+            Some(s) => {
+                let p = PathBuf::from(s.trim());
+                if !p.is_absolute() {
+                    return Err(err(format!("server.unix_socket_path {s:?} must be an absolute path")));
+                }
+                Some(p)
+            }
+        };
+
+        let seed = Zeroizing::new(self.identity.private_key.unwrap_or_default());
+        if seed.trim().is_empty() {
+            return Err(err(
+                "identity.private_key (MEMKEY_IDENTITY_KEY) is not set; create one with `memkey-server --generate-identity`",
+            ));
+        }
+        let identity = signing_key_from_hex(&seed)
+            .ok_or_else(|| err("identity.private_key must be 64 hex characters (an Ed25519 seed)"))?;
+
+        let challenge_timeout = match self.security.challenge_timeout {
+            Some(s) => parse_duration(&s).map_err(|e| err(format!("security.challenge_timeout: {e}")))?,
+            None => Duration::from_secs(30),
+        };
+        if challenge_timeout < Duration::from_secs(1) || challenge_timeout > Duration::from_secs(3600) {
+            return Err(err("security.challenge_timeout must be between 1s and 1h"));
+        }
+        let max_failed_attempts = self.security.max_failed_attempts.unwrap_or(5);
+        if max_failed_attempts == 0 {
+            return Err(err("security.max_failed_attempts must be at least 1"));
+        }
+        let lockout_duration = match self.security.lockout_duration {
+            Some(s) => parse_duration(&s).map_err(|e| err(format!("security.lockout_duration: {e}")))?,
+            None => Duration::from_secs(300),
+        };
+        if lockout_duration < Duration::from_secs(1) || lockout_duration > Duration::from_secs(7 * 86_400) {
+            return Err(err("security.lockout_duration must be between 1s and 7 days"));
+        }
+
+        let mut admins = Vec::new();
+        for (i, a) in self.admins.unwrap_or_default().iter().enumerate() {
+            let k = verifying_key_from_hex(a).ok_or_else(|| {
+                err(format!("admins[{i}] {a:?} is not an Ed25519 public key (64 hex characters, from `memkey-admin init`)"))
+            })?;
+            if !admins.contains(&k) {
+                admins.push(k);
+            }
+        }
+
+        let mut cfg = Config::new(identity);
+        cfg.listen_addr = listen_addr;
+        cfg.tls = tls;
+        cfg.unix_socket_path = unix_socket_path;
+        cfg.challenge_timeout = challenge_timeout;
+        cfg.max_failed_attempts = max_failed_attempts;
+        cfg.lockout_duration = lockout_duration;
+        cfg.admins = admins;
+        if let Some(n) = self.security.max_pending_challenges {
+            if n == 0 {
+                return Err(err("security.max_pending_challenges must be at least 1"));
+            }
+            cfg.max_pending_challenges = n;
+        }
+        Ok(cfg)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    const SEED: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
+
+    fn env_of(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let m: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        move |k| m.get(k).cloned()
+    }
+
+    fn yaml(text: &str) -> tempfile::NamedTempFile {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        std::io::Write::write_all(&mut f, text.as_bytes()).unwrap();
+        f
+    }
+
+    #[test]
+    fn full_file() {
+        let admin = hex::encode(crate::protocol::generate_identity().verifying_key().as_bytes());
+        let f = yaml(&format!(
+            "server:\n  listen_addr: \"0.0.0.0:7443\"\n  tls_enabled: true\n  tls_cert: /etc/c.pem\n  tls_key: /etc/k.pem\n  unix_socket_path: /run/m/m.sock\nidentity:\n  private_key: \"{SEED}\"\nsecurity:\n  challenge_timeout: 10s\n  max_failed_attempts: 3\n  lockout_duration: 2m\nadmins:\n  - {admin}\n"
+        ));
+        let c = Config::load(Some(f.path()), env_of(&[])).unwrap();
+        assert_eq!(c.listen_addr, "0.0.0.0:7443".parse().unwrap());
+        assert_eq!(c.tls, Some(TlsFiles { cert: "/etc/c.pem".into(), key: "/etc/k.pem".into() }));
+        assert_eq!(c.unix_socket_path, Some(PathBuf::from("/run/m/m.sock")));
+        assert_eq!(c.challenge_timeout, Duration::from_secs(10));
+        assert_eq!(c.max_failed_attempts, 3);
+        assert_eq!(c.lockout_duration, Duration::from_secs(120));
+        assert_eq!(c.admins.len(), 1);
+        assert!(!format!("{c:?}").contains(SEED), "Debug must not print the identity seed");
+    }
+
+    #[test]
+    fn env_overrides_file() {
+        let a1 = hex::encode(crate::protocol::generate_identity().verifying_key().as_bytes());
+        let a2 = hex::encode(crate::protocol::generate_identity().verifying_key().as_bytes());
+        let f = yaml(&format!("identity:\n  private_key: \"{SEED}\"\nserver:\n  tls_enabled: true\n"));
+        let c = Config::load(
+            Some(f.path()),
+            env_of(&[
+                ("MEMKEY_LISTEN_ADDR", "127.0.0.1:9999"),
+                ("MEMKEY_TLS_ENABLED", "false"),
+                ("MEMKEY_SOCKET", ""),
+                ("MEMKEY_CHALLENGE_TIMEOUT", "5s"),
+                ("MEMKEY_MAX_FAILED_ATTEMPTS", "7"),
+                ("MEMKEY_LOCKOUT_DURATION", "1h"),
+                ("MEMKEY_ADMINS", &format!("{a1}, {a2},")),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.listen_addr.port(), 9999);
+        assert!(c.tls.is_none());
+        assert!(c.unix_socket_path.is_none());
+        assert_eq!(c.challenge_timeout, Duration::from_secs(5));
+        assert_eq!(c.max_failed_attempts, 7);
+        assert_eq!(c.lockout_duration, Duration::from_secs(3600));
+        assert_eq!(c.admins.len(), 2);
+    }
+
+    #[test]
+    fn env_only() {
+        let c = Config::load(
+            None,
+            env_of(&[("MEMKEY_IDENTITY_KEY", SEED), ("MEMKEY_TLS_CERT", "/c"), ("MEMKEY_TLS_KEY", "/k")]),
+        )
+        .unwrap();
+        assert_eq!(c.listen_addr, DEFAULT_LISTEN_ADDR.parse().unwrap());
+        assert_eq!(c.unix_socket_path, Some(PathBuf::from(DEFAULT_SOCKET_PATH)));
+        assert_eq!(
+            c.fingerprint(),
+            crate::protocol::fingerprint_hex(&signing_key_from_hex(SEED).unwrap().verifying_key())
+        );
+    }
+
+    #[test]
+    fn errors_are_one_line() {
+        let id = ("MEMKEY_IDENTITY_KEY", SEED);
+        let plain = ("MEMKEY_TLS_ENABLED", "false");
+        let cases: Vec<(Vec<(&str, &str)>, &str)> = vec![
+            (vec![plain], "identity.private_key"),
+            (vec![plain, ("MEMKEY_IDENTITY_KEY", "abcd")], "64 hex"),
+            (vec![id], "tls_cert"),
+            (vec![id, plain, ("MEMKEY_LISTEN_ADDR", "localhost")], "listen_addr"),
+            (vec![id, plain, ("MEMKEY_TLS_ENABLED", "maybe")], "boolean"),
+            (vec![id, plain, ("MEMKEY_CHALLENGE_TIMEOUT", "soon")], "challenge_timeout"),
+            (vec![id, plain, ("MEMKEY_CHALLENGE_TIMEOUT", "0s")], "challenge_timeout"),
+            (vec![id, plain, ("MEMKEY_MAX_FAILED_ATTEMPTS", "0")], "max_failed_attempts"),
+            (vec![id, plain, ("MEMKEY_MAX_FAILED_ATTEMPTS", "-1")], "MAX_FAILED"),
+            (vec![id, plain, ("MEMKEY_LOCKOUT_DURATION", "5y")], "lockout_duration"),
+            (vec![id, plain, ("MEMKEY_ADMINS", "zz")], "admins[0]"),
+            (vec![id, plain, ("MEMKEY_SOCKET", "relative.sock")], "absolute"),
+        ];
+        for (env, needle) in cases {
+            let e = Config::load(None, env_of(&env)).unwrap_err().to_string();
+            assert!(e.contains(needle), "{e:?} should mention {needle}");
+            assert!(!e.contains('\n'));
+        }
+        let f = yaml("server:\n  listen_adr: x\n");
+        let e = Config::load(Some(f.path()), env_of(&[])).unwrap_err().to_string();
+        assert!(e.contains("listen_adr") && !e.contains('\n'), "{e}");
+        let e = Config::load(Some(Path::new("/nonexistent/memkey.yaml")), env_of(&[])).unwrap_err().to_string();
+        assert!(e.contains("cannot read config file"), "{e}");
+    }
+}
