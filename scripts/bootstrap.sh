@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Installs everything the tests and the demo need on a fresh Debian machine, once:
+# Debian packages (cmake for pingora, rclone, shellcheck, openssl), a Python venv with the
+# S3 servers and clients (cached under ~/.cache, keyed by tests/requirements.txt) and the
+# Garage binary (cached in cargo's bin folder). Safe to run again: it skips what is there.
+# Prints `export` lines for the caller to eval: VENV and PATH.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+log() { echo "bootstrap: $*" >&2; }
+
+need_apt=()
+for pair in cmake:cmake rclone:rclone shellcheck:shellcheck openssl:openssl curl:curl; do
+  cmd=${pair%%:*}; pkg=${pair##*:}
+  command -v "$cmd" >/dev/null 2>&1 || need_apt+=("$pkg")
+done
+if [ "${#need_apt[@]}" -gt 0 ]; then
+  log "apt-get install ${need_apt[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq >&2
+  apt-get install -y -qq "${need_apt[@]}" >&2
+fi
+
+cache="${XDG_CACHE_HOME:-$HOME/.cache}/s3-crypt-proxy"
+req_hash=$(sha256sum tests/requirements.txt | cut -c1-16)
+venv="$cache/venv-$req_hash"
+if [ ! -x "$venv/bin/pytest" ]; then
+  log "creating Python venv $venv"
+  mkdir -p "$cache"
+  python3 -m venv "$venv" >&2
+  "$venv/bin/pip" install -q --upgrade pip >&2
+  "$venv/bin/pip" install -q -r tests/requirements.txt >&2
+fi
+
+cargo_bin="${CARGO_HOME:-$HOME/.cargo}/bin"
+if [ ! -x "$cargo_bin/garage" ]; then
+  log "building Garage 2.5.0 (about 8 minutes on 2 cores, once per machine)"
+  cargo install garage@2.5.0 --no-default-features --features bundled-libs,lmdb,sqlite --locked >&2
+fi
+
+echo "export S3CP_VENV='$venv'"
+echo "export PATH='$venv/bin:$cargo_bin:'\"\$PATH\""

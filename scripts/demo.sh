@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# The whole stack on this machine: `scripts/demo.sh` starts it, `scripts/demo.sh down` stops it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+eval "$(scripts/bootstrap.sh)"
+case "${1:-up}" in
+  up)
+    cargo build --bins --locked
+    S3CP_BIN_DIR="$PWD/target/debug" python scripts/demo.py up ;;
+  down)
+    python scripts/demo.py down ;;
+  *) echo "usage: scripts/demo.sh [up|down]" >&2; exit 2 ;;
+esac

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Runs every test: unit and integration tests of the Rust workspace, then the end-to-end
+# tests (real S3 servers on 127.0.0.1, real clients, the real binaries).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+eval "$(scripts/bootstrap.sh)"
+
+echo "== cargo test (workspace)"
+cargo test --workspace --locked 2>&1 | tee /tmp/s3cp-cargo-test.log | grep -E "^test result|FAILED|panicked|^error" || true
+if grep -qE "FAILED|^error(\[|:)" /tmp/s3cp-cargo-test.log; then
+  echo "cargo test failed; see /tmp/s3cp-cargo-test.log"; tail -50 /tmp/s3cp-cargo-test.log; exit 1
+fi
+passed=$(grep -E "^test result" /tmp/s3cp-cargo-test.log | awk '{s+=$4} END {print s}')
+echo "cargo: ${passed} passed"
+
+echo "== shellcheck"
+shellcheck scripts/*.sh deploy/*.sh 2>/dev/null || shellcheck scripts/*.sh
+
+echo "== end-to-end (pytest)"
+cargo build --bins --locked
+S3CP_BIN_DIR="$PWD/target/debug" python -m pytest tests/e2e -q -p no:cacheprovider "$@"

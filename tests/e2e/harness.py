@@ -1,0 +1,317 @@
+"""Starts the real pieces on 127.0.0.1 for end-to-end tests and the demo: S3 backends
+(moto, Garage), memkey-server with a key delivered by memkey-admin, and s3-crypt-proxy.
+Every process is started by this module and stopped by its PID."""
+
+import hashlib
+import json
+import os
+import re
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import urllib.request
+import ssl
+
+import yaml
+
+BIN_DIR = os.environ.get("S3CP_BIN_DIR", os.path.join(os.path.dirname(__file__), "..", "..", "target", "debug"))
+
+
+def binary(name):
+    path = os.path.join(BIN_DIR, name)
+    if not os.path.exists(path):
+        raise RuntimeError(f"{path} is missing: run `cargo build --bins` first")
+    return path
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port, proc=None, timeout=30.0):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"{proc.args[0]} exited with {proc.returncode}; log: {proc.log_path}\n{tail(proc.log_path)}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on port {port} after {timeout}s")
+
+
+def tail(path, n=40):
+    try:
+        with open(path, errors="replace") as f:
+            return "".join(f.readlines()[-n:])
+    except OSError:
+        return ""
+
+
+class Proc:
+    """A child process with its output in a log file."""
+
+    def __init__(self, args, workdir, name, env=None):
+        self.log_path = os.path.join(workdir, f"{name}.log")
+        self.log = open(self.log_path, "ab")
+        full_env = dict(os.environ)
+        full_env.update(env or {})
+        self.p = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT, env=full_env, cwd=workdir,
+                                  start_new_session=True)
+        self.p.log_path = self.log_path
+        self.pid = self.p.pid
+
+    def poll(self):
+        return self.p.poll()
+
+    def stop(self, sig=signal.SIGTERM, timeout=10):
+        if self.p.poll() is None:
+            self.p.send_signal(sig)
+            try:
+                self.p.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.p.kill()
+                self.p.wait()
+        self.log.close()
+
+
+def run(args, **kw):
+    return subprocess.run(args, check=True, capture_output=True, text=True, **kw)
+
+
+def self_signed_cert(workdir, name):
+    cert, key = os.path.join(workdir, f"{name}.crt"), os.path.join(workdir, f"{name}.key")
+    run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+         "-days", "2", "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost",
+         "-keyout", key, "-out", cert])
+    return cert, key
+
+
+def cert_fingerprint(cert_path):
+    """SHA-256 of the DER certificate, colon-separated lowercase hex (PBS's form)."""
+    with open(cert_path) as f:
+        der = ssl.PEM_cert_to_DER_cert(f.read())
+    return ":".join(f"{b:02x}" for b in hashlib.sha256(der).digest())
+
+
+# ---------------------------------------------------------------- backends
+
+class Moto:
+    name = "moto"
+    region = "us-east-1"
+    access_key = "moto-access"
+    secret_key = "moto-secret-key"
+
+    def __init__(self, workdir):
+        self.port = free_port()
+        self.proc = Proc(["moto_server", "-H", "127.0.0.1", "-p", str(self.port)], workdir, "moto")
+        wait_port(self.port, self.proc.p)
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+
+    def stop(self):
+        self.proc.stop()
+
+
+class Garage:
+    name = "garage"
+    region = "garage"
+
+    def __init__(self, workdir):
+        d = os.path.join(workdir, "garage")
+        os.makedirs(d, exist_ok=True)
+        self.port, rpc, admin = free_port(), free_port(), free_port()
+        self.conf = os.path.join(d, "garage.toml")
+        with open(self.conf, "w") as f:
+            f.write(f"""metadata_dir = "{d}/meta"
+data_dir = "{d}/data"
+db_engine = "sqlite"
+replication_factor = 1
+rpc_bind_addr = "127.0.0.1:{rpc}"
+rpc_public_addr = "127.0.0.1:{rpc}"
+rpc_secret = "{secrets.token_hex(32)}"
+
+[s3_api]
+s3_region = "garage"
+api_bind_addr = "127.0.0.1:{self.port}"
+root_domain = ".s3.garage.localhost"
+
+[admin]
+api_bind_addr = "127.0.0.1:{admin}"
+admin_token = "{secrets.token_hex(16)}"
+""")
+        self.proc = Proc([shutil.which("garage") or "garage", "-c", self.conf, "server"], d, "garage", env={"RUST_LOG": "warn"})
+        wait_port(self.port, self.proc.p)
+        node = self._garage("node", "id", "-q").strip().split("@")[0]
+        self._garage("layout", "assign", "-z", "dc1", "-c", "1G", node)
+        self._garage("layout", "apply", "--version", "1")
+        self.access_key = "GK" + secrets.token_hex(12)
+        self.secret_key = secrets.token_hex(32)
+        self._garage("key", "import", "--yes", "-n", "s3cp-test", self.access_key, self.secret_key)
+        self._garage("key", "allow", "--create-bucket", self.access_key)
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+
+    def _garage(self, *args):
+        for attempt in range(50):
+            r = subprocess.run([shutil.which("garage") or "garage", "-c", self.conf, *args], capture_output=True, text=True)
+            if r.returncode == 0:
+                return r.stdout
+            time.sleep(0.2)
+        raise RuntimeError(f"garage {' '.join(args)} failed: {r.stderr}")
+
+    def stop(self):
+        self.proc.stop()
+
+
+def start_backend(kind, workdir):
+    return {"moto": Moto, "garage": Garage}[kind](workdir)
+
+
+# ---------------------------------------------------------------- keyd
+
+class Keyd:
+    """memkey-server over HTTPS and a Unix socket, and an initialised memkey-admin."""
+
+    def __init__(self, workdir):
+        self.dir = os.path.join(workdir, "keyd")
+        os.makedirs(self.dir, mode=0o750, exist_ok=True)
+        self.admin_dir = os.path.join(self.dir, "admin")
+        self.socket = os.path.join(self.dir, "memkey.sock")
+        self.port = free_port()
+        self.url = f"https://127.0.0.1:{self.port}"
+        self.cert, self.key = self_signed_cert(self.dir, "memkey")
+        seed = run([binary("memkey-server"), "--generate-identity"]).stdout.strip().split()[-1]
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+        from cryptography.hazmat.primitives import serialization
+        pub = Ed25519PrivateKey.from_private_bytes(bytes.fromhex(seed)).public_key().public_bytes(
+            serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+        self.fingerprint = hashlib.sha256(pub).hexdigest()
+        out = self.admin("init", "--server", self.url, "--fingerprint", self.fingerprint).stdout
+        admin_pub = re.search(r"\b[0-9a-f]{64}\b", out).group(0)
+        self.conf = os.path.join(self.dir, "memkey.yaml")
+        with open(self.conf, "w") as f:
+            yaml.safe_dump({
+                "server": {"listen_addr": f"127.0.0.1:{self.port}", "tls_enabled": True, "tls_cert": self.cert,
+                           "tls_key": self.key, "unix_socket_path": self.socket},
+                "identity": {"private_key": seed},
+                "security": {"challenge_timeout": "30s", "max_failed_attempts": 5, "lockout_duration": "5m"},
+                "admins": [admin_pub],
+            }, f)
+        self.start()
+
+    def start(self):
+        self.proc = Proc([binary("memkey-server"), "--config", self.conf], self.dir, "memkey-server")
+        wait_port(self.port, self.proc.p)
+        deadline = time.time() + 10
+        while not os.path.exists(self.socket) and time.time() < deadline:
+            time.sleep(0.05)
+
+    def admin(self, *args, check=True):
+        return subprocess.run([binary("memkey-admin"), "--config-dir", self.admin_dir, *args],
+                              capture_output=True, text=True, check=check)
+
+    def new_key(self, key_id=1):
+        path = os.path.join(self.dir, f"master-{key_id}.key")
+        if not os.path.exists(path):
+            self.admin("key", "generate", "--id", str(key_id), "--out", path)
+        return path
+
+    def send_key(self, key_file, *extra):
+        return self.admin("key", "send", "--key-file", key_file, "--cacert", self.cert, *extra)
+
+    def stop(self):
+        self.proc.stop()
+
+
+# ---------------------------------------------------------------- the proxy
+
+class Proxy:
+    def __init__(self, workdir, backend, keyd=None, tls=True, name="proxy", **overrides):
+        self.dir = os.path.join(workdir, name)
+        os.makedirs(self.dir, exist_ok=True)
+        self.port, self.admin_port = free_port(), free_port()
+        self.access_key, self.secret_key = "pbs-client", "pbs-client-secret-" + secrets.token_hex(8)
+        self.admin_token = secrets.token_hex(16)
+        self.backend = backend
+        self.tls = tls
+        cfg = {
+            "listen_addr": f"127.0.0.1:{self.port}",
+            "admin_listen_addr": f"127.0.0.1:{self.admin_port}",
+            "admin": {"token": self.admin_token},
+            "backend": {"endpoint": backend.endpoint, "region": backend.region, "access_key": backend.access_key,
+                        "secret_key": backend.secret_key, "path_style": True},
+            "client": {"access_key": self.access_key, "secret_key": self.secret_key},
+            "audit_log": os.path.join(self.dir, "audit.log"),
+            "server": {"upgrade_sock": os.path.join(self.dir, "upgrade.sock"), "pid_file": os.path.join(self.dir, "proxy.pid"),
+                       "grace_period_seconds": 1, "graceful_shutdown_timeout_seconds": 2, "threads": 2},
+            "memkey": {"poll_interval": "200ms"},
+        }
+        if keyd is not None:
+            cfg["memkey"]["socket_path"] = keyd.socket
+        if tls:
+            self.cert, self.key = self_signed_cert(self.dir, "proxy")
+            cfg["tls"] = {"cert_file": self.cert, "key_file": self.key}
+        for k, v in overrides.items():
+            cfg[k] = v
+        self.config = cfg
+        self.conf = os.path.join(self.dir, "config.yaml")
+        with open(self.conf, "w") as f:
+            yaml.safe_dump(cfg, f)
+        self.start()
+
+    @property
+    def endpoint(self):
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
+
+    @property
+    def admin_url(self):
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.admin_port}"
+
+    def start(self, upgrade=False):
+        args = [binary("s3-crypt-proxy"), "run", "--config", self.conf] + (["--upgrade"] if upgrade else [])
+        self.proc = Proc(args, self.dir, "proxy", env={"RUST_BACKTRACE": "1"})
+        wait_port(self.port, self.proc.p)
+
+    def admin_get(self, path, token=None):
+        ctx = ssl.create_default_context()
+        ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+        req = urllib.request.Request(self.admin_url + path)
+        if token:
+            req.add_header("Authorization", f"Bearer {token}")
+        try:
+            with urllib.request.urlopen(req, context=ctx, timeout=5) as r:
+                return r.status, r.read()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read()
+
+    def wait_ready(self, timeout=20):
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            status, body = self.admin_get("/readyz")
+            if status == 200:
+                return
+            time.sleep(0.1)
+        raise RuntimeError(f"proxy not ready: {body!r}\n{tail(self.proc.log_path)}")
+
+    def metric(self, name, **labels):
+        """The value of one metric sample, 0 when absent."""
+        _, text = self.admin_get("/metrics")
+        total = 0.0
+        for line in text.decode().splitlines():
+            if not line.startswith(name):
+                continue
+            m = re.match(r"([a-z_]+)(\{[^}]*\})?\s+(\S+)", line)
+            if not m or m.group(1) != name:
+                continue
+            lab = dict(re.findall(r'(\w+)="([^"]*)"', m.group(2) or ""))
+            if all(lab.get(k) == str(v) for k, v in labels.items()):
+                total += float(m.group(3))
+        return total
+
+    def stop(self):
+        self.proc.stop()
