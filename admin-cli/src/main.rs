@@ -1,1 +1,556 @@
-fn main() {}
+//! memkey-admin: the administrator's tool for memkey-server.
+
+mod store;
+mod transport;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use ed25519_dalek::SigningKey;
+use keyd::protocol::{self, ChallengeMsg, DeliveryAck, ProtocolError};
+use keyd::service::StatusInfo;
+use keyd::util::human_duration;
+use s3cp_format::keys::{KeyId, MasterKey};
+
+use store::{normalize_url, read_master_key, write_atomic, write_new, AdminConfig, ServerEntry, Store, MASTER_KEY_FILE};
+use transport::{Answer, Client, Target};
+
+pub const EXIT_ERROR: u8 = 1;
+pub const EXIT_USAGE: u8 = 2;
+pub const EXIT_FINGERPRINT: u8 = 3;
+pub const EXIT_UNREACHABLE: u8 = 4;
+pub const EXIT_LOCKED_OUT: u8 = 5;
+pub const EXIT_REJECTED: u8 = 6;
+
+/// A failure with its exit status and a one-line message.
+#[derive(Debug)]
+pub struct Fail {
+    pub code: u8,
+    pub message: String,
+}
+
+impl Fail {
+    pub fn new(code: u8, message: impl Into<String>) -> Self {
+        Self { code, message: message.into() }
+    }
+    pub fn usage(message: impl Into<String>) -> Self {
+        Self::new(EXIT_USAGE, message)
+    }
+    pub fn error(message: impl Into<String>) -> Self {
+        Self::new(EXIT_ERROR, message)
+    }
+}
+
+/// Administrator tool for memkey-server (s3-crypt-proxy): pins servers by fingerprint, holds
+/// the admin's Ed25519 identity, generates/imports master keys and delivers them over the
+/// authenticated, forward-secret memkey protocol (docs/key-protocol.md).
+///
+/// First use:
+///   memkey-admin init --server https://keyhost:7070 --fingerprint <64 hex from the server log>
+///   (add the printed admin public key to `admins:` in memkey.yaml, restart memkey-server)
+///   memkey-admin key generate            # or: memkey-admin key import --file master.key
+///   memkey-admin key send
+///
+/// After every memkey-server restart:  memkey-admin status && memkey-admin key send
+///
+/// Exit status: 0 success, 1 error, 2 usage or local configuration error,
+/// 3 server identity mismatch (fingerprint / signature / acknowledgement),
+/// 4 server unreachable (network or TLS), 5 locked out, 6 rejected by the server
+/// (e.g. admin key not in the server's admins list).
+#[derive(Parser, Debug)]
+#[command(name = "memkey-admin", version, about, long_about, verbatim_doc_comment)]
+struct Cli {
+    /// Directory holding config.yaml, admin.key and master.key (created with mode 0700).
+    /// Default: $XDG_CONFIG_HOME/memkey-admin or ~/.config/memkey-admin.
+    /// Example: --config-dir /root/.memkey-admin
+    #[arg(long, global = true, env = "MEMKEY_ADMIN_DIR", value_name = "DIR", verbatim_doc_comment)]
+    config_dir: Option<PathBuf>,
+
+    /// Network timeout per server, in seconds.
+    /// Example: --timeout 30
+    #[arg(long, global = true, default_value_t = 15, value_name = "SECS", verbatim_doc_comment)]
+    timeout: u64,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Pin a memkey-server by fingerprint and create the admin identity (kept if it exists).
+    ///
+    /// Run it again to add more servers or to update a fingerprint after a server identity change.
+    /// Example: memkey-admin init --server https://keyhost:7070 --fingerprint 5647…708c --cacert memkey.crt
+    #[command(verbatim_doc_comment)]
+    Init(InitArgs),
+    /// Master key files: generate, import.
+    #[command(subcommand)]
+    Key(KeyCommand),
+    /// Show each server's state: key loaded?, key ids, current id, uptime; checks the fingerprint.
+    ///
+    /// Example: memkey-admin status
+    /// Example: memkey-admin status --server https://keyhost2:7070#<fingerprint>
+    #[command(verbatim_doc_comment)]
+    Status(ServerSelection),
+    /// Print this workstation's admin public key (for `admins:` in memkey.yaml).
+    ///
+    /// Example: memkey-admin identity
+    #[command(verbatim_doc_comment)]
+    Identity,
+}
+
+#[derive(Args, Debug)]
+struct InitArgs {
+    /// memkey-server URL; `URL#FINGERPRINT` is accepted too.
+    /// Example: --server https://keyhost.example:7070
+    #[arg(long, value_name = "URL", verbatim_doc_comment)]
+    server: String,
+    /// The SERVER FINGERPRINT line of the server's log (64 hex), verified out of band.
+    /// Example: --fingerprint 56475aa75463474c0285df5dbf2bcab73da651358839e9b77481b2eab107708c
+    #[arg(long, value_name = "HEX", verbatim_doc_comment)]
+    fingerprint: Option<String>,
+    /// PEM file with the server's TLS certificate or its CA, stored for later commands.
+    /// Example: --cacert /etc/s3-crypt-proxy/memkey.crt
+    #[arg(long, value_name = "FILE", verbatim_doc_comment)]
+    cacert: Option<PathBuf>,
+    /// Do not verify the server's TLS certificate (self-signed lab certificates). The key is
+    /// still sealed to the pinned fingerprint, so it cannot be read or replaced in transit.
+    /// Example: --insecure-tls
+    #[arg(long, verbatim_doc_comment)]
+    insecure_tls: bool,
+}
+
+#[derive(Subcommand, Debug)]
+enum KeyCommand {
+    /// Generate a new random master key file (mode 0600; never overwrites).
+    ///
+    /// Without --out it becomes this workstation's current key (<config-dir>/master.key).
+    /// Keep an offline backup: objects encrypted with a lost key cannot be recovered.
+    /// Example: memkey-admin key generate --id 2 --out /media/backup/master-2.key
+    #[command(verbatim_doc_comment)]
+    Generate {
+        /// Key id stored with the key and in every object it encrypts.
+        /// Example: --id 2
+        #[arg(long, default_value_t = 1, value_name = "N", verbatim_doc_comment)]
+        id: KeyId,
+        /// Where to write the key file.
+        /// Example: --out master-2.key
+        #[arg(long, value_name = "FILE", verbatim_doc_comment)]
+        out: Option<PathBuf>,
+    },
+    /// Validate a master key file and make it this workstation's current key.
+    ///
+    /// Example: memkey-admin key import --file /media/backup/master.key
+    #[command(verbatim_doc_comment)]
+    Import {
+        /// Key file in the format `s3cp-master-key v1 <id> <64 hex>`.
+        /// Example: --file master.key
+        #[arg(long, value_name = "FILE", verbatim_doc_comment)]
+        file: PathBuf,
+        /// Replace an existing, different current key file.
+        /// Example: --force
+        #[arg(long, verbatim_doc_comment)]
+        force: bool,
+    },
+    /// Deliver the master key to one or more memkey-servers.
+    ///
+    /// Without --server, every server pinned by `init` receives the key.
+    /// Example: memkey-admin key send
+    /// Example: memkey-admin key send --server https://a:7070#<fp-a> --server https://b:7070#<fp-b>
+    /// Example: memkey-admin key send --key-file master-2.key --no-make-current
+    #[command(verbatim_doc_comment)]
+    Send {
+        #[command(flatten)]
+        servers: ServerSelection,
+        /// Key file to send (default: <config-dir>/master.key).
+        /// Example: --key-file master-2.key
+        #[arg(long, value_name = "FILE", verbatim_doc_comment)]
+        key_file: Option<PathBuf>,
+        /// Load the key without making it the current key (new objects keep using the old one).
+        /// Example: --no-make-current
+        #[arg(long, verbatim_doc_comment)]
+        no_make_current: bool,
+    },
+}
+
+#[derive(Args, Debug)]
+struct ServerSelection {
+    /// Server URL, optionally with its fingerprint as `URL#FINGERPRINT`; repeat for several
+    /// servers. Without it: every server pinned by `init`.
+    /// Example: --server https://keyhost:7070
+    #[arg(long = "server", value_name = "URL", verbatim_doc_comment)]
+    servers: Vec<String>,
+    /// Pinned fingerprint for the --server at the same position (overrides the stored one).
+    /// Example: --server https://a:7070 --fingerprint <64 hex>
+    #[arg(long = "fingerprint", value_name = "HEX", verbatim_doc_comment)]
+    fingerprints: Vec<String>,
+    /// PEM file with the server certificate or CA (overrides the stored setting).
+    /// Example: --cacert memkey.crt
+    #[arg(long, value_name = "FILE", verbatim_doc_comment)]
+    cacert: Option<PathBuf>,
+    /// Skip TLS certificate verification (lab self-signed certificates; see `init --help`).
+    /// Example: --insecure-tls
+    #[arg(long, verbatim_doc_comment)]
+    insecure_tls: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => {
+            if !f.message.is_empty() {
+                eprintln!("memkey-admin: {}", f.message);
+            }
+            ExitCode::from(f.code)
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<(), Fail> {
+    let store = Store::locate(cli.config_dir.clone())?;
+    let timeout = Duration::from_secs(cli.timeout.max(1));
+    match cli.command {
+        Command::Init(a) => init(&store, a),
+        Command::Identity => {
+            let id = store.identity()?;
+            println!("{}", hex::encode(id.verifying_key().as_bytes()));
+            Ok(())
+        }
+        Command::Key(KeyCommand::Generate { id, out }) => key_generate(&store, id, out),
+        Command::Key(KeyCommand::Import { file, force }) => key_import(&store, &file, force),
+        Command::Key(KeyCommand::Send { servers, key_file, no_make_current }) => {
+            key_send(&store, &servers, key_file, !no_make_current, timeout)
+        }
+        Command::Status(sel) => status(&store, &sel, timeout),
+    }
+}
+
+fn split_url(arg: &str) -> (String, Option<String>) {
+    match arg.split_once('#') {
+        Some((u, fp)) => (normalize_url(u), Some(fp.to_owned())),
+        None => (normalize_url(arg), None),
+    }
+}
+
+fn parse_fp(text: &str) -> Result<[u8; 32], Fail> {
+    protocol::parse_fingerprint(text)
+        .ok_or_else(|| Fail::usage(format!("fingerprint {text:?} is not 64 hex characters (SHA-256)")))
+}
+
+fn init(store: &Store, a: InitArgs) -> Result<(), Fail> {
+    let (url, url_fp) = split_url(&a.server);
+    let fp_text = a.fingerprint.or(url_fp).ok_or_else(|| {
+        Fail::usage("--fingerprint HEX is required: copy it from the server log line `SERVER FINGERPRINT: …`")
+    })?;
+    let fp = parse_fp(&fp_text)?;
+    if !(url.starts_with("https://") || url.starts_with("http://")) {
+        return Err(Fail::usage(format!("--server {url:?} must start with https:// (or http:// in a lab)")));
+    }
+    if url.starts_with("http://") {
+        eprintln!("warning: {url} is plain HTTP; the key is still sealed to the pinned server, but use HTTPS outside a lab");
+    }
+    if let Some(ca) = &a.cacert {
+        if !ca.is_file() {
+            return Err(Fail::usage(format!("--cacert {} does not exist", ca.display())));
+        }
+    }
+    let cacert = a.cacert.map(|p| std::fs::canonicalize(&p).unwrap_or(p));
+    let mut cfg = store.load_config()?;
+    let replaced = cfg.find(&url).map(|e| e.fingerprint.clone());
+    cfg.upsert(ServerEntry { url: url.clone(), fingerprint: hex::encode(fp), cacert, insecure_tls: a.insecure_tls });
+    let (identity, created) = match store.load_identity()? {
+        Some(k) => (k, false),
+        None => (store.create_identity()?, true),
+    };
+    store.save_config(&cfg)?;
+    match replaced {
+        Some(old) if old != hex::encode(fp) => println!("Updated {url}: fingerprint {old} -> {}", hex::encode(fp)),
+        Some(_) => println!("{url} was already pinned with this fingerprint"),
+        None => println!("Pinned {url} with fingerprint {}", hex::encode(fp)),
+    }
+    println!(
+        "{} admin identity in {}",
+        if created { "Created" } else { "Using existing" },
+        store.path(store::IDENTITY_FILE).display()
+    );
+    println!();
+    println!("Admin public key (add it to memkey.yaml on the server, then restart memkey-server):");
+    println!();
+    println!("admins:");
+    println!("  - \"{}\"", hex::encode(identity.verifying_key().as_bytes()));
+    Ok(())
+}
+
+fn key_generate(store: &Store, id: KeyId, out: Option<PathBuf>) -> Result<(), Fail> {
+    let path = match out {
+        Some(p) => p,
+        None => {
+            store.ensure_dir()?;
+            store.path(MASTER_KEY_FILE)
+        }
+    };
+    let key = MasterKey::generate(id);
+    write_new(&path, key.to_file_string().as_bytes())?;
+    println!("Wrote master key id {id} to {} (mode 0600).", path.display());
+    println!("Keep an offline backup of this file: data encrypted with a lost key cannot be recovered.");
+    Ok(())
+}
+
+fn key_import(store: &Store, file: &std::path::Path, force: bool) -> Result<(), Fail> {
+    let key = read_master_key(file)?;
+    store.ensure_dir()?;
+    let dest = store.path(MASTER_KEY_FILE);
+    if dest.exists() {
+        let existing = read_master_key(&dest).ok();
+        let same = existing.as_ref().is_some_and(|e| e.id() == key.id() && e.expose() == key.expose());
+        if same {
+            println!("{} already holds this key (id {})", dest.display(), key.id());
+            return Ok(());
+        }
+        if !force {
+            return Err(Fail::usage(format!(
+                "{} already holds a different key{}; back it up, then re-run with --force to replace it",
+                dest.display(),
+                existing.map(|e| format!(" (id {})", e.id())).unwrap_or_default()
+            )));
+        }
+    }
+    write_atomic(&dest, key.to_file_string().as_bytes(), 0o600)?;
+    println!("Imported master key id {} into {}", key.id(), dest.display());
+    Ok(())
+}
+
+/// Resolves the servers to contact from the command line and the stored configuration.
+fn targets(cfg: &AdminConfig, sel: &ServerSelection) -> Result<Vec<Target>, Fail> {
+    let tls = |entry: Option<&ServerEntry>| -> (Option<PathBuf>, bool) {
+        if sel.insecure_tls {
+            (None, true)
+        } else if sel.cacert.is_some() {
+            (sel.cacert.clone(), false)
+        } else {
+            entry.map(|e| (e.cacert.clone(), e.insecure_tls)).unwrap_or((None, false))
+        }
+    };
+    if sel.servers.is_empty() {
+        if !sel.fingerprints.is_empty() {
+            return Err(Fail::usage("--fingerprint needs a --server"));
+        }
+        if cfg.servers.is_empty() {
+            return Err(Fail::usage("no server pinned yet: run `memkey-admin init --server URL --fingerprint HEX` or pass --server URL#FINGERPRINT"));
+        }
+        return cfg
+            .servers
+            .iter()
+            .map(|e| {
+                let (cacert, insecure_tls) = tls(Some(e));
+                Ok(Target { url: normalize_url(&e.url), fingerprint: parse_fp(&e.fingerprint)?, cacert, insecure_tls })
+            })
+            .collect();
+    }
+    if !sel.fingerprints.is_empty() && sel.fingerprints.len() != sel.servers.len() {
+        return Err(Fail::usage(format!(
+            "{} --fingerprint for {} --server: give one per server, in the same order (or use URL#FINGERPRINT)",
+            sel.fingerprints.len(),
+            sel.servers.len()
+        )));
+    }
+    sel.servers
+        .iter()
+        .enumerate()
+        .map(|(i, arg)| {
+            let (url, url_fp) = split_url(arg);
+            let entry = cfg.find(&url);
+            let fp_text = url_fp
+                .or_else(|| sel.fingerprints.get(i).cloned())
+                .or_else(|| entry.map(|e| e.fingerprint.clone()))
+                .ok_or_else(|| {
+                    Fail::usage(format!(
+                        "no pinned fingerprint for {url}: use --server {url}#FINGERPRINT, --fingerprint HEX, or `memkey-admin init`"
+                    ))
+                })?;
+            let (cacert, insecure_tls) = tls(entry);
+            Ok(Target { url, fingerprint: parse_fp(&fp_text)?, cacert, insecure_tls })
+        })
+        .collect()
+}
+
+fn server_error(target: &Target, what: &str, a: &Answer) -> Fail {
+    let e = a.error();
+    match (a.status, e.code.as_str()) {
+        (429, "locked_out") => {
+            let secs = e.retry_after.or(a.retry_after).unwrap_or(0);
+            Fail::new(
+                EXIT_LOCKED_OUT,
+                format!(
+                    "{}: locked out after too many failed attempts from this address; time left: {} (Retry-After {secs}s)",
+                    target.url,
+                    human_duration(Duration::from_secs(secs))
+                ),
+            )
+        }
+        (_, "unknown_admin") => Fail::new(
+            EXIT_REJECTED,
+            format!(
+                "{}: this admin key is not in the server's admins list; add the output of `memkey-admin identity` to `admins:` in memkey.yaml and restart memkey-server",
+                target.url
+            ),
+        ),
+        (_, "key_id_conflict") => Fail::new(
+            EXIT_REJECTED,
+            format!(
+                "{}: the server already holds a different key with this id; nothing was changed (check the key file; restarting memkey-server clears its keys)",
+                target.url
+            ),
+        ),
+        (status, code) if code.is_empty() => {
+            Fail::new(EXIT_REJECTED, format!("{}: {what} failed with HTTP {status}: {}", target.url, e.error))
+        }
+        (status, code) => {
+            Fail::new(EXIT_REJECTED, format!("{}: {what} refused (HTTP {status}, {code}): {}", target.url, e.error))
+        }
+    }
+}
+
+fn identity_failure(target: &Target, e: ProtocolError) -> Fail {
+    match e {
+        ProtocolError::FingerprintMismatch { expected, got } => Fail::new(
+            EXIT_FINGERPRINT,
+            format!(
+                "{}: SERVER FINGERPRINT MISMATCH - expected {expected}, got {got}. The key was NOT sent. \
+If the server identity was changed on purpose, read the new fingerprint from the server log \
+(journalctl -u memkey-server | grep 'SERVER FINGERPRINT') and re-run `memkey-admin init`.",
+                target.url
+            ),
+        ),
+        ProtocolError::BadServerSignature => Fail::new(
+            EXIT_FINGERPRINT,
+            format!("{}: the challenge signature does not verify; the key was NOT sent", target.url),
+        ),
+        other => Fail::new(EXIT_FINGERPRINT, format!("{}: invalid challenge ({other}); the key was NOT sent", target.url)),
+    }
+}
+
+/// One complete delivery to one server.
+fn send_one(target: &Target, timeout: Duration, admin: &SigningKey, key: &MasterKey, make_current: bool) -> Result<DeliveryAck, Fail> {
+    let client = Client::new(target, timeout)?;
+    let a = client.get("/challenge")?;
+    if a.status != 200 {
+        return Err(server_error(target, "challenge request", &a));
+    }
+    let msg: ChallengeMsg = serde_json::from_slice(&a.body)
+        .map_err(|e| Fail::new(EXIT_FINGERPRINT, format!("{}: malformed challenge: {e}; the key was NOT sent", target.url)))?;
+    let verified = msg.verify(&target.fingerprint).map_err(|e| identity_failure(target, e))?;
+    let sealed = protocol::seal_delivery(&verified, admin, key, make_current)
+        .map_err(|e| identity_failure(target, e))?;
+    let body = serde_json::to_vec(&sealed.delivery.to_message()).map_err(|e| Fail::error(e.to_string()))?;
+    let a = client.post_json("/key", &body)?;
+    if a.status != 200 {
+        return Err(server_error(target, "key delivery", &a));
+    }
+    let ack: DeliveryAck = serde_json::from_slice(&a.body)
+        .map_err(|e| Fail::new(EXIT_FINGERPRINT, format!("{}: malformed acknowledgement: {e}", target.url)))?;
+    sealed.check_confirmation(&ack).map_err(|_| {
+        Fail::new(
+            EXIT_FINGERPRINT,
+            format!("{}: the acknowledgement is not from the pinned server (bad key confirmation); delivery state unknown", target.url),
+        )
+    })?;
+    Ok(ack)
+}
+
+fn key_send(store: &Store, sel: &ServerSelection, key_file: Option<PathBuf>, make_current: bool, timeout: Duration) -> Result<(), Fail> {
+    let cfg = store.load_config()?;
+    let targets = targets(&cfg, sel)?;
+    let admin = store.identity()?;
+    let key_path = key_file.unwrap_or_else(|| store.path(MASTER_KEY_FILE));
+    if !key_path.exists() {
+        return Err(Fail::usage(format!(
+            "no key file {}: use --key-file FILE, `memkey-admin key generate` or `memkey-admin key import --file FILE`",
+            key_path.display()
+        )));
+    }
+    let key = read_master_key(&key_path)?;
+    let mut first_failure: Option<Fail> = None;
+    let total = targets.len();
+    for t in &targets {
+        match send_one(t, timeout, &admin, &key, make_current) {
+            Ok(ack) => println!(
+                "{}: key id {} {}{}; loaded ids {:?}, current {} (confirmed by server {})",
+                t.url,
+                ack.key_id,
+                if ack.already_loaded { "was already loaded" } else { "delivered" },
+                if ack.current { ", current" } else { ", not current" },
+                ack.key_ids,
+                ack.current_key_id.map(|c| c.to_string()).unwrap_or_else(|| "-".into()),
+                &hex::encode(t.fingerprint)[..16],
+            ),
+            Err(f) => {
+                eprintln!("memkey-admin: {}", f.message);
+                first_failure.get_or_insert(Fail::new(f.code, String::new()));
+            }
+        }
+    }
+    match first_failure {
+        None => Ok(()),
+        Some(f) => {
+            if total > 1 {
+                eprintln!("memkey-admin: delivery failed for at least one of {total} servers");
+            }
+            Err(f)
+        }
+    }
+}
+
+fn status(store: &Store, sel: &ServerSelection, timeout: Duration) -> Result<(), Fail> {
+    let cfg = store.load_config()?;
+    let targets = targets(&cfg, sel)?;
+    let mut first_failure: Option<Fail> = None;
+    for t in &targets {
+        let r = (|| -> Result<(), Fail> {
+            let client = Client::new(t, timeout)?;
+            let a = client.get("/status")?;
+            if a.status != 200 {
+                return Err(server_error(t, "status request", &a));
+            }
+            let s: StatusInfo = serde_json::from_slice(&a.body)
+                .map_err(|e| Fail::error(format!("{}: malformed status: {e}", t.url)))?;
+            let pinned = hex::encode(t.fingerprint);
+            let fp_ok = protocol::parse_fingerprint(&s.fingerprint)
+                .is_some_and(|got| protocol::fingerprints_equal(&got, &t.fingerprint));
+            println!("{}", t.url);
+            println!(
+                "  fingerprint:   {} ({})",
+                s.fingerprint,
+                if fp_ok { "matches the pinned one" } else { "DOES NOT MATCH the pinned one" }
+            );
+            if s.loaded {
+                println!(
+                    "  key loaded:    yes; ids {:?}, current {}, since {}",
+                    s.key_ids,
+                    s.current.map(|c| c.to_string()).unwrap_or_else(|| "-".into()),
+                    s.loaded_at.as_deref().unwrap_or("?")
+                );
+            } else {
+                println!("  key loaded:    NO (run `memkey-admin key send`)");
+            }
+            println!("  memory locked: {}", if s.memory_locked { "yes" } else { "no (mlock failed; see server log)" });
+            println!("  uptime:        {}", human_duration(Duration::from_secs(s.uptime_seconds)));
+            println!("  version:       {}", s.version);
+            if !fp_ok {
+                return Err(Fail::new(
+                    EXIT_FINGERPRINT,
+                    format!("{}: SERVER FINGERPRINT MISMATCH - expected {pinned}, got {}", t.url, s.fingerprint),
+                ));
+            }
+            Ok(())
+        })();
+        if let Err(f) = r {
+            eprintln!("memkey-admin: {}", f.message);
+            first_failure.get_or_insert(Fail::new(f.code, String::new()));
+        }
+    }
+    first_failure.map_or(Ok(()), Err)
+}
