@@ -383,6 +383,28 @@ mod tests {
     }
 
     #[test]
+    fn example_file_is_valid() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../conf/memkey.example.yaml");
+        let text = std::fs::read_to_string(path).unwrap();
+        let placeholder = "replace-with-the-output-of-memkey-server--generate-identity";
+        assert!(text.contains(placeholder));
+        // As shipped (placeholder seed) it is rejected with a clear message...
+        let f = yaml(&text);
+        let e = Config::load(Some(f.path()), env_of(&[])).unwrap_err().to_string();
+        assert!(e.contains("identity.private_key"), "{e}");
+        // ...and with a real seed it loads with the documented defaults.
+        let f = yaml(&text.replace(placeholder, SEED));
+        let c = Config::load(Some(f.path()), env_of(&[])).unwrap();
+        assert_eq!(c.listen_addr, DEFAULT_LISTEN_ADDR.parse().unwrap());
+        assert!(c.tls.is_some());
+        assert_eq!(c.unix_socket_path, Some(PathBuf::from(DEFAULT_SOCKET_PATH)));
+        assert_eq!(c.challenge_timeout, Duration::from_secs(30));
+        assert_eq!(c.max_failed_attempts, 5);
+        assert_eq!(c.lockout_duration, Duration::from_secs(300));
+        assert!(c.admins.is_empty());
+    }
+
+    #[test]
     fn errors_are_one_line() {
         let id = ("MEMKEY_IDENTITY_KEY", SEED);
         let plain = ("MEMKEY_TLS_ENABLED", "false");

@@ -109,17 +109,10 @@ fn main() -> ExitCode {
         println!("configuration OK; SERVER FINGERPRINT: {}", config.fingerprint());
         return ExitCode::SUCCESS;
     }
-    if let Some(path) = &cli.config {
-        warn_if_readable(path);
-    }
 
+    // Before any key can arrive; reported once the server is up so that a start-up
+    // configuration error stays the only line on stderr.
     let report = keyd::harden::disable_core_dumps();
-    if !report.applied.is_empty() {
-        log::info!("process hardening: {}", report.applied.join(", "));
-    }
-    for f in &report.failed {
-        log::warn!("process hardening failed: {f}");
-    }
 
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
@@ -128,6 +121,7 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    let config_path = cli.config.clone();
     rt.block_on(async move {
         let fingerprint = config.fingerprint();
         let handle = match Server::start(config).await {
@@ -141,7 +135,16 @@ fn main() -> ExitCode {
                 return ExitCode::from(1);
             }
         };
+        if !report.applied.is_empty() {
+            log::info!("process hardening: {}", report.applied.join(", "));
+        }
+        for f in &report.failed {
+            log::warn!("process hardening failed: {f}");
+        }
         log::info!("SERVER FINGERPRINT: {fingerprint}");
+        if let Some(path) = &config_path {
+            warn_if_readable(path);
+        }
         log::info!("no key loaded; waiting for `memkey-admin key send`");
         wait_for_signal().await;
         log::info!("shutting down: wiping keys");
