@@ -1,0 +1,176 @@
+//! Copy, rename and key rotation without re-encrypting chunks.
+
+use std::fmt;
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use rand::RngCore;
+
+use crate::decrypt::{check_order, Phase};
+use crate::error::FormatError;
+use crate::header::{check_magic_prefix, ObjectId, SegmentHeader, WRAP_NONCE_LEN};
+use crate::keys::{DerivedKeys, KeyRing};
+use crate::size::{HEADER_LEN, TAG_LEN};
+
+/// Position inside a segment's chunks.
+struct Body {
+    part_number: u32,
+    /// Stored bytes of the segment still to come.
+    remaining: u64,
+    /// Stored length of the segment's final chunk (plaintext + tag).
+    final_len: u64,
+}
+
+/// Passes an object's stored bytes through, replacing every segment header with one whose
+/// data key is re-wrapped for another name (`to`) and/or master key (`to_keys`); the chunks
+/// are copied unchanged.
+///
+/// Every header is authenticated (unwrapped) under the source name, part numbers are checked
+/// as a reader would, and the final chunk of the last segment is held back until
+/// [`Rewrapper::finish`] confirms the stream ended cleanly. Chunks are *not* authenticated
+/// here (no data-key work per byte); a destination reader authenticates them as usual.
+pub struct Rewrapper {
+    ring: KeyRing,
+    from_ad: Vec<u8>,
+    to_ad: Vec<u8>,
+    to_keys: Arc<DerivedKeys>,
+    phase: Phase<Body>,
+    out: BytesMut,
+    /// Trailing bytes of `out` (the current segment's final chunk) not yet released.
+    held: usize,
+    segments: u32,
+    failed: Option<FormatError>,
+}
+
+impl Rewrapper {
+    pub fn new(ring: KeyRing, from: ObjectId<'_>, to: ObjectId<'_>, to_keys: Arc<DerivedKeys>) -> Self {
+        Self {
+            ring,
+            from_ad: from.name_ad(),
+            to_ad: to.name_ad(),
+            to_keys,
+            phase: Phase::start(),
+            out: BytesMut::new(),
+            held: 0,
+            segments: 0,
+            failed: None,
+        }
+    }
+
+    /// Number of segments whose header has been re-wrapped so far.
+    pub fn segments(&self) -> u32 {
+        self.segments
+    }
+
+    /// Feeds source bytes; returns destination bytes ready to send.
+    pub fn update(&mut self, input: &[u8]) -> Result<Bytes, FormatError> {
+        if let Some(e) = &self.failed {
+            return Err(e.clone());
+        }
+        match self.process(input) {
+            Ok(()) => {
+                let ready = self.out.len() - self.held;
+                Ok(self.out.split_to(ready).freeze())
+            }
+            Err(e) => Err(self.fail(e)),
+        }
+    }
+
+    /// Releases the held-back bytes once the source ended after a complete segment.
+    /// Errors with `Truncated` otherwise.
+    pub fn finish(mut self) -> Result<Bytes, FormatError> {
+        self.finish_inner()
+    }
+
+    /// [`Rewrapper::finish`], then checks that exactly `n` segments were copied.
+    pub fn finish_expecting_segments(mut self, n: u32) -> Result<Bytes, FormatError> {
+        let rest = self.finish_inner()?;
+        match self.segments.cmp(&n) {
+            std::cmp::Ordering::Less => Err(FormatError::Truncated),
+            std::cmp::Ordering::Greater => Err(FormatError::TrailingData),
+            std::cmp::Ordering::Equal => Ok(rest),
+        }
+    }
+
+    fn finish_inner(&mut self) -> Result<Bytes, FormatError> {
+        if let Some(e) = &self.failed {
+            return Err(e.clone());
+        }
+        if !matches!(self.phase, Phase::Done { .. }) {
+            return Err(self.fail(FormatError::Truncated));
+        }
+        self.held = 0;
+        Ok(std::mem::take(&mut self.out).freeze())
+    }
+
+    fn fail(&mut self, e: FormatError) -> FormatError {
+        self.failed = Some(e.clone());
+        self.out = BytesMut::new();
+        self.held = 0;
+        e
+    }
+
+    fn process(&mut self, mut input: &[u8]) -> Result<(), FormatError> {
+        self.out.reserve(input.len());
+        while !input.is_empty() {
+            match &mut self.phase {
+                Phase::Done { part_number } => {
+                    let prev = *part_number;
+                    if prev == 0 {
+                        return Err(FormatError::TrailingData);
+                    }
+                    // Another segment follows; the previous final chunk stays held until
+                    // its header is accepted.
+                    self.phase = Phase::Header { buf: [0; HEADER_LEN], filled: 0, prev_part: Some(prev) };
+                }
+                Phase::Header { buf, filled, prev_part } => {
+                    let take = (HEADER_LEN - *filled).min(input.len());
+                    buf[*filled..*filled + take].copy_from_slice(&input[..take]);
+                    *filled += take;
+                    input = &input[take..];
+                    check_magic_prefix(&buf[..*filled], prev_part.is_none())?;
+                    if *filled == HEADER_LEN {
+                        let (buf, prev) = (*buf, *prev_part);
+                        let body = self.rewrap_header(&buf, prev)?;
+                        self.phase = Phase::Body(body);
+                    }
+                }
+                Phase::Body(body) => {
+                    let take = body.remaining.min(input.len() as u64) as usize;
+                    self.out.extend_from_slice(&input[..take]);
+                    input = &input[take..];
+                    body.remaining -= take as u64;
+                    // Bytes of the final chunk received so far stay held.
+                    self.held = body.final_len.saturating_sub(body.remaining).min(self.out.len() as u64) as usize;
+                    if body.remaining == 0 {
+                        let part_number = body.part_number;
+                        self.phase = Phase::Done { part_number };
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn rewrap_header(&mut self, buf: &[u8; HEADER_LEN], prev: Option<u32>) -> Result<Body, FormatError> {
+        let hdr = SegmentHeader::parse(buf)?;
+        check_order(prev, hdr.part_number)?;
+        let (_, dek) = hdr.open(&self.ring, &self.from_ad)?;
+        let mut nonce = [0u8; WRAP_NONCE_LEN];
+        rand::rngs::OsRng.fill_bytes(&mut nonce);
+        // This header is valid: the previous segment's final chunk may go.
+        self.held = 0;
+        let new = SegmentHeader::seal(&self.to_keys, &self.to_ad, hdr.chunk_size, hdr.part_number, hdr.plain_len, &dek, nonce);
+        self.out.extend_from_slice(&new.to_bytes());
+        self.segments += 1;
+        let c = u64::from(hdr.chunk_size);
+        let last_plain = hdr.plain_len - (hdr.chunk_count() - 1) * c;
+        Ok(Body { part_number: hdr.part_number, remaining: hdr.cipher_len() - HEADER_LEN as u64, final_len: last_plain + TAG_LEN as u64 })
+    }
+}
+
+impl fmt::Debug for Rewrapper {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Rewrapper").field("segments", &self.segments).field("failed", &self.failed).finish_non_exhaustive()
+    }
+}
