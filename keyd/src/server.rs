@@ -100,14 +100,15 @@ impl Server {
             Some(files) => Some(tokio_rustls::TlsAcceptor::from(load_tls(&files.cert, &files.key)?)),
             None => None,
         };
-        let unix = match &config.unix_socket_path {
-            Some(p) => Some((bind_unix(p)?, p.clone())),
-            None => None,
-        };
+        // TCP first: if the port is taken, no socket file is left behind.
         let tcp = TcpListener::bind(config.listen_addr)
             .await
             .map_err(|e| StartError::Io(format!("cannot listen on {}: {e}", config.listen_addr)))?;
         let local_addr = tcp.local_addr().map_err(|e| StartError::Io(e.to_string()))?;
+        let unix = match &config.unix_socket_path {
+            Some(p) => Some((bind_unix(p)?, p.clone())),
+            None => None,
+        };
 
         let service = Arc::new(KeyService::new(&config));
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
@@ -257,7 +258,9 @@ fn bind_unix(path: &Path) -> Result<UnixListener, StartError> {
         Err(e) => return Err(StartError::Io(format!("cannot inspect {}: {e}", path.display()))),
     }
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let tmp = parent.join(format!(".{name}.{}.tmp", std::process::id()));
+    static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = parent.join(format!(".{name}.{}.{seq}.tmp", std::process::id()));
     let _ = std::fs::remove_file(&tmp);
     let listener =
         UnixListener::bind(&tmp).map_err(|e| StartError::Io(format!("cannot bind {}: {e}", tmp.display())))?;
