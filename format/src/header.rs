@@ -188,12 +188,13 @@ impl SegmentHeader {
 }
 
 /// Checks the known bytes of a header start against the magic. `first` selects the error for
-/// a mismatch: `NotEncrypted` for an object's first segment, `TrailingData` after a
-/// complete segment. The version byte gives `UnsupportedVersion`.
+/// a mismatch: `NotEncrypted` for an object's first segment, `HeaderTampered` where a later
+/// segment's header must start (a damaged header, or garbage appended to a multipart
+/// object). The version byte gives `UnsupportedVersion`.
 pub(crate) fn check_magic_prefix(bytes: &[u8], first: bool) -> Result<(), FormatError> {
     let n = bytes.len().min(7);
     if bytes[..n] != MAGIC[..n] {
-        return Err(if first { FormatError::NotEncrypted } else { FormatError::TrailingData });
+        return Err(if first { FormatError::NotEncrypted } else { FormatError::HeaderTampered });
     }
     if bytes.len() >= 8 && bytes[7] != FORMAT_VERSION {
         return Err(FormatError::UnsupportedVersion(bytes[7]));

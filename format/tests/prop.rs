@@ -1,0 +1,209 @@
+//! Property tests: size arithmetic and range planning against a byte-by-byte model of the
+//! layout, and round trips of random shapes through the streaming encryptor and decryptor.
+
+mod common;
+use common::*;
+use proptest::prelude::*;
+use s3cp_format::*;
+
+const H: u64 = HEADER_LEN as u64;
+const T: u64 = TAG_LEN as u64;
+
+/// Where one plaintext byte ends up, found by walking the layout byte by byte.
+#[derive(Clone, Copy, Debug)]
+struct BytePos {
+    segment: u32,
+    header_offset: u64,
+    chunk_cipher_start: u64,
+    /// Last stored byte of the chunk (end of its tag).
+    chunk_cipher_end: u64,
+    offset_in_chunk: u64,
+}
+
+struct Model {
+    bytes: Vec<BytePos>,
+    cipher_len: u64,
+    segments: u32,
+}
+
+/// Segment plaintext lengths of an object: one segment, or parts of `p` bytes.
+fn segment_lengths(total: u64, part: Option<u64>) -> Vec<u64> {
+    match part {
+        Some(p) if total > p => {
+            let mut v = vec![p; (total / p) as usize];
+            if total % p != 0 {
+                v.push(total % p);
+            }
+            v
+        }
+        _ => vec![total],
+    }
+}
+
+/// Walks the layout byte by byte: header, then plaintext bytes with a tag after every
+/// `c` bytes and after the last (possibly empty) chunk of each segment.
+fn model(total: u64, c: u64, part: Option<u64>) -> Model {
+    let mut bytes = Vec::with_capacity(total as usize);
+    let mut pos = 0u64;
+    let lens = segment_lengths(total, part);
+    for (s, &len) in lens.iter().enumerate() {
+        let header_offset = pos;
+        pos += H;
+        let mut chunk_start = pos;
+        let mut in_chunk = 0u64;
+        let mut pending: Vec<usize> = Vec::new(); // indexes in `bytes` of the open chunk
+        for _ in 0..len {
+            if in_chunk == c {
+                pos += T;
+                for &i in &pending {
+                    bytes[i] = BytePos { chunk_cipher_end: pos - 1, ..bytes[i] };
+                }
+                pending.clear();
+                chunk_start = pos;
+                in_chunk = 0;
+            }
+            pending.push(bytes.len());
+            bytes.push(BytePos { segment: s as u32, header_offset, chunk_cipher_start: chunk_start, chunk_cipher_end: 0, offset_in_chunk: in_chunk });
+            pos += 1;
+            in_chunk += 1;
+        }
+        pos += T;
+        for &i in &pending {
+            bytes[i] = BytePos { chunk_cipher_end: pos - 1, ..bytes[i] };
+        }
+    }
+    Model { bytes, cipher_len: pos, segments: lens.len() as u32 }
+}
+
+fn chunk_size() -> impl Strategy<Value = u32> {
+    prop_oneof![Just(4096u32), Just(8192)]
+}
+
+/// Interesting lengths around chunk boundaries, plus arbitrary ones.
+fn length(c: u32) -> impl Strategy<Value = u64> {
+    let c = u64::from(c);
+    prop_oneof![
+        Just(0),
+        Just(1),
+        Just(c - 1),
+        Just(c),
+        Just(c + 1),
+        Just(3 * c),
+        0..6 * c,
+    ]
+}
+
+fn piece_sizes() -> impl Strategy<Value = Vec<usize>> {
+    prop::collection::vec(prop_oneof![1usize..64, 1usize..20_000, Just(0)], 1..6)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+
+    /// Single-part: cipher length, plaintext length and every range against the model.
+    #[test]
+    fn single_part_layout_matches_model((c, total) in chunk_size().prop_flat_map(|c| (Just(c), length(c))), a in any::<u64>(), b in any::<u64>()) {
+        let m = model(total, u64::from(c), None);
+        prop_assert_eq!(segment_cipher_len(total, c), m.cipher_len);
+        prop_assert_eq!(object_cipher_len(total, c, None), m.cipher_len);
+        prop_assert_eq!(object_plain_len(m.cipher_len, c, 1), Some(total));
+        check_ranges(&m, total, c, None, a, b)?;
+    }
+
+    /// Multipart: parts of k chunks, last part shorter or equal.
+    #[test]
+    fn multipart_layout_matches_model(c in chunk_size(), k in 1u64..4, total in 1u64..60_000, a in any::<u64>(), b in any::<u64>()) {
+        let p = k * u64::from(c);
+        let m = model(total, u64::from(c), Some(p));
+        prop_assert_eq!(object_cipher_len(total, c, Some(p)), m.cipher_len);
+        prop_assert_eq!(object_plain_len(m.cipher_len, c, m.segments), Some(total));
+        check_ranges(&m, total, c, Some(p.min(total)), a, b)?;
+    }
+
+    /// `object_plain_len` accepts exactly the lengths a single segment can have.
+    #[test]
+    fn impossible_single_lengths_rejected(c in chunk_size(), x in 0u64..50_000) {
+        match object_plain_len(x, c, 1) {
+            Some(l) => prop_assert_eq!(segment_cipher_len(l, c), x),
+            None => {
+                let lo = x.saturating_sub(H + (x / u64::from(c) + 2) * T);
+                for l in lo..=x {
+                    prop_assert_ne!(segment_cipher_len(l, c), x);
+                }
+            }
+        }
+    }
+
+    /// Round trip with random piece sizes on both sides.
+    #[test]
+    fn round_trip(c in chunk_size(), len_seed in any::<prop::sample::Index>(), enc_sizes in piece_sizes(), dec_sizes in piece_sizes()) {
+        let cs = u64::from(c);
+        let candidates = [0, 1, cs - 1, cs, cs + 1, 2 * cs, 5 * cs + 3, len_seed.index(6 * cs as usize) as u64];
+        let len = candidates[len_seed.index(candidates.len())] as usize;
+        let ring = ring();
+        let plain = plaintext(len);
+        let stored = encrypt_segment(ring.current(), OBJ, 0, &plain, c, &enc_sizes);
+        prop_assert_eq!(stored.len() as u64, segment_cipher_len(len as u64, c));
+        let out = decrypt(&ring, OBJ, &stored, &dec_sizes, Some(1));
+        prop_assert_eq!(out.result, Ok(()));
+        prop_assert_eq!(out.released, plain);
+    }
+
+    /// Multipart round trip (several segments) and range reads across part boundaries.
+    #[test]
+    fn multipart_round_trip_and_ranges(k in 1u64..3, total in 1usize..40_000, dec_sizes in piece_sizes(), ranges in prop::collection::vec((any::<u64>(), 0u64..20_000), 1..4)) {
+        let c = 4096u32;
+        let p = k * 4096;
+        let ring = ring();
+        let plain = plaintext(total);
+        let stored = encrypt_object(&ring, OBJ, &plain, c, Some(p as usize));
+        let n = total.div_ceil(p as usize) as u32;
+        prop_assert_eq!(object_plain_len(stored.len() as u64, c, n), Some(total as u64));
+        let out = decrypt(&ring, OBJ, &stored, &dec_sizes, Some(n));
+        prop_assert_eq!(out.result, Ok(()));
+        prop_assert_eq!(&out.released, &plain);
+        // P as the proxy learns it: from segment 1's header.
+        let part = SegmentHeader::parse(&stored).unwrap().plain_len;
+        for (start, span) in ranges {
+            let first = start % total as u64;
+            let last = first + span;
+            let plan = plan_range(first, last, total as u64, c, Some(part)).unwrap();
+            let h = plan.header_offset as usize;
+            let mut dec = Decryptor::for_range(ring.clone(), OBJ, &stored[h..h + HEADER_LEN], &plan).unwrap();
+            let mut got = Vec::new();
+            for piece in pieces(&stored[plan.cipher_start as usize..=plan.cipher_end as usize], &dec_sizes) {
+                got.extend_from_slice(&dec.update(piece).unwrap());
+            }
+            got.extend_from_slice(&dec.finish().unwrap());
+            let last = last.min(total as u64 - 1);
+            prop_assert_eq!(&got[..], &plain[first as usize..=last as usize]);
+        }
+    }
+}
+
+fn check_ranges(m: &Model, total: u64, c: u32, part: Option<u64>, a: u64, b: u64) -> Result<(), TestCaseError> {
+    if total == 0 {
+        prop_assert_eq!(plan_range(0, 0, 0, c, part), None);
+        return Ok(());
+    }
+    // A few ranges from the random seeds, plus both ends.
+    let picks = [(a % total, b % total), (a % total, u64::MAX), (0, total - 1), (total - 1, total - 1), (b % total, b % total)];
+    for (x, y) in picks {
+        let (first, last) = (x.min(y), x.max(y));
+        let plan = plan_range(first, last, total, c, part).expect("valid range");
+        let last_c = last.min(total - 1);
+        let f = m.bytes[first as usize];
+        let l = m.bytes[last_c as usize];
+        prop_assert_eq!(plan.segment, f.segment);
+        prop_assert_eq!(plan.header_offset, f.header_offset);
+        prop_assert_eq!(plan.cipher_start, f.chunk_cipher_start);
+        prop_assert_eq!(plan.cipher_end, l.chunk_cipher_end);
+        prop_assert_eq!(plan.skip, f.offset_in_chunk);
+        prop_assert_eq!(plan.len, last_c - first + 1);
+    }
+    prop_assert_eq!(plan_range(total, total + 5, total, c, part), None);
+    if total > 1 {
+        prop_assert_eq!(plan_range(1, 0, total, c, part), None);
+    }
+    Ok(())
+}
