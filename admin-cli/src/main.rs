@@ -14,7 +14,10 @@ use keyd::service::StatusInfo;
 use keyd::util::human_duration;
 use s3cp_format::keys::{KeyId, MasterKey};
 
-use store::{normalize_url, read_master_key, write_atomic, write_new, AdminConfig, ServerEntry, Store, MASTER_KEY_FILE};
+use store::{
+    normalize_url, read_master_key, write_atomic, write_new, AdminConfig, ServerEntry, Store,
+    MASTER_KEY_FILE,
+};
 use transport::{Answer, Client, Target};
 
 pub const EXIT_ERROR: u8 = 1;
@@ -33,7 +36,10 @@ pub struct Fail {
 
 impl Fail {
     pub fn new(code: u8, message: impl Into<String>) -> Self {
-        Self { code, message: message.into() }
+        Self {
+            code,
+            message: message.into(),
+        }
     }
     pub fn usage(message: impl Into<String>) -> Self {
         Self::new(EXIT_USAGE, message)
@@ -60,17 +66,35 @@ impl Fail {
 /// 4 server unreachable (network or TLS), 5 locked out, 6 rejected by the server
 /// (e.g. admin key not in the server's admins list).
 #[derive(Parser, Debug)]
-#[command(name = "memkey-admin", version, about, long_about, verbatim_doc_comment)]
+#[command(
+    name = "memkey-admin",
+    version,
+    about,
+    long_about,
+    verbatim_doc_comment
+)]
 struct Cli {
     /// Directory holding config.yaml, admin.key and master.key (created with mode 0700).
     /// Default: $XDG_CONFIG_HOME/memkey-admin or ~/.config/memkey-admin.
     /// Example: --config-dir /root/.memkey-admin
-    #[arg(long, global = true, env = "MEMKEY_ADMIN_DIR", value_name = "DIR", verbatim_doc_comment)]
+    #[arg(
+        long,
+        global = true,
+        env = "MEMKEY_ADMIN_DIR",
+        value_name = "DIR",
+        verbatim_doc_comment
+    )]
     config_dir: Option<PathBuf>,
 
     /// Network timeout per server, in seconds.
     /// Example: --timeout 30
-    #[arg(long, global = true, default_value_t = 15, value_name = "SECS", verbatim_doc_comment)]
+    #[arg(
+        long,
+        global = true,
+        default_value_t = 15,
+        value_name = "SECS",
+        verbatim_doc_comment
+    )]
     timeout: u64,
 
     #[command(subcommand)]
@@ -221,9 +245,11 @@ fn run(cli: Cli) -> Result<(), Fail> {
         }
         Command::Key(KeyCommand::Generate { id, out }) => key_generate(&store, id, out),
         Command::Key(KeyCommand::Import { file, force }) => key_import(&store, &file, force),
-        Command::Key(KeyCommand::Send { servers, key_file, no_make_current }) => {
-            key_send(&store, &servers, key_file, !no_make_current, timeout)
-        }
+        Command::Key(KeyCommand::Send {
+            servers,
+            key_file,
+            no_make_current,
+        }) => key_send(&store, &servers, key_file, !no_make_current, timeout),
         Command::Status(sel) => status(&store, &sel, timeout),
     }
 }
@@ -236,8 +262,11 @@ fn split_url(arg: &str) -> (String, Option<String>) {
 }
 
 fn parse_fp(text: &str) -> Result<[u8; 32], Fail> {
-    protocol::parse_fingerprint(text)
-        .ok_or_else(|| Fail::usage(format!("fingerprint {text:?} is not 64 hex characters (SHA-256)")))
+    protocol::parse_fingerprint(text).ok_or_else(|| {
+        Fail::usage(format!(
+            "fingerprint {text:?} is not 64 hex characters (SHA-256)"
+        ))
+    })
 }
 
 fn init(store: &Store, a: InitArgs) -> Result<(), Fail> {
@@ -247,27 +276,39 @@ fn init(store: &Store, a: InitArgs) -> Result<(), Fail> {
     })?;
     let fp = parse_fp(&fp_text)?;
     if !(url.starts_with("https://") || url.starts_with("http://")) {
-        return Err(Fail::usage(format!("--server {url:?} must start with https:// (or http:// in a lab)")));
+        return Err(Fail::usage(format!(
+            "--server {url:?} must start with https:// (or http:// in a lab)"
+        )));
     }
     if url.starts_with("http://") {
         eprintln!("warning: {url} is plain HTTP; the key is still sealed to the pinned server, but use HTTPS outside a lab");
     }
     if let Some(ca) = &a.cacert {
         if !ca.is_file() {
-            return Err(Fail::usage(format!("--cacert {} does not exist", ca.display())));
+            return Err(Fail::usage(format!(
+                "--cacert {} does not exist",
+                ca.display()
+            )));
         }
     }
     let cacert = a.cacert.map(|p| std::fs::canonicalize(&p).unwrap_or(p));
     let mut cfg = store.load_config()?;
     let replaced = cfg.find(&url).map(|e| e.fingerprint.clone());
-    cfg.upsert(ServerEntry { url: url.clone(), fingerprint: hex::encode(fp), cacert, insecure_tls: a.insecure_tls });
+    cfg.upsert(ServerEntry {
+        url: url.clone(),
+        fingerprint: hex::encode(fp),
+        cacert,
+        insecure_tls: a.insecure_tls,
+    });
     let (identity, created) = match store.load_identity()? {
         Some(k) => (k, false),
         None => (store.create_identity()?, true),
     };
     store.save_config(&cfg)?;
     match replaced {
-        Some(old) if old != hex::encode(fp) => println!("Updated {url}: fingerprint {old} -> {}", hex::encode(fp)),
+        Some(old) if old != hex::encode(fp) => {
+            println!("Updated {url}: fingerprint {old} -> {}", hex::encode(fp))
+        }
         Some(_) => println!("{url} was already pinned with this fingerprint"),
         None => println!("Pinned {url} with fingerprint {}", hex::encode(fp)),
     }
@@ -280,7 +321,10 @@ fn init(store: &Store, a: InitArgs) -> Result<(), Fail> {
     println!("Admin public key (add it to memkey.yaml on the server, then restart memkey-server):");
     println!();
     println!("admins:");
-    println!("  - \"{}\"", hex::encode(identity.verifying_key().as_bytes()));
+    println!(
+        "  - \"{}\"",
+        hex::encode(identity.verifying_key().as_bytes())
+    );
     Ok(())
 }
 
@@ -294,8 +338,13 @@ fn key_generate(store: &Store, id: KeyId, out: Option<PathBuf>) -> Result<(), Fa
     };
     let key = MasterKey::generate(id);
     write_new(&path, key.to_file_string().as_bytes())?;
-    println!("Wrote master key id {id} to {} (mode 0600).", path.display());
-    println!("Keep an offline backup of this file: data encrypted with a lost key cannot be recovered.");
+    println!(
+        "Wrote master key id {id} to {} (mode 0600).",
+        path.display()
+    );
+    println!(
+        "Keep an offline backup of this file: data encrypted with a lost key cannot be recovered."
+    );
     Ok(())
 }
 
@@ -305,9 +354,15 @@ fn key_import(store: &Store, file: &std::path::Path, force: bool) -> Result<(), 
     let dest = store.path(MASTER_KEY_FILE);
     if dest.exists() {
         let existing = read_master_key(&dest).ok();
-        let same = existing.as_ref().is_some_and(|e| e.id() == key.id() && e.expose() == key.expose());
+        let same = existing
+            .as_ref()
+            .is_some_and(|e| e.id() == key.id() && e.expose() == key.expose());
         if same {
-            println!("{} already holds this key (id {})", dest.display(), key.id());
+            println!(
+                "{} already holds this key (id {})",
+                dest.display(),
+                key.id()
+            );
             return Ok(());
         }
         if !force {
@@ -319,7 +374,11 @@ fn key_import(store: &Store, file: &std::path::Path, force: bool) -> Result<(), 
         }
     }
     write_atomic(&dest, key.to_file_string().as_bytes(), 0o600)?;
-    println!("Imported master key id {} into {}", key.id(), dest.display());
+    println!(
+        "Imported master key id {} into {}",
+        key.id(),
+        dest.display()
+    );
     Ok(())
 }
 
@@ -331,7 +390,9 @@ fn targets(cfg: &AdminConfig, sel: &ServerSelection) -> Result<Vec<Target>, Fail
         } else if sel.cacert.is_some() {
             (sel.cacert.clone(), false)
         } else {
-            entry.map(|e| (e.cacert.clone(), e.insecure_tls)).unwrap_or((None, false))
+            entry
+                .map(|e| (e.cacert.clone(), e.insecure_tls))
+                .unwrap_or((None, false))
         }
     };
     if sel.servers.is_empty() {
@@ -346,7 +407,12 @@ fn targets(cfg: &AdminConfig, sel: &ServerSelection) -> Result<Vec<Target>, Fail
             .iter()
             .map(|e| {
                 let (cacert, insecure_tls) = tls(Some(e));
-                Ok(Target { url: normalize_url(&e.url), fingerprint: parse_fp(&e.fingerprint)?, cacert, insecure_tls })
+                Ok(Target {
+                    url: normalize_url(&e.url),
+                    fingerprint: parse_fp(&e.fingerprint)?,
+                    cacert,
+                    insecure_tls,
+                })
             })
             .collect();
     }
@@ -405,7 +471,7 @@ fn server_error(target: &Target, what: &str, a: &Answer) -> Fail {
                 target.url
             ),
         ),
-        (status, code) if code.is_empty() => {
+        (status, "") => {
             Fail::new(EXIT_REJECTED, format!("{}: {what} failed with HTTP {status}: {}", target.url, e.error))
         }
         (status, code) => {
@@ -434,24 +500,44 @@ If the server identity was changed on purpose, read the new fingerprint from the
 }
 
 /// One complete delivery to one server.
-fn send_one(target: &Target, timeout: Duration, admin: &SigningKey, key: &MasterKey, make_current: bool) -> Result<DeliveryAck, Fail> {
+fn send_one(
+    target: &Target,
+    timeout: Duration,
+    admin: &SigningKey,
+    key: &MasterKey,
+    make_current: bool,
+) -> Result<DeliveryAck, Fail> {
     let client = Client::new(target, timeout)?;
     let a = client.get("/challenge")?;
     if a.status != 200 {
         return Err(server_error(target, "challenge request", &a));
     }
-    let msg: ChallengeMsg = serde_json::from_slice(&a.body)
-        .map_err(|e| Fail::new(EXIT_FINGERPRINT, format!("{}: malformed challenge: {e}; the key was NOT sent", target.url)))?;
-    let verified = msg.verify(&target.fingerprint).map_err(|e| identity_failure(target, e))?;
+    let msg: ChallengeMsg = serde_json::from_slice(&a.body).map_err(|e| {
+        Fail::new(
+            EXIT_FINGERPRINT,
+            format!(
+                "{}: malformed challenge: {e}; the key was NOT sent",
+                target.url
+            ),
+        )
+    })?;
+    let verified = msg
+        .verify(&target.fingerprint)
+        .map_err(|e| identity_failure(target, e))?;
     let sealed = protocol::seal_delivery(&verified, admin, key, make_current)
         .map_err(|e| identity_failure(target, e))?;
-    let body = serde_json::to_vec(&sealed.delivery.to_message()).map_err(|e| Fail::error(e.to_string()))?;
+    let body = serde_json::to_vec(&sealed.delivery.to_message())
+        .map_err(|e| Fail::error(e.to_string()))?;
     let a = client.post_json("/key", &body)?;
     if a.status != 200 {
         return Err(server_error(target, "key delivery", &a));
     }
-    let ack: DeliveryAck = serde_json::from_slice(&a.body)
-        .map_err(|e| Fail::new(EXIT_FINGERPRINT, format!("{}: malformed acknowledgement: {e}", target.url)))?;
+    let ack: DeliveryAck = serde_json::from_slice(&a.body).map_err(|e| {
+        Fail::new(
+            EXIT_FINGERPRINT,
+            format!("{}: malformed acknowledgement: {e}", target.url),
+        )
+    })?;
     sealed.check_confirmation(&ack).map_err(|_| {
         Fail::new(
             EXIT_FINGERPRINT,
@@ -461,7 +547,13 @@ fn send_one(target: &Target, timeout: Duration, admin: &SigningKey, key: &Master
     Ok(ack)
 }
 
-fn key_send(store: &Store, sel: &ServerSelection, key_file: Option<PathBuf>, make_current: bool, timeout: Duration) -> Result<(), Fail> {
+fn key_send(
+    store: &Store,
+    sel: &ServerSelection,
+    key_file: Option<PathBuf>,
+    make_current: bool,
+    timeout: Duration,
+) -> Result<(), Fail> {
     let cfg = store.load_config()?;
     let targets = targets(&cfg, sel)?;
     let admin = store.identity()?;
@@ -481,10 +573,20 @@ fn key_send(store: &Store, sel: &ServerSelection, key_file: Option<PathBuf>, mak
                 "{}: key id {} {}{}; loaded ids {:?}, current {} (confirmed by server {})",
                 t.url,
                 ack.key_id,
-                if ack.already_loaded { "was already loaded" } else { "delivered" },
-                if ack.current { ", current" } else { ", not current" },
+                if ack.already_loaded {
+                    "was already loaded"
+                } else {
+                    "delivered"
+                },
+                if ack.current {
+                    ", current"
+                } else {
+                    ", not current"
+                },
                 ack.key_ids,
-                ack.current_key_id.map(|c| c.to_string()).unwrap_or_else(|| "-".into()),
+                ack.current_key_id
+                    .map(|c| c.to_string())
+                    .unwrap_or_else(|| "-".into()),
                 &hex::encode(t.fingerprint)[..16],
             ),
             Err(f) => {
@@ -524,25 +626,44 @@ fn status(store: &Store, sel: &ServerSelection, timeout: Duration) -> Result<(),
             println!(
                 "  fingerprint:   {} ({})",
                 s.fingerprint,
-                if fp_ok { "matches the pinned one" } else { "DOES NOT MATCH the pinned one" }
+                if fp_ok {
+                    "matches the pinned one"
+                } else {
+                    "DOES NOT MATCH the pinned one"
+                }
             );
             if s.loaded {
                 println!(
                     "  key loaded:    yes; ids {:?}, current {}, since {}",
                     s.key_ids,
-                    s.current.map(|c| c.to_string()).unwrap_or_else(|| "-".into()),
+                    s.current
+                        .map(|c| c.to_string())
+                        .unwrap_or_else(|| "-".into()),
                     s.loaded_at.as_deref().unwrap_or("?")
                 );
             } else {
                 println!("  key loaded:    NO (run `memkey-admin key send`)");
             }
-            println!("  memory locked: {}", if s.memory_locked { "yes" } else { "no (mlock failed; see server log)" });
-            println!("  uptime:        {}", human_duration(Duration::from_secs(s.uptime_seconds)));
+            println!(
+                "  memory locked: {}",
+                if s.memory_locked {
+                    "yes"
+                } else {
+                    "no (mlock failed; see server log)"
+                }
+            );
+            println!(
+                "  uptime:        {}",
+                human_duration(Duration::from_secs(s.uptime_seconds))
+            );
             println!("  version:       {}", s.version);
             if !fp_ok {
                 return Err(Fail::new(
                     EXIT_FINGERPRINT,
-                    format!("{}: SERVER FINGERPRINT MISMATCH - expected {pinned}, got {}", t.url, s.fingerprint),
+                    format!(
+                        "{}: SERVER FINGERPRINT MISMATCH - expected {pinned}, got {}",
+                        t.url, s.fingerprint
+                    ),
                 ));
             }
             Ok(())

@@ -72,11 +72,17 @@ impl Store {
             return Ok(Self { dir: d });
         }
         if let Some(x) = std::env::var_os("XDG_CONFIG_HOME").filter(|v| !v.is_empty()) {
-            return Ok(Self { dir: PathBuf::from(x).join("memkey-admin") });
+            return Ok(Self {
+                dir: PathBuf::from(x).join("memkey-admin"),
+            });
         }
         match std::env::var_os("HOME").filter(|v| !v.is_empty()) {
-            Some(h) => Ok(Self { dir: PathBuf::from(h).join(".config").join("memkey-admin") }),
-            None => Err(Fail::usage("cannot find a home directory; use --config-dir DIR or MEMKEY_ADMIN_DIR")),
+            Some(h) => Ok(Self {
+                dir: PathBuf::from(h).join(".config").join("memkey-admin"),
+            }),
+            None => Err(Fail::usage(
+                "cannot find a home directory; use --config-dir DIR or MEMKEY_ADMIN_DIR",
+            )),
         }
     }
 
@@ -108,7 +114,8 @@ impl Store {
 
     pub fn save_config(&self, cfg: &AdminConfig) -> Result<(), Fail> {
         self.ensure_dir()?;
-        let mut text = String::from("# memkey-admin configuration (written by `memkey-admin init`).\n");
+        let mut text =
+            String::from("# memkey-admin configuration (written by `memkey-admin init`).\n");
         text.push_str(&serde_yaml::to_string(cfg).map_err(|e| Fail::error(e.to_string()))?);
         write_atomic(&self.path(CONFIG_FILE), text.as_bytes(), 0o600)
     }
@@ -126,7 +133,12 @@ impl Store {
             .trim()
             .strip_prefix(IDENTITY_HEADER)
             .map(str::trim)
-            .ok_or_else(|| Fail::usage(format!("{} is not a memkey-admin identity file", p.display())))?;
+            .ok_or_else(|| {
+                Fail::usage(format!(
+                    "{} is not a memkey-admin identity file",
+                    p.display()
+                ))
+            })?;
         keyd::protocol::signing_key_from_hex(seed_hex)
             .map(Some)
             .ok_or_else(|| Fail::usage(format!("{} holds a malformed identity", p.display())))
@@ -146,7 +158,10 @@ impl Store {
     pub fn create_identity(&self) -> Result<SigningKey, Fail> {
         self.ensure_dir()?;
         let key = keyd::protocol::generate_identity();
-        let text = Zeroizing::new(format!("{IDENTITY_HEADER} {}\n", hex::encode(key.to_bytes())));
+        let text = Zeroizing::new(format!(
+            "{IDENTITY_HEADER} {}\n",
+            hex::encode(key.to_bytes())
+        ));
         write_new(&self.path(IDENTITY_FILE), text.as_bytes())?;
         Ok(key)
     }
@@ -156,7 +171,12 @@ impl Store {
 pub fn read_master_key(path: &Path) -> Result<MasterKey, Fail> {
     let text = match fs::read_to_string(path) {
         Ok(t) => Zeroizing::new(t),
-        Err(e) => return Err(Fail::usage(format!("cannot read key file {}: {e}", path.display()))),
+        Err(e) => {
+            return Err(Fail::usage(format!(
+                "cannot read key file {}: {e}",
+                path.display()
+            )))
+        }
     };
     warn_if_exposed(path);
     MasterKey::from_file_str(&text).map_err(|e| Fail::usage(format!("{}: {e}", path.display())))
@@ -167,7 +187,11 @@ pub fn warn_if_exposed(path: &Path) {
     if let Ok(m) = fs::metadata(path) {
         let mode = m.permissions().mode() & 0o777;
         if mode & 0o077 != 0 {
-            eprintln!("warning: {} has mode {mode:04o}; it holds a secret, run: chmod 600 {}", path.display(), path.display());
+            eprintln!(
+                "warning: {} has mode {mode:04o}; it holds a secret, run: chmod 600 {}",
+                path.display(),
+                path.display()
+            );
         }
     }
 }
@@ -181,12 +205,17 @@ pub fn write_new(path: &Path, data: &[u8]) -> Result<(), Fail> {
         .open(path)
         .map_err(|e| {
             if e.kind() == std::io::ErrorKind::AlreadyExists {
-                Fail::usage(format!("{} already exists; refusing to overwrite it", path.display()))
+                Fail::usage(format!(
+                    "{} already exists; refusing to overwrite it",
+                    path.display()
+                ))
             } else {
                 Fail::error(format!("cannot create {}: {e}", path.display()))
             }
         })?;
-    f.write_all(data).and_then(|_| f.sync_all()).map_err(|e| Fail::error(format!("cannot write {}: {e}", path.display())))
+    f.write_all(data)
+        .and_then(|_| f.sync_all())
+        .map_err(|e| Fail::error(format!("cannot write {}: {e}", path.display())))
 }
 
 /// Writes `path` through a temporary file in the same directory and renames it into place.
@@ -199,7 +228,10 @@ pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<(), Fail> {
         .mode(mode)
         .open(&tmp)
         .map_err(|e| Fail::error(format!("cannot create {}: {e}", tmp.display())))?;
-    let r = f.write_all(data).and_then(|_| f.sync_all()).and_then(|_| fs::rename(&tmp, path));
+    let r = f
+        .write_all(data)
+        .and_then(|_| f.sync_all())
+        .and_then(|_| fs::rename(&tmp, path));
     if let Err(e) = r {
         let _ = fs::remove_file(&tmp);
         return Err(Fail::error(format!("cannot write {}: {e}", path.display())));

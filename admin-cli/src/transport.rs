@@ -28,7 +28,10 @@ impl Answer {
     /// The `{"error","code"}` body of a failed request, if it has one.
     pub fn error(&self) -> ErrorBody {
         serde_json::from_slice(&self.body).unwrap_or_else(|_| ErrorBody {
-            error: String::from_utf8_lossy(&self.body).chars().take(200).collect(),
+            error: String::from_utf8_lossy(&self.body)
+                .chars()
+                .take(200)
+                .collect(),
             code: String::new(),
             retry_after: None,
         })
@@ -46,7 +49,9 @@ impl Client {
     pub fn new(target: &Target, timeout: Duration) -> Result<Self, Fail> {
         let base = target.url.trim_end_matches('/').to_owned();
         if !(base.starts_with("https://") || base.starts_with("http://")) {
-            return Err(Fail::usage(format!("server URL {base:?} must start with https:// (or http:// in a lab)")));
+            return Err(Fail::usage(format!(
+                "server URL {base:?} must start with https:// (or http:// in a lab)"
+            )));
         }
         let mut tls = TlsConfig::builder().provider(TlsProvider::Rustls);
         if target.insecure_tls {
@@ -61,22 +66,36 @@ impl Client {
             .timeout_global(Some(timeout))
             .user_agent(concat!("memkey-admin/", env!("CARGO_PKG_VERSION")))
             .build();
-        Ok(Self { agent: ureq::Agent::new_with_config(config), base })
+        Ok(Self {
+            agent: ureq::Agent::new_with_config(config),
+            base,
+        })
     }
 
     pub fn get(&self, path: &str) -> Result<Answer, Fail> {
         let url = format!("{}{path}", self.base);
-        let r = self.agent.get(&url).header("accept", "application/json").call();
+        let r = self
+            .agent
+            .get(&url)
+            .header("accept", "application/json")
+            .call();
         self.finish(r)
     }
 
     pub fn post_json(&self, path: &str, body: &[u8]) -> Result<Answer, Fail> {
         let url = format!("{}{path}", self.base);
-        let r = self.agent.post(&url).header("content-type", "application/json").send(body);
+        let r = self
+            .agent
+            .post(&url)
+            .header("content-type", "application/json")
+            .send(body);
         self.finish(r)
     }
 
-    fn finish(&self, r: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Result<Answer, Fail> {
+    fn finish(
+        &self,
+        r: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+    ) -> Result<Answer, Fail> {
         let mut resp = r.map_err(|e| self.transport_error(e))?;
         let status = resp.status().as_u16();
         let retry_after = resp
@@ -90,23 +109,34 @@ impl Client {
             .limit(MAX_ANSWER)
             .read_to_vec()
             .map_err(|e| self.transport_error(e))?;
-        Ok(Answer { status, body, retry_after })
+        Ok(Answer {
+            status,
+            body,
+            retry_after,
+        })
     }
 
     fn transport_error(&self, e: ureq::Error) -> Fail {
         let text = e.to_string();
         let lower = text.to_ascii_lowercase();
-        let hint = if lower.contains("certificate") || lower.contains("rustls") || lower.contains("tls") {
+        let hint = if lower.contains("certificate")
+            || lower.contains("rustls")
+            || lower.contains("tls")
+        {
             " (TLS: pass the server certificate or its CA with --cacert FILE, or --insecure-tls for a self-signed lab certificate; the key stays protected by the pinned fingerprint)"
         } else {
             ""
         };
-        Fail::new(EXIT_UNREACHABLE, format!("cannot reach {}: {text}{hint}", self.base))
+        Fail::new(
+            EXIT_UNREACHABLE,
+            format!("cannot reach {}: {text}{hint}", self.base),
+        )
     }
 }
 
 fn load_roots(path: &Path) -> Result<RootCerts, Fail> {
-    let pem = std::fs::read(path).map_err(|e| Fail::usage(format!("cannot read --cacert {}: {e}", path.display())))?;
+    let pem = std::fs::read(path)
+        .map_err(|e| Fail::usage(format!("cannot read --cacert {}: {e}", path.display())))?;
     let certs: Vec<_> = ureq::tls::parse_pem(&pem)
         .filter_map(|item| match item {
             Ok(PemItem::Certificate(c)) => Some(c),
@@ -114,7 +144,10 @@ fn load_roots(path: &Path) -> Result<RootCerts, Fail> {
         })
         .collect();
     if certs.is_empty() {
-        return Err(Fail::usage(format!("--cacert {} contains no PEM certificate", path.display())));
+        return Err(Fail::usage(format!(
+            "--cacert {} contains no PEM certificate",
+            path.display()
+        )));
     }
     Ok(RootCerts::new_with_certs(&certs))
 }

@@ -14,11 +14,26 @@ use keyd::{Config, Server};
 use s3cp_format::keys::MasterKey;
 
 fn agent() -> ureq::Agent {
-    let tls = ureq::tls::TlsConfig::builder().disable_verification(true).build();
-    ureq::Agent::new_with_config(ureq::Agent::config_builder().tls_config(tls).http_status_as_error(false).build())
+    let tls = ureq::tls::TlsConfig::builder()
+        .disable_verification(true)
+        .build();
+    ureq::Agent::new_with_config(
+        ureq::Agent::config_builder()
+            .tls_config(tls)
+            .http_status_as_error(false)
+            .build(),
+    )
 }
 
-fn run(name: &str, url: &str, fp: [u8; 32], clients: usize, secs: u64, deliver: bool, admin: &ed25519_dalek::SigningKey) {
+fn run(
+    name: &str,
+    url: &str,
+    fp: [u8; 32],
+    clients: usize,
+    secs: u64,
+    deliver: bool,
+    admin: &ed25519_dalek::SigningKey,
+) {
     let stop = Arc::new(AtomicBool::new(false));
     let count = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
@@ -45,7 +60,8 @@ fn run(name: &str, url: &str, fp: [u8; 32], clients: usize, secs: u64, deliver: 
                         let sealed = protocol::seal_delivery(&v, &admin, &key, false).ok()?;
                         let body = serde_json::to_vec(&sealed.delivery.to_message()).ok()?;
                         let mut r = a.post(&format!("{url}/key")).send(&body[..]).ok()?;
-                        let ack: protocol::DeliveryAck = serde_json::from_slice(&r.body_mut().read_to_vec().ok()?).ok()?;
+                        let ack: protocol::DeliveryAck =
+                            serde_json::from_slice(&r.body_mut().read_to_vec().ok()?).ok()?;
                         sealed.check_confirmation(&ack).ok()
                     })();
                     match ok {
@@ -73,11 +89,20 @@ fn run(name: &str, url: &str, fp: [u8; 32], clients: usize, secs: u64, deliver: 
 
 fn main() {
     // `cargo bench` passes `--bench`; `cargo test --benches` passes nothing useful: run briefly.
-    let secs: u64 = std::env::var("BENCH_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(5);
-    let clients: usize = std::env::var("BENCH_CLIENTS").ok().and_then(|s| s.parse().ok()).unwrap_or(4);
+    let secs: u64 = std::env::var("BENCH_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(5);
+    let clients: usize = std::env::var("BENCH_CLIENTS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(4);
     let dir = tempfile::tempdir().unwrap();
     let ck = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
-    let tls = TlsFiles { cert: dir.path().join("c.pem"), key: dir.path().join("k.pem") };
+    let tls = TlsFiles {
+        cert: dir.path().join("c.pem"),
+        key: dir.path().join("k.pem"),
+    };
     std::fs::write(&tls.cert, ck.cert.pem()).unwrap();
     std::fs::write(&tls.key, ck.key_pair.serialize_pem()).unwrap();
     let admin = protocol::generate_identity();
@@ -87,11 +112,19 @@ fn main() {
     cfg.max_pending_per_ip = 1 << 20;
     cfg.max_pending_challenges = 1 << 20;
     cfg.challenge_timeout = Duration::from_secs(2);
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let handle = rt.block_on(Server::start(cfg)).unwrap();
     let url = handle.url();
     let fp = protocol::parse_fingerprint(handle.fingerprint()).unwrap();
-    println!("cores available: {}", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0));
+    println!(
+        "cores available: {}",
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0)
+    );
     run("challenges", &url, fp, clients, secs, false, &admin);
     run("deliveries", &url, fp, clients, secs, true, &admin);
     drop(handle);

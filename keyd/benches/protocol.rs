@@ -5,7 +5,9 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use keyd::protocol::{self, fingerprint, generate_identity, seal_delivery, Delivery, IssuedChallenge};
+use keyd::protocol::{
+    self, fingerprint, generate_identity, seal_delivery, Delivery, IssuedChallenge,
+};
 use keyd::service::KeyService;
 use keyd::Config;
 use s3cp_format::keys::MasterKey;
@@ -28,7 +30,9 @@ fn benches(c: &mut Criterion) {
 
     let mut g = c.benchmark_group("in_process");
     g.throughput(Throughput::Elements(1));
-    g.bench_function("challenge_issue", |b| b.iter(|| svc.issue_challenge(ip).unwrap()));
+    g.bench_function("challenge_issue", |b| {
+        b.iter(|| svc.issue_challenge(ip).unwrap())
+    });
     g.bench_function("full_delivery", |b| {
         b.iter(|| {
             let verified = svc.issue_challenge(ip).unwrap().verify(&fp).unwrap();
@@ -49,13 +53,20 @@ fn benches(c: &mut Criterion) {
     let issued = IssuedChallenge::new(1);
     let msg = issued.to_message(&server, 30);
     let sfp = fingerprint(&server.verifying_key());
-    g.bench_function("admin_verify_challenge", |b| b.iter(|| msg.verify(&sfp).unwrap()));
+    g.bench_function("admin_verify_challenge", |b| {
+        b.iter(|| msg.verify(&sfp).unwrap())
+    });
     let verified = msg.verify(&sfp).unwrap();
-    g.bench_function("admin_seal", |b| b.iter(|| seal_delivery(&verified, &admin, &key, true).unwrap()));
+    g.bench_function("admin_seal", |b| {
+        b.iter(|| seal_delivery(&verified, &admin, &key, true).unwrap())
+    });
     let sealed = seal_delivery(&verified, &admin, &key, true).unwrap();
     let d: Delivery = sealed.delivery.clone();
     g.bench_function("server_open", |b| {
-        b.iter(|| protocol::open_delivery(&d, &issued, &server.verifying_key(), &admin.verifying_key()).unwrap())
+        b.iter(|| {
+            protocol::open_delivery(&d, &issued, &server.verifying_key(), &admin.verifying_key())
+                .unwrap()
+        })
     });
     g.finish();
 }

@@ -40,7 +40,11 @@ pub enum ClientError {
     #[error("memkey socket did not answer within {0:?}")]
     Timeout(Duration),
     #[error("memkey-server answered HTTP {status} ({code}): {message}")]
-    Status { status: u16, code: String, message: String },
+    Status {
+        status: u16,
+        code: String,
+        message: String,
+    },
     #[error("malformed answer from memkey-server: {0}")]
     Malformed(String),
 }
@@ -116,20 +120,25 @@ struct RawKey<'a> {
 
 fn parse_raw(body: &[u8]) -> Result<RawKeys, ClientError> {
     // Borrowed &str fields: the hex never leaves the wiped response buffer.
-    let raw: RawBody<'_> =
-        serde_json::from_slice(body).map_err(|e| ClientError::Malformed(format!("/key/raw: {e}")))?;
+    let raw: RawBody<'_> = serde_json::from_slice(body)
+        .map_err(|e| ClientError::Malformed(format!("/key/raw: {e}")))?;
     let mut keys = Vec::with_capacity(raw.keys.len());
     for k in &raw.keys {
         let mut bytes = Zeroizing::new([0u8; KEY_LEN]);
-        hex::decode_to_slice(k.key, &mut bytes[..])
-            .map_err(|_| ClientError::Malformed(format!("key {} is not 64 hex characters", k.id)))?;
+        hex::decode_to_slice(k.key, &mut bytes[..]).map_err(|_| {
+            ClientError::Malformed(format!("key {} is not 64 hex characters", k.id))
+        })?;
         keys.push(MasterKey::new(k.id, *bytes));
     }
     keys.sort_unstable_by_key(|k| k.id());
     if keys.is_empty() {
         return Err(ClientError::Malformed("no keys in a 200 answer".into()));
     }
-    Ok(RawKeys { current: raw.current, keys, loaded_at: raw.loaded_at.map(str::to_owned) })
+    Ok(RawKeys {
+        current: raw.current,
+        keys,
+        loaded_at: raw.loaded_at.map(str::to_owned),
+    })
 }
 
 fn status_error(status: u16, body: &[u8]) -> ClientError {
@@ -139,20 +148,33 @@ fn status_error(status: u16, body: &[u8]) -> ClientError {
         code: String,
     }
     match serde_json::from_slice::<E>(body) {
-        Ok(e) => ClientError::Status { status, code: e.code, message: e.error },
-        Err(_) => ClientError::Status { status, code: String::new(), message: String::from_utf8_lossy(body).into_owned() },
+        Ok(e) => ClientError::Status {
+            status,
+            code: e.code,
+            message: e.error,
+        },
+        Err(_) => ClientError::Status {
+            status,
+            code: String::new(),
+            message: String::from_utf8_lossy(body).into_owned(),
+        },
     }
 }
 
 /// One `GET` over the socket; returns the status and the body in a wiped buffer.
 async fn get(socket: &Path, path: &str) -> Result<(u16, Zeroizing<Vec<u8>>), ClientError> {
-    tokio::time::timeout(TIMEOUT, get_inner(socket, path)).await.map_err(|_| ClientError::Timeout(TIMEOUT))?
+    tokio::time::timeout(TIMEOUT, get_inner(socket, path))
+        .await
+        .map_err(|_| ClientError::Timeout(TIMEOUT))?
 }
 
 async fn get_inner(socket: &Path, path: &str) -> Result<(u16, Zeroizing<Vec<u8>>), ClientError> {
     let mut s = UnixStream::connect(socket)
         .await
-        .map_err(|source| ClientError::Connect { path: socket.to_owned(), source })?;
+        .map_err(|source| ClientError::Connect {
+            path: socket.to_owned(),
+            source,
+        })?;
     let req = format!("GET {path} HTTP/1.1\r\nHost: memkey\r\nAccept: application/json\r\nConnection: close\r\n\r\n");
     s.write_all(req.as_bytes()).await?;
 
@@ -178,10 +200,15 @@ async fn get_inner(socket: &Path, path: &str) -> Result<(u16, Zeroizing<Vec<u8>>
             head = parse_head(&buf[..n])?;
         }
     }
-    let (status, start, len) = head.ok_or_else(|| ClientError::Malformed("incomplete HTTP response".into()))?;
+    let (status, start, len) =
+        head.ok_or_else(|| ClientError::Malformed("incomplete HTTP response".into()))?;
     let end = match len {
         Some(len) if n >= start + len => start + len,
-        Some(_) => return Err(ClientError::Malformed("truncated HTTP response body".into())),
+        Some(_) => {
+            return Err(ClientError::Malformed(
+                "truncated HTTP response body".into(),
+            ))
+        }
         None => n,
     };
     let mut body = Zeroizing::new(Vec::with_capacity(end - start));
@@ -194,13 +221,16 @@ fn parse_head(data: &[u8]) -> Result<Option<(u16, usize, Option<usize>)>, Client
     let Some(end) = data.windows(4).position(|w| w == b"\r\n\r\n") else {
         return Ok(None);
     };
-    let head = std::str::from_utf8(&data[..end]).map_err(|_| ClientError::Malformed("non-UTF-8 headers".into()))?;
+    let head = std::str::from_utf8(&data[..end])
+        .map_err(|_| ClientError::Malformed("non-UTF-8 headers".into()))?;
     let mut lines = head.split("\r\n");
     let status_line = lines.next().unwrap_or("");
     let mut parts = status_line.splitn(3, ' ');
     let version = parts.next().unwrap_or("");
     if !version.starts_with("HTTP/1.") {
-        return Err(ClientError::Malformed(format!("bad status line {status_line:?}")));
+        return Err(ClientError::Malformed(format!(
+            "bad status line {status_line:?}"
+        )));
     }
     let status: u16 = parts
         .next()
@@ -208,12 +238,21 @@ fn parse_head(data: &[u8]) -> Result<Option<(u16, usize, Option<usize>)>, Client
         .ok_or_else(|| ClientError::Malformed(format!("bad status line {status_line:?}")))?;
     let mut len = None;
     for line in lines {
-        let Some((name, value)) = line.split_once(':') else { continue };
+        let Some((name, value)) = line.split_once(':') else {
+            continue;
+        };
         let name = name.trim();
         if name.eq_ignore_ascii_case("content-length") {
-            len = Some(value.trim().parse().map_err(|_| ClientError::Malformed("bad Content-Length".into()))?);
+            len = Some(
+                value
+                    .trim()
+                    .parse()
+                    .map_err(|_| ClientError::Malformed("bad Content-Length".into()))?,
+            );
         } else if name.eq_ignore_ascii_case("transfer-encoding") {
-            return Err(ClientError::Malformed("unexpected Transfer-Encoding".into()));
+            return Err(ClientError::Malformed(
+                "unexpected Transfer-Encoding".into(),
+            ));
         }
     }
     Ok(Some((status, end + 4, len)))
@@ -225,12 +264,18 @@ mod tests {
 
     #[test]
     fn head_parsing() {
-        assert_eq!(parse_head(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n").unwrap(), None);
+        assert_eq!(
+            parse_head(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n").unwrap(),
+            None
+        );
         assert_eq!(
             parse_head(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello").unwrap(),
             Some((200, 38, Some(5)))
         );
-        assert_eq!(parse_head(b"HTTP/1.1 503 Service Unavailable\r\n\r\n").unwrap(), Some((503, 36, None)));
+        assert_eq!(
+            parse_head(b"HTTP/1.1 503 Service Unavailable\r\n\r\n").unwrap(),
+            Some((503, 36, None))
+        );
         assert!(parse_head(b"SMTP 200\r\n\r\n").is_err());
         assert!(parse_head(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n").is_err());
     }
@@ -238,13 +283,21 @@ mod tests {
     #[test]
     fn raw_parsing() {
         let k = "ab".repeat(32);
-        let body = format!(r#"{{"current":2,"keys":[{{"id":2,"key":"{k}"}},{{"id":1,"key":"{k}"}}],"loaded_at":"2026-01-01T00:00:00Z"}}"#);
+        let body = format!(
+            r#"{{"current":2,"keys":[{{"id":2,"key":"{k}"}},{{"id":1,"key":"{k}"}}],"loaded_at":"2026-01-01T00:00:00Z"}}"#
+        );
         let raw = parse_raw(body.as_bytes()).unwrap();
-        assert_eq!(raw.keys.iter().map(|k| k.id()).collect::<Vec<_>>(), vec![1, 2]);
+        assert_eq!(
+            raw.keys.iter().map(|k| k.id()).collect::<Vec<_>>(),
+            vec![1, 2]
+        );
         assert_eq!(raw.keyring().unwrap().current_id(), 2);
         assert!(parse_raw(br#"{"current":1,"keys":[{"id":1,"key":"00"}]}"#).is_err());
         assert!(parse_raw(br#"{"current":1,"keys":[]}"#).is_err());
         let bad_current = format!(r#"{{"current":9,"keys":[{{"id":2,"key":"{k}"}}]}}"#);
-        assert!(parse_raw(bad_current.as_bytes()).unwrap().keyring().is_none());
+        assert!(parse_raw(bad_current.as_bytes())
+            .unwrap()
+            .keyring()
+            .is_none());
     }
 }

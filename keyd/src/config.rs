@@ -76,11 +76,21 @@ impl fmt::Debug for Config {
             .field("listen_addr", &self.listen_addr)
             .field("tls", &self.tls)
             .field("unix_socket_path", &self.unix_socket_path)
-            .field("identity_fingerprint", &fingerprint_hex(&self.identity.verifying_key()))
+            .field(
+                "identity_fingerprint",
+                &fingerprint_hex(&self.identity.verifying_key()),
+            )
             .field("challenge_timeout", &self.challenge_timeout)
             .field("max_failed_attempts", &self.max_failed_attempts)
             .field("lockout_duration", &self.lockout_duration)
-            .field("admins", &self.admins.iter().map(|a| hex::encode(a.as_bytes())).collect::<Vec<_>>())
+            .field(
+                "admins",
+                &self
+                    .admins
+                    .iter()
+                    .map(|a| hex::encode(a.as_bytes()))
+                    .collect::<Vec<_>>(),
+            )
             .finish()
     }
 }
@@ -109,7 +119,10 @@ impl Config {
     }
 
     /// Reads the optional YAML file, applies `MEMKEY_*` variables from `env`, validates.
-    pub fn load(path: Option<&Path>, env: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+    pub fn load(
+        path: Option<&Path>,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
         let mut raw = match path {
             Some(p) => {
                 let text = std::fs::read_to_string(p)
@@ -176,7 +189,9 @@ fn parse_bool(name: &str, v: &str) -> Result<bool, ConfigError> {
     match v.trim().to_ascii_lowercase().as_str() {
         "1" | "true" | "yes" | "on" => Ok(true),
         "0" | "false" | "no" | "off" => Ok(false),
-        _ => Err(err(format!("{name}={v:?} is not a boolean (use true or false)"))),
+        _ => Err(err(format!(
+            "{name}={v:?} is not a boolean (use true or false)"
+        ))),
     }
 }
 
@@ -204,38 +219,54 @@ impl RawConfig {
             self.security.challenge_timeout = Some(v);
         }
         if let Some(v) = env("MEMKEY_MAX_FAILED_ATTEMPTS") {
-            let n = v
-                .trim()
-                .parse()
-                .map_err(|_| err(format!("MEMKEY_MAX_FAILED_ATTEMPTS={v:?} is not a positive integer")))?;
+            let n = v.trim().parse().map_err(|_| {
+                err(format!(
+                    "MEMKEY_MAX_FAILED_ATTEMPTS={v:?} is not a positive integer"
+                ))
+            })?;
             self.security.max_failed_attempts = Some(n);
         }
         if let Some(v) = env("MEMKEY_LOCKOUT_DURATION") {
             self.security.lockout_duration = Some(v);
         }
         if let Some(v) = env("MEMKEY_ADMINS") {
-            self.admins = Some(v.split(',').map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect());
+            self.admins = Some(
+                v.split(',')
+                    .map(|s| s.trim().to_owned())
+                    .filter(|s| !s.is_empty())
+                    .collect(),
+            );
         }
         Ok(())
     }
 
     fn validate(self) -> Result<Config, ConfigError> {
-        let listen = self.server.listen_addr.as_deref().unwrap_or(DEFAULT_LISTEN_ADDR);
+        let listen = self
+            .server
+            .listen_addr
+            .as_deref()
+            .unwrap_or(DEFAULT_LISTEN_ADDR);
         let listen_addr: SocketAddr = listen.trim().parse().map_err(|_| {
-            err(format!("server.listen_addr {listen:?} is not an IP:port address (e.g. \"127.0.0.1:7070\")"))
+            err(format!(
+                "server.listen_addr {listen:?} is not an IP:port address (e.g. \"127.0.0.1:7070\")"
+            ))
         })?;
 
-        let tls = if self.server.tls_enabled.unwrap_or(true) {
-            let cert = self.server.tls_cert.filter(|s| !s.trim().is_empty()).ok_or_else(|| {
+        let tls =
+            if self.server.tls_enabled.unwrap_or(true) {
+                let cert = self.server.tls_cert.filter(|s| !s.trim().is_empty()).ok_or_else(|| {
                 err("server.tls_enabled is true but server.tls_cert (MEMKEY_TLS_CERT) is not set")
             })?;
-            let key = self.server.tls_key.filter(|s| !s.trim().is_empty()).ok_or_else(|| {
+                let key = self.server.tls_key.filter(|s| !s.trim().is_empty()).ok_or_else(|| {
                 err("server.tls_enabled is true but server.tls_key (MEMKEY_TLS_KEY) is not set")
             })?;
-            Some(TlsFiles { cert: PathBuf::from(cert.trim()), key: PathBuf::from(key.trim()) })
-        } else {
-            None
-        };
+                Some(TlsFiles {
+                    cert: PathBuf::from(cert.trim()),
+                    key: PathBuf::from(key.trim()),
+                })
+            } else {
+                None
+            };
 
         let unix_socket_path = match self.server.unix_socket_path {
             None => Some(PathBuf::from(DEFAULT_SOCKET_PATH)),
@@ -243,7 +274,9 @@ impl RawConfig {
             Some(s) => {
                 let p = PathBuf::from(s.trim());
                 if !p.is_absolute() {
-                    return Err(err(format!("server.unix_socket_path {s:?} must be an absolute path")));
+                    return Err(err(format!(
+                        "server.unix_socket_path {s:?} must be an absolute path"
+                    )));
                 }
                 Some(p)
             }
@@ -255,14 +288,19 @@ impl RawConfig {
                 "identity.private_key (MEMKEY_IDENTITY_KEY) is not set; create one with `memkey-server --generate-identity`",
             ));
         }
-        let identity = signing_key_from_hex(&seed)
-            .ok_or_else(|| err("identity.private_key must be 64 hex characters (an Ed25519 seed)"))?;
+        let identity = signing_key_from_hex(&seed).ok_or_else(|| {
+            err("identity.private_key must be 64 hex characters (an Ed25519 seed)")
+        })?;
 
         let challenge_timeout = match self.security.challenge_timeout {
-            Some(s) => parse_duration(&s).map_err(|e| err(format!("security.challenge_timeout: {e}")))?,
+            Some(s) => {
+                parse_duration(&s).map_err(|e| err(format!("security.challenge_timeout: {e}")))?
+            }
             None => Duration::from_secs(30),
         };
-        if challenge_timeout < Duration::from_secs(1) || challenge_timeout > Duration::from_secs(3600) {
+        if challenge_timeout < Duration::from_secs(1)
+            || challenge_timeout > Duration::from_secs(3600)
+        {
             return Err(err("security.challenge_timeout must be between 1s and 1h"));
         }
         let max_failed_attempts = self.security.max_failed_attempts.unwrap_or(5);
@@ -270,11 +308,17 @@ impl RawConfig {
             return Err(err("security.max_failed_attempts must be at least 1"));
         }
         let lockout_duration = match self.security.lockout_duration {
-            Some(s) => parse_duration(&s).map_err(|e| err(format!("security.lockout_duration: {e}")))?,
+            Some(s) => {
+                parse_duration(&s).map_err(|e| err(format!("security.lockout_duration: {e}")))?
+            }
             None => Duration::from_secs(300),
         };
-        if lockout_duration < Duration::from_secs(1) || lockout_duration > Duration::from_secs(7 * 86_400) {
-            return Err(err("security.lockout_duration must be between 1s and 7 days"));
+        if lockout_duration < Duration::from_secs(1)
+            || lockout_duration > Duration::from_secs(7 * 86_400)
+        {
+            return Err(err(
+                "security.lockout_duration must be between 1s and 7 days",
+            ));
         }
 
         let mut admins = Vec::new();
@@ -313,7 +357,10 @@ mod tests {
     const SEED: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
 
     fn env_of(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
-        let m: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let m: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         move |k| m.get(k).cloned()
     }
 
@@ -325,26 +372,49 @@ mod tests {
 
     #[test]
     fn full_file() {
-        let admin = hex::encode(crate::protocol::generate_identity().verifying_key().as_bytes());
+        let admin = hex::encode(
+            crate::protocol::generate_identity()
+                .verifying_key()
+                .as_bytes(),
+        );
         let f = yaml(&format!(
             "server:\n  listen_addr: \"0.0.0.0:7443\"\n  tls_enabled: true\n  tls_cert: /etc/c.pem\n  tls_key: /etc/k.pem\n  unix_socket_path: /run/m/m.sock\nidentity:\n  private_key: \"{SEED}\"\nsecurity:\n  challenge_timeout: 10s\n  max_failed_attempts: 3\n  lockout_duration: 2m\nadmins:\n  - {admin}\n"
         ));
         let c = Config::load(Some(f.path()), env_of(&[])).unwrap();
         assert_eq!(c.listen_addr, "0.0.0.0:7443".parse().unwrap());
-        assert_eq!(c.tls, Some(TlsFiles { cert: "/etc/c.pem".into(), key: "/etc/k.pem".into() }));
+        assert_eq!(
+            c.tls,
+            Some(TlsFiles {
+                cert: "/etc/c.pem".into(),
+                key: "/etc/k.pem".into()
+            })
+        );
         assert_eq!(c.unix_socket_path, Some(PathBuf::from("/run/m/m.sock")));
         assert_eq!(c.challenge_timeout, Duration::from_secs(10));
         assert_eq!(c.max_failed_attempts, 3);
         assert_eq!(c.lockout_duration, Duration::from_secs(120));
         assert_eq!(c.admins.len(), 1);
-        assert!(!format!("{c:?}").contains(SEED), "Debug must not print the identity seed");
+        assert!(
+            !format!("{c:?}").contains(SEED),
+            "Debug must not print the identity seed"
+        );
     }
 
     #[test]
     fn env_overrides_file() {
-        let a1 = hex::encode(crate::protocol::generate_identity().verifying_key().as_bytes());
-        let a2 = hex::encode(crate::protocol::generate_identity().verifying_key().as_bytes());
-        let f = yaml(&format!("identity:\n  private_key: \"{SEED}\"\nserver:\n  tls_enabled: true\n"));
+        let a1 = hex::encode(
+            crate::protocol::generate_identity()
+                .verifying_key()
+                .as_bytes(),
+        );
+        let a2 = hex::encode(
+            crate::protocol::generate_identity()
+                .verifying_key()
+                .as_bytes(),
+        );
+        let f = yaml(&format!(
+            "identity:\n  private_key: \"{SEED}\"\nserver:\n  tls_enabled: true\n"
+        ));
         let c = Config::load(
             Some(f.path()),
             env_of(&[
@@ -371,7 +441,11 @@ mod tests {
     fn env_only() {
         let c = Config::load(
             None,
-            env_of(&[("MEMKEY_IDENTITY_KEY", SEED), ("MEMKEY_TLS_CERT", "/c"), ("MEMKEY_TLS_KEY", "/k")]),
+            env_of(&[
+                ("MEMKEY_IDENTITY_KEY", SEED),
+                ("MEMKEY_TLS_CERT", "/c"),
+                ("MEMKEY_TLS_KEY", "/k"),
+            ]),
         )
         .unwrap();
         assert_eq!(c.listen_addr, DEFAULT_LISTEN_ADDR.parse().unwrap());
@@ -390,7 +464,9 @@ mod tests {
         assert!(text.contains(placeholder));
         // As shipped (placeholder seed) it is rejected with a clear message...
         let f = yaml(&text);
-        let e = Config::load(Some(f.path()), env_of(&[])).unwrap_err().to_string();
+        let e = Config::load(Some(f.path()), env_of(&[]))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("identity.private_key"), "{e}");
         // ...and with a real seed it loads with the documented defaults.
         let f = yaml(&text.replace(placeholder, SEED));
@@ -412,15 +488,36 @@ mod tests {
             (vec![plain], "identity.private_key"),
             (vec![plain, ("MEMKEY_IDENTITY_KEY", "abcd")], "64 hex"),
             (vec![id], "tls_cert"),
-            (vec![id, plain, ("MEMKEY_LISTEN_ADDR", "localhost")], "listen_addr"),
+            (
+                vec![id, plain, ("MEMKEY_LISTEN_ADDR", "localhost")],
+                "listen_addr",
+            ),
             (vec![id, plain, ("MEMKEY_TLS_ENABLED", "maybe")], "boolean"),
-            (vec![id, plain, ("MEMKEY_CHALLENGE_TIMEOUT", "soon")], "challenge_timeout"),
-            (vec![id, plain, ("MEMKEY_CHALLENGE_TIMEOUT", "0s")], "challenge_timeout"),
-            (vec![id, plain, ("MEMKEY_MAX_FAILED_ATTEMPTS", "0")], "max_failed_attempts"),
-            (vec![id, plain, ("MEMKEY_MAX_FAILED_ATTEMPTS", "-1")], "MAX_FAILED"),
-            (vec![id, plain, ("MEMKEY_LOCKOUT_DURATION", "5y")], "lockout_duration"),
+            (
+                vec![id, plain, ("MEMKEY_CHALLENGE_TIMEOUT", "soon")],
+                "challenge_timeout",
+            ),
+            (
+                vec![id, plain, ("MEMKEY_CHALLENGE_TIMEOUT", "0s")],
+                "challenge_timeout",
+            ),
+            (
+                vec![id, plain, ("MEMKEY_MAX_FAILED_ATTEMPTS", "0")],
+                "max_failed_attempts",
+            ),
+            (
+                vec![id, plain, ("MEMKEY_MAX_FAILED_ATTEMPTS", "-1")],
+                "MAX_FAILED",
+            ),
+            (
+                vec![id, plain, ("MEMKEY_LOCKOUT_DURATION", "5y")],
+                "lockout_duration",
+            ),
             (vec![id, plain, ("MEMKEY_ADMINS", "zz")], "admins[0]"),
-            (vec![id, plain, ("MEMKEY_SOCKET", "relative.sock")], "absolute"),
+            (
+                vec![id, plain, ("MEMKEY_SOCKET", "relative.sock")],
+                "absolute",
+            ),
         ];
         for (env, needle) in cases {
             let e = Config::load(None, env_of(&env)).unwrap_err().to_string();
@@ -428,9 +525,13 @@ mod tests {
             assert!(!e.contains('\n'));
         }
         let f = yaml("server:\n  listen_adr: x\n");
-        let e = Config::load(Some(f.path()), env_of(&[])).unwrap_err().to_string();
+        let e = Config::load(Some(f.path()), env_of(&[]))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("listen_adr") && !e.contains('\n'), "{e}");
-        let e = Config::load(Some(Path::new("/nonexistent/memkey.yaml")), env_of(&[])).unwrap_err().to_string();
+        let e = Config::load(Some(Path::new("/nonexistent/memkey.yaml")), env_of(&[]))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("cannot read config file"), "{e}");
     }
 }

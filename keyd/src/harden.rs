@@ -20,7 +20,13 @@ pub fn disable_core_dumps() -> HardenReport {
     #[cfg(unix)]
     {
         use rustix::process::{setrlimit, Resource, Rlimit};
-        match setrlimit(Resource::Core, Rlimit { current: Some(0), maximum: Some(0) }) {
+        match setrlimit(
+            Resource::Core,
+            Rlimit {
+                current: Some(0),
+                maximum: Some(0),
+            },
+        ) {
             Ok(()) => r.applied.push("RLIMIT_CORE=0"),
             Err(e) => r.failed.push(format!("setrlimit(RLIMIT_CORE, 0): {e}")),
         }

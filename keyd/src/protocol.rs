@@ -231,7 +231,8 @@ pub fn delivery_signed_bytes(th: &[u8; 32], nonce: &[u8; NONCE_LEN], ciphertext:
 fn hkdf(th: &[u8; 32], shared: &[u8; 32], info: &[&[u8]]) -> Zeroizing<[u8; 32]> {
     let hk = Hkdf::<Sha256>::new(Some(th), shared);
     let mut out = Zeroizing::new([0u8; 32]);
-    hk.expand_multi_info(info, &mut out[..]).expect("32 bytes is a valid HKDF-SHA256 length");
+    hk.expand_multi_info(info, &mut out[..])
+        .expect("32 bytes is a valid HKDF-SHA256 length");
     out
 }
 
@@ -260,7 +261,10 @@ pub fn payload_bytes(key: &MasterKey, make_current: bool) -> Zeroizing<Vec<u8>> 
     encode_payload(key, make_current)
 }
 
-fn diffie_hellman(secret: &StaticSecret, peer: &[u8; 32]) -> Result<Zeroizing<[u8; 32]>, ProtocolError> {
+fn diffie_hellman(
+    secret: &StaticSecret,
+    peer: &[u8; 32],
+) -> Result<Zeroizing<[u8; 32]>, ProtocolError> {
     let shared = secret.diffie_hellman(&XPublic::from(*peer));
     if !shared.was_contributory() {
         return Err(ProtocolError::BadEphemeral);
@@ -282,7 +286,12 @@ pub struct IssuedChallenge {
 
 impl fmt::Debug for IssuedChallenge {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "IssuedChallenge {{ challenge: {}, timestamp: {} }}", hex::encode(self.challenge), self.timestamp)
+        write!(
+            f,
+            "IssuedChallenge {{ challenge: {}, timestamp: {} }}",
+            hex::encode(self.challenge),
+            self.timestamp
+        )
     }
 }
 
@@ -295,14 +304,27 @@ impl IssuedChallenge {
     }
 
     /// Deterministic construction (test vectors).
-    pub fn from_parts(challenge: [u8; CHALLENGE_LEN], timestamp: u64, ephemeral_secret: StaticSecret) -> Self {
+    pub fn from_parts(
+        challenge: [u8; CHALLENGE_LEN],
+        timestamp: u64,
+        ephemeral_secret: StaticSecret,
+    ) -> Self {
         let ephemeral_public = XPublic::from(&ephemeral_secret).to_bytes();
-        Self { challenge, timestamp, ephemeral_secret, ephemeral_public }
+        Self {
+            challenge,
+            timestamp,
+            ephemeral_secret,
+            ephemeral_public,
+        }
     }
 
     /// The signed challenge message sent to the admin.
     pub fn to_message(&self, identity: &SigningKey, expires_in: u64) -> ChallengeMsg {
-        let sig = identity.sign(&challenge_signed_bytes(&self.challenge, self.timestamp, &self.ephemeral_public));
+        let sig = identity.sign(&challenge_signed_bytes(
+            &self.challenge,
+            self.timestamp,
+            &self.ephemeral_public,
+        ));
         ChallengeMsg {
             version: PROTOCOL_VERSION,
             challenge: hex::encode(self.challenge),
@@ -329,7 +351,8 @@ pub struct Delivery {
 impl Delivery {
     /// Parses a JSON body. Errors are [`ProtocolError::Malformed`] / [`ProtocolError::UnsupportedVersion`].
     pub fn from_json(body: &[u8]) -> Result<Self, ProtocolError> {
-        let msg: DeliveryMsg = serde_json::from_slice(body).map_err(|_| ProtocolError::Malformed("body is not a delivery JSON object"))?;
+        let msg: DeliveryMsg = serde_json::from_slice(body)
+            .map_err(|_| ProtocolError::Malformed("body is not a delivery JSON object"))?;
         Self::from_message(&msg)
     }
 
@@ -338,14 +361,23 @@ impl Delivery {
             return Err(ProtocolError::UnsupportedVersion(msg.version));
         }
         Ok(Self {
-            challenge: decode_hex_array(&msg.challenge).ok_or(ProtocolError::Malformed("challenge must be 64 hex characters"))?,
-            admin_public_key: decode_hex_array(&msg.admin_public_key)
-                .ok_or(ProtocolError::Malformed("admin_public_key must be 64 hex characters"))?,
-            admin_ephemeral: decode_hex_array(&msg.admin_ephemeral)
-                .ok_or(ProtocolError::Malformed("admin_ephemeral must be 64 hex characters"))?,
-            nonce: decode_hex_array(&msg.nonce).ok_or(ProtocolError::Malformed("nonce must be 48 hex characters"))?,
-            ciphertext: decode_hex_array(&msg.ciphertext).ok_or(ProtocolError::Malformed("ciphertext must be 106 hex characters"))?,
-            signature: decode_hex_array(&msg.signature).ok_or(ProtocolError::Malformed("signature must be 128 hex characters"))?,
+            challenge: decode_hex_array(&msg.challenge).ok_or(ProtocolError::Malformed(
+                "challenge must be 64 hex characters",
+            ))?,
+            admin_public_key: decode_hex_array(&msg.admin_public_key).ok_or(
+                ProtocolError::Malformed("admin_public_key must be 64 hex characters"),
+            )?,
+            admin_ephemeral: decode_hex_array(&msg.admin_ephemeral).ok_or(
+                ProtocolError::Malformed("admin_ephemeral must be 64 hex characters"),
+            )?,
+            nonce: decode_hex_array(&msg.nonce)
+                .ok_or(ProtocolError::Malformed("nonce must be 48 hex characters"))?,
+            ciphertext: decode_hex_array(&msg.ciphertext).ok_or(ProtocolError::Malformed(
+                "ciphertext must be 106 hex characters",
+            ))?,
+            signature: decode_hex_array(&msg.signature).ok_or(ProtocolError::Malformed(
+                "signature must be 128 hex characters",
+            ))?,
         })
     }
 
@@ -372,7 +404,11 @@ pub struct OpenedDelivery {
 
 impl fmt::Debug for OpenedDelivery {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "OpenedDelivery {{ key: {:?}, make_current: {} }}", self.key, self.make_current)
+        write!(
+            f,
+            "OpenedDelivery {{ key: {:?}, make_current: {} }}",
+            self.key, self.make_current
+        )
     }
 }
 
@@ -401,7 +437,10 @@ pub fn open_delivery(
     );
     let sig = Signature::from_bytes(&delivery.signature);
     admin
-        .verify_strict(&delivery_signed_bytes(&th, &delivery.nonce, &delivery.ciphertext), &sig)
+        .verify_strict(
+            &delivery_signed_bytes(&th, &delivery.nonce, &delivery.ciphertext),
+            &sig,
+        )
         .map_err(|_| ProtocolError::BadAdminSignature)?;
     let shared = diffie_hellman(&issued.ephemeral_secret, &delivery.admin_ephemeral)?;
     let k = wrap_key(&th, &shared);
@@ -418,7 +457,12 @@ pub fn open_delivery(
     let make_current = buf[4] & FLAG_MAKE_CURRENT != 0;
     let mut bytes = Zeroizing::new([0u8; KEY_LEN]);
     bytes.copy_from_slice(&buf[5..]);
-    Ok(OpenedDelivery { key: MasterKey::new(id, *bytes), make_current, transcript: th, shared })
+    Ok(OpenedDelivery {
+        key: MasterKey::new(id, *bytes),
+        make_current,
+        transcript: th,
+        shared,
+    })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -439,12 +483,15 @@ pub struct VerifiedChallenge {
 impl ChallengeMsg {
     /// Admin side: checks the server's identity against the pinned fingerprint (constant time)
     /// and its signature over (challenge ‖ timestamp ‖ ephemeral key). Nothing secret is used yet.
-    pub fn verify(&self, pinned_fingerprint: &[u8; 32]) -> Result<VerifiedChallenge, ProtocolError> {
+    pub fn verify(
+        &self,
+        pinned_fingerprint: &[u8; 32],
+    ) -> Result<VerifiedChallenge, ProtocolError> {
         if self.version != PROTOCOL_VERSION {
             return Err(ProtocolError::UnsupportedVersion(self.version));
         }
-        let spk: [u8; 32] =
-            decode_hex_array(&self.server_public_key).ok_or(ProtocolError::Malformed("server_public_key"))?;
+        let spk: [u8; 32] = decode_hex_array(&self.server_public_key)
+            .ok_or(ProtocolError::Malformed("server_public_key"))?;
         let got: [u8; 32] = Sha256::digest(spk).into();
         if !fingerprints_equal(&got, pinned_fingerprint) {
             return Err(ProtocolError::FingerprintMismatch {
@@ -452,10 +499,14 @@ impl ChallengeMsg {
                 got: hex::encode(got),
             });
         }
-        let server_public = VerifyingKey::from_bytes(&spk).map_err(|_| ProtocolError::Malformed("server_public_key"))?;
-        let challenge = decode_hex_array(&self.challenge).ok_or(ProtocolError::Malformed("challenge"))?;
-        let server_ephemeral = decode_hex_array(&self.server_ephemeral).ok_or(ProtocolError::Malformed("server_ephemeral"))?;
-        let sig: [u8; 64] = decode_hex_array(&self.signature).ok_or(ProtocolError::Malformed("signature"))?;
+        let server_public = VerifyingKey::from_bytes(&spk)
+            .map_err(|_| ProtocolError::Malformed("server_public_key"))?;
+        let challenge =
+            decode_hex_array(&self.challenge).ok_or(ProtocolError::Malformed("challenge"))?;
+        let server_ephemeral = decode_hex_array(&self.server_ephemeral)
+            .ok_or(ProtocolError::Malformed("server_ephemeral"))?;
+        let sig: [u8; 64] =
+            decode_hex_array(&self.signature).ok_or(ProtocolError::Malformed("signature"))?;
         server_public
             .verify_strict(
                 &challenge_signed_bytes(&challenge, self.timestamp, &server_ephemeral),
@@ -494,7 +545,8 @@ impl SealedDelivery {
 
     /// Checks the server's acknowledgement (constant time).
     pub fn check_confirmation(&self, ack: &DeliveryAck) -> Result<(), ProtocolError> {
-        let got: [u8; 32] = decode_hex_array(&ack.confirmation).ok_or(ProtocolError::BadConfirmation)?;
+        let got: [u8; 32] =
+            decode_hex_array(&ack.confirmation).ok_or(ProtocolError::BadConfirmation)?;
         let want = confirmation(&self.transcript, &self.shared, self.key_id, ack.current);
         if ack.key_id == self.key_id && bool::from(got.ct_eq(&want)) {
             Ok(())
@@ -513,7 +565,14 @@ pub fn seal_delivery(
 ) -> Result<SealedDelivery, ProtocolError> {
     let mut nonce = [0u8; NONCE_LEN];
     OsRng.fill_bytes(&mut nonce);
-    seal_delivery_with(challenge, admin, key, make_current, StaticSecret::random_from_rng(OsRng), nonce)
+    seal_delivery_with(
+        challenge,
+        admin,
+        key,
+        make_current,
+        StaticSecret::random_from_rng(OsRng),
+        nonce,
+    )
 }
 
 /// [`seal_delivery`] with caller-chosen ephemeral secret and nonce (test vectors only).
@@ -545,7 +604,9 @@ pub fn seal_delivery_with(
         .map_err(|_| ProtocolError::Malformed("encryption failed"))?;
     let mut ciphertext = [0u8; CIPHERTEXT_LEN];
     ciphertext.copy_from_slice(&buf);
-    let signature = admin.sign(&delivery_signed_bytes(&th, &nonce, &ciphertext)).to_bytes();
+    let signature = admin
+        .sign(&delivery_signed_bytes(&th, &nonce, &ciphertext))
+        .to_bytes();
     Ok(SealedDelivery {
         delivery: Delivery {
             challenge: challenge.challenge,
@@ -598,10 +659,22 @@ pub mod vectors {
         let cmsg = issued.to_message(&server, 30);
         let fp = fingerprint(&server.verifying_key());
         let verified = cmsg.verify(&fp).expect("vector challenge verifies");
-        let sealed =
-            seal_delivery_with(&verified, &admin, &master, make_current, admin_eph.clone(), nonce).expect("seal");
-        let opened = open_delivery(&sealed.delivery, &issued, &server.verifying_key(), &admin.verifying_key())
-            .expect("vector delivery opens");
+        let sealed = seal_delivery_with(
+            &verified,
+            &admin,
+            &master,
+            make_current,
+            admin_eph.clone(),
+            nonce,
+        )
+        .expect("seal");
+        let opened = open_delivery(
+            &sealed.delivery,
+            &issued,
+            &server.verifying_key(),
+            &admin.verifying_key(),
+        )
+        .expect("vector delivery opens");
         assert_eq!(opened.key.expose(), master.expose());
         let shared = admin_eph.diffie_hellman(&XPublic::from(issued.ephemeral_public));
         let th = *sealed.transcript();
@@ -614,7 +687,13 @@ pub mod vectors {
             ("server_ephemeral_secret", hex::encode(seq(0x40))),
             ("admin_ephemeral_secret", hex::encode(seq(0x60))),
             ("challenge", hex::encode(challenge)),
-            ("timestamp", format!("{timestamp} (u64 BE {})", hex::encode(timestamp.to_be_bytes()))),
+            (
+                "timestamp",
+                format!(
+                    "{timestamp} (u64 BE {})",
+                    hex::encode(timestamp.to_be_bytes())
+                ),
+            ),
             ("nonce", hex::encode(nonce)),
             ("master_key_id", "7".to_string()),
             ("master_key", hex::encode(master.expose())),
@@ -623,12 +702,21 @@ pub mod vectors {
             ("server_fingerprint", hex::encode(fp)),
             ("server_ephemeral", cmsg.server_ephemeral.clone()),
             ("challenge_signature", cmsg.signature.clone()),
-            ("admin_public_key", hex::encode(admin.verifying_key().as_bytes())),
-            ("admin_ephemeral", hex::encode(sealed.delivery.admin_ephemeral)),
+            (
+                "admin_public_key",
+                hex::encode(admin.verifying_key().as_bytes()),
+            ),
+            (
+                "admin_ephemeral",
+                hex::encode(sealed.delivery.admin_ephemeral),
+            ),
             ("shared_secret", hex::encode(shared.as_bytes())),
             ("transcript_hash", hex::encode(th)),
             ("wrap_key", hex::encode(*k)),
-            ("payload", hex::encode(&*payload_bytes(&master, make_current))),
+            (
+                "payload",
+                hex::encode(&*payload_bytes(&master, make_current)),
+            ),
             ("ciphertext", hex::encode(sealed.delivery.ciphertext)),
             ("delivery_signature", hex::encode(sealed.delivery.signature)),
             ("confirmation", hex::encode(ack)),
@@ -653,7 +741,12 @@ mod tests {
         let issued = IssuedChallenge::new(1_700_000_000);
         let msg = issued.to_message(&server, 30);
         let verified = msg.verify(&fingerprint(&server.verifying_key())).unwrap();
-        Fixture { server, admin, issued, verified }
+        Fixture {
+            server,
+            admin,
+            issued,
+            verified,
+        }
     }
 
     #[test]
@@ -663,7 +756,13 @@ mod tests {
         let sealed = seal_delivery(&f.verified, &f.admin, &key, false).unwrap();
         let json = serde_json::to_vec(&sealed.delivery.to_message()).unwrap();
         let parsed = Delivery::from_json(&json).unwrap();
-        let opened = open_delivery(&parsed, &f.issued, &f.server.verifying_key(), &f.admin.verifying_key()).unwrap();
+        let opened = open_delivery(
+            &parsed,
+            &f.issued,
+            &f.server.verifying_key(),
+            &f.admin.verifying_key(),
+        )
+        .unwrap();
         assert_eq!(opened.key.id(), 42);
         assert_eq!(opened.key.expose(), key.expose());
         assert!(!opened.make_current);
@@ -677,8 +776,14 @@ mod tests {
             confirmation: hex::encode(opened.confirmation(true)),
         };
         sealed.check_confirmation(&ack).unwrap();
-        let lying = DeliveryAck { current: false, ..ack };
-        assert_eq!(sealed.check_confirmation(&lying), Err(ProtocolError::BadConfirmation));
+        let lying = DeliveryAck {
+            current: false,
+            ..ack
+        };
+        assert_eq!(
+            sealed.check_confirmation(&lying),
+            Err(ProtocolError::BadConfirmation)
+        );
     }
 
     #[test]
@@ -701,14 +806,24 @@ mod tests {
         let fp = fingerprint(&f.server.verifying_key());
         let mut msg = f.issued.to_message(&f.server, 30);
         msg.timestamp += 1;
-        assert_eq!(msg.verify(&fp).unwrap_err(), ProtocolError::BadServerSignature);
+        assert_eq!(
+            msg.verify(&fp).unwrap_err(),
+            ProtocolError::BadServerSignature
+        );
         let mut msg = f.issued.to_message(&f.server, 30);
-        msg.server_ephemeral = hex::encode(XPublic::from(&StaticSecret::random_from_rng(OsRng)).to_bytes());
-        assert_eq!(msg.verify(&fp).unwrap_err(), ProtocolError::BadServerSignature);
+        msg.server_ephemeral =
+            hex::encode(XPublic::from(&StaticSecret::random_from_rng(OsRng)).to_bytes());
+        assert_eq!(
+            msg.verify(&fp).unwrap_err(),
+            ProtocolError::BadServerSignature
+        );
         // An impostor signing with its own identity fails the pin, whatever it signs.
         let impostor = generate_identity();
         let msg = f.issued.to_message(&impostor, 30);
-        assert!(matches!(msg.verify(&fp), Err(ProtocolError::FingerprintMismatch { .. })));
+        assert!(matches!(
+            msg.verify(&fp),
+            Err(ProtocolError::FingerprintMismatch { .. })
+        ));
     }
 
     #[test]
@@ -721,11 +836,20 @@ mod tests {
         // Flip one ciphertext bit: the admin signature no longer verifies.
         let mut d = sealed.delivery.clone();
         d.ciphertext[3] ^= 1;
-        assert_eq!(open_delivery(&d, &f.issued, &spk, &apk).unwrap_err(), ProtocolError::BadAdminSignature);
+        assert_eq!(
+            open_delivery(&d, &f.issued, &spk, &apk).unwrap_err(),
+            ProtocolError::BadAdminSignature
+        );
         // Re-signed by the admin (a buggy admin): AEAD still refuses it.
         let th = *sealed.transcript();
-        d.signature = f.admin.sign(&delivery_signed_bytes(&th, &d.nonce, &d.ciphertext)).to_bytes();
-        assert_eq!(open_delivery(&d, &f.issued, &spk, &apk).unwrap_err(), ProtocolError::DecryptionFailed);
+        d.signature = f
+            .admin
+            .sign(&delivery_signed_bytes(&th, &d.nonce, &d.ciphertext))
+            .to_bytes();
+        assert_eq!(
+            open_delivery(&d, &f.issued, &spk, &apk).unwrap_err(),
+            ProtocolError::DecryptionFailed
+        );
         // Another admin key: signature fails.
         let other = generate_identity();
         assert_eq!(
@@ -746,21 +870,36 @@ mod tests {
         let key = MasterKey::generate(1);
         let mut v = f.verified.clone();
         v.server_ephemeral = [0u8; 32];
-        assert_eq!(seal_delivery(&v, &f.admin, &key, true).unwrap_err(), ProtocolError::BadEphemeral);
+        assert_eq!(
+            seal_delivery(&v, &f.admin, &key, true).unwrap_err(),
+            ProtocolError::BadEphemeral
+        );
     }
 
     #[test]
     fn malformed_deliveries() {
-        assert!(matches!(Delivery::from_json(b"{}"), Err(ProtocolError::Malformed(_))));
-        assert!(matches!(Delivery::from_json(b"not json"), Err(ProtocolError::Malformed(_))));
+        assert!(matches!(
+            Delivery::from_json(b"{}"),
+            Err(ProtocolError::Malformed(_))
+        ));
+        assert!(matches!(
+            Delivery::from_json(b"not json"),
+            Err(ProtocolError::Malformed(_))
+        ));
         let f = fixture();
         let sealed = seal_delivery(&f.verified, &f.admin, &MasterKey::generate(1), true).unwrap();
         let mut m = sealed.delivery.to_message();
         m.version = 2;
-        assert_eq!(Delivery::from_message(&m).unwrap_err(), ProtocolError::UnsupportedVersion(2));
+        assert_eq!(
+            Delivery::from_message(&m).unwrap_err(),
+            ProtocolError::UnsupportedVersion(2)
+        );
         let mut m = sealed.delivery.to_message();
         m.nonce.pop();
-        assert!(matches!(Delivery::from_message(&m), Err(ProtocolError::Malformed(_))));
+        assert!(matches!(
+            Delivery::from_message(&m),
+            Err(ProtocolError::Malformed(_))
+        ));
     }
 
     #[test]
@@ -768,7 +907,11 @@ mod tests {
         let fp = [0xabu8; 32];
         assert_eq!(parse_fingerprint(&hex::encode(fp)), Some(fp));
         assert_eq!(parse_fingerprint(&hex::encode_upper(fp)), Some(fp));
-        let colons = fp.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":");
+        let colons = fp
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<Vec<_>>()
+            .join(":");
         assert_eq!(parse_fingerprint(&colons), Some(fp));
         assert_eq!(parse_fingerprint("abcd"), None);
     }
@@ -789,6 +932,11 @@ mod tests {
             std::fs::write(&path, new).unwrap();
             return;
         }
-        assert_eq!(&doc[start..stop], rendered, "test vectors in {} are stale", path.display());
+        assert_eq!(
+            &doc[start..stop],
+            rendered,
+            "test vectors in {} are stale",
+            path.display()
+        );
     }
 }

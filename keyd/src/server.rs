@@ -97,14 +97,19 @@ impl Server {
     /// Binds the TCP listener (and the Unix socket when configured) and starts serving.
     pub async fn start(config: Config) -> Result<ServerHandle, StartError> {
         let tls = match &config.tls {
-            Some(files) => Some(tokio_rustls::TlsAcceptor::from(load_tls(&files.cert, &files.key)?)),
+            Some(files) => Some(tokio_rustls::TlsAcceptor::from(load_tls(
+                &files.cert,
+                &files.key,
+            )?)),
             None => None,
         };
         // TCP first: if the port is taken, no socket file is left behind.
         let tcp = TcpListener::bind(config.listen_addr)
             .await
             .map_err(|e| StartError::Io(format!("cannot listen on {}: {e}", config.listen_addr)))?;
-        let local_addr = tcp.local_addr().map_err(|e| StartError::Io(e.to_string()))?;
+        let local_addr = tcp
+            .local_addr()
+            .map_err(|e| StartError::Io(e.to_string()))?;
         let unix = match &config.unix_socket_path {
             Some(p) => Some((bind_unix(p)?, p.clone())),
             None => None,
@@ -114,9 +119,18 @@ impl Server {
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let mut tasks = Vec::new();
         let is_tls = tls.is_some();
-        tasks.push(tokio::spawn(tcp_loop(tcp, tls, service.clone(), shutdown_rx.clone())));
+        tasks.push(tokio::spawn(tcp_loop(
+            tcp,
+            tls,
+            service.clone(),
+            shutdown_rx.clone(),
+        )));
         let socket_path = if let Some((listener, path)) = unix {
-            tasks.push(tokio::spawn(unix_loop(listener, service.clone(), shutdown_rx)));
+            tasks.push(tokio::spawn(unix_loop(
+                listener,
+                service.clone(),
+                shutdown_rx,
+            )));
             Some(path)
         } else {
             None
@@ -133,9 +147,19 @@ impl Server {
         log::info!(
             "listening on {}://{local_addr}{}",
             if is_tls { "https" } else { "http" },
-            socket_path.as_ref().map(|p| format!(" and unix:{}", p.display())).unwrap_or_default()
+            socket_path
+                .as_ref()
+                .map(|p| format!(" and unix:{}", p.display()))
+                .unwrap_or_default()
         );
-        Ok(ServerHandle { service, local_addr, socket_path, tls: is_tls, shutdown_tx, tasks })
+        Ok(ServerHandle {
+            service,
+            local_addr,
+            socket_path,
+            tls: is_tls,
+            shutdown_tx,
+            tasks,
+        })
     }
 }
 
@@ -157,7 +181,11 @@ impl ServerHandle {
 
     /// `https://ip:port` (or `http://` when TLS is disabled).
     pub fn url(&self) -> String {
-        format!("{}://{}", if self.tls { "https" } else { "http" }, self.local_addr)
+        format!(
+            "{}://{}",
+            if self.tls { "https" } else { "http" },
+            self.local_addr
+        )
     }
 
     pub fn socket_path(&self) -> Option<&Path> {
@@ -199,20 +227,43 @@ impl Drop for ServerHandle {
 
 fn load_tls(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, StartError> {
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
-        .map_err(|e| StartError::Config(format!("cannot read server.tls_cert {}: {e}", cert.display())))?
+        .map_err(|e| {
+            StartError::Config(format!(
+                "cannot read server.tls_cert {}: {e}",
+                cert.display()
+            ))
+        })?
         .collect::<Result<_, _>>()
-        .map_err(|e| StartError::Config(format!("server.tls_cert {} is not a PEM certificate file: {e}", cert.display())))?;
+        .map_err(|e| {
+            StartError::Config(format!(
+                "server.tls_cert {} is not a PEM certificate file: {e}",
+                cert.display()
+            ))
+        })?;
     if certs.is_empty() {
-        return Err(StartError::Config(format!("server.tls_cert {} contains no certificate", cert.display())));
+        return Err(StartError::Config(format!(
+            "server.tls_cert {} contains no certificate",
+            cert.display()
+        )));
     }
-    let key = PrivateKeyDer::from_pem_file(key)
-        .map_err(|e| StartError::Config(format!("cannot read a PEM private key from server.tls_key {}: {e}", key.display())))?;
-    let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| StartError::Config(format!("TLS setup: {e}")))?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .map_err(|e| StartError::Config(format!("server.tls_cert and server.tls_key do not form a usable pair: {e}")))?;
+    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| {
+        StartError::Config(format!(
+            "cannot read a PEM private key from server.tls_key {}: {e}",
+            key.display()
+        ))
+    })?;
+    let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| StartError::Config(format!("TLS setup: {e}")))?
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .map_err(|e| {
+        StartError::Config(format!(
+            "server.tls_cert and server.tls_key do not form a usable pair: {e}"
+        ))
+    })?;
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(cfg))
 }
@@ -226,12 +277,23 @@ fn bind_unix(path: &Path) -> Result<UnixListener, StartError> {
     let parent = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
-        .ok_or_else(|| cfg_err(format!("server.unix_socket_path {} has no parent directory", path.display())))?;
+        .ok_or_else(|| {
+            cfg_err(format!(
+                "server.unix_socket_path {} has no parent directory",
+                path.display()
+            ))
+        })?;
     let meta = std::fs::metadata(parent).map_err(|e| {
-        cfg_err(format!("parent directory {} of server.unix_socket_path does not exist or is unreadable: {e}", parent.display()))
+        cfg_err(format!(
+            "parent directory {} of server.unix_socket_path does not exist or is unreadable: {e}",
+            parent.display()
+        ))
     })?;
     if !meta.is_dir() {
-        return Err(cfg_err(format!("{} (parent of server.unix_socket_path) is not a directory", parent.display())));
+        return Err(cfg_err(format!(
+            "{} (parent of server.unix_socket_path) is not a directory",
+            parent.display()
+        )));
     }
     if meta.permissions().mode() & 0o002 != 0 {
         return Err(cfg_err(format!(
@@ -242,10 +304,17 @@ fn bind_unix(path: &Path) -> Result<UnixListener, StartError> {
     match std::fs::symlink_metadata(path) {
         Ok(m) if m.file_type().is_socket() => {
             if std::os::unix::net::UnixStream::connect(path).is_ok() {
-                return Err(StartError::Io(format!("another process is serving {}", path.display())));
+                return Err(StartError::Io(format!(
+                    "another process is serving {}",
+                    path.display()
+                )));
             }
-            std::fs::remove_file(path)
-                .map_err(|e| StartError::Io(format!("cannot remove stale socket {}: {e}", path.display())))?;
+            std::fs::remove_file(path).map_err(|e| {
+                StartError::Io(format!(
+                    "cannot remove stale socket {}: {e}",
+                    path.display()
+                ))
+            })?;
             log::info!("removed stale socket {}", path.display());
         }
         Ok(_) => {
@@ -255,22 +324,33 @@ fn bind_unix(path: &Path) -> Result<UnixListener, StartError> {
             )))
         }
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => return Err(StartError::Io(format!("cannot inspect {}: {e}", path.display()))),
+        Err(e) => {
+            return Err(StartError::Io(format!(
+                "cannot inspect {}: {e}",
+                path.display()
+            )))
+        }
     }
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let tmp = parent.join(format!(".{name}.{}.{seq}.tmp", std::process::id()));
     let _ = std::fs::remove_file(&tmp);
-    let listener =
-        UnixListener::bind(&tmp).map_err(|e| StartError::Io(format!("cannot bind {}: {e}", tmp.display())))?;
+    let listener = UnixListener::bind(&tmp)
+        .map_err(|e| StartError::Io(format!("cannot bind {}: {e}", tmp.display())))?;
     let finish = || -> io::Result<()> {
         std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o660))?;
         std::fs::rename(&tmp, path)
     };
     if let Err(e) = finish() {
         let _ = std::fs::remove_file(&tmp);
-        return Err(StartError::Io(format!("cannot install socket {}: {e}", path.display())));
+        return Err(StartError::Io(format!(
+            "cannot install socket {}: {e}",
+            path.display()
+        )));
     }
     Ok(listener)
 }
@@ -307,11 +387,14 @@ async fn tcp_loop(
         conns.spawn(async move {
             let _permit = permit;
             match tls {
-                Some(acceptor) => match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                    Ok(Ok(s)) => serve_conn(s, service, Listener::Tcp, Some(ip)).await,
-                    Ok(Err(e)) => log::debug!("TLS handshake with {peer} failed: {e}"),
-                    Err(_) => log::debug!("TLS handshake with {peer} timed out"),
-                },
+                Some(acceptor) => {
+                    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
+                    {
+                        Ok(Ok(s)) => serve_conn(s, service, Listener::Tcp, Some(ip)).await,
+                        Ok(Err(e)) => log::debug!("TLS handshake with {peer} failed: {e}"),
+                        Err(_) => log::debug!("TLS handshake with {peer} timed out"),
+                    }
+                }
                 None => serve_conn(stream, service, Listener::Tcp, Some(ip)).await,
             }
         });
@@ -319,7 +402,11 @@ async fn tcp_loop(
     conns.shutdown().await;
 }
 
-async fn unix_loop(listener: UnixListener, service: Arc<KeyService>, mut shutdown: watch::Receiver<bool>) {
+async fn unix_loop(
+    listener: UnixListener,
+    service: Arc<KeyService>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let mut conns = JoinSet::new();
     loop {
@@ -335,7 +422,9 @@ async fn unix_loop(listener: UnixListener, service: Arc<KeyService>, mut shutdow
                 }
             },
         };
-        let Ok(permit) = limit.clone().try_acquire_owned() else { continue };
+        let Ok(permit) = limit.clone().try_acquire_owned() else {
+            continue;
+        };
         let service = service.clone();
         conns.spawn(async move {
             let _permit = permit;
@@ -358,9 +447,8 @@ where
         .header_read_timeout(HEADER_TIMEOUT)
         .max_buf_size(16 * 1024)
         .serve_connection(TokioIo::new(io), svc);
-    match tokio::time::timeout(CONNECTION_LIFETIME, conn).await {
-        Ok(Err(e)) => log::debug!("connection error: {e}"),
-        Ok(Ok(())) | Err(_) => {}
+    if let Ok(Err(e)) = tokio::time::timeout(CONNECTION_LIFETIME, conn).await {
+        log::debug!("connection error: {e}");
     }
 }
 
@@ -370,7 +458,10 @@ fn respond(status: u16, body: Chunk) -> Response<Body> {
     let h = r.headers_mut();
     h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    h.insert("x-content-type-options", HeaderValue::from_static("nosniff"));
+    h.insert(
+        "x-content-type-options",
+        HeaderValue::from_static("nosniff"),
+    );
     r
 }
 
@@ -388,12 +479,22 @@ fn error(e: ApiError) -> Response<Body> {
 }
 
 fn method_not_allowed(allow: &'static str) -> Response<Body> {
-    let mut r = error(ApiError::new(405, "method_not_allowed", format!("use {allow}")));
-    r.headers_mut().insert(hyper::header::ALLOW, HeaderValue::from_static(allow));
+    let mut r = error(ApiError::new(
+        405,
+        "method_not_allowed",
+        format!("use {allow}"),
+    ));
+    r.headers_mut()
+        .insert(hyper::header::ALLOW, HeaderValue::from_static(allow));
     r
 }
 
-async fn route(service: &KeyService, kind: Listener, ip: Option<IpAddr>, req: Request<Incoming>) -> Response<Body> {
+async fn route(
+    service: &KeyService,
+    kind: Listener,
+    ip: Option<IpAddr>,
+    req: Request<Incoming>,
+) -> Response<Body> {
     let path = req.uri().path().to_owned();
     let get = req.method() == Method::GET;
     match (kind, path.as_str()) {
@@ -430,7 +531,13 @@ async fn route(service: &KeyService, kind: Listener, ip: Option<IpAddr>, req: Re
 }
 
 async fn read_body(req: Request<Incoming>) -> Result<Bytes, ApiError> {
-    let too_large = || ApiError::new(413, "body_too_large", format!("request body exceeds {MAX_BODY} bytes"));
+    let too_large = || {
+        ApiError::new(
+            413,
+            "body_too_large",
+            format!("request body exceeds {MAX_BODY} bytes"),
+        )
+    };
     if let Some(len) = req.headers().get(CONTENT_LENGTH) {
         match len.to_str().ok().and_then(|s| s.parse::<u64>().ok()) {
             Some(n) if n > MAX_BODY as u64 => return Err(too_large()),
@@ -441,8 +548,21 @@ async fn read_body(req: Request<Incoming>) -> Result<Bytes, ApiError> {
     let body = Limited::new(req.into_body(), MAX_BODY);
     match tokio::time::timeout(BODY_TIMEOUT, body.collect()).await {
         Ok(Ok(c)) => Ok(c.to_bytes()),
-        Ok(Err(e)) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => Err(too_large()),
-        Ok(Err(_)) => Err(ApiError::new(400, "malformed", "could not read the request body")),
-        Err(_) => Err(ApiError::new(408, "timeout", "request body not received in time")),
+        Ok(Err(e))
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
+            Err(too_large())
+        }
+        Ok(Err(_)) => Err(ApiError::new(
+            400,
+            "malformed",
+            "could not read the request body",
+        )),
+        Err(_) => Err(ApiError::new(
+            408,
+            "timeout",
+            "request body not received in time",
+        )),
     }
 }

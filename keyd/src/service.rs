@@ -16,8 +16,8 @@ use zeroize::{Zeroize, Zeroizing};
 
 use crate::config::Config;
 use crate::protocol::{
-    fingerprint_hex, open_delivery, ChallengeMsg, Delivery, DeliveryAck, ErrorBody, IssuedChallenge, ProtocolError,
-    CHALLENGE_LEN,
+    fingerprint_hex, open_delivery, ChallengeMsg, Delivery, DeliveryAck, ErrorBody,
+    IssuedChallenge, ProtocolError, CHALLENGE_LEN,
 };
 use crate::util::{rfc3339, unix_now};
 use crate::vault::{Vault, VaultError};
@@ -38,11 +38,20 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(status: u16, code: &'static str, message: impl Into<String>) -> Self {
-        Self { status, code, message: message.into(), retry_after: None }
+        Self {
+            status,
+            code,
+            message: message.into(),
+            retry_after: None,
+        }
     }
 
     pub fn body(&self) -> ErrorBody {
-        ErrorBody { error: self.message.clone(), code: self.code.to_owned(), retry_after: self.retry_after }
+        ErrorBody {
+            error: self.message.clone(),
+            code: self.code.to_owned(),
+            retry_after: self.retry_after,
+        }
     }
 }
 
@@ -107,7 +116,11 @@ impl Challenges {
     }
 
     fn purge(&mut self, now: Instant, timeout: Duration, force: bool) {
-        if !force && self.last_purge.is_some_and(|t| now.duration_since(t) < Duration::from_secs(1)) {
+        if !force
+            && self
+                .last_purge
+                .is_some_and(|t| now.duration_since(t) < Duration::from_secs(1))
+        {
             return;
         }
         self.last_purge = Some(now);
@@ -154,7 +167,10 @@ impl Failures {
 
     /// Records a failure; true when this failure starts a lockout.
     fn fail(&mut self, ip: IpAddr, now: Instant, max: u32, window: Duration) -> bool {
-        if self.last_purge.is_none_or(|t| now.duration_since(t) > Duration::from_secs(1)) {
+        if self
+            .last_purge
+            .is_none_or(|t| now.duration_since(t) > Duration::from_secs(1))
+        {
             self.last_purge = Some(now);
             self.map.retain(|_, e| match e.locked_until {
                 Some(until) => until > now,
@@ -165,7 +181,11 @@ impl Failures {
             log::warn!("failure table full ({MAX_TRACKED_IPS} addresses); not tracking {ip}");
             return false;
         }
-        let e = self.map.entry(ip).or_insert(FailEntry { count: 0, last: now, locked_until: None });
+        let e = self.map.entry(ip).or_insert(FailEntry {
+            count: 0,
+            last: now,
+            locked_until: None,
+        });
         // Failures older than the lockout window are forgotten.
         if now.duration_since(e.last) > window {
             e.count = 0;
@@ -249,25 +269,40 @@ impl KeyService {
 
     /// `Err(reason)` when key memory could not be locked.
     pub fn memory_lock_status(&self) -> Result<(), String> {
-        self.vault.lock().expect("vault lock").lock_status().map_err(str::to_owned)
+        self.vault
+            .lock()
+            .expect("vault lock")
+            .lock_status()
+            .map_err(str::to_owned)
     }
 
     fn check_lockout(&self, ip: IpAddr) -> Result<(), ApiError> {
-        match self.failures.lock().expect("failures lock").locked(ip, Instant::now()) {
+        match self
+            .failures
+            .lock()
+            .expect("failures lock")
+            .locked(ip, Instant::now())
+        {
             Some(rem) => Err(locked_out(rem)),
             None => Ok(()),
         }
     }
 
     fn record_failure(&self, ip: IpAddr, e: &ApiError) {
-        self.stats.deliveries_rejected.fetch_add(1, Ordering::Relaxed);
+        self.stats
+            .deliveries_rejected
+            .fetch_add(1, Ordering::Relaxed);
         let locked = self.failures.lock().expect("failures lock").fail(
             ip,
             Instant::now(),
             self.max_failed_attempts,
             self.lockout_duration,
         );
-        log::warn!("key delivery from {ip} rejected: {} ({})", e.code, e.message);
+        log::warn!(
+            "key delivery from {ip} rejected: {} ({})",
+            e.code,
+            e.message
+        );
         if locked {
             self.stats.lockouts.fetch_add(1, Ordering::Relaxed);
             log::warn!(
@@ -299,11 +334,22 @@ impl KeyService {
         if ch.pending.len() >= self.max_pending {
             ch.purge(now, self.challenge_timeout, true);
             if ch.pending.len() >= self.max_pending {
-                return Err(ApiError::new(503, "busy", "too many outstanding challenges; retry shortly"));
+                return Err(ApiError::new(
+                    503,
+                    "busy",
+                    "too many outstanding challenges; retry shortly",
+                ));
             }
         }
         *ch.per_ip.entry(ip).or_insert(0) += 1;
-        ch.pending.insert(issued.challenge, Pending { issued, at: now, ip });
+        ch.pending.insert(
+            issued.challenge,
+            Pending {
+                issued,
+                at: now,
+                ip,
+            },
+        );
         drop(ch);
         self.stats.challenges_issued.fetch_add(1, Ordering::Relaxed);
         Ok(msg)
@@ -316,11 +362,17 @@ impl KeyService {
     /// failure counts toward the source address's lockout.
     pub fn deliver(&self, ip: IpAddr, body: &[u8]) -> Result<DeliveryAck, ApiError> {
         self.check_lockout(ip)?;
-        self.stats.deliveries_received.fetch_add(1, Ordering::Relaxed);
+        self.stats
+            .deliveries_received
+            .fetch_add(1, Ordering::Relaxed);
         let delivery = match Delivery::from_json(body) {
             Ok(d) => d,
             Err(ProtocolError::UnsupportedVersion(v)) => {
-                return Err(ApiError::new(400, "unsupported_version", format!("protocol version {v} is not supported")))
+                return Err(ApiError::new(
+                    400,
+                    "unsupported_version",
+                    format!("protocol version {v} is not supported"),
+                ))
             }
             Err(e) => return Err(ApiError::new(400, "malformed", e.to_string())),
         };
@@ -346,10 +398,18 @@ impl KeyService {
                     p
                 }
                 None if ch.used.get(&d.challenge).is_some_and(|until| *until > now) => {
-                    return Err(ApiError::new(409, "challenge_used", "this challenge was already used (replay?)"));
+                    return Err(ApiError::new(
+                        409,
+                        "challenge_used",
+                        "this challenge was already used (replay?)",
+                    ));
                 }
                 None => {
-                    return Err(ApiError::new(401, "unknown_challenge", "unknown or expired challenge; request a new one"));
+                    return Err(ApiError::new(
+                        401,
+                        "unknown_challenge",
+                        "unknown or expired challenge; request a new one",
+                    ));
                 }
             }
         };
@@ -357,36 +417,60 @@ impl KeyService {
             return Err(ApiError::new(
                 410,
                 "challenge_expired",
-                format!("the challenge expired (valid for {}s); request a new one", self.challenge_timeout.as_secs()),
+                format!(
+                    "the challenge expired (valid for {}s); request a new one",
+                    self.challenge_timeout.as_secs()
+                ),
             ));
         }
         let admin = self.find_admin(&d.admin_public_key).ok_or_else(|| {
-            ApiError::new(403, "unknown_admin", "this admin public key is not in the server's admins list")
+            ApiError::new(
+                403,
+                "unknown_admin",
+                "this admin public key is not in the server's admins list",
+            )
         })?;
-        let opened = open_delivery(d, &pending.issued, &self.public, &admin).map_err(|e| match e {
-            ProtocolError::BadAdminSignature => ApiError::new(401, "bad_signature", "the admin signature does not verify"),
-            ProtocolError::BadEphemeral => ApiError::new(400, "bad_ephemeral", "the admin ephemeral key is invalid"),
-            ProtocolError::DecryptionFailed => {
-                ApiError::new(401, "decryption_failed", "the sealed key does not authenticate")
-            }
-            ProtocolError::BadPayload => ApiError::new(400, "bad_payload", "the decrypted payload is malformed"),
-            other => ApiError::new(400, "malformed", other.to_string()),
-        })?;
+        let opened =
+            open_delivery(d, &pending.issued, &self.public, &admin).map_err(|e| match e {
+                ProtocolError::BadAdminSignature => {
+                    ApiError::new(401, "bad_signature", "the admin signature does not verify")
+                }
+                ProtocolError::BadEphemeral => {
+                    ApiError::new(400, "bad_ephemeral", "the admin ephemeral key is invalid")
+                }
+                ProtocolError::DecryptionFailed => ApiError::new(
+                    401,
+                    "decryption_failed",
+                    "the sealed key does not authenticate",
+                ),
+                ProtocolError::BadPayload => {
+                    ApiError::new(400, "bad_payload", "the decrypted payload is malformed")
+                }
+                other => ApiError::new(400, "malformed", other.to_string()),
+            })?;
         drop(pending);
         let key_id = opened.key.id();
         let (inserted, key_ids, current) = {
             let mut v = self.vault.lock().expect("vault lock");
-            let r = v.insert(&opened.key, opened.make_current).map_err(|e| match e {
-                VaultError::Conflict(_) => ApiError::new(409, "key_id_conflict", e.to_string()),
-                VaultError::Full => ApiError::new(507, "key_store_full", e.to_string()),
-            })?;
+            let r = v
+                .insert(&opened.key, opened.make_current)
+                .map_err(|e| match e {
+                    VaultError::Conflict(_) => ApiError::new(409, "key_id_conflict", e.to_string()),
+                    VaultError::Full => ApiError::new(507, "key_store_full", e.to_string()),
+                })?;
             (r, v.ids(), v.current())
         };
         self.failures.lock().expect("failures lock").success(ip);
-        self.stats.deliveries_accepted.fetch_add(1, Ordering::Relaxed);
+        self.stats
+            .deliveries_accepted
+            .fetch_add(1, Ordering::Relaxed);
         log::info!(
             "key id {key_id} {} by admin {} from {ip}; current key id {:?}, loaded ids {key_ids:?}",
-            if inserted.already_loaded { "re-delivered" } else { "loaded" },
+            if inserted.already_loaded {
+                "re-delivered"
+            } else {
+                "loaded"
+            },
             &hex::encode(admin.as_bytes())[..16],
             current
         );
@@ -441,7 +525,12 @@ impl KeyService {
         v.for_each_key(|k| {
             let mut hexbuf = [0u8; 64];
             hex::encode_to_slice(k.expose(), &mut hexbuf).expect("64 = 2 * 32");
-            let _ = write!(out, "{}{{\"id\":{},\"key\":\"", if first { "" } else { "," }, k.id());
+            let _ = write!(
+                out,
+                "{}{{\"id\":{},\"key\":\"",
+                if first { "" } else { "," },
+                k.id()
+            );
             out.extend_from_slice(&hexbuf);
             out.extend_from_slice(b"\"}");
             hexbuf.zeroize();
@@ -465,7 +554,11 @@ impl KeyService {
 }
 
 fn system_time_rfc3339(t: SystemTime) -> String {
-    rfc3339(t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0))
+    rfc3339(
+        t.duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
+    )
 }
 
 #[cfg(test)]
@@ -474,7 +567,11 @@ mod tests {
     use crate::protocol::{fingerprint, generate_identity, seal_delivery, DeliveryMsg};
     use s3cp_format::keys::MasterKey;
 
-    fn setup(timeout: Duration, max_failed: u32, lockout: Duration) -> (KeyService, SigningKey, [u8; 32]) {
+    fn setup(
+        timeout: Duration,
+        max_failed: u32,
+        lockout: Duration,
+    ) -> (KeyService, SigningKey, [u8; 32]) {
         let admin = generate_identity();
         let mut cfg = Config::new(generate_identity());
         cfg.admins = vec![admin.verifying_key()];
@@ -490,9 +587,19 @@ mod tests {
         IpAddr::from([10, 0, 0, n])
     }
 
-    fn delivery(svc: &KeyService, from: IpAddr, admin: &SigningKey, fp: &[u8; 32], key: &MasterKey, cur: bool) -> DeliveryMsg {
+    fn delivery(
+        svc: &KeyService,
+        from: IpAddr,
+        admin: &SigningKey,
+        fp: &[u8; 32],
+        key: &MasterKey,
+        cur: bool,
+    ) -> DeliveryMsg {
         let ch = svc.issue_challenge(from).unwrap().verify(fp).unwrap();
-        seal_delivery(&ch, admin, key, cur).unwrap().delivery.to_message()
+        seal_delivery(&ch, admin, key, cur)
+            .unwrap()
+            .delivery
+            .to_message()
     }
 
     #[test]
@@ -502,8 +609,14 @@ mod tests {
         let key = MasterKey::generate(3);
         let body = serde_json::to_vec(&delivery(&svc, ip(1), &admin, &fp, &key, true)).unwrap();
         let ack = svc.deliver(ip(1), &body).unwrap();
-        assert_eq!((ack.key_id, ack.current, ack.already_loaded), (3, true, false));
-        assert_eq!(svc.deliver(ip(1), &body).unwrap_err().code, "challenge_used");
+        assert_eq!(
+            (ack.key_id, ack.current, ack.already_loaded),
+            (3, true, false)
+        );
+        assert_eq!(
+            svc.deliver(ip(1), &body).unwrap_err().code,
+            "challenge_used"
+        );
         let raw = svc.raw_keys().unwrap();
         let v: serde_json::Value = serde_json::from_slice(&raw).unwrap();
         assert_eq!(v["current"], 3);
@@ -511,7 +624,9 @@ mod tests {
         let st = svc.status();
         assert!(st.loaded);
         assert_eq!(st.key_ids, vec![3]);
-        assert!(!serde_json::to_string(&st).unwrap().contains(&hex::encode(key.expose())));
+        assert!(!serde_json::to_string(&st)
+            .unwrap()
+            .contains(&hex::encode(key.expose())));
     }
 
     #[test]
@@ -532,7 +647,10 @@ mod tests {
         let key = MasterKey::generate(1);
         let body = serde_json::to_vec(&delivery(&svc, ip(2), &admin, &fp, &key, true)).unwrap();
         std::thread::sleep(Duration::from_millis(250));
-        assert_eq!(svc.deliver(ip(2), &body).unwrap_err().code, "challenge_expired");
+        assert_eq!(
+            svc.deliver(ip(2), &body).unwrap_err().code,
+            "challenge_expired"
+        );
         let intruder = generate_identity();
         let body = serde_json::to_vec(&delivery(&svc, ip(2), &intruder, &fp, &key, true)).unwrap();
         assert_eq!(svc.deliver(ip(2), &body).unwrap_err().code, "unknown_admin");
@@ -552,7 +670,10 @@ mod tests {
         for _ in 0..4 {
             svc.issue_challenge(ip(9)).unwrap();
         }
-        assert_eq!(svc.issue_challenge(ip(9)).unwrap_err().code, "too_many_challenges");
+        assert_eq!(
+            svc.issue_challenge(ip(9)).unwrap_err().code,
+            "too_many_challenges"
+        );
         svc.issue_challenge(ip(8)).unwrap();
     }
 

@@ -70,7 +70,9 @@ impl Default for Vault {
 impl Vault {
     /// Allocates the key block and tries to lock it in RAM.
     pub fn new() -> Self {
-        let slots = Box::new(Slots { keys: std::array::from_fn(|_| None) });
+        let slots = Box::new(Slots {
+            keys: std::array::from_fn(|_| None),
+        });
         let ptr: *const Slots = &*slots;
         let lock = match region::lock(ptr, std::mem::size_of::<Slots>()) {
             Ok(guard) => LockState::Locked(LockedRegion(guard)),
@@ -79,7 +81,12 @@ impl Vault {
                 std::mem::size_of::<Slots>()
             )),
         };
-        Self { slots, current: None, loaded_at: None, lock }
+        Self {
+            slots,
+            current: None,
+            loaded_at: None,
+            lock,
+        }
     }
 
     /// `Ok(())` when key memory is locked, else the reason it is not.
@@ -102,7 +109,12 @@ impl Vault {
             }
             already_loaded = true;
         } else {
-            let slot = self.slots.keys.iter_mut().find(|s| s.is_none()).ok_or(VaultError::Full)?;
+            let slot = self
+                .slots
+                .keys
+                .iter_mut()
+                .find(|s| s.is_none())
+                .ok_or(VaultError::Full)?;
             let mut bytes = zeroize::Zeroizing::new([0u8; KEY_LEN]);
             bytes.copy_from_slice(key.expose());
             *slot = Some(MasterKey::new(id, *bytes));
@@ -111,7 +123,10 @@ impl Vault {
             self.current = Some(id);
         }
         self.loaded_at = Some(SystemTime::now());
-        Ok(Inserted { already_loaded, is_current: self.current == Some(id) })
+        Ok(Inserted {
+            already_loaded,
+            is_current: self.current == Some(id),
+        })
     }
 
     /// Loaded key ids, ascending.
@@ -182,13 +197,34 @@ mod tests {
         let k1 = MasterKey::generate(1);
         let k2 = MasterKey::generate(2);
         // First key is current even without make_current.
-        assert_eq!(v.insert(&k1, false).unwrap(), Inserted { already_loaded: false, is_current: true });
-        assert_eq!(v.insert(&k2, false).unwrap(), Inserted { already_loaded: false, is_current: false });
+        assert_eq!(
+            v.insert(&k1, false).unwrap(),
+            Inserted {
+                already_loaded: false,
+                is_current: true
+            }
+        );
+        assert_eq!(
+            v.insert(&k2, false).unwrap(),
+            Inserted {
+                already_loaded: false,
+                is_current: false
+            }
+        );
         assert_eq!(v.current(), Some(1));
-        assert_eq!(v.insert(&k2, true).unwrap(), Inserted { already_loaded: true, is_current: true });
+        assert_eq!(
+            v.insert(&k2, true).unwrap(),
+            Inserted {
+                already_loaded: true,
+                is_current: true
+            }
+        );
         assert_eq!(v.current(), Some(2));
         assert_eq!(v.ids(), vec![1, 2]);
-        assert_eq!(v.insert(&MasterKey::generate(1), true), Err(VaultError::Conflict(1)));
+        assert_eq!(
+            v.insert(&MasterKey::generate(1), true),
+            Err(VaultError::Conflict(1))
+        );
         assert_eq!(v.current(), Some(2), "a refused insert changes nothing");
         let ring = v.keyring().unwrap();
         assert_eq!(ring.current_id(), 2);
@@ -203,6 +239,9 @@ mod tests {
         for i in 0..MAX_KEYS as u32 {
             v.insert(&MasterKey::generate(i), false).unwrap();
         }
-        assert_eq!(v.insert(&MasterKey::generate(999), true), Err(VaultError::Full));
+        assert_eq!(
+            v.insert(&MasterKey::generate(999), true),
+            Err(VaultError::Full)
+        );
     }
 }

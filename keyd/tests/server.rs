@@ -15,7 +15,11 @@ use s3cp_format::keys::MasterKey;
 const BIN: &str = env!("CARGO_BIN_EXE_memkey-server");
 
 fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
 }
 
 fn private_dir(parent: &Path, name: &str, mode: u32) -> PathBuf {
@@ -27,7 +31,10 @@ fn private_dir(parent: &Path, name: &str, mode: u32) -> PathBuf {
 
 fn cert(dir: &Path) -> TlsFiles {
     let ck = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
-    let files = TlsFiles { cert: dir.join("c.pem"), key: dir.join("k.pem") };
+    let files = TlsFiles {
+        cert: dir.join("c.pem"),
+        key: dir.join("k.pem"),
+    };
     std::fs::write(&files.cert, ck.cert.pem()).unwrap();
     std::fs::write(&files.key, ck.key_pair.serialize_pem()).unwrap();
     files
@@ -42,7 +49,11 @@ fn run_bin(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String, String)
         }
     }
     let o = c.args(args).envs(env.iter().copied()).output().unwrap();
-    (o.status.code(), String::from_utf8_lossy(&o.stdout).into_owned(), String::from_utf8_lossy(&o.stderr).into_owned())
+    (
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
 }
 
 #[test]
@@ -55,37 +66,99 @@ fn bad_config_exits_2_with_exactly_one_line() {
     std::fs::write(&bad_yaml, "server: [unclosed\n  - x\n").unwrap();
     let world = private_dir(dir.path(), "world", 0o777);
     let sock_in_world = world.join("m.sock");
-    let cases: Vec<(Vec<&str>, Vec<(&str, &str)>, &str)> = vec![
-        (vec![], vec![("MEMKEY_TLS_ENABLED", "false")], "identity.private_key"),
+    type Case<'a> = (Vec<&'a str>, Vec<(&'a str, &'a str)>, &'a str);
+    let cases: Vec<Case> = vec![
+        (
+            vec![],
+            vec![("MEMKEY_TLS_ENABLED", "false")],
+            "identity.private_key",
+        ),
         (vec![], vec![("MEMKEY_IDENTITY_KEY", &seed)], "tls_cert"),
-        (vec![], vec![("MEMKEY_IDENTITY_KEY", "nothex"), ("MEMKEY_TLS_ENABLED", "false")], "64 hex"),
-        (vec!["--config", typo.to_str().unwrap()], vec![], "listen_adr"),
-        (vec!["--config", bad_yaml.to_str().unwrap()], vec![], "bad.yaml"),
-        (vec!["--config", "/nonexistent/memkey.yaml"], vec![], "cannot read config file"),
-        (vec![], vec![("MEMKEY_IDENTITY_KEY", &seed), ("MEMKEY_TLS_ENABLED", "false"), ("MEMKEY_LOCKOUT_DURATION", "5 minutes")], "lockout_duration"),
-        (vec![], vec![("MEMKEY_IDENTITY_KEY", &seed), ("MEMKEY_TLS_ENABLED", "false"), ("MEMKEY_ADMINS", "abc")], "admins[0]"),
+        (
+            vec![],
+            vec![
+                ("MEMKEY_IDENTITY_KEY", "nothex"),
+                ("MEMKEY_TLS_ENABLED", "false"),
+            ],
+            "64 hex",
+        ),
+        (
+            vec!["--config", typo.to_str().unwrap()],
+            vec![],
+            "listen_adr",
+        ),
+        (
+            vec!["--config", bad_yaml.to_str().unwrap()],
+            vec![],
+            "bad.yaml",
+        ),
+        (
+            vec!["--config", "/nonexistent/memkey.yaml"],
+            vec![],
+            "cannot read config file",
+        ),
+        (
+            vec![],
+            vec![
+                ("MEMKEY_IDENTITY_KEY", &seed),
+                ("MEMKEY_TLS_ENABLED", "false"),
+                ("MEMKEY_LOCKOUT_DURATION", "5 minutes"),
+            ],
+            "lockout_duration",
+        ),
+        (
+            vec![],
+            vec![
+                ("MEMKEY_IDENTITY_KEY", &seed),
+                ("MEMKEY_TLS_ENABLED", "false"),
+                ("MEMKEY_ADMINS", "abc"),
+            ],
+            "admins[0]",
+        ),
         // Start-up checks that are configuration problems also exit 2.
         (
             vec![],
-            vec![("MEMKEY_IDENTITY_KEY", &seed), ("MEMKEY_TLS_CERT", "/nonexistent.pem"), ("MEMKEY_TLS_KEY", "/nonexistent.key"), ("MEMKEY_LISTEN_ADDR", "127.0.0.1:0")],
+            vec![
+                ("MEMKEY_IDENTITY_KEY", &seed),
+                ("MEMKEY_TLS_CERT", "/nonexistent.pem"),
+                ("MEMKEY_TLS_KEY", "/nonexistent.key"),
+                ("MEMKEY_LISTEN_ADDR", "127.0.0.1:0"),
+            ],
             "tls_cert",
         ),
         (
             vec![],
-            vec![("MEMKEY_IDENTITY_KEY", &seed), ("MEMKEY_TLS_ENABLED", "false"), ("MEMKEY_LISTEN_ADDR", "127.0.0.1:0"), ("MEMKEY_SOCKET", sock_in_world.to_str().unwrap())],
+            vec![
+                ("MEMKEY_IDENTITY_KEY", &seed),
+                ("MEMKEY_TLS_ENABLED", "false"),
+                ("MEMKEY_LISTEN_ADDR", "127.0.0.1:0"),
+                ("MEMKEY_SOCKET", sock_in_world.to_str().unwrap()),
+            ],
             "world-writable",
         ),
         (
             vec![],
-            vec![("MEMKEY_IDENTITY_KEY", &seed), ("MEMKEY_TLS_ENABLED", "false"), ("MEMKEY_LISTEN_ADDR", "127.0.0.1:0"), ("MEMKEY_SOCKET", "/nonexistent-dir/m.sock")],
+            vec![
+                ("MEMKEY_IDENTITY_KEY", &seed),
+                ("MEMKEY_TLS_ENABLED", "false"),
+                ("MEMKEY_LISTEN_ADDR", "127.0.0.1:0"),
+                ("MEMKEY_SOCKET", "/nonexistent-dir/m.sock"),
+            ],
             "does not exist",
         ),
     ];
     for (args, env, needle) in cases {
         let (code, stdout, stderr) = run_bin(&args, &env);
         assert_eq!(code, Some(2), "{args:?} {env:?}: {stderr}");
-        assert_eq!(stderr.lines().count(), 1, "exactly one line for {args:?} {env:?}: {stderr:?}");
-        assert!(stderr.starts_with("memkey-server: configuration error: "), "{stderr}");
+        assert_eq!(
+            stderr.lines().count(),
+            1,
+            "exactly one line for {args:?} {env:?}: {stderr:?}"
+        );
+        assert!(
+            stderr.starts_with("memkey-server: configuration error: "),
+            "{stderr}"
+        );
         assert!(stderr.contains(needle), "{needle:?} not in {stderr:?}");
         assert!(stdout.is_empty());
         assert!(!stderr.contains(&seed), "never echo the identity seed");
@@ -99,8 +172,17 @@ fn generate_identity_and_check_config() {
     let seed = stdout.trim();
     let key = protocol::signing_key_from_hex(seed).expect("64 hex seed");
     let fp = protocol::fingerprint_hex(&key.verifying_key());
-    assert!(stderr.contains(&format!("SERVER FINGERPRINT: {fp}")), "{stderr}");
-    let (code, stdout, _) = run_bin(&["--check-config"], &[("MEMKEY_IDENTITY_KEY", seed), ("MEMKEY_TLS_ENABLED", "false")]);
+    assert!(
+        stderr.contains(&format!("SERVER FINGERPRINT: {fp}")),
+        "{stderr}"
+    );
+    let (code, stdout, _) = run_bin(
+        &["--check-config"],
+        &[
+            ("MEMKEY_IDENTITY_KEY", seed),
+            ("MEMKEY_TLS_ENABLED", "false"),
+        ],
+    );
     assert_eq!(code, Some(0));
     assert!(stdout.contains(&fp));
 }
@@ -144,12 +226,18 @@ fn binary_logs_fingerprint_serves_and_cleans_up_on_sigterm() {
     while fingerprint.is_none() && Instant::now() < deadline {
         let Some(Ok(line)) = lines.next() else { break };
         if let Some(p) = line.split("https://127.0.0.1:").nth(1) {
-            port = p.split_whitespace().next().and_then(|s| s.parse::<u16>().ok());
+            port = p
+                .split_whitespace()
+                .next()
+                .and_then(|s| s.parse::<u16>().ok());
         }
         if let Some(fp) = line.split("SERVER FINGERPRINT: ").nth(1) {
             fingerprint = Some(fp.trim().to_owned());
         }
-        assert!(!line.contains(&hex::encode(id.to_bytes())), "seed logged: {line}");
+        assert!(
+            !line.contains(&hex::encode(id.to_bytes())),
+            "seed logged: {line}"
+        );
     }
     let fp = fingerprint.expect("SERVER FINGERPRINT line");
     assert_eq!(fp, protocol::fingerprint_hex(&id.verifying_key()));
@@ -162,15 +250,28 @@ fn binary_logs_fingerprint_serves_and_cleans_up_on_sigterm() {
     // Deliver with the library over HTTPS, read back over the socket.
     let agent = ureq::Agent::new_with_config(
         ureq::Agent::config_builder()
-            .tls_config(ureq::tls::TlsConfig::builder().disable_verification(true).build())
+            .tls_config(
+                ureq::tls::TlsConfig::builder()
+                    .disable_verification(true)
+                    .build(),
+            )
             .http_status_as_error(false)
             .build(),
     );
     let url = format!("https://127.0.0.1:{port}");
-    let msg: ChallengeMsg =
-        serde_json::from_slice(&agent.get(&format!("{url}/challenge")).call().unwrap().body_mut().read_to_vec().unwrap())
-            .unwrap();
-    let verified = msg.verify(&protocol::parse_fingerprint(&fp).unwrap()).unwrap();
+    let msg: ChallengeMsg = serde_json::from_slice(
+        &agent
+            .get(&format!("{url}/challenge"))
+            .call()
+            .unwrap()
+            .body_mut()
+            .read_to_vec()
+            .unwrap(),
+    )
+    .unwrap();
+    let verified = msg
+        .verify(&protocol::parse_fingerprint(&fp).unwrap())
+        .unwrap();
     let key = MasterKey::generate(11);
     let sealed = protocol::seal_delivery(&verified, &admin, &key, true).unwrap();
     let mut r = agent
@@ -178,14 +279,21 @@ fn binary_logs_fingerprint_serves_and_cleans_up_on_sigterm() {
         .send(&serde_json::to_vec(&sealed.delivery.to_message()).unwrap()[..])
         .unwrap();
     assert_eq!(r.status().as_u16(), 200);
-    let ack: protocol::DeliveryAck = serde_json::from_slice(&r.body_mut().read_to_vec().unwrap()).unwrap();
+    let ack: protocol::DeliveryAck =
+        serde_json::from_slice(&r.body_mut().read_to_vec().unwrap()).unwrap();
     sealed.check_confirmation(&ack).unwrap();
-    let raw = rt().block_on(keyd::client::fetch_raw_keys(&socket)).unwrap().unwrap();
+    let raw = rt()
+        .block_on(keyd::client::fetch_raw_keys(&socket))
+        .unwrap()
+        .unwrap();
     assert_eq!(raw.current, 11);
     assert_eq!(raw.keys[0].expose(), key.expose());
 
     // The server's log never contains the key.
-    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
     assert!(status.success());
     let rest: Vec<String> = lines.map_while(Result::ok).collect();
     let code = child.wait().unwrap();
@@ -224,10 +332,16 @@ fn socket_rules_and_empty_server() {
         other => panic!("{:?}", other.map(|_| ())),
     }
     // Empty server: Ok(None) from fetch_keyring, status says not loaded.
-    assert!(rt.block_on(keyd::client::fetch_keyring(&sock)).unwrap().is_none());
+    assert!(rt
+        .block_on(keyd::client::fetch_keyring(&sock))
+        .unwrap()
+        .is_none());
     let st = rt.block_on(keyd::client::fetch_status(&sock)).unwrap();
     assert!(!st.loaded && st.current.is_none() && st.key_ids.is_empty() && st.loaded_at.is_none());
-    assert_eq!(st.fingerprint, protocol::fingerprint_hex(&id.verifying_key()));
+    assert_eq!(
+        st.fingerprint,
+        protocol::fingerprint_hex(&id.verifying_key())
+    );
     rt.block_on(first.shutdown());
     assert!(!sock.exists());
     // No server: a connect error naming the path.

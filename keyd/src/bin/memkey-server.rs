@@ -21,12 +21,24 @@ use zeroize::Zeroizing;
 ///
 /// Exit status: 0 clean shutdown, 1 runtime failure (e.g. port in use), 2 bad configuration.
 #[derive(Parser, Debug)]
-#[command(name = "memkey-server", version, about, long_about, verbatim_doc_comment)]
+#[command(
+    name = "memkey-server",
+    version,
+    about,
+    long_about,
+    verbatim_doc_comment
+)]
 struct Cli {
     /// Path of the YAML configuration file.
     /// Example: --config /etc/s3-crypt-proxy/memkey.yaml
     /// Without it, settings come from MEMKEY_* variables and built-in defaults.
-    #[arg(long, short = 'c', env = "MEMKEY_CONFIG", value_name = "PATH", verbatim_doc_comment)]
+    #[arg(
+        long,
+        short = 'c',
+        env = "MEMKEY_CONFIG",
+        value_name = "PATH",
+        verbatim_doc_comment
+    )]
     config: Option<PathBuf>,
 
     /// Print a new Ed25519 identity seed (64 hex characters) on stdout and exit.
@@ -43,7 +55,13 @@ struct Cli {
 
     /// Log level: error, warn, info or debug.
     /// Example: --log-level debug
-    #[arg(long, env = "MEMKEY_LOG_LEVEL", default_value = "info", value_name = "LEVEL", verbatim_doc_comment)]
+    #[arg(
+        long,
+        env = "MEMKEY_LOG_LEVEL",
+        default_value = "info",
+        value_name = "LEVEL",
+        verbatim_doc_comment
+    )]
     log_level: LogLevel,
 }
 
@@ -70,12 +88,18 @@ struct StderrLogger;
 
 impl log::Log for StderrLogger {
     fn enabled(&self, m: &log::Metadata<'_>) -> bool {
-        m.level() <= log::max_level() && (m.target().starts_with("keyd") || m.target().starts_with("memkey"))
+        m.level() <= log::max_level()
+            && (m.target().starts_with("keyd") || m.target().starts_with("memkey"))
     }
     fn log(&self, r: &log::Record<'_>) {
         if self.enabled(r.metadata()) {
             let ts = keyd::util::rfc3339(keyd::util::unix_now());
-            let _ = writeln!(std::io::stderr().lock(), "{ts} {:<5} {}", r.level(), r.args());
+            let _ = writeln!(
+                std::io::stderr().lock(),
+                "{ts} {:<5} {}",
+                r.level(),
+                r.args()
+            );
         }
     }
     fn flush(&self) {}
@@ -92,9 +116,17 @@ fn main() -> ExitCode {
         let id = generate_identity();
         let seed = Zeroizing::new(hex::encode(id.to_bytes()));
         println!("{}", seed.as_str());
-        eprintln!("public key:         {}", hex::encode(id.verifying_key().as_bytes()));
-        eprintln!("SERVER FINGERPRINT: {}", fingerprint_hex(&id.verifying_key()));
-        eprintln!("Put the seed in identity.private_key (memkey.yaml, mode 0600) or MEMKEY_IDENTITY_KEY.");
+        eprintln!(
+            "public key:         {}",
+            hex::encode(id.verifying_key().as_bytes())
+        );
+        eprintln!(
+            "SERVER FINGERPRINT: {}",
+            fingerprint_hex(&id.verifying_key())
+        );
+        eprintln!(
+            "Put the seed in identity.private_key (memkey.yaml, mode 0600) or MEMKEY_IDENTITY_KEY."
+        );
         return ExitCode::SUCCESS;
     }
 
@@ -106,7 +138,10 @@ fn main() -> ExitCode {
         }
     };
     if cli.check_config {
-        println!("configuration OK; SERVER FINGERPRINT: {}", config.fingerprint());
+        println!(
+            "configuration OK; SERVER FINGERPRINT: {}",
+            config.fingerprint()
+        );
         return ExitCode::SUCCESS;
     }
 
@@ -114,7 +149,10 @@ fn main() -> ExitCode {
     // configuration error stays the only line on stderr.
     let report = keyd::harden::disable_core_dumps();
 
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("memkey-server: cannot start the async runtime: {e}");
