@@ -1,5 +1,6 @@
 //! memkey-admin: the administrator's tool for memkey-server.
 
+mod object;
 mod store;
 mod transport;
 
@@ -26,6 +27,7 @@ pub const EXIT_FINGERPRINT: u8 = 3;
 pub const EXIT_UNREACHABLE: u8 = 4;
 pub const EXIT_LOCKED_OUT: u8 = 5;
 pub const EXIT_REJECTED: u8 = 6;
+pub const EXIT_TAMPERED: u8 = 7;
 
 /// A failure with its exit status and a one-line message.
 #[derive(Debug)]
@@ -64,7 +66,8 @@ impl Fail {
 /// Exit status: 0 success, 1 error, 2 usage or local configuration error,
 /// 3 server identity mismatch (fingerprint / signature / acknowledgement),
 /// 4 server unreachable (network or TLS), 5 locked out, 6 rejected by the server
-/// (e.g. admin key not in the server's admins list).
+/// (e.g. admin key not in the server's admins list), 7 object failed authentication
+/// (`object decrypt`: tampered, truncated, wrong name or wrong key; nothing was written).
 #[derive(Parser, Debug)]
 #[command(
     name = "memkey-admin",
@@ -118,6 +121,9 @@ enum Command {
     /// Example: memkey-admin status --server https://keyhost2:7070#<fingerprint>
     #[command(verbatim_doc_comment)]
     Status(ServerSelection),
+    /// Disaster recovery without the proxy: decrypt or encrypt raw backend objects.
+    #[command(subcommand)]
+    Object(ObjectCommand),
     /// Print this workstation's admin public key (for `admins:` in memkey.yaml).
     ///
     /// Example: memkey-admin identity
@@ -199,6 +205,84 @@ enum KeyCommand {
     },
 }
 
+#[derive(Subcommand, Debug)]
+enum ObjectCommand {
+    /// Decrypt a raw object as stored in the backend (read from stdin or --in).
+    ///
+    /// The plaintext is released only after the whole object authenticated: on any tampering,
+    /// truncation, wrong bucket/key or wrong master key the exit status is 7 and nothing is
+    /// written (output is staged in a private temporary file first).
+    /// Example: aws s3 cp s3://backup/vm-100.img - | memkey-admin object decrypt --key-file master.key --bucket backup --key vm-100.img > vm-100.img
+    /// Example: memkey-admin object decrypt --bucket backup --key a/b.bin --in raw.bin --out b.bin --parts 3
+    #[command(verbatim_doc_comment)]
+    Decrypt {
+        /// Master key file(s); repeat for objects written under different key ids
+        /// (default: <config-dir>/master.key).
+        /// Example: --key-file master-1.key --key-file master-2.key
+        #[arg(long = "key-file", value_name = "FILE", verbatim_doc_comment)]
+        key_files: Vec<PathBuf>,
+        /// Bucket the object is stored in (it is bound into the encryption).
+        /// Example: --bucket pbs-backup
+        #[arg(long, value_name = "BUCKET", verbatim_doc_comment)]
+        bucket: String,
+        /// Object key (name) in the bucket, exactly as stored.
+        /// Example: --key .chunks/ab12/ab12cd…
+        #[arg(long, value_name = "KEY", verbatim_doc_comment)]
+        key: String,
+        /// Number of multipart parts (the N of an ETag ending in -N); detects dropped trailing parts.
+        /// Example: --parts 3
+        #[arg(long, value_name = "N", verbatim_doc_comment)]
+        parts: Option<u32>,
+        /// The object's x-amz-meta-s3cp header value: verified and shown on stderr.
+        /// Example: --meta AQABAAAAAAEo…
+        #[arg(long, value_name = "VALUE", verbatim_doc_comment)]
+        meta: Option<String>,
+        /// Read the raw object from FILE instead of stdin.
+        /// Example: --in raw.bin
+        #[arg(long = "in", value_name = "FILE", verbatim_doc_comment)]
+        input: Option<PathBuf>,
+        /// Write the plaintext to FILE (created with mode 0600, never overwritten) instead of stdout.
+        /// Example: --out plain.bin
+        #[arg(long, value_name = "FILE", verbatim_doc_comment)]
+        out: Option<PathBuf>,
+    },
+    /// Encrypt a file into the stored object format (single part), for re-uploading to the
+    /// backend directly; prints the x-amz-meta-s3cp header value to upload with it.
+    ///
+    /// Example: memkey-admin object encrypt --bucket backup --key docs/a.pdf --in a.pdf --out a.pdf.s3cp
+    #[command(verbatim_doc_comment)]
+    Encrypt {
+        /// Master key file (default: <config-dir>/master.key).
+        /// Example: --key-file master-2.key
+        #[arg(long, value_name = "FILE", verbatim_doc_comment)]
+        key_file: Option<PathBuf>,
+        /// Bucket the object will be stored in.
+        /// Example: --bucket pbs-backup
+        #[arg(long, value_name = "BUCKET", verbatim_doc_comment)]
+        bucket: String,
+        /// Object key (name) it will be stored under.
+        /// Example: --key docs/a.pdf
+        #[arg(long, value_name = "KEY", verbatim_doc_comment)]
+        key: String,
+        /// Chunk size in bytes: a power of two from 4096 to 16777216 (default 65536).
+        /// Example: --chunk-size 1048576
+        #[arg(long, value_name = "BYTES", verbatim_doc_comment)]
+        chunk_size: Option<u32>,
+        /// Content-Type the proxy will report for the object (sealed in the metadata).
+        /// Example: --content-type application/pdf
+        #[arg(long, value_name = "TYPE", verbatim_doc_comment)]
+        content_type: Option<String>,
+        /// Read the plaintext from FILE instead of stdin (stdin is staged in a private temporary file).
+        /// Example: --in a.pdf
+        #[arg(long = "in", value_name = "FILE", verbatim_doc_comment)]
+        input: Option<PathBuf>,
+        /// Write the encrypted object to FILE (never overwritten) instead of stdout.
+        /// Example: --out a.pdf.s3cp
+        #[arg(long, value_name = "FILE", verbatim_doc_comment)]
+        out: Option<PathBuf>,
+    },
+}
+
 #[derive(Args, Debug)]
 struct ServerSelection {
     /// Server URL, optionally with its fingerprint as `URL#FINGERPRINT`; repeat for several
@@ -251,6 +335,50 @@ fn run(cli: Cli) -> Result<(), Fail> {
             no_make_current,
         }) => key_send(&store, &servers, key_file, !no_make_current, timeout),
         Command::Status(sel) => status(&store, &sel, timeout),
+        Command::Object(ObjectCommand::Decrypt {
+            key_files,
+            bucket,
+            key,
+            parts,
+            meta,
+            input,
+            out,
+        }) => {
+            let key_files = if key_files.is_empty() {
+                vec![store.path(MASTER_KEY_FILE)]
+            } else {
+                key_files
+            };
+            object::decrypt(object::DecryptArgs {
+                key_files: &key_files,
+                bucket: &bucket,
+                key: &key,
+                parts,
+                meta: meta.as_deref(),
+                input: input.as_deref(),
+                out: out.as_deref(),
+            })
+        }
+        Command::Object(ObjectCommand::Encrypt {
+            key_file,
+            bucket,
+            key,
+            chunk_size,
+            content_type,
+            input,
+            out,
+        }) => {
+            let key_file = key_file.unwrap_or_else(|| store.path(MASTER_KEY_FILE));
+            object::encrypt(object::EncryptArgs {
+                key_file: &key_file,
+                bucket: &bucket,
+                key: &key,
+                chunk_size,
+                content_type: content_type.as_deref(),
+                input: input.as_deref(),
+                out: out.as_deref(),
+            })
+        }
     }
 }
 

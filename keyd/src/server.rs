@@ -530,6 +530,24 @@ async fn route(
     }
 }
 
+/// Oversized bodies up to this size are read and discarded before the 413 is sent: closing
+/// a connection with unread data makes the kernel reset it, and the client would see a
+/// broken pipe instead of the JSON error. Larger ones are cut off.
+const DRAIN_LIMIT: u64 = 64 * 1024;
+
+async fn drain(mut body: Incoming) {
+    let _ = tokio::time::timeout(BODY_TIMEOUT, async {
+        let mut seen = 0u64;
+        while let Some(Ok(frame)) = body.frame().await {
+            seen += frame.data_ref().map_or(0, |d| d.len() as u64);
+            if seen > DRAIN_LIMIT {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
 async fn read_body(req: Request<Incoming>) -> Result<Bytes, ApiError> {
     let too_large = || {
         ApiError::new(
@@ -540,7 +558,12 @@ async fn read_body(req: Request<Incoming>) -> Result<Bytes, ApiError> {
     };
     if let Some(len) = req.headers().get(CONTENT_LENGTH) {
         match len.to_str().ok().and_then(|s| s.parse::<u64>().ok()) {
-            Some(n) if n > MAX_BODY as u64 => return Err(too_large()),
+            Some(n) if n > MAX_BODY as u64 => {
+                if n <= DRAIN_LIMIT {
+                    drain(req.into_body()).await;
+                }
+                return Err(too_large());
+            }
             Some(_) => {}
             None => return Err(ApiError::new(400, "malformed", "invalid Content-Length")),
         }
