@@ -85,11 +85,28 @@ def run(args, **kw):
     return subprocess.run(args, check=True, capture_output=True, text=True, **kw)
 
 
+def test_ca(workdir):
+    """A throw-away CA for the test certificates (rustls rejects CA certificates used as
+    server certificates, so leaves are issued by this CA)."""
+    ca_cert, ca_key = os.path.join(workdir, "test-ca.crt"), os.path.join(workdir, "test-ca.key")
+    if not os.path.exists(ca_cert):
+        run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+             "-days", "2", "-subj", "/CN=s3-crypt-proxy test CA", "-keyout", ca_key, "-out", ca_cert])
+    return ca_cert, ca_key
+
+
 def self_signed_cert(workdir, name):
-    cert, key = os.path.join(workdir, f"{name}.crt"), os.path.join(workdir, f"{name}.key")
-    run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-         "-days", "2", "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost",
-         "-keyout", key, "-out", cert])
+    """A server certificate for 127.0.0.1/localhost issued by the test CA (`ca_file(workdir)`)."""
+    ca_cert, ca_key = test_ca(workdir)
+    cert, key, csr = (os.path.join(workdir, f"{name}.{ext}") for ext in ("crt", "key", "csr"))
+    ext = os.path.join(workdir, f"{name}.ext")
+    with open(ext, "w") as f:
+        f.write("basicConstraints=critical,CA:FALSE\nsubjectAltName=IP:127.0.0.1,DNS:localhost\n"
+                "keyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n")
+    run(["openssl", "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+         "-subj", "/CN=localhost", "-keyout", key, "-out", csr])
+    run(["openssl", "x509", "-req", "-in", csr, "-CA", ca_cert, "-CAkey", ca_key, "-CAcreateserial",
+         "-days", "2", "-extfile", ext, "-out", cert])
     return cert, key
 
 
@@ -180,6 +197,7 @@ class Keyd:
     def __init__(self, workdir):
         self.dir = os.path.join(workdir, "keyd")
         os.makedirs(self.dir, mode=0o750, exist_ok=True)
+        os.chmod(self.dir, 0o750)
         self.admin_dir = os.path.join(self.dir, "admin")
         self.socket = os.path.join(self.dir, "memkey.sock")
         self.port = free_port()
@@ -191,10 +209,10 @@ class Keyd:
         pub = Ed25519PrivateKey.from_private_bytes(bytes.fromhex(seed)).public_key().public_bytes(
             serialization.Encoding.Raw, serialization.PublicFormat.Raw)
         self.fingerprint = hashlib.sha256(pub).hexdigest()
-        out = self.admin("init", "--server", self.url, "--fingerprint", self.fingerprint).stdout
-        admin_pub = re.search(r"\b[0-9a-f]{64}\b", out).group(0)
+        self.admin("init", "--server", self.url, "--fingerprint", self.fingerprint)
+        admin_pub = self.admin("identity").stdout.strip()
         self.conf = os.path.join(self.dir, "memkey.yaml")
-        with open(self.conf, "w") as f:
+        with open(os.open(self.conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
             yaml.safe_dump({
                 "server": {"listen_addr": f"127.0.0.1:{self.port}", "tls_enabled": True, "tls_cert": self.cert,
                            "tls_key": self.key, "unix_socket_path": self.socket},
@@ -222,7 +240,7 @@ class Keyd:
         return path
 
     def send_key(self, key_file, *extra):
-        return self.admin("key", "send", "--key-file", key_file, "--cacert", self.cert, *extra)
+        return self.admin("key", "send", "--key-file", key_file, "--cacert", test_ca(self.dir)[0], *extra)
 
     def stop(self):
         self.proc.stop()
