@@ -234,7 +234,14 @@ impl Filter for CryptoFilter {
                     self.seal_headers(up, ctx)?;
                 }
             }
-            Plan::SealMetadata => self.seal_headers(up, ctx)?,
+            Plan::SealMetadata => {
+                // A checksum algorithm chosen at creation would make the backend demand
+                // plaintext checksums on every part.
+                for h in PLAINTEXT_BODY_HEADERS {
+                    up.remove_header(*h);
+                }
+                self.seal_headers(up, ctx)?
+            }
             Plan::Read { .. } => {
                 // Ranges and ETag conditions are answered by the proxy: the backend knows
                 // only ciphertext offsets and ciphertext ETags.

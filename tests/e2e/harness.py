@@ -323,7 +323,7 @@ class Proxy:
         for line in text.decode().splitlines():
             if not line.startswith(name):
                 continue
-            m = re.match(r"([a-z_]+)(\{[^}]*\})?\s+(\S+)", line)
+            m = re.match(r"([a-zA-Z0-9_:]+)(\{[^}]*\})?\s+(\S+)", line)
             if not m or m.group(1) != name:
                 continue
             lab = dict(re.findall(r'(\w+)="([^"]*)"', m.group(2) or ""))
