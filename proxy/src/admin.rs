@@ -19,6 +19,7 @@ pub struct AdminApi {
     pub needs_key: bool,
     pub started: SystemTime,
     pub filters: Vec<&'static str>,
+    pub memkey_endpoint: Option<String>,
 }
 
 fn respond(status: u16, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
@@ -96,6 +97,7 @@ impl ServeHttp for AdminApi {
                     "filters": self.filters,
                     "encrypting": self.needs_key,
                     "key_loaded": self.keys.get().is_some(),
+                    "memkey_endpoint": self.memkey_endpoint,
                 }),
             ),
             "/" => respond(200, "text/html; charset=utf-8", include_bytes!("dashboard.html").to_vec()),

@@ -109,6 +109,7 @@ pub struct Config {
     pub chunk_size: u32,
     pub allowed_buckets: Vec<String>,
     pub memkey_socket: Option<String>,
+    /// keyd's HTTPS address, shown to operators (the key itself only ever comes over the socket).
     pub memkey_endpoint: Option<String>,
     pub poll_interval: Duration,
     pub filters: Vec<FilterKind>,
@@ -231,14 +232,6 @@ impl RawConfig {
             (None, None) => None,
             _ => return Err("tls.cert_file and tls.key_file must be set together".into()),
         };
-        let filters: Vec<FilterKind> = match self.filters {
-            Some(names) => names.iter().map(|n| n.parse()).collect::<Result<_, _>>()?,
-            None => FilterKind::default_chain(),
-        };
-        let memkey_socket = self.memkey.socket_path.filter(|s| !s.is_empty());
-        filters::validate_order(&filters, memkey_socket.is_some())?;
-        let chunk_size = self.encryption.chunk_size.unwrap_or(s3cp_format::DEFAULT_CHUNK_SIZE);
-        s3cp_format::validate_chunk_size(chunk_size).map_err(|e| format!("encryption.chunk_size: {e}"))?;
         let backend = BackendConfig {
             endpoint: need(self.backend.endpoint, "backend.endpoint (S3CP_BACKEND_ENDPOINT)")?,
             region: self.backend.region.unwrap_or_else(|| "us-east-1".into()),
@@ -257,6 +250,14 @@ impl RawConfig {
             need(self.client.access_key, "client.access_key (S3CP_CLIENT_ACCESS_KEY)")?,
             need(self.client.secret_key, "client.secret_key (S3CP_CLIENT_SECRET_KEY)")?,
         );
+        let filters: Vec<FilterKind> = match self.filters {
+            Some(names) => names.iter().map(|n| n.parse()).collect::<Result<_, _>>()?,
+            None => FilterKind::default_chain(),
+        };
+        let memkey_socket = self.memkey.socket_path.filter(|s| !s.is_empty());
+        filters::validate_order(&filters, memkey_socket.is_some())?;
+        let chunk_size = self.encryption.chunk_size.unwrap_or(s3cp_format::DEFAULT_CHUNK_SIZE);
+        s3cp_format::validate_chunk_size(chunk_size).map_err(|e| format!("encryption.chunk_size: {e}"))?;
         let poll_interval = duration("memkey.poll_interval", self.memkey.poll_interval.as_deref().unwrap_or("5s"))?;
         if poll_interval < Duration::from_millis(100) {
             return Err("memkey.poll_interval must be at least 100ms".into());

@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use filters::allowlist::AllowlistFilter;
 use filters::auth::Sigv4Filter;
 use filters::backend::Backend;
@@ -80,8 +80,18 @@ fn die(msg: impl std::fmt::Display) -> ! {
     std::process::exit(2);
 }
 
+/// The `S3CP_*` variables, for `--help`.
+fn env_help() -> String {
+    let mut s = String::from("Environment variables (override the file):\n");
+    for (var, setting) in config::ENV_VARS {
+        s.push_str(&format!("  {var:<28} {setting}\n"));
+    }
+    s
+}
+
 fn main() {
-    let cli = Cli::parse();
+    let cmd = Cli::command().mut_subcommand("run", |c| c.after_long_help(env_help()));
+    let cli = Cli::from_arg_matches(&cmd.get_matches()).unwrap_or_else(|e| e.exit());
     match cli.cmd {
         Cmd::Fingerprint { cert, config } => {
             let path = match cert {
@@ -200,6 +210,7 @@ fn run(cfg: config::Config, parts: Parts, upgrade: bool, daemon: bool) {
         needs_key,
         started: SystemTime::now(),
         filters: names.clone(),
+        memkey_endpoint: cfg.memkey_endpoint.clone(),
     };
     let mut admin = Service::new("admin".to_string(), HttpServer::new_app(admin_api));
     match &cfg.tls {

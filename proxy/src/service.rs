@@ -162,6 +162,11 @@ impl ProxyHttp for S3Proxy {
         }
     }
 
+    /// Client mistakes (4xx S3 errors) are in the audit log; the error log keeps the rest.
+    fn suppress_error_log(&self, _session: &Session, ctx: &RequestCtx, _error: &Error) -> bool {
+        ctx.error.as_ref().is_some_and(|e| e.status() < 500)
+    }
+
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> FailToProxy {
         let s3 = match e.root_cause().downcast_ref::<S3Error>() {
             Some(s) => s.clone(),
