@@ -14,6 +14,7 @@
 mod copy;
 mod metadata;
 mod range;
+mod ranged;
 
 use std::sync::Arc;
 
@@ -30,6 +31,7 @@ use crate::filter::{Filter, Flow};
 use crate::keys::KeyState;
 use crate::request::Operation;
 use range::ByteRange;
+use ranged::{Prepared, RangedRead};
 
 /// What to do with objects that are not in the proxy's format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -84,6 +86,8 @@ pub struct CryptoCtx {
     /// ciphertext ETags).
     if_match: Option<String>,
     if_none_match: Option<String>,
+    /// A Range GET planned to fetch only the chunks it needs.
+    ranged: Option<RangedRead>,
 }
 
 pub struct CryptoFilter {
@@ -188,6 +192,19 @@ impl Filter for CryptoFilter {
                 };
                 ctx.crypto.if_match = h("if-match");
                 ctx.crypto.if_none_match = h("if-none-match");
+                if let Some(r) = range {
+                    match ranged::prepare(&self.backend, &ring, &s3, r).await? {
+                        Prepared::Plan(rr) => ctx.crypto.ranged = Some(rr),
+                        Prepared::Unsatisfiable(len) => {
+                            let e = s3err(S3ErrorCode::InvalidRange, "The requested range is not satisfiable").with_resource(s3.resource());
+                            let mut reply = crate::filter::Reply::xml(416, String::from_utf8_lossy(&e.to_xml(&ctx.request_id)).into_owned());
+                            reply.headers.push(("content-range", format!("bytes */{len}")));
+                            ctx.error = Some(e);
+                            return Ok(Flow::Respond(reply));
+                        }
+                        Prepared::Fallback => {}
+                    }
+                }
                 ctx.crypto.plan = Plan::Read { range };
             }
             Operation::CopyObject => {
@@ -248,6 +265,10 @@ impl Filter for CryptoFilter {
                 for h in ["range", "if-range", "if-match", "if-none-match"] {
                     up.remove_header(h);
                 }
+                if let Some(rr) = &ctx.crypto.ranged {
+                    set(up, "range", format!("bytes={}-{}", rr.plan.cipher_start, rr.plan.cipher_end))?;
+                    set(up, "if-match", rr.backend_etag.clone())?;
+                }
             }
             Plan::None => {}
         }
@@ -299,6 +320,10 @@ impl Filter for CryptoFilter {
             }
             (Plan::Encrypt { .. }, _) => strip_checksums(resp),
             (Plan::Read { .. }, _) if status == 200 || status == 206 => self.read_response(resp, ctx)?,
+            (Plan::Read { .. }, _) if status == 412 && ctx.crypto.ranged.is_some() => {
+                let e = s3err(S3ErrorCode::ServiceUnavailable, "The object changed while it was being read; please retry").with_retry_after(1);
+                self.replace_with_error(resp, ctx, e)?;
+            }
             (Plan::Read { .. }, _) if status == 304 || status == 412 => {
                 if let Some(e) = header(resp, "etag") {
                     set_header(resp, "etag", client_etag(&e, None))?;
@@ -325,7 +350,9 @@ impl Filter for CryptoFilter {
         if end {
             let dec = ctx.crypto.decryptor.take().expect("checked above");
             let segments = ctx.crypto.segments;
-            let last = dec.finish_expecting_segments(segments).map_err(|e| crypto_error(ctx, &e))?;
+            // `segments` is 0 for ranged reads, which end wherever the range ends.
+            let done = if segments == 0 { dec.finish() } else { dec.finish_expecting_segments(segments) };
+            let last = done.map_err(|e| crypto_error(ctx, &e))?;
             if !last.is_empty() {
                 let mut joined = BytesMut::with_capacity(plain.len() + last.len());
                 joined.extend_from_slice(&plain);
@@ -377,7 +404,11 @@ impl CryptoFilter {
         let backend_etag = header(resp, "etag").unwrap_or_default();
         let segments = segments_from_etag(&backend_etag);
         let cipher_len = header(resp, "content-length").and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-        let Some(plain_len) = s3cp_format::object_plain_len(cipher_len, opened.chunk_size, segments) else {
+        let stored_len = match &ctx.crypto.ranged {
+            Some(rr) => Some(rr.plain_len),
+            None => s3cp_format::object_plain_len(cipher_len, opened.chunk_size, segments),
+        };
+        let Some(plain_len) = stored_len else {
             ctx.crypto_failure = Some("bad_length");
             let e = s3err(S3ErrorCode::InternalError, format!("The stored object has an impossible length (request {})", ctx.request_id));
             return self.replace_with_error(resp, ctx, e);
@@ -407,6 +438,20 @@ impl CryptoFilter {
             }
         }
 
+        if let Some(rr) = ctx.crypto.ranged.clone() {
+            resp.set_status(206).map_err(|e| S3Error::internal("status", e))?;
+            set_header(resp, "content-range", format!("bytes {}-{}/{}", rr.first, rr.last, rr.plain_len))?;
+            set_header(resp, "content-length", rr.plan.len.to_string())?;
+            set_header(resp, "accept-ranges", "bytes".to_string())?;
+            strip_checksums(resp);
+            let dec = Decryptor::for_range((*ring).clone(), obj, &rr.header, &rr.plan).map_err(|e| crypto_error(ctx, &e))?;
+            // The decryptor emits exactly the requested bytes.
+            ctx.crypto.skip = 0;
+            ctx.crypto.take = rr.plan.len;
+            ctx.crypto.segments = 0;
+            ctx.crypto.decryptor = Some(dec);
+            return Ok(());
+        }
         let (status, len) = match ctx.crypto.plan {
             Plan::Read { range: Some(r) } => match r.resolve(plain_len) {
                 Some((first, last)) => {

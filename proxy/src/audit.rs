@@ -19,6 +19,8 @@ pub struct AuditLine<'a> {
     pub error: Option<&'a str>,
     pub bytes_in: u64,
     pub bytes_out: u64,
+    /// Body bytes read from the backend (ciphertext), e.g. to see what a Range GET fetched.
+    pub backend_bytes_in: u64,
     pub duration_ms: f64,
     pub key_id: Option<u32>,
 }

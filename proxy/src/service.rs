@@ -236,6 +236,7 @@ impl ProxyHttp for S3Proxy {
                 error: ctx.error.as_ref().map(|e| e.code.as_str()),
                 bytes_in,
                 bytes_out,
+                backend_bytes_in: session.upstream_body_bytes_received() as u64,
                 duration_ms: ctx.started.elapsed().as_secs_f64() * 1000.0,
                 key_id: ctx.key_id,
             });
