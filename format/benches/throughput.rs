@@ -6,10 +6,11 @@
 //! 64 KiB pieces, including key wrapping, header handling and the copy into their buffers.
 
 use std::hint::black_box;
+use std::time::{Duration, Instant};
 
 use chacha20poly1305::aead::{AeadInPlace, KeyInit};
 use chacha20poly1305::{Tag, XChaCha20Poly1305, XNonce};
-use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
+use criterion::{criterion_group, BatchSize, BenchmarkId, Criterion, Throughput};
 use s3cp_format::{chunk_nonce, Decryptor, KeyRing, MasterKey, ObjectId, SegmentEncryptor, DEFAULT_CHUNK_SIZE};
 
 const SIZES: [(usize, &str); 3] = [(64 << 10, "64KiB"), (1 << 20, "1MiB"), (4 << 20, "4MiB")];
@@ -81,5 +82,94 @@ fn bench(c: &mut Criterion) {
     }
 }
 
+/// Paired measurement: raw and format alternate round by round on the same data, so load from
+/// other processes on a shared machine hits both alike. Prints the median ratio per case.
+fn paired_overhead() {
+    let ring = KeyRing::single(&MasterKey::new(1, [7; 32]));
+    let aead = XChaCha20Poly1305::new(&[9u8; 32].into());
+    let rounds = 41;
+    println!("\npaired overhead (median of {rounds} alternating rounds, format time / raw time - 1):");
+    for (size, label) in SIZES {
+        let plain: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
+        let iters = ((8 << 20) / size).max(2);
+        let mut sealed = plain.clone();
+        let mut sealed_tags = Vec::new();
+        raw_encrypt(&aead, &mut sealed, &mut sealed_tags);
+        let mut tags = Vec::new();
+        let mut stored = Vec::new();
+        let mut enc = SegmentEncryptor::new(ring.current(), OBJ, 0, size as u64, DEFAULT_CHUNK_SIZE).unwrap();
+        stored.extend_from_slice(&enc.update(&plain).unwrap());
+        stored.extend_from_slice(&enc.finish().unwrap());
+        for op in ["encrypt", "decrypt"] {
+            let mut ratios = Vec::new();
+            let (mut raw_total, mut fmt_total) = (Duration::ZERO, Duration::ZERO);
+            let mut buf = plain.clone();
+            for round in 0..rounds {
+                let mut raw = Duration::ZERO;
+                let mut fmt = Duration::ZERO;
+                let mut run_raw = || {
+                    for _ in 0..iters {
+                        if op == "encrypt" {
+                            let t = Instant::now();
+                            raw_encrypt(&aead, black_box(&mut buf), &mut tags);
+                            raw += t.elapsed();
+                        } else {
+                            buf.copy_from_slice(&sealed);
+                            let t = Instant::now();
+                            raw_decrypt(&aead, black_box(&mut buf), &sealed_tags);
+                            raw += t.elapsed();
+                        }
+                    }
+                };
+                let mut run_fmt = || {
+                    let t = Instant::now();
+                    for _ in 0..iters {
+                        if op == "encrypt" {
+                            black_box(format_encrypt(&ring, black_box(&plain)));
+                        } else {
+                            black_box(format_decrypt(&ring, black_box(&stored)));
+                        }
+                    }
+                    fmt += t.elapsed();
+                };
+                if round % 2 == 0 {
+                    run_raw();
+                    run_fmt();
+                } else {
+                    run_fmt();
+                    run_raw();
+                }
+                if round > 0 {
+                    // round 0 warms up
+                    ratios.push(fmt.as_secs_f64() / raw.as_secs_f64());
+                    raw_total += raw;
+                    fmt_total += fmt;
+                }
+            }
+            ratios.sort_by(|a, b| a.partial_cmp(b).unwrap());
+            let median = ratios[ratios.len() / 2];
+            let bytes = (size * iters * (rounds - 1)) as f64;
+            let mib = |d: Duration| bytes / d.as_secs_f64() / (1 << 20) as f64;
+            println!(
+                "  {op} {label:>5}: raw {:7.1} MiB/s  format {:7.1} MiB/s  overhead {:+5.1}% (quartiles {:+.1}% .. {:+.1}%)",
+                mib(raw_total),
+                mib(fmt_total),
+                (median - 1.0) * 100.0,
+                (ratios[ratios.len() / 4] - 1.0) * 100.0,
+                (ratios[3 * ratios.len() / 4] - 1.0) * 100.0
+            );
+        }
+    }
+}
+
 criterion_group!(benches, bench);
-criterion_main!(benches);
+
+fn main() {
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+    // Skipped when criterion only lists or filters benchmarks.
+    let args: Vec<String> = std::env::args().collect();
+    if !args.iter().any(|a| a == "--list" || a == "--test") {
+        paired_overhead();
+    }
+}

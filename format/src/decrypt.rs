@@ -82,6 +82,8 @@ pub struct Decryptor {
     /// the chunk being collected.
     out: BytesMut,
     committed: usize,
+    /// A chunk begun at the end of the current call, collected apart from `out`.
+    next_out: Option<BytesMut>,
     /// Segments whose header was accepted (for ranges: ordinal of the last one + 1).
     segments: u32,
     first_key: Option<KeyId>,
@@ -98,6 +100,7 @@ impl Decryptor {
             phase: Phase::start(),
             out: BytesMut::new(),
             committed: 0,
+            next_out: None,
             segments: 0,
             first_key: None,
             failed: None,
@@ -151,6 +154,7 @@ impl Decryptor {
             phase: Phase::Body(seg),
             out: BytesMut::new(),
             committed: 0,
+            next_out: None,
             segments: plan.segment + 1,
             first_key: Some(hdr.key_id),
             failed: None,
@@ -178,6 +182,10 @@ impl Decryptor {
             Ok(()) => {
                 let done = self.out.split_to(self.committed).freeze();
                 self.committed = 0;
+                if let Some(next) = self.next_out.take() {
+                    debug_assert!(self.out.is_empty());
+                    self.out = next;
+                }
                 Ok(done)
             }
             Err(e) => Err(self.fail(e)),
@@ -211,6 +219,7 @@ impl Decryptor {
     fn fail(&mut self, e: FormatError) -> FormatError {
         self.failed = Some(e.clone());
         self.out = BytesMut::new();
+        self.next_out = None;
         self.committed = 0;
         self.phase = Phase::Done { part_number: 0 };
         e
@@ -241,6 +250,7 @@ impl Decryptor {
             }
             r.remaining_in -= input.len() as u64;
         }
+        let hint = input.len();
         self.out.reserve(input.len());
         while !input.is_empty() {
             match &mut self.phase {
@@ -266,6 +276,15 @@ impl Decryptor {
                 Phase::Body(seg) => {
                     let clen = seg.chunk_plain_len() + TAG_LEN;
                     let have = self.out.len() - self.committed;
+                    if have == 0 && self.committed > 0 && input.len() < clen {
+                        // The input ends inside a chunk that starts here. Collect it in its
+                        // own buffer, sized for the next call, so that it neither shares the
+                        // allocation handed out now nor has to be moved later.
+                        let mut next = BytesMut::with_capacity(clen + hint.min(2 * clen));
+                        next.extend_from_slice(input);
+                        self.next_out = Some(next);
+                        break;
+                    }
                     let take = (clen - have).min(input.len());
                     self.out.extend_from_slice(&input[..take]);
                     input = &input[take..];
@@ -347,5 +366,38 @@ impl fmt::Debug for Decryptor {
             .field("segments", &self.segments)
             .field("failed", &self.failed)
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys::MasterKey;
+    use crate::SegmentEncryptor;
+
+    /// Whatever the piece sizes, at most one chunk of ciphertext (and about three chunks of
+    /// capacity) is retained between calls.
+    #[test]
+    fn retains_at_most_one_chunk() {
+        let m = MasterKey::new(1, [1; 32]);
+        let ring = KeyRing::single(&m);
+        let obj = ObjectId { bucket: "b", key: "k" };
+        let c = 4096usize;
+        let len = 300_000usize;
+        let mut e = SegmentEncryptor::new(ring.current(), obj, 0, len as u64, c as u32).unwrap();
+        let mut stored = e.update(&vec![9u8; len]).unwrap().to_vec();
+        stored.extend_from_slice(&e.finish().unwrap());
+        for piece in [1usize, 100, 4111, 4112, 4113, 10_000, 100_000, stored.len()] {
+            let mut d = Decryptor::new(ring.clone(), obj);
+            let mut got = 0;
+            for p in stored.chunks(piece) {
+                got += d.update(p).unwrap().len();
+                let held = d.out.len() - d.committed;
+                assert!(held <= c + TAG_LEN, "piece {piece}: {held} held");
+                assert!(d.out.capacity() <= 4 * (c + TAG_LEN), "piece {piece}: capacity {}", d.out.capacity());
+            }
+            got += d.finish().unwrap().len();
+            assert_eq!(got, len);
+        }
     }
 }

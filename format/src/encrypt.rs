@@ -108,9 +108,19 @@ impl SegmentEncryptor {
             self.buf.extend_from_slice(&h);
             ready = HEADER_LEN;
         }
+        let hint = input.len();
+        let mut next = None;
         let mut input = input;
         while !input.is_empty() {
             let have = self.buf.len() - ready;
+            if have == 0 && ready > 0 && input.len() < c {
+                // The input ends inside a chunk that starts here: collect it in its own
+                // buffer (sized for the next call) instead of behind this call's output.
+                let mut b = BytesMut::with_capacity(c + crate::TAG_LEN + hint.min(2 * c));
+                b.extend_from_slice(input);
+                next = Some(b);
+                break;
+            }
             let take = (c - have).min(input.len());
             debug_assert!(take > 0, "input beyond plain_len was rejected above");
             self.buf.extend_from_slice(&input[..take]);
@@ -122,7 +132,12 @@ impl SegmentEncryptor {
                 self.next_chunk += 1;
             }
         }
-        Ok(self.buf.split_to(ready).freeze())
+        let out = self.buf.split_to(ready).freeze();
+        if let Some(b) = next {
+            debug_assert!(self.buf.is_empty());
+            self.buf = b;
+        }
+        Ok(out)
     }
 
     /// Encrypts and returns the held-back final chunk (preceded by the header if `update` was
@@ -164,5 +179,33 @@ impl fmt::Debug for SegmentEncryptor {
             .field("plain_len", &self.plain_len)
             .field("received", &self.received)
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys::MasterKey;
+
+    /// Whatever the piece sizes, at most one chunk of plaintext (and about three chunks of
+    /// capacity) is retained between calls.
+    #[test]
+    fn retains_at_most_one_chunk() {
+        let keys = DerivedKeys::derive(&MasterKey::new(1, [1; 32]));
+        let c = 4096usize;
+        let len = 300_000usize;
+        let data = vec![7u8; len];
+        for piece in [1usize, 100, 4095, 4096, 4097, 10_000, 100_000, len] {
+            let mut e = SegmentEncryptor::new(&keys, ObjectId { bucket: "b", key: "k" }, 0, len as u64, c as u32).unwrap();
+            let mut sent = 0;
+            for p in data.chunks(piece) {
+                sent += e.update(p).unwrap().len();
+                assert!(e.buf.len() <= c, "piece {piece}: {} buffered", e.buf.len());
+                assert!(e.buf.capacity() <= 4 * (c + crate::TAG_LEN) + HEADER_LEN, "piece {piece}: capacity {}", e.buf.capacity());
+            }
+            let cipher_len = e.cipher_len() as usize;
+            sent += e.finish().unwrap().len();
+            assert_eq!(sent, cipher_len);
+        }
     }
 }
