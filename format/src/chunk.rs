@@ -53,7 +53,10 @@ fn inner_nonce(index: u64) -> Nonce {
 
 impl ChunkAead {
     pub(crate) fn new(dek: &[u8; DEK_LEN]) -> Self {
-        Self { body: subkey(dek, false), last: subkey(dek, true) }
+        Self {
+            body: subkey(dek, false),
+            last: subkey(dek, true),
+        }
     }
 
     fn aead(&self, is_final: bool) -> &ChaCha20Poly1305 {
@@ -74,7 +77,13 @@ impl ChunkAead {
     }
 
     /// Verifies `tag` and decrypts `buf` in place; on failure `buf` is left as ciphertext.
-    pub(crate) fn open(&self, index: u64, is_final: bool, buf: &mut [u8], tag: &[u8; TAG_LEN]) -> bool {
+    pub(crate) fn open(
+        &self,
+        index: u64,
+        is_final: bool,
+        buf: &mut [u8],
+        tag: &[u8; TAG_LEN],
+    ) -> bool {
         self.aead(is_final)
             .decrypt_in_place_detached(&inner_nonce(index), &[], buf, Tag::from_slice(tag))
             .is_ok()
@@ -92,19 +101,28 @@ mod tests {
         let dek: [u8; 32] = core::array::from_fn(|i| (i * 7 + 3) as u8);
         let fast = ChunkAead::new(&dek);
         let reference = XChaCha20Poly1305::new(&dek.into());
-        for (index, is_final, len) in
-            [(0u64, false, 0usize), (0, true, 0), (1, false, 1), (7, true, 100), (u64::MAX, false, 4096), (0x0102_0304_0506_0708, true, 65536)]
-        {
+        for (index, is_final, len) in [
+            (0u64, false, 0usize),
+            (0, true, 0),
+            (1, false, 1),
+            (7, true, 100),
+            (u64::MAX, false, 4096),
+            (0x0102_0304_0506_0708, true, 65536),
+        ] {
             let plain: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
             let mut a = plain.clone();
             let tag_a = fast.seal(index, is_final, &mut a);
             let mut b = plain.clone();
             let nonce = chunk_nonce(index, is_final);
-            let tag_b = reference.encrypt_in_place_detached(XNonce::from_slice(&nonce), &[], &mut b).unwrap();
+            let tag_b = reference
+                .encrypt_in_place_detached(XNonce::from_slice(&nonce), &[], &mut b)
+                .unwrap();
             assert_eq!(a, b);
             assert_eq!(&tag_a[..], &tag_b[..]);
             // and the reference opens what the fast path sealed, and vice versa
-            assert!(reference.decrypt_in_place_detached(XNonce::from_slice(&nonce), &[], &mut b, &tag_b).is_ok());
+            assert!(reference
+                .decrypt_in_place_detached(XNonce::from_slice(&nonce), &[], &mut b, &tag_b)
+                .is_ok());
             assert_eq!(b, plain);
             assert!(fast.open(index, is_final, &mut a, &tag_a));
             assert_eq!(a, plain);

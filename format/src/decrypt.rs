@@ -18,14 +18,21 @@ pub(crate) fn check_order(prev: Option<u32>, found: u32) -> Result<(), FormatErr
         None => Err(FormatError::SegmentOrder { expected: 1, found }),
         Some(0) => Err(FormatError::TrailingData),
         Some(p) if found == p + 1 => Ok(()),
-        Some(p) => Err(FormatError::SegmentOrder { expected: p + 1, found }),
+        Some(p) => Err(FormatError::SegmentOrder {
+            expected: p + 1,
+            found,
+        }),
     }
 }
 
 /// Where the reader is in the stream.
 pub(crate) enum Phase<S> {
     /// Collecting a segment header; `prev_part` is the part number of the segment before it.
-    Header { buf: [u8; HEADER_LEN], filled: usize, prev_part: Option<u32> },
+    Header {
+        buf: [u8; HEADER_LEN],
+        filled: usize,
+        prev_part: Option<u32>,
+    },
     /// Inside a segment's chunks.
     Body(S),
     /// A segment just ended with its final chunk.
@@ -34,7 +41,11 @@ pub(crate) enum Phase<S> {
 
 impl<S> Phase<S> {
     pub(crate) fn start() -> Self {
-        Phase::Header { buf: [0; HEADER_LEN], filled: 0, prev_part: None }
+        Phase::Header {
+            buf: [0; HEADER_LEN],
+            filled: 0,
+            prev_part: None,
+        }
     }
 }
 
@@ -116,14 +127,22 @@ impl Decryptor {
     /// Errors: those of [`SegmentHeader::parse`] and [`SegmentHeader::open`] (a header that is
     /// not one gives `LayoutMismatch`), `SegmentOrder` if the header's part number is not the
     /// planned segment's, `LayoutMismatch` if the plan's offsets do not fit the header.
-    pub fn for_range(ring: KeyRing, obj: ObjectId<'_>, header: &[u8], plan: &RangePlan) -> Result<Self, FormatError> {
+    pub fn for_range(
+        ring: KeyRing,
+        obj: ObjectId<'_>,
+        header: &[u8],
+        plan: &RangePlan,
+    ) -> Result<Self, FormatError> {
         let hdr = SegmentHeader::parse(header).map_err(|e| match e {
             FormatError::NotEncrypted => FormatError::LayoutMismatch,
             e => e,
         })?;
         let expected = plan.segment.saturating_add(1);
         if !(hdr.part_number == expected || (hdr.part_number == 0 && plan.segment == 0)) {
-            return Err(FormatError::SegmentOrder { expected, found: hdr.part_number });
+            return Err(FormatError::SegmentOrder {
+                expected,
+                found: hdr.part_number,
+            });
         }
         let c = u64::from(hdr.chunk_size);
         let first_chunk = plan
@@ -150,7 +169,11 @@ impl Decryptor {
         Ok(Self {
             ring,
             name_ad,
-            range: Some(RangeState { remaining_in: plan.cipher_end - plan.cipher_start + 1, skip: plan.skip, take: plan.len }),
+            range: Some(RangeState {
+                remaining_in: plan.cipher_end - plan.cipher_start + 1,
+                skip: plan.skip,
+                take: plan.len,
+            }),
             phase: Phase::Body(seg),
             out: BytesMut::new(),
             committed: 0,
@@ -230,7 +253,9 @@ impl Decryptor {
             return Err(e.clone());
         }
         let complete = match (&self.range, &self.phase) {
-            (Some(r), Phase::Body(_)) => r.remaining_in == 0 && r.take == 0 && self.out.len() == self.committed,
+            (Some(r), Phase::Body(_)) => {
+                r.remaining_in == 0 && r.take == 0 && self.out.len() == self.committed
+            }
             (Some(r), Phase::Done { .. }) => r.remaining_in == 0 && r.take == 0,
             (_, Phase::Header { .. }) | (None, Phase::Body(_)) => false,
             (None, Phase::Done { .. }) => true,
@@ -259,9 +284,17 @@ impl Decryptor {
                     if prev == 0 {
                         return Err(FormatError::TrailingData);
                     }
-                    self.phase = Phase::Header { buf: [0; HEADER_LEN], filled: 0, prev_part: Some(prev) };
+                    self.phase = Phase::Header {
+                        buf: [0; HEADER_LEN],
+                        filled: 0,
+                        prev_part: Some(prev),
+                    };
                 }
-                Phase::Header { buf, filled, prev_part } => {
+                Phase::Header {
+                    buf,
+                    filled,
+                    prev_part,
+                } => {
                     let take = (HEADER_LEN - *filled).min(input.len());
                     buf[*filled..*filled + take].copy_from_slice(&input[..take]);
                     *filled += take;
@@ -297,7 +330,11 @@ impl Decryptor {
         Ok(())
     }
 
-    fn start_segment(&mut self, buf: &[u8; HEADER_LEN], prev: Option<u32>) -> Result<Segment, FormatError> {
+    fn start_segment(
+        &mut self,
+        buf: &[u8; HEADER_LEN],
+        prev: Option<u32>,
+    ) -> Result<Segment, FormatError> {
         let hdr = SegmentHeader::parse(buf)?;
         check_order(prev, hdr.part_number)?;
         let (_, dek) = hdr.open(&self.ring, &self.name_ad)?;
@@ -317,13 +354,23 @@ impl Decryptor {
 
     /// Authenticates and decrypts the complete chunk at `out[committed..]`.
     fn open_chunk(&mut self) -> Result<(), FormatError> {
-        let Phase::Body(seg) = &mut self.phase else { unreachable!("called in the body phase") };
+        let Phase::Body(seg) = &mut self.phase else {
+            unreachable!("called in the body phase")
+        };
         let plen = seg.chunk_plain_len();
         let start = self.committed;
-        let tag: [u8; TAG_LEN] = self.out[start + plen..start + plen + TAG_LEN].try_into().expect("16 bytes");
+        let tag: [u8; TAG_LEN] = self.out[start + plen..start + plen + TAG_LEN]
+            .try_into()
+            .expect("16 bytes");
         let is_final = seg.is_final();
-        if !seg.aead.open(seg.next, is_final, &mut self.out[start..start + plen], &tag) {
-            return Err(FormatError::ChunkTampered { segment: seg.ordinal, chunk: seg.next });
+        if !seg
+            .aead
+            .open(seg.next, is_final, &mut self.out[start..start + plen], &tag)
+        {
+            return Err(FormatError::ChunkTampered {
+                segment: seg.ordinal,
+                chunk: seg.next,
+            });
         }
         seg.next += 1;
         if is_final {
@@ -381,7 +428,10 @@ mod tests {
     fn retains_at_most_one_chunk() {
         let m = MasterKey::new(1, [1; 32]);
         let ring = KeyRing::single(&m);
-        let obj = ObjectId { bucket: "b", key: "k" };
+        let obj = ObjectId {
+            bucket: "b",
+            key: "k",
+        };
         let c = 4096usize;
         let len = 300_000usize;
         let mut e = SegmentEncryptor::new(ring.current(), obj, 0, len as u64, c as u32).unwrap();
@@ -394,7 +444,11 @@ mod tests {
                 got += d.update(p).unwrap().len();
                 let held = d.out.len() - d.committed;
                 assert!(held <= c + TAG_LEN, "piece {piece}: {held} held");
-                assert!(d.out.capacity() <= 4 * (c + TAG_LEN), "piece {piece}: capacity {}", d.out.capacity());
+                assert!(
+                    d.out.capacity() <= 4 * (c + TAG_LEN),
+                    "piece {piece}: capacity {}",
+                    d.out.capacity()
+                );
             }
             got += d.finish().unwrap().len();
             assert_eq!(got, len);

@@ -10,7 +10,10 @@ use crate::chunk::{ChunkAead, DEK_LEN};
 use crate::error::FormatError;
 use crate::header::{ObjectId, SegmentHeader, WRAP_NONCE_LEN};
 use crate::keys::DerivedKeys;
-use crate::size::{chunk_count, segment_cipher_len, validate_chunk_size, HEADER_LEN, MAX_PART_NUMBER, MAX_SEGMENT_PLAIN_LEN};
+use crate::size::{
+    chunk_count, segment_cipher_len, validate_chunk_size, HEADER_LEN, MAX_PART_NUMBER,
+    MAX_SEGMENT_PLAIN_LEN,
+};
 
 /// Encrypts one segment (a single-part object, or one part of a multipart upload) as a stream.
 ///
@@ -35,12 +38,26 @@ impl SegmentEncryptor {
     /// Starts a segment of exactly `plain_len` plaintext bytes for the object `obj`, with a
     /// fresh random data key wrapped under `keys`. `part_number` is 0 for a single-part object,
     /// else 1..=10000.
-    pub fn new(keys: &DerivedKeys, obj: ObjectId<'_>, part_number: u32, plain_len: u64, chunk_size: u32) -> Result<Self, FormatError> {
+    pub fn new(
+        keys: &DerivedKeys,
+        obj: ObjectId<'_>,
+        part_number: u32,
+        plain_len: u64,
+        chunk_size: u32,
+    ) -> Result<Self, FormatError> {
         let mut dek = Zeroizing::new([0u8; DEK_LEN]);
         let mut wrap_nonce = [0u8; WRAP_NONCE_LEN];
         rand::rngs::OsRng.fill_bytes(&mut dek[..]);
         rand::rngs::OsRng.fill_bytes(&mut wrap_nonce);
-        Self::with_fixed_randomness(keys, obj, part_number, plain_len, chunk_size, &dek, wrap_nonce)
+        Self::with_fixed_randomness(
+            keys,
+            obj,
+            part_number,
+            plain_len,
+            chunk_size,
+            &dek,
+            wrap_nonce,
+        )
     }
 
     /// Like [`SegmentEncryptor::new`] with a caller-chosen data key and wrap nonce.
@@ -63,7 +80,15 @@ impl SegmentEncryptor {
         if plain_len > MAX_SEGMENT_PLAIN_LEN {
             return Err(FormatError::InputTooLong);
         }
-        let header = SegmentHeader::seal(keys, &obj.name_ad(), chunk_size, part_number, plain_len, dek, wrap_nonce);
+        let header = SegmentHeader::seal(
+            keys,
+            &obj.name_ad(),
+            chunk_size,
+            part_number,
+            plain_len,
+            dek,
+            wrap_nonce,
+        );
         Ok(Self {
             header: Some(header.to_bytes()),
             aead: ChunkAead::new(dek),
@@ -101,7 +126,8 @@ impl SegmentEncryptor {
         let mut ready = 0;
         let header_len = if self.header.is_some() { HEADER_LEN } else { 0 };
         let tags = (self.buf.len() + input.len()) / c + 1;
-        self.buf.reserve(header_len + input.len() + tags * crate::TAG_LEN);
+        self.buf
+            .reserve(header_len + input.len() + tags * crate::TAG_LEN);
         if let Some(h) = self.header.take() {
             // Nothing was received before the first call, so `buf` is empty.
             debug_assert!(self.buf.is_empty());
@@ -126,7 +152,9 @@ impl SegmentEncryptor {
             self.buf.extend_from_slice(&input[..take]);
             input = &input[take..];
             if self.buf.len() - ready == c && self.next_chunk + 1 < self.chunks {
-                let tag = self.aead.seal(self.next_chunk, false, &mut self.buf[ready..]);
+                let tag = self
+                    .aead
+                    .seal(self.next_chunk, false, &mut self.buf[ready..]);
                 self.buf.extend_from_slice(&tag);
                 ready = self.buf.len();
                 self.next_chunk += 1;
@@ -196,12 +224,26 @@ mod tests {
         let len = 300_000usize;
         let data = vec![7u8; len];
         for piece in [1usize, 100, 4095, 4096, 4097, 10_000, 100_000, len] {
-            let mut e = SegmentEncryptor::new(&keys, ObjectId { bucket: "b", key: "k" }, 0, len as u64, c as u32).unwrap();
+            let mut e = SegmentEncryptor::new(
+                &keys,
+                ObjectId {
+                    bucket: "b",
+                    key: "k",
+                },
+                0,
+                len as u64,
+                c as u32,
+            )
+            .unwrap();
             let mut sent = 0;
             for p in data.chunks(piece) {
                 sent += e.update(p).unwrap().len();
                 assert!(e.buf.len() <= c, "piece {piece}: {} buffered", e.buf.len());
-                assert!(e.buf.capacity() <= 4 * (c + crate::TAG_LEN) + HEADER_LEN, "piece {piece}: capacity {}", e.buf.capacity());
+                assert!(
+                    e.buf.capacity() <= 4 * (c + crate::TAG_LEN) + HEADER_LEN,
+                    "piece {piece}: capacity {}",
+                    e.buf.capacity()
+                );
             }
             let cipher_len = e.cipher_len() as usize;
             sent += e.finish().unwrap().len();

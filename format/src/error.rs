@@ -31,7 +31,9 @@ pub enum FormatError {
     WrongKey(KeyId),
     /// A segment header failed authentication or holds impossible values: the header was
     /// modified, or the object was moved or copied to another bucket/key without re-wrapping.
-    #[error("segment header failed authentication (modified, or object moved/copied to another name)")]
+    #[error(
+        "segment header failed authentication (modified, or object moved/copied to another name)"
+    )]
     HeaderTampered,
     /// A chunk failed authentication (modified, reordered, duplicated or from another object).
     /// `segment` is the 0-based ordinal of the segment in the object, `chunk` the 0-based

@@ -9,7 +9,9 @@ use zeroize::Zeroizing;
 use crate::chunk::DEK_LEN;
 use crate::error::FormatError;
 use crate::keys::{DerivedKeys, KeyId, KeyRing, KCV_LEN};
-use crate::size::{validate_chunk_size, chunk_count, HEADER_LEN, MAX_PART_NUMBER, MAX_SEGMENT_PLAIN_LEN, TAG_LEN};
+use crate::size::{
+    chunk_count, validate_chunk_size, HEADER_LEN, MAX_PART_NUMBER, MAX_SEGMENT_PLAIN_LEN, TAG_LEN,
+};
 
 /// Magic and format version: the first 8 bytes of every segment.
 pub const MAGIC: [u8; 8] = *b"S3CPOBJ\x01";
@@ -157,7 +159,11 @@ impl SegmentHeader {
         };
         let mut buf = Zeroizing::new(*dek);
         let tag = XChaCha20Poly1305::new(keys.kek().into())
-            .encrypt_in_place_detached(XNonce::from_slice(&wrap_nonce), &h.wrap_ad(name_ad), &mut buf[..])
+            .encrypt_in_place_detached(
+                XNonce::from_slice(&wrap_nonce),
+                &h.wrap_ad(name_ad),
+                &mut buf[..],
+            )
             .expect("32-byte message");
         h.wrapped_dek[..DEK_LEN].copy_from_slice(&buf[..]);
         h.wrapped_dek[DEK_LEN..].copy_from_slice(&tag);
@@ -168,8 +174,15 @@ impl SegmentHeader {
     ///
     /// Errors: `UnknownKeyId`, `WrongKey` (kcv mismatch, compared in constant time),
     /// `HeaderTampered` (unwrap failed: modified header or another object name).
-    pub fn open(&self, ring: &KeyRing, name_ad: &[u8]) -> Result<(Arc<DerivedKeys>, Zeroizing<[u8; DEK_LEN]>), FormatError> {
-        let keys = ring.get(self.key_id).ok_or(FormatError::UnknownKeyId(self.key_id))?.clone();
+    pub fn open(
+        &self,
+        ring: &KeyRing,
+        name_ad: &[u8],
+    ) -> Result<(Arc<DerivedKeys>, Zeroizing<[u8; DEK_LEN]>), FormatError> {
+        let keys = ring
+            .get(self.key_id)
+            .ok_or(FormatError::UnknownKeyId(self.key_id))?
+            .clone();
         if !keys.kcv_matches(&self.kcv) {
             return Err(FormatError::WrongKey(self.key_id));
         }
@@ -194,7 +207,11 @@ impl SegmentHeader {
 pub(crate) fn check_magic_prefix(bytes: &[u8], first: bool) -> Result<(), FormatError> {
     let n = bytes.len().min(7);
     if bytes[..n] != MAGIC[..n] {
-        return Err(if first { FormatError::NotEncrypted } else { FormatError::HeaderTampered });
+        return Err(if first {
+            FormatError::NotEncrypted
+        } else {
+            FormatError::HeaderTampered
+        });
     }
     if bytes.len() >= 8 && bytes[7] != FORMAT_VERSION {
         return Err(FormatError::UnsupportedVersion(bytes[7]));
@@ -212,7 +229,11 @@ mod tests {
         let m = MasterKey::new(5, [3; 32]);
         let ring = KeyRing::single(&m);
         let keys = ring.current().clone();
-        let name = ObjectId { bucket: "b", key: "k" }.name_ad();
+        let name = ObjectId {
+            bucket: "b",
+            key: "k",
+        }
+        .name_ad();
         let dek = [7u8; 32];
         let h = SegmentHeader::seal(&keys, &name, 4096, 0, 12345, &dek, [1; 24]);
         let bytes = h.to_bytes();
@@ -221,8 +242,15 @@ mod tests {
         assert_eq!(p, h);
         let (_, got) = p.open(&ring, &name).unwrap();
         assert_eq!(*got, dek);
-        let other = ObjectId { bucket: "b", key: "k2" }.name_ad();
-        assert_eq!(p.open(&ring, &other).unwrap_err(), FormatError::HeaderTampered);
+        let other = ObjectId {
+            bucket: "b",
+            key: "k2",
+        }
+        .name_ad();
+        assert_eq!(
+            p.open(&ring, &other).unwrap_err(),
+            FormatError::HeaderTampered
+        );
     }
 
     #[test]
@@ -230,9 +258,21 @@ mod tests {
         assert_eq!(is_encrypted_prefix(b"S3CPOB"), None);
         assert_eq!(is_encrypted_prefix(b"S3CPOBJ\x01rest"), Some(true));
         assert_eq!(is_encrypted_prefix(b"<html>\n\n"), Some(false));
-        assert_eq!(SegmentHeader::parse(b"hello world").unwrap_err(), FormatError::NotEncrypted);
-        assert_eq!(SegmentHeader::parse(b"S3CPOBJ\x02").unwrap_err(), FormatError::UnsupportedVersion(2));
-        assert_eq!(SegmentHeader::parse(b"S3CPOBJ\x01").unwrap_err(), FormatError::Truncated);
-        assert_eq!(SegmentHeader::parse(b"S3C").unwrap_err(), FormatError::Truncated);
+        assert_eq!(
+            SegmentHeader::parse(b"hello world").unwrap_err(),
+            FormatError::NotEncrypted
+        );
+        assert_eq!(
+            SegmentHeader::parse(b"S3CPOBJ\x02").unwrap_err(),
+            FormatError::UnsupportedVersion(2)
+        );
+        assert_eq!(
+            SegmentHeader::parse(b"S3CPOBJ\x01").unwrap_err(),
+            FormatError::Truncated
+        );
+        assert_eq!(
+            SegmentHeader::parse(b"S3C").unwrap_err(),
+            FormatError::Truncated
+        );
     }
 }

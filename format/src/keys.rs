@@ -81,7 +81,9 @@ impl MasterKey {
     pub fn from_file_str(text: &str) -> Result<Self, KeyError> {
         let mut words = text.split_whitespace();
         if words.next() != Some("s3cp-master-key") || words.next() != Some("v1") {
-            return Err(KeyError::Malformed("expected `s3cp-master-key v1 <id> <hex>`"));
+            return Err(KeyError::Malformed(
+                "expected `s3cp-master-key v1 <id> <hex>`",
+            ));
         }
         let id = words
             .next()
@@ -117,7 +119,12 @@ pub struct DerivedKeys {
 impl DerivedKeys {
     pub fn derive(master: &MasterKey) -> Self {
         let hk = Hkdf::<Sha256>::new(Some(HKDF_SALT), master.expose());
-        let mut keys = Self { id: master.id(), kek: [0; KEY_LEN], mek: [0; KEY_LEN], kcv: [0; KCV_LEN] };
+        let mut keys = Self {
+            id: master.id(),
+            kek: [0; KEY_LEN],
+            mek: [0; KEY_LEN],
+            kcv: [0; KCV_LEN],
+        };
         // HKDF-SHA256 can expand up to 8160 bytes; these lengths cannot fail.
         hk.expand(INFO_KEK, &mut keys.kek).expect("32 <= 255*32");
         hk.expand(INFO_MEK, &mut keys.mek).expect("32 <= 255*32");
@@ -159,9 +166,12 @@ pub struct KeyRing {
 impl KeyRing {
     /// Builds a ring; `current` must be one of `masters`.
     pub fn new(current: KeyId, masters: &[MasterKey]) -> Option<Self> {
-        let keys: BTreeMap<_, _> =
-            masters.iter().map(|m| (m.id(), Arc::new(DerivedKeys::derive(m)))).collect();
-        keys.contains_key(&current).then_some(Self { current, keys })
+        let keys: BTreeMap<_, _> = masters
+            .iter()
+            .map(|m| (m.id(), Arc::new(DerivedKeys::derive(m))))
+            .collect();
+        keys.contains_key(&current)
+            .then_some(Self { current, keys })
     }
 
     /// A ring holding one key, which is current.
@@ -200,7 +210,9 @@ mod tests {
     fn key_file_rejects_garbage() {
         assert!(MasterKey::from_file_str("s3cp-master-key v1 1 abcd").is_err());
         assert!(MasterKey::from_file_str("nope").is_err());
-        assert!(MasterKey::from_file_str(&format!("s3cp-master-key v1 x {}", "00".repeat(32))).is_err());
+        assert!(
+            MasterKey::from_file_str(&format!("s3cp-master-key v1 x {}", "00".repeat(32))).is_err()
+        );
     }
 
     #[test]

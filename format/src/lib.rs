@@ -21,12 +21,16 @@ pub use chunk::{chunk_nonce, DEK_LEN};
 pub use decrypt::Decryptor;
 pub use encrypt::SegmentEncryptor;
 pub use error::FormatError;
-pub use header::{is_encrypted_prefix, ObjectId, SegmentHeader, FORMAT_VERSION, MAGIC, WRAPPED_DEK_LEN, WRAP_NONCE_LEN};
+pub use header::{
+    is_encrypted_prefix, ObjectId, SegmentHeader, FORMAT_VERSION, MAGIC, WRAPPED_DEK_LEN,
+    WRAP_NONCE_LEN,
+};
 pub use keys::{DerivedKeys, KeyId, KeyRing, MasterKey};
 pub use rewrap::Rewrapper;
 pub use size::{
-    chunk_count, object_cipher_len, object_plain_len, plan_range, segment_cipher_len, validate_chunk_size, RangePlan,
-    DEFAULT_CHUNK_SIZE, HEADER_LEN, MAX_CHUNK_SIZE, MAX_PART_NUMBER, MAX_SEGMENT_PLAIN_LEN, MIN_CHUNK_SIZE, TAG_LEN,
+    chunk_count, object_cipher_len, object_plain_len, plan_range, segment_cipher_len,
+    validate_chunk_size, RangePlan, DEFAULT_CHUNK_SIZE, HEADER_LEN, MAX_CHUNK_SIZE,
+    MAX_PART_NUMBER, MAX_SEGMENT_PLAIN_LEN, MIN_CHUNK_SIZE, TAG_LEN,
 };
 
 #[cfg(test)]

@@ -40,7 +40,12 @@ fn ad(prefix: &[u8], obj_name_ad: &[u8]) -> Vec<u8> {
 
 /// Seals `payload` for the object `obj` under `keys`' metadata key; returns the header value.
 /// Errors: `InvalidChunkSize`, `MetadataTooLarge` if `payload` exceeds [`MAX_PAYLOAD`].
-pub fn seal(keys: &DerivedKeys, obj: ObjectId<'_>, chunk_size: u32, payload: &[u8]) -> Result<String, FormatError> {
+pub fn seal(
+    keys: &DerivedKeys,
+    obj: ObjectId<'_>,
+    chunk_size: u32,
+    payload: &[u8],
+) -> Result<String, FormatError> {
     let mut nonce = [0u8; NONCE_LEN];
     rand::rngs::OsRng.fill_bytes(&mut nonce);
     seal_with_nonce(keys, obj, chunk_size, payload, nonce)
@@ -48,7 +53,13 @@ pub fn seal(keys: &DerivedKeys, obj: ObjectId<'_>, chunk_size: u32, payload: &[u
 
 /// [`seal`] with a caller-chosen nonce. FOR TEST VECTORS ONLY.
 #[doc(hidden)]
-pub fn seal_with_nonce(keys: &DerivedKeys, obj: ObjectId<'_>, chunk_size: u32, payload: &[u8], nonce: [u8; NONCE_LEN]) -> Result<String, FormatError> {
+pub fn seal_with_nonce(
+    keys: &DerivedKeys,
+    obj: ObjectId<'_>,
+    chunk_size: u32,
+    payload: &[u8],
+    nonce: [u8; NONCE_LEN],
+) -> Result<String, FormatError> {
     validate_chunk_size(chunk_size)?;
     if payload.len() > MAX_PAYLOAD {
         return Err(FormatError::MetadataTooLarge(payload.len()));
@@ -82,7 +93,9 @@ pub struct Opened {
 /// `InvalidChunkSize`, `UnknownKeyId`, `MetadataTampered` (authentication failed: modified,
 /// another object's metadata, or a different key under the same id).
 pub fn open(ring: &KeyRing, obj: ObjectId<'_>, value: &str) -> Result<Opened, FormatError> {
-    let mut raw = STANDARD.decode(value.trim().as_bytes()).map_err(|_| FormatError::MetadataMalformed)?;
+    let mut raw = STANDARD
+        .decode(value.trim().as_bytes())
+        .map_err(|_| FormatError::MetadataMalformed)?;
     if raw.len() < OVERHEAD {
         return Err(FormatError::MetadataMalformed);
     }
@@ -93,7 +106,9 @@ pub fn open(ring: &KeyRing, obj: ObjectId<'_>, value: &str) -> Result<Opened, Fo
     validate_chunk_size(chunk_size)?;
     let key_id = u32::from_be_bytes(raw[5..9].try_into().expect("4 bytes"));
     let keys = ring.get(key_id).ok_or(FormatError::UnknownKeyId(key_id))?;
-    let nonce: [u8; NONCE_LEN] = raw[PREFIX_LEN..PREFIX_LEN + NONCE_LEN].try_into().expect("24 bytes");
+    let nonce: [u8; NONCE_LEN] = raw[PREFIX_LEN..PREFIX_LEN + NONCE_LEN]
+        .try_into()
+        .expect("24 bytes");
     let ad = ad(&raw[..PREFIX_LEN], &obj.name_ad());
     let tag_at = raw.len() - TAG_LEN;
     let tag = *Tag::from_slice(&raw[tag_at..]);
@@ -102,7 +117,11 @@ pub fn open(ring: &KeyRing, obj: ObjectId<'_>, value: &str) -> Result<Opened, Fo
         .decrypt_in_place_detached(XNonce::from_slice(&nonce), &ad, body, &tag)
         .map_err(|_| FormatError::MetadataTampered)?;
     let payload = body.to_vec();
-    Ok(Opened { key_id, chunk_size, payload })
+    Ok(Opened {
+        key_id,
+        chunk_size,
+        payload,
+    })
 }
 
 /// The chunk size from a header value without opening it (unauthenticated; use it only as a
@@ -125,16 +144,52 @@ mod tests {
     #[test]
     fn round_trip_and_binding() {
         let ring = KeyRing::single(&MasterKey::new(3, [4; 32]));
-        let obj = ObjectId { bucket: "b", key: "dir/k" };
+        let obj = ObjectId {
+            bucket: "b",
+            key: "dir/k",
+        };
         let payload = br#"{"h":[["content-type","text/plain"]]}"#;
         let v = seal(ring.current(), obj, 65536, payload).unwrap();
         assert_eq!(peek_chunk_size(&v), Some(65536));
         let o = open(&ring, obj, &v).unwrap();
-        assert_eq!(o, Opened { key_id: 3, chunk_size: 65536, payload: payload.to_vec() });
-        assert_eq!(open(&ring, ObjectId { bucket: "b", key: "dir/k2" }, &v), Err(FormatError::MetadataTampered));
-        assert_eq!(open(&ring, ObjectId { bucket: "c", key: "dir/k" }, &v), Err(FormatError::MetadataTampered));
-        assert_eq!(open(&ring, obj, "not base64!"), Err(FormatError::MetadataMalformed));
-        assert_eq!(open(&ring, obj, "AAAA"), Err(FormatError::MetadataMalformed));
+        assert_eq!(
+            o,
+            Opened {
+                key_id: 3,
+                chunk_size: 65536,
+                payload: payload.to_vec()
+            }
+        );
+        assert_eq!(
+            open(
+                &ring,
+                ObjectId {
+                    bucket: "b",
+                    key: "dir/k2"
+                },
+                &v
+            ),
+            Err(FormatError::MetadataTampered)
+        );
+        assert_eq!(
+            open(
+                &ring,
+                ObjectId {
+                    bucket: "c",
+                    key: "dir/k"
+                },
+                &v
+            ),
+            Err(FormatError::MetadataTampered)
+        );
+        assert_eq!(
+            open(&ring, obj, "not base64!"),
+            Err(FormatError::MetadataMalformed)
+        );
+        assert_eq!(
+            open(&ring, obj, "AAAA"),
+            Err(FormatError::MetadataMalformed)
+        );
         let other = KeyRing::single(&MasterKey::new(4, [4; 32]));
         assert_eq!(open(&other, obj, &v), Err(FormatError::UnknownKeyId(3)));
         let wrong = KeyRing::single(&MasterKey::new(3, [5; 32]));
@@ -144,23 +199,38 @@ mod tests {
     #[test]
     fn clear_prefix_is_authenticated() {
         let ring = KeyRing::single(&MasterKey::new(3, [4; 32]));
-        let obj = ObjectId { bucket: "b", key: "k" };
+        let obj = ObjectId {
+            bucket: "b",
+            key: "k",
+        };
         let v = seal(ring.current(), obj, 65536, b"x").unwrap();
         let mut raw = STANDARD.decode(&v).unwrap();
         raw[1..5].copy_from_slice(&4096u32.to_be_bytes());
         let forged = STANDARD.encode(&raw);
         assert_eq!(peek_chunk_size(&forged), Some(4096));
-        assert_eq!(open(&ring, obj, &forged), Err(FormatError::MetadataTampered));
+        assert_eq!(
+            open(&ring, obj, &forged),
+            Err(FormatError::MetadataTampered)
+        );
     }
 
     #[test]
     fn size_limit() {
         let ring = KeyRing::single(&MasterKey::new(1, [4; 32]));
-        let obj = ObjectId { bucket: "b", key: "k" };
+        let obj = ObjectId {
+            bucket: "b",
+            key: "k",
+        };
         let v = seal(ring.current(), obj, 65536, &[b'a'; MAX_PAYLOAD]).unwrap();
         // Fits S3's 2 KB user-metadata budget together with the header name.
         assert!(v.len() + HEADER.len() <= 2048, "{}", v.len());
-        assert_eq!(seal(ring.current(), obj, 65536, &[0; MAX_PAYLOAD + 1]), Err(FormatError::MetadataTooLarge(MAX_PAYLOAD + 1)));
-        assert_eq!(seal(ring.current(), obj, 1000, b""), Err(FormatError::InvalidChunkSize(1000)));
+        assert_eq!(
+            seal(ring.current(), obj, 65536, &[0; MAX_PAYLOAD + 1]),
+            Err(FormatError::MetadataTooLarge(MAX_PAYLOAD + 1))
+        );
+        assert_eq!(
+            seal(ring.current(), obj, 1000, b""),
+            Err(FormatError::InvalidChunkSize(1000))
+        );
     }
 }

@@ -43,7 +43,12 @@ pub struct Rewrapper {
 }
 
 impl Rewrapper {
-    pub fn new(ring: KeyRing, from: ObjectId<'_>, to: ObjectId<'_>, to_keys: Arc<DerivedKeys>) -> Self {
+    pub fn new(
+        ring: KeyRing,
+        from: ObjectId<'_>,
+        to: ObjectId<'_>,
+        to_keys: Arc<DerivedKeys>,
+    ) -> Self {
         Self {
             ring,
             from_ad: from.name_ad(),
@@ -121,9 +126,17 @@ impl Rewrapper {
                     }
                     // Another segment follows; the previous final chunk stays held until
                     // its header is accepted.
-                    self.phase = Phase::Header { buf: [0; HEADER_LEN], filled: 0, prev_part: Some(prev) };
+                    self.phase = Phase::Header {
+                        buf: [0; HEADER_LEN],
+                        filled: 0,
+                        prev_part: Some(prev),
+                    };
                 }
-                Phase::Header { buf, filled, prev_part } => {
+                Phase::Header {
+                    buf,
+                    filled,
+                    prev_part,
+                } => {
                     let take = (HEADER_LEN - *filled).min(input.len());
                     buf[*filled..*filled + take].copy_from_slice(&input[..take]);
                     *filled += take;
@@ -141,7 +154,10 @@ impl Rewrapper {
                     input = &input[take..];
                     body.remaining -= take as u64;
                     // Bytes of the final chunk received so far stay held.
-                    self.held = body.final_len.saturating_sub(body.remaining).min(self.out.len() as u64) as usize;
+                    self.held = body
+                        .final_len
+                        .saturating_sub(body.remaining)
+                        .min(self.out.len() as u64) as usize;
                     if body.remaining == 0 {
                         let part_number = body.part_number;
                         self.phase = Phase::Done { part_number };
@@ -152,7 +168,11 @@ impl Rewrapper {
         Ok(())
     }
 
-    fn rewrap_header(&mut self, buf: &[u8; HEADER_LEN], prev: Option<u32>) -> Result<Body, FormatError> {
+    fn rewrap_header(
+        &mut self,
+        buf: &[u8; HEADER_LEN],
+        prev: Option<u32>,
+    ) -> Result<Body, FormatError> {
         let hdr = SegmentHeader::parse(buf)?;
         check_order(prev, hdr.part_number)?;
         let (_, dek) = hdr.open(&self.ring, &self.from_ad)?;
@@ -160,17 +180,32 @@ impl Rewrapper {
         rand::rngs::OsRng.fill_bytes(&mut nonce);
         // This header is valid: the previous segment's final chunk may go.
         self.held = 0;
-        let new = SegmentHeader::seal(&self.to_keys, &self.to_ad, hdr.chunk_size, hdr.part_number, hdr.plain_len, &dek, nonce);
+        let new = SegmentHeader::seal(
+            &self.to_keys,
+            &self.to_ad,
+            hdr.chunk_size,
+            hdr.part_number,
+            hdr.plain_len,
+            &dek,
+            nonce,
+        );
         self.out.extend_from_slice(&new.to_bytes());
         self.segments += 1;
         let c = u64::from(hdr.chunk_size);
         let last_plain = hdr.plain_len - (hdr.chunk_count() - 1) * c;
-        Ok(Body { part_number: hdr.part_number, remaining: hdr.cipher_len() - HEADER_LEN as u64, final_len: last_plain + TAG_LEN as u64 })
+        Ok(Body {
+            part_number: hdr.part_number,
+            remaining: hdr.cipher_len() - HEADER_LEN as u64,
+            final_len: last_plain + TAG_LEN as u64,
+        })
     }
 }
 
 impl fmt::Debug for Rewrapper {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Rewrapper").field("segments", &self.segments).field("failed", &self.failed).finish_non_exhaustive()
+        f.debug_struct("Rewrapper")
+            .field("segments", &self.segments)
+            .field("failed", &self.failed)
+            .finish_non_exhaustive()
     }
 }

@@ -43,7 +43,8 @@ pub fn chunk_count(plain_len: u64, chunk_size: u32) -> u64 {
 /// `chunk_size` should be valid (see [`validate_chunk_size`]); the result saturates instead
 /// of overflowing for absurd inputs.
 pub fn segment_cipher_len(plain_len: u64, chunk_size: u32) -> u64 {
-    H.saturating_add(plain_len).saturating_add(chunk_count(plain_len, chunk_size).saturating_mul(T))
+    H.saturating_add(plain_len)
+        .saturating_add(chunk_count(plain_len, chunk_size).saturating_mul(T))
 }
 
 /// Plaintext length of a stored object of `cipher_len` bytes made of `segments` segments
@@ -162,7 +163,13 @@ pub fn plan_range(
         let chunk = in_seg / c;
         let chunk_cipher_start = header_offset + H + chunk * (c + T);
         let chunk_plain_len = c.min(seg_len - chunk * c);
-        (s, header_offset, chunk_cipher_start, chunk_plain_len, in_seg - chunk * c)
+        (
+            s,
+            header_offset,
+            chunk_cipher_start,
+            chunk_plain_len,
+            in_seg - chunk * c,
+        )
     };
     let (segment, header_offset, cipher_start, _, skip) = chunk_pos(first);
     let (_, _, last_chunk_start, last_chunk_len, _) = chunk_pos(last);
@@ -186,7 +193,10 @@ mod tests {
         assert!(validate_chunk_size(65536).is_ok());
         assert!(validate_chunk_size(16 << 20).is_ok());
         for bad in [0, 1, 2048, 4095, 5000, 32 << 20, u32::MAX] {
-            assert_eq!(validate_chunk_size(bad), Err(FormatError::InvalidChunkSize(bad)));
+            assert_eq!(
+                validate_chunk_size(bad),
+                Err(FormatError::InvalidChunkSize(bad))
+            );
         }
     }
 
@@ -231,7 +241,17 @@ mod tests {
     fn simple_ranges() {
         let c = 4096;
         let p = plan_range(0, 0, 10, c, None).unwrap();
-        assert_eq!(p, RangePlan { segment: 0, header_offset: 0, cipher_start: 108, cipher_end: 108 + 10 + 16 - 1, skip: 0, len: 1 });
+        assert_eq!(
+            p,
+            RangePlan {
+                segment: 0,
+                header_offset: 0,
+                cipher_start: 108,
+                cipher_end: 108 + 10 + 16 - 1,
+                skip: 0,
+                len: 1
+            }
+        );
         assert!(plan_range(10, 20, 10, c, None).is_none());
         assert!(plan_range(5, 4, 10, c, None).is_none());
         let p = plan_range(5000, u64::MAX, 10_000, c, None).unwrap();

@@ -25,9 +25,14 @@ fn chunk(i: usize) -> std::ops::Range<usize> {
 /// The released plaintext is a prefix of the real plaintext made of whole chunks, all of
 /// them before chunk `bad` (in stream order).
 fn assert_released_only_before(out: &Outcome, plain: &[u8], bad_plain_offset: usize) {
-    assert!(out.released.len() <= bad_plain_offset, "released {} bytes, bad chunk starts at {}", out.released.len(), bad_plain_offset);
+    assert!(
+        out.released.len() <= bad_plain_offset,
+        "released {} bytes, bad chunk starts at {}",
+        out.released.len(),
+        bad_plain_offset
+    );
     assert_eq!(&out.released[..], &plain[..out.released.len()]);
-    assert!(out.released.len() % CS == 0 || out.released.len() == plain.len());
+    assert!(out.released.len().is_multiple_of(CS) || out.released.len() == plain.len());
 }
 
 /// Feeding strategies: all at once, byte by byte (for small inputs), uneven pieces.
@@ -52,26 +57,42 @@ fn bit_flip_anywhere() {
                 let c = u32::from_be_bytes(bad[8..12].try_into().unwrap());
                 FormatError::InvalidChunkSize(c)
             }
-            12..=15 => FormatError::UnknownKeyId(u32::from_be_bytes(bad[12..16].try_into().unwrap())),
+            12..=15 => {
+                FormatError::UnknownKeyId(u32::from_be_bytes(bad[12..16].try_into().unwrap()))
+            }
             16..=19 => {
                 let p = u32::from_be_bytes(bad[16..20].try_into().unwrap());
                 if p == 1 || p > MAX_PART_NUMBER {
                     FormatError::HeaderTampered
                 } else {
-                    FormatError::SegmentOrder { expected: 1, found: p }
+                    FormatError::SegmentOrder {
+                        expected: 1,
+                        found: p,
+                    }
                 }
             }
             20..=27 => FormatError::HeaderTampered,
             28..=35 => FormatError::WrongKey(1),
             36..=107 => FormatError::HeaderTampered,
-            _ => FormatError::ChunkTampered { segment: 0, chunk: ((pos - HEADER_LEN) / CT) as u64 },
+            _ => FormatError::ChunkTampered {
+                segment: 0,
+                chunk: ((pos - HEADER_LEN) / CT) as u64,
+            },
         };
-        let bad_offset = if pos < HEADER_LEN { 0 } else { (pos - HEADER_LEN) / CT * CS };
+        let bad_offset = if pos < HEADER_LEN {
+            0
+        } else {
+            (pos - HEADER_LEN) / CT * CS
+        };
         let sizes: &[usize] = if pos % 97 == 0 { &[1] } else { &[1000] };
         let out = decrypt(&ring, OBJ, &bad, sizes, Some(1));
         assert_eq!(out.result, Err(expected.clone()), "flip at {pos}");
         assert_released_only_before(&out, &plain, bad_offset);
-        assert_eq!(decrypt(&ring, OBJ, &bad, &[], Some(1)).released, b"", "all-at-once releases nothing");
+        assert_eq!(
+            decrypt(&ring, OBJ, &bad, &[], Some(1)).released,
+            b"",
+            "all-at-once releases nothing"
+        );
     }
 }
 
@@ -85,8 +106,20 @@ fn flips_in_second_segment() {
         (seg2, FormatError::HeaderTampered),
         (seg2 + 7, FormatError::UnsupportedVersion(0x81)),
         (seg2 + 40, FormatError::HeaderTampered),
-        (seg2 + HEADER_LEN + 5, FormatError::ChunkTampered { segment: 1, chunk: 0 }),
-        (stored.len() - 1, FormatError::ChunkTampered { segment: 1, chunk: 0 }),
+        (
+            seg2 + HEADER_LEN + 5,
+            FormatError::ChunkTampered {
+                segment: 1,
+                chunk: 0,
+            },
+        ),
+        (
+            stored.len() - 1,
+            FormatError::ChunkTampered {
+                segment: 1,
+                chunk: 0,
+            },
+        ),
     ] {
         let mut bad = stored.clone();
         bad[pos] ^= if pos == seg2 + 7 { 0x80 } else { 1 };
@@ -103,8 +136,16 @@ fn truncation_everywhere() {
         let out = decrypt(&ring, OBJ, &stored[..cut], &[CT], Some(1));
         assert_eq!(out.result, Err(FormatError::Truncated), "cut at {cut}");
         // Only whole chunks that arrived completely.
-        let complete = if cut < HEADER_LEN { 0 } else { (cut - HEADER_LEN) / CT };
-        assert_eq!(out.released, &plain[..(complete * CS).min(4 * CS)], "cut at {cut}");
+        let complete = if cut < HEADER_LEN {
+            0
+        } else {
+            (cut - HEADER_LEN) / CT
+        };
+        assert_eq!(
+            out.released,
+            &plain[..(complete * CS).min(4 * CS)],
+            "cut at {cut}"
+        );
     }
 }
 
@@ -115,7 +156,13 @@ fn chunk_boundary_truncation_of_exact_multiple() {
     let plain = plaintext(3 * CS);
     let stored = encrypt_object(&ring, OBJ, &plain, C, None);
     for chunks in 0..3 {
-        let out = decrypt(&ring, OBJ, &stored[..HEADER_LEN + chunks * CT], &[], Some(1));
+        let out = decrypt(
+            &ring,
+            OBJ,
+            &stored[..HEADER_LEN + chunks * CT],
+            &[],
+            Some(1),
+        );
         assert_eq!(out.result, Err(FormatError::Truncated));
     }
 }
@@ -127,13 +174,63 @@ fn dropped_duplicated_reordered_chunks() {
     let c = |i: usize| &stored[chunk(i)];
     let last = &stored[HEADER_LEN + 4 * CT..];
     let cases: Vec<(&str, Vec<&[u8]>, FormatError, usize)> = vec![
-        ("drop chunk 1", vec![h, c(0), c(2), c(3), last], FormatError::ChunkTampered { segment: 0, chunk: 1 }, CS),
-        ("drop chunk 0", vec![h, c(1), c(2), c(3), last], FormatError::ChunkTampered { segment: 0, chunk: 0 }, 0),
-        ("duplicate chunk 0", vec![h, c(0), c(0), c(1), c(2), c(3), last], FormatError::ChunkTampered { segment: 0, chunk: 1 }, CS),
-        ("swap 1 and 2", vec![h, c(0), c(2), c(1), c(3), last], FormatError::ChunkTampered { segment: 0, chunk: 1 }, CS),
-        ("swap 3 and final", vec![h, c(0), c(1), c(2), last, c(3)], FormatError::ChunkTampered { segment: 0, chunk: 3 }, 3 * CS),
-        ("drop final chunk", vec![h, c(0), c(1), c(2), c(3)], FormatError::Truncated, 4 * CS),
-        ("final chunk twice", vec![h, c(0), c(1), c(2), c(3), last, last], FormatError::TrailingData, 4 * CS + 100),
+        (
+            "drop chunk 1",
+            vec![h, c(0), c(2), c(3), last],
+            FormatError::ChunkTampered {
+                segment: 0,
+                chunk: 1,
+            },
+            CS,
+        ),
+        (
+            "drop chunk 0",
+            vec![h, c(1), c(2), c(3), last],
+            FormatError::ChunkTampered {
+                segment: 0,
+                chunk: 0,
+            },
+            0,
+        ),
+        (
+            "duplicate chunk 0",
+            vec![h, c(0), c(0), c(1), c(2), c(3), last],
+            FormatError::ChunkTampered {
+                segment: 0,
+                chunk: 1,
+            },
+            CS,
+        ),
+        (
+            "swap 1 and 2",
+            vec![h, c(0), c(2), c(1), c(3), last],
+            FormatError::ChunkTampered {
+                segment: 0,
+                chunk: 1,
+            },
+            CS,
+        ),
+        (
+            "swap 3 and final",
+            vec![h, c(0), c(1), c(2), last, c(3)],
+            FormatError::ChunkTampered {
+                segment: 0,
+                chunk: 3,
+            },
+            3 * CS,
+        ),
+        (
+            "drop final chunk",
+            vec![h, c(0), c(1), c(2), c(3)],
+            FormatError::Truncated,
+            4 * CS,
+        ),
+        (
+            "final chunk twice",
+            vec![h, c(0), c(1), c(2), c(3), last, last],
+            FormatError::TrailingData,
+            4 * CS + 100,
+        ),
     ];
     for (name, parts, expected, bad_offset) in cases {
         let bad: Vec<u8> = parts.concat();
@@ -153,7 +250,16 @@ fn final_flag_is_enforced() {
     let dek = [0x42; 32];
     let seg = |len: usize| {
         let plain = plaintext(len);
-        let mut e = SegmentEncryptor::with_fixed_randomness(ring.current(), OBJ, 0, len as u64, C, &dek, [1; 24]).unwrap();
+        let mut e = SegmentEncryptor::with_fixed_randomness(
+            ring.current(),
+            OBJ,
+            0,
+            len as u64,
+            C,
+            &dek,
+            [1; 24],
+        )
+        .unwrap();
         let mut v = e.update(&plain).unwrap().to_vec();
         v.extend_from_slice(&e.finish().unwrap());
         v
@@ -163,11 +269,28 @@ fn final_flag_is_enforced() {
     // header of the 4-chunk segment + the first four (non-final) chunks of the 5-chunk one
     let spliced = [&four[..HEADER_LEN], &five[HEADER_LEN..HEADER_LEN + 4 * CT]].concat();
     let out = decrypt(&ring, OBJ, &spliced, &[], Some(1));
-    assert_eq!(out.result, Err(FormatError::ChunkTampered { segment: 0, chunk: 3 }));
+    assert_eq!(
+        out.result,
+        Err(FormatError::ChunkTampered {
+            segment: 0,
+            chunk: 3
+        })
+    );
     // header of the 5-chunk segment + the 4-chunk one's chunks (chunk 3 is final there)
-    let spliced = [&five[..HEADER_LEN], &four[HEADER_LEN..], &five[HEADER_LEN + 4 * CT..]].concat();
+    let spliced = [
+        &five[..HEADER_LEN],
+        &four[HEADER_LEN..],
+        &five[HEADER_LEN + 4 * CT..],
+    ]
+    .concat();
     let out = decrypt(&ring, OBJ, &spliced, &[CT], Some(1));
-    assert_eq!(out.result, Err(FormatError::ChunkTampered { segment: 0, chunk: 3 }));
+    assert_eq!(
+        out.result,
+        Err(FormatError::ChunkTampered {
+            segment: 0,
+            chunk: 3
+        })
+    );
     assert_eq!(out.released.len(), 3 * CS);
 }
 
@@ -175,21 +298,40 @@ fn final_flag_is_enforced() {
 fn keys_and_names() {
     let (ring, _, stored) = object();
     let wrong = KeyRing::single(&MasterKey::new(1, [0x12; 32]));
-    assert_eq!(decrypt(&wrong, OBJ, &stored, &[], Some(1)).result, Err(FormatError::WrongKey(1)));
+    assert_eq!(
+        decrypt(&wrong, OBJ, &stored, &[], Some(1)).result,
+        Err(FormatError::WrongKey(1))
+    );
     let unknown = KeyRing::single(&MasterKey::new(2, [0x11; 32]));
-    assert_eq!(decrypt(&unknown, OBJ, &stored, &[], Some(1)).result, Err(FormatError::UnknownKeyId(1)));
+    assert_eq!(
+        decrypt(&unknown, OBJ, &stored, &[], Some(1)).result,
+        Err(FormatError::UnknownKeyId(1))
+    );
     for other in [
-        ObjectId { bucket: "test-bucket", key: "dir/object.bin2" },
-        ObjectId { bucket: "other-bucket", key: "dir/object.bin" },
+        ObjectId {
+            bucket: "test-bucket",
+            key: "dir/object.bin2",
+        },
+        ObjectId {
+            bucket: "other-bucket",
+            key: "dir/object.bin",
+        },
         // the length prefixes keep ("ab","c") and ("a","bc") apart
-        ObjectId { bucket: "test-bucketd", key: "ir/object.bin" },
+        ObjectId {
+            bucket: "test-bucketd",
+            key: "ir/object.bin",
+        },
     ] {
         let out = decrypt(&ring, other, &stored, &[1], Some(1));
         assert_eq!(out.result, Err(FormatError::HeaderTampered));
         assert!(out.released.is_empty());
     }
     // A ring holding old and new keys reads objects of either.
-    let both = KeyRing::new(2, &[MasterKey::new(1, [0x11; 32]), MasterKey::new(2, [0x22; 32])]).unwrap();
+    let both = KeyRing::new(
+        2,
+        &[MasterKey::new(1, [0x11; 32]), MasterKey::new(2, [0x22; 32])],
+    )
+    .unwrap();
     assert_eq!(decrypt(&both, OBJ, &stored, &[], Some(1)).result, Ok(()));
 }
 
@@ -203,13 +345,60 @@ fn segment_order_and_extra_data() {
     let s = |i: usize| &stored[i * full..((i + 1) * full).min(stored.len())];
     let single = encrypt_object(&ring, OBJ, &plain[..100], C, None);
     let cases: Vec<(&str, Vec<&[u8]>, FormatError, usize)> = vec![
-        ("parts 2,1,3", vec![s(1), s(0), s(2)], FormatError::SegmentOrder { expected: 1, found: 2 }, 0),
-        ("parts 1,3,2", vec![s(0), s(2), s(1)], FormatError::SegmentOrder { expected: 2, found: 3 }, p),
-        ("part 2 twice", vec![s(0), s(1), s(1), s(2)], FormatError::SegmentOrder { expected: 3, found: 2 }, 2 * p),
-        ("part 1 then single", vec![s(0), &single], FormatError::SegmentOrder { expected: 2, found: 0 }, p),
-        ("single then part 2", vec![&single, s(1)], FormatError::TrailingData, 100),
-        ("single then a byte", vec![&single, b"x"], FormatError::TrailingData, 100),
-        ("multipart then garbage", vec![s(0), s(1), s(2), b"garbage"], FormatError::HeaderTampered, plain.len()),
+        (
+            "parts 2,1,3",
+            vec![s(1), s(0), s(2)],
+            FormatError::SegmentOrder {
+                expected: 1,
+                found: 2,
+            },
+            0,
+        ),
+        (
+            "parts 1,3,2",
+            vec![s(0), s(2), s(1)],
+            FormatError::SegmentOrder {
+                expected: 2,
+                found: 3,
+            },
+            p,
+        ),
+        (
+            "part 2 twice",
+            vec![s(0), s(1), s(1), s(2)],
+            FormatError::SegmentOrder {
+                expected: 3,
+                found: 2,
+            },
+            2 * p,
+        ),
+        (
+            "part 1 then single",
+            vec![s(0), &single],
+            FormatError::SegmentOrder {
+                expected: 2,
+                found: 0,
+            },
+            p,
+        ),
+        (
+            "single then part 2",
+            vec![&single, s(1)],
+            FormatError::TrailingData,
+            100,
+        ),
+        (
+            "single then a byte",
+            vec![&single, b"x"],
+            FormatError::TrailingData,
+            100,
+        ),
+        (
+            "multipart then garbage",
+            vec![s(0), s(1), s(2), b"garbage"],
+            FormatError::HeaderTampered,
+            plain.len(),
+        ),
     ];
     for (name, parts, expected, good) in cases {
         let bad = parts.concat();
@@ -223,7 +412,10 @@ fn segment_order_and_extra_data() {
     let extra = encrypt_segment(ring.current(), OBJ, 4, b"more", C, &[]);
     let longer = [&stored[..], &extra].concat();
     assert_eq!(decrypt(&ring, OBJ, &longer, &[], Some(4)).result, Ok(()));
-    assert_eq!(decrypt(&ring, OBJ, &longer, &[], Some(3)).result, Err(FormatError::TrailingData));
+    assert_eq!(
+        decrypt(&ring, OBJ, &longer, &[], Some(3)).result,
+        Err(FormatError::TrailingData)
+    );
 }
 
 /// Dropping whole trailing parts leaves a well-formed object: `finish` accepts it, and only the
@@ -239,7 +431,10 @@ fn dropped_trailing_parts_need_the_segment_count() {
     let out = decrypt(&ring, OBJ, two, &[], None);
     assert_eq!(out.result, Ok(()), "undetectable from the bytes alone");
     assert_eq!(out.released, &plain[..2 * p]);
-    assert_eq!(decrypt(&ring, OBJ, two, &[], Some(3)).result, Err(FormatError::Truncated));
+    assert_eq!(
+        decrypt(&ring, OBJ, two, &[], Some(3)).result,
+        Err(FormatError::Truncated)
+    );
     // cut inside the third part is always detected
     let out = decrypt(&ring, OBJ, &stored[..stored.len() - 1], &[], None);
     assert_eq!(out.result, Err(FormatError::Truncated));
@@ -266,14 +461,25 @@ fn known_limitation_same_name_splice() {
 #[test]
 fn not_encrypted_objects() {
     let ring = ring();
-    for legacy in [&b"hello world, plain object"[..], b"<?xml version", b"S3CPOBJ\x02 future version", b"S3C", b""] {
+    for legacy in [
+        &b"hello world, plain object"[..],
+        b"<?xml version",
+        b"S3CPOBJ\x02 future version",
+        b"S3C",
+        b"",
+    ] {
         let out = decrypt(&ring, OBJ, legacy, &[], Some(1));
         let expected = match legacy {
             b"S3C" | b"" => FormatError::Truncated,
             b"S3CPOBJ\x02 future version" => FormatError::UnsupportedVersion(2),
             _ => FormatError::NotEncrypted,
         };
-        assert_eq!(out.result, Err(expected), "{:?}", String::from_utf8_lossy(legacy));
+        assert_eq!(
+            out.result,
+            Err(expected),
+            "{:?}",
+            String::from_utf8_lossy(legacy)
+        );
     }
     assert_eq!(is_encrypted_prefix(b"hello wo"), Some(false));
     assert_eq!(is_encrypted_prefix(b"S3CPOBJ"), None);
@@ -284,7 +490,10 @@ fn errors_are_sticky() {
     let (ring, _, mut stored) = object();
     stored[HEADER_LEN + 5] ^= 1;
     let mut dec = Decryptor::new(ring.clone(), OBJ);
-    let e = FormatError::ChunkTampered { segment: 0, chunk: 0 };
+    let e = FormatError::ChunkTampered {
+        segment: 0,
+        chunk: 0,
+    };
     assert_eq!(dec.update(&stored[..HEADER_LEN + CT]), Err(e.clone()));
     assert_eq!(dec.update(&stored[HEADER_LEN + CT..]), Err(e.clone()));
     assert_eq!(dec.finish(), Err(e));
@@ -294,8 +503,14 @@ fn errors_are_sticky() {
 fn encryptor_misuse() {
     let ring = ring();
     let k = ring.current();
-    assert_eq!(SegmentEncryptor::new(k, OBJ, 0, 10, 1000).unwrap_err(), FormatError::InvalidChunkSize(1000));
-    assert_eq!(SegmentEncryptor::new(k, OBJ, 10_001, 10, C).unwrap_err(), FormatError::InvalidPartNumber(10_001));
+    assert_eq!(
+        SegmentEncryptor::new(k, OBJ, 0, 10, 1000).unwrap_err(),
+        FormatError::InvalidChunkSize(1000)
+    );
+    assert_eq!(
+        SegmentEncryptor::new(k, OBJ, 10_001, 10, C).unwrap_err(),
+        FormatError::InvalidPartNumber(10_001)
+    );
     let mut e = SegmentEncryptor::new(k, OBJ, 0, 10, C).unwrap();
     e.update(b"12345").unwrap();
     assert_eq!(e.update(b"123456"), Err(FormatError::InputTooLong));
@@ -325,28 +540,31 @@ fn range_reader_errors() {
     let stored = encrypt_object(&ring, OBJ, &plain, C, Some(p));
     let total = plain.len() as u64;
     let plan = plan_range(p as u64 - 10, p as u64 + 10, total, C, Some(p as u64)).unwrap();
-    let hdr = |plan: &RangePlan| stored[plan.header_offset as usize..plan.header_offset as usize + HEADER_LEN].to_vec();
-    let body = &stored[plan.cipher_start as usize..=plan.cipher_end as usize];
-    let run = |plan: &RangePlan, header: &[u8], body: &[u8]| -> (Vec<u8>, Result<(), FormatError>) {
-        let mut dec = match Decryptor::for_range(ring.clone(), OBJ, header, plan) {
-            Ok(d) => d,
-            Err(e) => return (vec![], Err(e)),
-        };
-        let mut got = vec![];
-        for piece in body.chunks(100) {
-            match dec.update(piece) {
-                Ok(b) => got.extend_from_slice(&b),
-                Err(e) => return (got, Err(e)),
-            }
-        }
-        match dec.finish() {
-            Ok(b) => {
-                got.extend_from_slice(&b);
-                (got, Ok(()))
-            }
-            Err(e) => (got, Err(e)),
-        }
+    let hdr = |plan: &RangePlan| {
+        stored[plan.header_offset as usize..plan.header_offset as usize + HEADER_LEN].to_vec()
     };
+    let body = &stored[plan.cipher_start as usize..=plan.cipher_end as usize];
+    let run =
+        |plan: &RangePlan, header: &[u8], body: &[u8]| -> (Vec<u8>, Result<(), FormatError>) {
+            let mut dec = match Decryptor::for_range(ring.clone(), OBJ, header, plan) {
+                Ok(d) => d,
+                Err(e) => return (vec![], Err(e)),
+            };
+            let mut got = vec![];
+            for piece in body.chunks(100) {
+                match dec.update(piece) {
+                    Ok(b) => got.extend_from_slice(&b),
+                    Err(e) => return (got, Err(e)),
+                }
+            }
+            match dec.finish() {
+                Ok(b) => {
+                    got.extend_from_slice(&b);
+                    (got, Ok(()))
+                }
+                Err(e) => (got, Err(e)),
+            }
+        };
     let (got, r) = run(&plan, &hdr(&plan), body);
     assert_eq!(r, Ok(()));
     assert_eq!(got, &plain[p - 10..=p + 10]);
@@ -354,32 +572,67 @@ fn range_reader_errors() {
     let mut bad = body.to_vec();
     *bad.last_mut().unwrap() ^= 1;
     let (got, r) = run(&plan, &hdr(&plan), &bad);
-    assert_eq!(r, Err(FormatError::ChunkTampered { segment: 1, chunk: 0 }));
+    assert_eq!(
+        r,
+        Err(FormatError::ChunkTampered {
+            segment: 1,
+            chunk: 0
+        })
+    );
     assert_eq!(got, &plain[p - 10..p]);
     // truncated and extended
-    assert_eq!(run(&plan, &hdr(&plan), &body[..body.len() - 1]).1, Err(FormatError::Truncated));
-    assert_eq!(run(&plan, &hdr(&plan), &[body, b"x"].concat()).1, Err(FormatError::TrailingData));
+    assert_eq!(
+        run(&plan, &hdr(&plan), &body[..body.len() - 1]).1,
+        Err(FormatError::Truncated)
+    );
+    assert_eq!(
+        run(&plan, &hdr(&plan), &[body, b"x"].concat()).1,
+        Err(FormatError::TrailingData)
+    );
     // tampered header, other name
     let mut h = hdr(&plan);
     h[50] ^= 1;
     assert_eq!(run(&plan, &h, body).1, Err(FormatError::HeaderTampered));
-    let dec = Decryptor::for_range(ring.clone(), ObjectId { bucket: "x", key: "y" }, &hdr(&plan), &plan);
+    let dec = Decryptor::for_range(
+        ring.clone(),
+        ObjectId {
+            bucket: "x",
+            key: "y",
+        },
+        &hdr(&plan),
+        &plan,
+    );
     assert_eq!(dec.unwrap_err(), FormatError::HeaderTampered);
     // the wrong segment's header for the plan
     let plan2 = plan_range(p as u64 + 5, p as u64 + 5, total, C, Some(p as u64)).unwrap();
-    assert_eq!(run(&plan2, &hdr(&plan), body).1, Err(FormatError::SegmentOrder { expected: 2, found: 1 }));
+    assert_eq!(
+        run(&plan2, &hdr(&plan), body).1,
+        Err(FormatError::SegmentOrder {
+            expected: 2,
+            found: 1
+        })
+    );
     // planned with a wrong part size: the "header" is not one
     let wrong = plan_range(3 * CS as u64, 3 * CS as u64, total, C, Some(CS as u64)).unwrap();
-    assert_eq!(run(&wrong, &hdr(&wrong), b"").1, Err(FormatError::LayoutMismatch));
+    assert_eq!(
+        run(&wrong, &hdr(&wrong), b"").1,
+        Err(FormatError::LayoutMismatch)
+    );
     // planned with a wrong chunk size
     let wrong = plan_range(9000, 9000, total, 8192, Some(p as u64)).unwrap();
-    assert_eq!(run(&wrong, &hdr(&wrong), b"").1, Err(FormatError::LayoutMismatch));
+    assert_eq!(
+        run(&wrong, &hdr(&wrong), b"").1,
+        Err(FormatError::LayoutMismatch)
+    );
 }
 
 #[test]
 fn rewrapper_errors() {
     let (ring, _, stored) = object();
-    let dst = ObjectId { bucket: "b2", key: "k2" };
+    let dst = ObjectId {
+        bucket: "b2",
+        key: "k2",
+    };
     let to = ring.current().clone();
     let run = |src: ObjectId<'_>, data: &[u8]| -> (usize, Result<Vec<u8>, FormatError>) {
         let mut rw = Rewrapper::new(ring.clone(), src, dst, to.clone());
@@ -402,16 +655,34 @@ fn rewrapper_errors() {
     let mut bad = stored.clone();
     bad[30] ^= 1;
     assert_eq!(run(OBJ, &bad).1, Err(FormatError::WrongKey(1)));
-    assert_eq!(run(OBJ, &[&stored[..], b"x"].concat()).1, Err(FormatError::TrailingData));
-    assert_eq!(run(OBJ, b"plain legacy object").1, Err(FormatError::NotEncrypted));
+    assert_eq!(
+        run(OBJ, &[&stored[..], b"x"].concat()).1,
+        Err(FormatError::TrailingData)
+    );
+    assert_eq!(
+        run(OBJ, b"plain legacy object").1,
+        Err(FormatError::NotEncrypted)
+    );
 }
 
 #[test]
 fn error_kinds() {
     assert_eq!(FormatError::WrongKey(1).kind(), "wrong_key");
-    assert_eq!(FormatError::ChunkTampered { segment: 0, chunk: 0 }.kind(), "tampered");
+    assert_eq!(
+        FormatError::ChunkTampered {
+            segment: 0,
+            chunk: 0
+        }
+        .kind(),
+        "tampered"
+    );
     assert_eq!(FormatError::HeaderTampered.kind(), "tampered");
     assert_eq!(FormatError::Truncated.kind(), "truncated");
     assert_eq!(FormatError::UnknownKeyId(3).kind(), "unknown_key");
-    assert!(FormatError::ChunkTampered { segment: 2, chunk: 7 }.to_string().contains("chunk 7 of segment 2"));
+    assert!(FormatError::ChunkTampered {
+        segment: 2,
+        chunk: 7
+    }
+    .to_string()
+    .contains("chunk 7 of segment 2"));
 }

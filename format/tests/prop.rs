@@ -31,7 +31,7 @@ fn segment_lengths(total: u64, part: Option<u64>) -> Vec<u64> {
     match part {
         Some(p) if total > p => {
             let mut v = vec![p; (total / p) as usize];
-            if total % p != 0 {
+            if !total.is_multiple_of(p) {
                 v.push(total % p);
             }
             v
@@ -56,23 +56,39 @@ fn model(total: u64, c: u64, part: Option<u64>) -> Model {
             if in_chunk == c {
                 pos += T;
                 for &i in &pending {
-                    bytes[i] = BytePos { chunk_cipher_end: pos - 1, ..bytes[i] };
+                    bytes[i] = BytePos {
+                        chunk_cipher_end: pos - 1,
+                        ..bytes[i]
+                    };
                 }
                 pending.clear();
                 chunk_start = pos;
                 in_chunk = 0;
             }
             pending.push(bytes.len());
-            bytes.push(BytePos { segment: s as u32, header_offset, chunk_cipher_start: chunk_start, chunk_cipher_end: 0, offset_in_chunk: in_chunk });
+            bytes.push(BytePos {
+                segment: s as u32,
+                header_offset,
+                chunk_cipher_start: chunk_start,
+                chunk_cipher_end: 0,
+                offset_in_chunk: in_chunk,
+            });
             pos += 1;
             in_chunk += 1;
         }
         pos += T;
         for &i in &pending {
-            bytes[i] = BytePos { chunk_cipher_end: pos - 1, ..bytes[i] };
+            bytes[i] = BytePos {
+                chunk_cipher_end: pos - 1,
+                ..bytes[i]
+            };
         }
     }
-    Model { bytes, cipher_len: pos, segments: lens.len() as u32 }
+    Model {
+        bytes,
+        cipher_len: pos,
+        segments: lens.len() as u32,
+    }
 }
 
 fn chunk_size() -> impl Strategy<Value = u32> {
@@ -181,13 +197,26 @@ proptest! {
     }
 }
 
-fn check_ranges(m: &Model, total: u64, c: u32, part: Option<u64>, a: u64, b: u64) -> Result<(), TestCaseError> {
+fn check_ranges(
+    m: &Model,
+    total: u64,
+    c: u32,
+    part: Option<u64>,
+    a: u64,
+    b: u64,
+) -> Result<(), TestCaseError> {
     if total == 0 {
         prop_assert_eq!(plan_range(0, 0, 0, c, part), None);
         return Ok(());
     }
     // A few ranges from the random seeds, plus both ends.
-    let picks = [(a % total, b % total), (a % total, u64::MAX), (0, total - 1), (total - 1, total - 1), (b % total, b % total)];
+    let picks = [
+        (a % total, b % total),
+        (a % total, u64::MAX),
+        (0, total - 1),
+        (total - 1, total - 1),
+        (b % total, b % total),
+    ];
     for (x, y) in picks {
         let (first, last) = (x.min(y), x.max(y));
         let plan = plan_range(first, last, total, c, part).expect("valid range");

@@ -14,7 +14,10 @@ fn single_part_sizes() {
             for sizes in [&[][..], &[1], &[7, 4096, 3], &[cs + 16]] {
                 let stored = encrypt_segment(ring.current(), OBJ, 0, &plain, c, sizes);
                 assert_eq!(stored.len() as u64, segment_cipher_len(len as u64, c));
-                assert_eq!(object_plain_len(stored.len() as u64, c, 1), Some(len as u64));
+                assert_eq!(
+                    object_plain_len(stored.len() as u64, c, 1),
+                    Some(len as u64)
+                );
                 assert_eq!(is_encrypted_prefix(&stored), Some(true));
                 for dsizes in [&[][..], &[1], &[100, 5000], &[cs + 16]] {
                     let out = decrypt(&ring, OBJ, &stored, dsizes, Some(1));
@@ -33,8 +36,14 @@ fn multipart_round_trip() {
     let p = 2 * 4096;
     let plain = plaintext(5 * p + 100);
     let stored = encrypt_object(&ring, OBJ, &plain, c, Some(p));
-    assert_eq!(stored.len() as u64, object_cipher_len(plain.len() as u64, c, Some(p as u64)));
-    assert_eq!(object_plain_len(stored.len() as u64, c, 6), Some(plain.len() as u64));
+    assert_eq!(
+        stored.len() as u64,
+        object_cipher_len(plain.len() as u64, c, Some(p as u64))
+    );
+    assert_eq!(
+        object_plain_len(stored.len() as u64, c, 6),
+        Some(plain.len() as u64)
+    );
     let out = decrypt(&ring, OBJ, &stored, &[999], Some(6));
     assert_eq!(out.result, Ok(()));
     assert_eq!(out.released, plain);
@@ -52,9 +61,19 @@ fn range_reads_across_parts() {
     let plain = plaintext(3 * p as usize + 5000);
     let stored = encrypt_object(&ring, OBJ, &plain, c, Some(p as usize));
     let total = plain.len() as u64;
-    let part = SegmentHeader::parse(&stored[..HEADER_LEN]).unwrap().plain_len;
+    let part = SegmentHeader::parse(&stored[..HEADER_LEN])
+        .unwrap()
+        .plain_len;
     assert_eq!(part, p);
-    for (first, last) in [(0, 0), (0, total - 1), (p - 1, p), (p - 10, 2 * p + 10), (4095, 4096), (total - 1, total + 100), (5000, 5000 + 3 * p)] {
+    for (first, last) in [
+        (0, 0),
+        (0, total - 1),
+        (p - 1, p),
+        (p - 10, 2 * p + 10),
+        (4095, 4096),
+        (total - 1, total + 100),
+        (5000, 5000 + 3 * p),
+    ] {
         let plan = plan_range(first, last, total, c, Some(part)).unwrap();
         let header = &stored[plan.header_offset as usize..plan.header_offset as usize + HEADER_LEN];
         let mut dec = Decryptor::for_range(ring.clone(), OBJ, header, &plan).unwrap();
@@ -64,7 +83,11 @@ fn range_reads_across_parts() {
         }
         got.extend_from_slice(&dec.finish().unwrap());
         let last = last.min(total - 1);
-        assert_eq!(got, &plain[first as usize..=last as usize], "range {first}-{last}");
+        assert_eq!(
+            got,
+            &plain[first as usize..=last as usize],
+            "range {first}-{last}"
+        );
     }
 }
 
@@ -75,7 +98,10 @@ fn rewrap_moves_and_rotates() {
     let ring = KeyRing::new(1, &[old.clone(), new.clone()]).unwrap();
     let c = 4096u32;
     let plain = plaintext(3 * 4096 + 10);
-    let dst = ObjectId { bucket: "other", key: "renamed" };
+    let dst = ObjectId {
+        bucket: "other",
+        key: "renamed",
+    };
     for part in [None, Some(4096usize)] {
         let stored = encrypt_object(&ring, OBJ, &plain, c, part);
         let mut rw = Rewrapper::new(ring.clone(), OBJ, dst, ring.get(2).unwrap().clone());
@@ -91,7 +117,13 @@ fn rewrap_moves_and_rotates() {
         assert_eq!(out.released, plain);
         assert_eq!(SegmentHeader::parse(&moved).unwrap().key_id, 2);
         // the old name no longer opens it, and a ring without key 2 cannot read it
-        assert_eq!(decrypt(&ring, OBJ, &moved, &[], Some(n)).result, Err(FormatError::HeaderTampered));
-        assert_eq!(decrypt(&KeyRing::single(&old), dst, &moved, &[], Some(n)).result, Err(FormatError::UnknownKeyId(2)));
+        assert_eq!(
+            decrypt(&ring, OBJ, &moved, &[], Some(n)).result,
+            Err(FormatError::HeaderTampered)
+        );
+        assert_eq!(
+            decrypt(&KeyRing::single(&old), dst, &moved, &[], Some(n)).result,
+            Err(FormatError::UnknownKeyId(2))
+        );
     }
 }

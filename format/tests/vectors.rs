@@ -27,7 +27,10 @@ const WRONG_MASTER: [u8; 32] = seq(0xe0);
 const KEY_ID: u32 = 7;
 const BUCKET: &str = "example-bucket";
 const KEY: &str = "docs/report.txt";
-const OBJ: ObjectId<'static> = ObjectId { bucket: BUCKET, key: KEY };
+const OBJ: ObjectId<'static> = ObjectId {
+    bucket: BUCKET,
+    key: KEY,
+};
 
 const fn seq<const N: usize>(start: u8) -> [u8; N] {
     let mut a = [0u8; N];
@@ -47,19 +50,28 @@ fn sha(data: &[u8]) -> String {
     hex::encode(Sha256::digest(data))
 }
 
-
 /// Plaintext of the multi-chunk vectors: byte i is i mod 251.
 fn counting(len: usize) -> Vec<u8> {
     (0..len).map(|i| (i % 251) as u8).collect()
 }
 
 const HELLO: &[u8] = b"Hello from s3-crypt-proxy!\n";
-const META_PAYLOAD: &[u8] = br#"{"h":[["content-type","text/plain"],["x-amz-meta-author","alice"]]}"#;
+const META_PAYLOAD: &[u8] =
+    br#"{"h":[["content-type","text/plain"],["x-amz-meta-author","alice"]]}"#;
 
 /// One segment with a fixed data key and wrap nonce.
 fn segment(part: u32, plain: &[u8], chunk: u32, dek: [u8; 32], nonce: [u8; 24]) -> Vec<u8> {
     let keys = DerivedKeys::derive(&MasterKey::new(KEY_ID, MASTER));
-    let mut e = SegmentEncryptor::with_fixed_randomness(&keys, OBJ, part, plain.len() as u64, chunk, &dek, nonce).unwrap();
+    let mut e = SegmentEncryptor::with_fixed_randomness(
+        &keys,
+        OBJ,
+        part,
+        plain.len() as u64,
+        chunk,
+        &dek,
+        nonce,
+    )
+    .unwrap();
     let mut v = e.update(plain).unwrap().to_vec();
     v.extend_from_slice(&e.finish().unwrap());
     v
@@ -104,15 +116,41 @@ impl Vector {
     }
 }
 
-fn base(name: &'static str, comment: &'static str, expect: &'static str, released: Vec<u8>, body: Vec<u8>) -> Vector {
-    Vector { name, comment, expect, released, reader_key: MASTER, bucket: BUCKET, key: KEY, segments: 1, info: vec![], body }
+fn base(
+    name: &'static str,
+    comment: &'static str,
+    expect: &'static str,
+    released: Vec<u8>,
+    body: Vec<u8>,
+) -> Vector {
+    Vector {
+        name,
+        comment,
+        expect,
+        released,
+        reader_key: MASTER,
+        bucket: BUCKET,
+        key: KEY,
+        segments: 1,
+        info: vec![],
+        body,
+    }
 }
 
-fn describe(chunk: u32, parts: &[u32], deks: &[[u8; 32]], nonces: &[[u8; 24]], plaintext: &str) -> Vec<(&'static str, String)> {
+fn describe(
+    chunk: u32,
+    parts: &[u32],
+    deks: &[[u8; 32]],
+    nonces: &[[u8; 24]],
+    plaintext: &str,
+) -> Vec<(&'static str, String)> {
     let join = |v: Vec<String>| v.join(" ");
     vec![
         ("chunk size", chunk.to_string()),
-        ("part number", join(parts.iter().map(|p| p.to_string()).collect())),
+        (
+            "part number",
+            join(parts.iter().map(|p| p.to_string()).collect()),
+        ),
         ("dek", join(deks.iter().map(hex::encode).collect())),
         ("wrap nonce", join(nonces.iter().map(hex::encode).collect())),
         ("plaintext", plaintext.to_string()),
@@ -131,14 +169,32 @@ fn all_vectors() -> Vec<Vector> {
 
     // 1. empty object
     let body = segment(0, b"", c64, DEK1, NONCE1);
-    let mut x = base("empty", "empty single-part object: header and one empty final chunk", "success", vec![], body);
+    let mut x = base(
+        "empty",
+        "empty single-part object: header and one empty final chunk",
+        "success",
+        vec![],
+        body,
+    );
     x.info = describe(c64, &[0], &[DEK1], &[NONCE1], "(empty)");
     v.push(x);
 
     // 2. one partial chunk
     let hello = segment(0, HELLO, c64, DEK1, NONCE1);
-    let mut x = base("partial_chunk", "single-part object shorter than one chunk", "success", HELLO.to_vec(), hello.clone());
-    x.info = describe(c64, &[0], &[DEK1], &[NONCE1], &format!("{:?}", std::str::from_utf8(HELLO).unwrap()));
+    let mut x = base(
+        "partial_chunk",
+        "single-part object shorter than one chunk",
+        "success",
+        HELLO.to_vec(),
+        hello.clone(),
+    );
+    x.info = describe(
+        c64,
+        &[0],
+        &[DEK1],
+        &[NONCE1],
+        &format!("{:?}", std::str::from_utf8(HELLO).unwrap()),
+    );
     v.push(x);
 
     // 3. several chunks of 4096, with sealed metadata
@@ -150,18 +206,33 @@ fn all_vectors() -> Vec<Vector> {
     let info = || {
         let mut i = describe(4096, &[0], &[DEK1], &[NONCE1], plain_desc);
         i.push(("metadata nonce", hex::encode(META_NONCE)));
-        i.push(("metadata payload", String::from_utf8(META_PAYLOAD.to_vec()).unwrap()));
+        i.push((
+            "metadata payload",
+            String::from_utf8(META_PAYLOAD.to_vec()).unwrap(),
+        ));
         i.push(("metadata", sealed.clone()));
         i
     };
-    let mut x = base("chunks_4096", "three chunks of chunk size 4096 (4096, 4096, 1808) and the sealed metadata header", "success", plain.clone(), chunks.clone());
+    let mut x = base(
+        "chunks_4096",
+        "three chunks of chunk size 4096 (4096, 4096, 1808) and the sealed metadata header",
+        "success",
+        plain.clone(),
+        chunks.clone(),
+    );
     x.info = info();
     v.push(x);
 
     // 4. multipart: two parts of 8192 and 1808 bytes
     let p1 = segment(1, &plain[..8192], 4096, DEK1, NONCE1);
     let p2 = segment(2, &plain[8192..], 4096, DEK2, NONCE2);
-    let mut x = base("multipart", "two-part multipart upload (parts of 8192 and 1808 bytes); each part has its own data key", "success", plain.clone(), [&p1[..], &p2].concat());
+    let mut x = base(
+        "multipart",
+        "two-part multipart upload (parts of 8192 and 1808 bytes); each part has its own data key",
+        "success",
+        plain.clone(),
+        [&p1[..], &p2].concat(),
+    );
     x.segments = 2;
     x.info = describe(4096, &[1, 2], &[DEK1, DEK2], &[NONCE1, NONCE2], plain_desc);
     v.push(x);
@@ -176,38 +247,110 @@ fn all_vectors() -> Vec<Vector> {
     };
     let mut b = chunks.clone();
     b[c(1).start + 100] ^= 0x01;
-    v.push(neg("chunk_bit_flip", "chunks_4096 with bit 0 of byte 100 of chunk 1 flipped", "payload failure", plain[..4096].to_vec(), b));
+    v.push(neg(
+        "chunk_bit_flip",
+        "chunks_4096 with bit 0 of byte 100 of chunk 1 flipped",
+        "payload failure",
+        plain[..4096].to_vec(),
+        b,
+    ));
     let mut b = chunks.clone();
     *b.last_mut().unwrap() ^= 0x80;
-    v.push(neg("tag_bit_flip", "chunks_4096 with the top bit of the final chunk's last tag byte flipped", "payload failure", plain[..8192].to_vec(), b));
+    v.push(neg(
+        "tag_bit_flip",
+        "chunks_4096 with the top bit of the final chunk's last tag byte flipped",
+        "payload failure",
+        plain[..8192].to_vec(),
+        b,
+    ));
     let mut b = chunks.clone();
     b[40] ^= 0x01;
-    v.push(neg("header_bit_flip", "chunks_4096 with a bit of the wrap nonce (header byte 40) flipped", "header failure", vec![], b));
+    v.push(neg(
+        "header_bit_flip",
+        "chunks_4096 with a bit of the wrap nonce (header byte 40) flipped",
+        "header failure",
+        vec![],
+        b,
+    ));
     let mut b = chunks.clone();
     b[20..28].copy_from_slice(&8192u64.to_be_bytes());
-    v.push(neg("header_length_changed", "chunks_4096 with plain_len rewritten to 8192 (the header is authenticated)", "header failure", vec![], b));
-    v.push(neg("truncated_mid_chunk", "chunks_4096 cut 2000 bytes into chunk 1", "truncated", plain[..4096].to_vec(), chunks[..c(1).start + 2000].to_vec()));
-    v.push(neg("dropped_final_chunk", "chunks_4096 without its final chunk (ends on a chunk boundary)", "truncated", plain[..8192].to_vec(), chunks[..c(2).start].to_vec()));
-    let b = [&chunks[..HEADER_LEN], &chunks[c(1)], &chunks[c(0)], &chunks[c(2)]].concat();
-    v.push(neg("swapped_chunks", "chunks_4096 with chunks 0 and 1 swapped", "payload failure", vec![], b));
+    v.push(neg(
+        "header_length_changed",
+        "chunks_4096 with plain_len rewritten to 8192 (the header is authenticated)",
+        "header failure",
+        vec![],
+        b,
+    ));
+    v.push(neg(
+        "truncated_mid_chunk",
+        "chunks_4096 cut 2000 bytes into chunk 1",
+        "truncated",
+        plain[..4096].to_vec(),
+        chunks[..c(1).start + 2000].to_vec(),
+    ));
+    v.push(neg(
+        "dropped_final_chunk",
+        "chunks_4096 without its final chunk (ends on a chunk boundary)",
+        "truncated",
+        plain[..8192].to_vec(),
+        chunks[..c(2).start].to_vec(),
+    ));
+    let b = [
+        &chunks[..HEADER_LEN],
+        &chunks[c(1)],
+        &chunks[c(0)],
+        &chunks[c(2)],
+    ]
+    .concat();
+    v.push(neg(
+        "swapped_chunks",
+        "chunks_4096 with chunks 0 and 1 swapped",
+        "payload failure",
+        vec![],
+        b,
+    ));
     let mut b = chunks[..c(1).end].to_vec();
     b.extend_from_slice(&chunks[c(1)]);
     b.extend_from_slice(&chunks[c(2)]);
-    v.push(neg("duplicated_chunk", "chunks_4096 with chunk 1 repeated", "payload failure", plain[..8192].to_vec(), b));
+    v.push(neg(
+        "duplicated_chunk",
+        "chunks_4096 with chunk 1 repeated",
+        "payload failure",
+        plain[..8192].to_vec(),
+        b,
+    ));
 
     let mut x = base("wrong_key", "partial_chunk read with another master key under the same key id (key check value mismatch)", "wrong key", vec![], hello.clone());
     x.reader_key = WRONG_MASTER;
     x.info = describe(c64, &[0], &[DEK1], &[NONCE1], "as partial_chunk");
     v.push(x);
-    let mut x = base("moved", "partial_chunk stored under another key name without re-wrapping", "header failure", vec![], hello.clone());
+    let mut x = base(
+        "moved",
+        "partial_chunk stored under another key name without re-wrapping",
+        "header failure",
+        vec![],
+        hello.clone(),
+    );
     x.key = "docs/report-copy.txt";
     x.info = describe(c64, &[0], &[DEK1], &[NONCE1], "as partial_chunk");
     v.push(x);
-    let mut x = base("moved_bucket", "partial_chunk stored in another bucket without re-wrapping", "header failure", vec![], hello.clone());
+    let mut x = base(
+        "moved_bucket",
+        "partial_chunk stored in another bucket without re-wrapping",
+        "header failure",
+        vec![],
+        hello.clone(),
+    );
     x.bucket = "other-bucket";
     x.info = describe(c64, &[0], &[DEK1], &[NONCE1], "as partial_chunk");
     v.push(x);
-    let mut x = base("trailing_data", "partial_chunk followed by one zero byte", "trailing data", HELLO.to_vec(), [&hello[..], &[0]].concat());
+    let mut x = base(
+        "trailing_data",
+        "partial_chunk followed by one zero byte",
+        "trailing data",
+        HELLO.to_vec(),
+        [&hello[..], &[0]].concat(),
+    );
     x.info = describe(c64, &[0], &[DEK1], &[NONCE1], "as partial_chunk");
     v.push(x);
 
@@ -217,8 +360,20 @@ fn all_vectors() -> Vec<Vector> {
         x.info = describe(4096, &[1, 2], &[DEK1, DEK2], &[NONCE1, NONCE2], plain_desc);
         x
     };
-    v.push(mp("multipart_swapped", "multipart with its segments in the order 2, 1", "header failure", vec![], [&p2[..], &p1].concat()));
-    v.push(mp("multipart_missing_part", "multipart without its last part; only the expected segment count (ETag -2) reveals it", "truncated", plain[..8192].to_vec(), p1.clone()));
+    v.push(mp(
+        "multipart_swapped",
+        "multipart with its segments in the order 2, 1",
+        "header failure",
+        vec![],
+        [&p2[..], &p1].concat(),
+    ));
+    v.push(mp(
+        "multipart_missing_part",
+        "multipart without its last part; only the expected segment count (ETag -2) reveals it",
+        "truncated",
+        plain[..8192].to_vec(),
+        p1.clone(),
+    ));
     v
 }
 
@@ -235,8 +390,14 @@ fn vector_files_are_current() {
         if write {
             std::fs::write(&path, &text).unwrap();
         } else {
-            let on_disk = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e} (run with S3CP_WRITE_VECTORS=1)", path.display()));
-            assert_eq!(on_disk, text, "vector {} differs from what the code produces", v.name);
+            let on_disk = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+                panic!("{}: {e} (run with S3CP_WRITE_VECTORS=1)", path.display())
+            });
+            assert_eq!(
+                on_disk, text,
+                "vector {} differs from what the code produces",
+                v.name
+            );
         }
     }
     let files = std::fs::read_dir(dir()).unwrap().count();
@@ -250,16 +411,23 @@ struct VectorFile {
 }
 
 fn parse_vector(text: &str) -> VectorFile {
-    let (head, body) = text.split_once("\n\n").expect("blank line after the fields");
+    let (head, body) = text
+        .split_once("\n\n")
+        .expect("blank line after the fields");
     let fields = head
         .lines()
         .map(|l| {
-            let (k, v) = l.split_once(": ").unwrap_or_else(|| panic!("bad field line {l:?}"));
+            let (k, v) = l
+                .split_once(": ")
+                .unwrap_or_else(|| panic!("bad field line {l:?}"));
             (k.to_string(), v.to_string())
         })
         .collect();
     let hex: String = body.split_whitespace().collect();
-    VectorFile { fields, body: hex::decode(hex).expect("hex body") }
+    VectorFile {
+        fields,
+        body: hex::decode(hex).expect("hex body"),
+    }
 }
 
 fn error_matches(expect: &str, e: &FormatError) -> bool {
@@ -283,10 +451,18 @@ fn error_matches(expect: &str, e: &FormatError) -> bool {
 
 /// Feeds `body` in pieces of `piece` bytes; returns released plaintext and the outcome.
 fn read(v: &VectorFile, piece: usize) -> (Vec<u8>, Result<(), FormatError>) {
-    let f = |k: &str| v.fields.get(k).unwrap_or_else(|| panic!("missing field {k}")).as_str();
+    let f = |k: &str| {
+        v.fields
+            .get(k)
+            .unwrap_or_else(|| panic!("missing field {k}"))
+            .as_str()
+    };
     let key: [u8; 32] = hex::decode(f("master key")).unwrap().try_into().unwrap();
     let ring = KeyRing::single(&MasterKey::new(f("key id").parse().unwrap(), key));
-    let obj = ObjectId { bucket: f("bucket"), key: f("key") };
+    let obj = ObjectId {
+        bucket: f("bucket"),
+        key: f("key"),
+    };
     let mut dec = Decryptor::new(ring, obj);
     let mut released = Vec::new();
     for p in v.body.chunks(piece.max(1)) {
@@ -306,7 +482,10 @@ fn read(v: &VectorFile, piece: usize) -> (Vec<u8>, Result<(), FormatError>) {
 
 #[test]
 fn run_vector_files() {
-    let mut names: Vec<_> = std::fs::read_dir(dir()).unwrap().map(|e| e.unwrap().path()).collect();
+    let mut names: Vec<_> = std::fs::read_dir(dir())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
     names.sort();
     assert!(names.len() >= 10);
     for path in names {
@@ -315,22 +494,37 @@ fn run_vector_files() {
         let expect = v.fields["expect"].clone();
         // Byte by byte: every chunk is released as soon as it is authenticated.
         let (released, result) = read(&v, 1);
-        assert_eq!(sha(&released), v.fields["payload"], "{name}: released plaintext");
+        assert_eq!(
+            sha(&released),
+            v.fields["payload"],
+            "{name}: released plaintext"
+        );
         match (&result, expect.as_str()) {
             (Ok(()), "success") => {}
-            (Err(e), exp) if exp != "success" => assert!(error_matches(exp, e), "{name}: expected {exp}, got {e:?}"),
+            (Err(e), exp) if exp != "success" => {
+                assert!(error_matches(exp, e), "{name}: expected {exp}, got {e:?}")
+            }
             (r, exp) => panic!("{name}: expected {exp}, got {r:?}"),
         }
         // All at once: same outcome; nothing released on failure.
         let (all, result2) = read(&v, usize::MAX);
         assert_eq!(result2, result, "{name}");
         if result.is_err() && !matches!(result, Err(FormatError::Truncated)) {
-            assert!(all.is_empty(), "{name}: plaintext released by a failing single update");
+            assert!(
+                all.is_empty(),
+                "{name}: plaintext released by a failing single update"
+            );
         }
         if let Some(sealed) = v.fields.get("metadata") {
-            let key: [u8; 32] = hex::decode(&v.fields["master key"]).unwrap().try_into().unwrap();
+            let key: [u8; 32] = hex::decode(&v.fields["master key"])
+                .unwrap()
+                .try_into()
+                .unwrap();
             let ring = KeyRing::single(&MasterKey::new(v.fields["key id"].parse().unwrap(), key));
-            let obj = ObjectId { bucket: &v.fields["bucket"], key: &v.fields["key"] };
+            let obj = ObjectId {
+                bucket: &v.fields["bucket"],
+                key: &v.fields["key"],
+            };
             let opened = meta::open(&ring, obj, sealed).unwrap();
             assert_eq!(opened.payload, v.fields["metadata payload"].as_bytes());
             assert_eq!(opened.chunk_size.to_string(), v.fields["chunk size"]);
@@ -343,7 +537,10 @@ fn run_vector_files() {
 /// starting with `vector: <file>` must agree with the file or with what the code derives.
 #[test]
 fn spec_matches_vectors() {
-    let spec = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/object-format.md")).unwrap();
+    let spec = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/object-format.md"),
+    )
+    .unwrap();
     let mut checked = 0;
     let mut rest = spec.as_str();
     while let Some(at) = rest.find("```text\nvector: ") {
@@ -354,16 +551,32 @@ fn spec_matches_vectors() {
         check_spec_block(block);
         checked += 1;
     }
-    assert!(checked >= 3, "the spec must show at least three labelled vectors, found {checked}");
+    assert!(
+        checked >= 3,
+        "the spec must show at least three labelled vectors, found {checked}"
+    );
 }
 
 fn check_spec_block(block: &str) {
     let mut lines = block.lines().peekable();
-    let name = lines.next().unwrap().strip_prefix("vector: ").unwrap().trim();
+    let name = lines
+        .next()
+        .unwrap()
+        .strip_prefix("vector: ")
+        .unwrap()
+        .trim();
     let file = parse_vector(&std::fs::read_to_string(dir().join(name)).unwrap());
-    let keys = DerivedKeys::derive(&MasterKey::new(file.fields["key id"].parse().unwrap(), hex::decode(&file.fields["master key"]).unwrap().try_into().unwrap()));
+    let keys = DerivedKeys::derive(&MasterKey::new(
+        file.fields["key id"].parse().unwrap(),
+        hex::decode(&file.fields["master key"])
+            .unwrap()
+            .try_into()
+            .unwrap(),
+    ));
     while let Some(line) = lines.next() {
-        let (k, v) = line.split_once(':').unwrap_or_else(|| panic!("{name}: bad line {line:?}"));
+        let (k, v) = line
+            .split_once(':')
+            .unwrap_or_else(|| panic!("{name}: bad line {line:?}"));
         let v = v.trim();
         // multi-line hex values: the following lines without ':'
         let mut value = v.to_string();
@@ -383,9 +596,14 @@ fn check_spec_block(block: &str) {
             "ciphertext sha256" => assert_eq!(value, sha(body), "{name}: ciphertext sha256"),
             "ciphertext length" => assert_eq!(value, body.len().to_string(), "{name}: length"),
             "ciphertext" => assert_eq!(value, hex::encode(body), "{name}: ciphertext"),
-            "plaintext sha256" => assert_eq!(value, file.fields["payload"], "{name}: plaintext sha256"),
+            "plaintext sha256" => {
+                assert_eq!(value, file.fields["payload"], "{name}: plaintext sha256")
+            }
             _ => {
-                let expected = file.fields.get(k).unwrap_or_else(|| panic!("{name}: spec field {k:?} not in the vector file"));
+                let expected = file
+                    .fields
+                    .get(k)
+                    .unwrap_or_else(|| panic!("{name}: spec field {k:?} not in the vector file"));
                 assert_eq!(&value, expected, "{name}: {k}");
             }
         }

@@ -1,16 +1,23 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
-use s3cp_format::{Decryptor, DerivedKeys, FormatError, KeyRing, MasterKey, ObjectId, SegmentEncryptor};
+use s3cp_format::{
+    Decryptor, DerivedKeys, FormatError, KeyRing, MasterKey, ObjectId, SegmentEncryptor,
+};
 
-pub const OBJ: ObjectId<'static> = ObjectId { bucket: "test-bucket", key: "dir/object.bin" };
+pub const OBJ: ObjectId<'static> = ObjectId {
+    bucket: "test-bucket",
+    key: "dir/object.bin",
+};
 
 pub fn ring() -> KeyRing {
     KeyRing::single(&MasterKey::new(1, [0x11; 32]))
 }
 
 pub fn plaintext(len: usize) -> Vec<u8> {
-    (0..len).map(|i| (i.wrapping_mul(31) ^ (i >> 8)) as u8).collect()
+    (0..len)
+        .map(|i| (i.wrapping_mul(31) ^ (i >> 8)) as u8)
+        .collect()
 }
 
 /// Splits `data` into pieces whose sizes cycle through `sizes` (0 = feed an empty piece).
@@ -35,7 +42,14 @@ pub fn pieces<'a>(data: &'a [u8], sizes: &[usize]) -> Vec<&'a [u8]> {
 }
 
 /// Encrypts one segment feeding the plaintext in pieces of `sizes`.
-pub fn encrypt_segment(keys: &DerivedKeys, obj: ObjectId<'_>, part: u32, plain: &[u8], chunk: u32, sizes: &[usize]) -> Vec<u8> {
+pub fn encrypt_segment(
+    keys: &DerivedKeys,
+    obj: ObjectId<'_>,
+    part: u32,
+    plain: &[u8],
+    chunk: u32,
+    sizes: &[usize],
+) -> Vec<u8> {
     let mut enc = SegmentEncryptor::new(keys, obj, part, plain.len() as u64, chunk).unwrap();
     let expected = enc.cipher_len();
     let mut out = Vec::new();
@@ -48,14 +62,31 @@ pub fn encrypt_segment(keys: &DerivedKeys, obj: ObjectId<'_>, part: u32, plain: 
 }
 
 /// Encrypts a whole object: one segment (part 0) or parts of `part_size` bytes.
-pub fn encrypt_object(ring: &KeyRing, obj: ObjectId<'_>, plain: &[u8], chunk: u32, part_size: Option<usize>) -> Vec<u8> {
+pub fn encrypt_object(
+    ring: &KeyRing,
+    obj: ObjectId<'_>,
+    plain: &[u8],
+    chunk: u32,
+    part_size: Option<usize>,
+) -> Vec<u8> {
     match part_size {
         None => encrypt_segment(ring.current(), obj, 0, plain, chunk, &[]),
         Some(p) => {
             let mut out = Vec::new();
-            let parts: Vec<&[u8]> = if plain.is_empty() { vec![plain] } else { plain.chunks(p).collect() };
+            let parts: Vec<&[u8]> = if plain.is_empty() {
+                vec![plain]
+            } else {
+                plain.chunks(p).collect()
+            };
             for (i, part) in parts.iter().enumerate() {
-                out.extend(encrypt_segment(ring.current(), obj, i as u32 + 1, part, chunk, &[]));
+                out.extend(encrypt_segment(
+                    ring.current(),
+                    obj,
+                    i as u32 + 1,
+                    part,
+                    chunk,
+                    &[],
+                ));
             }
             out
         }
@@ -70,13 +101,24 @@ pub struct Outcome {
 }
 
 /// Decrypts `stored` fed in pieces of `sizes`, collecting plaintext released before any error.
-pub fn decrypt(ring: &KeyRing, obj: ObjectId<'_>, stored: &[u8], sizes: &[usize], segments: Option<u32>) -> Outcome {
+pub fn decrypt(
+    ring: &KeyRing,
+    obj: ObjectId<'_>,
+    stored: &[u8],
+    sizes: &[usize],
+    segments: Option<u32>,
+) -> Outcome {
     let mut dec = Decryptor::new(ring.clone(), obj);
     let mut released = Vec::new();
     for p in pieces(stored, sizes) {
         match dec.update(p) {
             Ok(b) => released.extend_from_slice(&b),
-            Err(e) => return Outcome { released, result: Err(e) },
+            Err(e) => {
+                return Outcome {
+                    released,
+                    result: Err(e),
+                }
+            }
         }
     }
     let end = match segments {
@@ -86,8 +128,14 @@ pub fn decrypt(ring: &KeyRing, obj: ObjectId<'_>, stored: &[u8], sizes: &[usize]
     match end {
         Ok(b) => {
             released.extend_from_slice(&b);
-            Outcome { released, result: Ok(()) }
+            Outcome {
+                released,
+                result: Ok(()),
+            }
         }
-        Err(e) => Outcome { released, result: Err(e) },
+        Err(e) => Outcome {
+            released,
+            result: Err(e),
+        },
     }
 }
