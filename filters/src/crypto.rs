@@ -13,6 +13,7 @@
 
 mod copy;
 mod metadata;
+mod multipart;
 mod range;
 mod ranged;
 
@@ -148,7 +149,7 @@ impl Filter for CryptoFilter {
         let obj_op = matches!(
             s3.op,
             Operation::PutObject | Operation::UploadPart | Operation::CreateMultipartUpload | Operation::GetObject
-                | Operation::HeadObject | Operation::CopyObject | Operation::UploadPartCopy
+                | Operation::HeadObject | Operation::CopyObject | Operation::UploadPartCopy | Operation::CompleteMultipartUpload
         );
         if !obj_op {
             return Ok(Flow::Continue);
@@ -210,6 +211,9 @@ impl Filter for CryptoFilter {
             Operation::CopyObject => {
                 let reply = copy::copy_object(&self.backend, &ring, req, &s3, ctx).await?;
                 return Ok(Flow::Respond(reply));
+            }
+            Operation::CompleteMultipartUpload => {
+                multipart::check_before_complete(&self.backend, &s3, self.chunk_size).await?;
             }
             Operation::UploadPartCopy => {
                 return Err(s3err(S3ErrorCode::NotImplemented, "UploadPartCopy is not supported by this proxy version"));
@@ -314,7 +318,9 @@ impl Filter for CryptoFilter {
         match (&ctx.crypto.plan, op) {
             (Plan::Encrypt { .. }, Operation::PutObject) if (200..300).contains(&status) => {
                 strip_checksums(resp);
-                let md5 = ctx.body_md5.map(hex::encode);
+                // The plaintext MD5 is the ETag only when it was sealed into the object
+                // (the client declared Content-MD5): every later GET/HEAD then shows the same.
+                let md5 = ctx.s3()?.content_md5.and(ctx.body_md5).map(hex::encode);
                 let backend = header(resp, "etag").unwrap_or_default();
                 set_header(resp, "etag", client_etag(&backend, md5.as_deref()))?;
             }

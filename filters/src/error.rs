@@ -31,6 +31,7 @@ pub enum S3ErrorCode {
     MissingContentLength,
     NoSuchBucket,
     NoSuchKey,
+    NoSuchUpload,
     NotImplemented,
     PreconditionFailed,
     NotModified,
@@ -51,7 +52,7 @@ impl S3ErrorCode {
             AuthorizationQueryParametersError | BadDigest | IncompleteBody | InvalidArgument | InvalidBucketName | InvalidDigest
             | InvalidPart | InvalidRequest | KeyTooLongError | MalformedXML | MetadataTooLarge
             | XAmzContentSHA256Mismatch | EntityTooLarge => 400,
-            NoSuchBucket | NoSuchKey => 404,
+            NoSuchBucket | NoSuchKey | NoSuchUpload => 404,
             MethodNotAllowed => 405,
             MissingContentLength => 411,
             PreconditionFailed => 412,
@@ -88,6 +89,7 @@ impl S3ErrorCode {
             MissingContentLength => "MissingContentLength",
             NoSuchBucket => "NoSuchBucket",
             NoSuchKey => "NoSuchKey",
+            NoSuchUpload => "NoSuchUpload",
             NotImplemented => "NotImplemented",
             PreconditionFailed => "PreconditionFailed",
             NotModified => "NotModified",

@@ -1,16 +1,15 @@
 //! ETags the client sees.
 //!
 //! The backend's ETag is the MD5 of the ciphertext, which no client can check against
-//! what it uploaded. The proxy therefore shows:
-//! - the MD5 of the plaintext, when it is known: in the PutObject answer (computed while
-//!   the body streamed through) and on GET/HEAD when the client sent `Content-MD5` at
-//!   upload (it is then sealed into the object's metadata);
-//! - otherwise the backend's ETag with a `-1` suffix for single-part objects, so that
-//!   clients that treat a plain 32-hex ETag as an MD5 (rclone, s3cmd) do not compare it
-//!   with their data. Multipart ETags (`…-N`) already say they are not an MD5 and pass
-//!   unchanged.
+//! what it uploaded. An object's ETag, the same in the PUT answer, GET and HEAD, is:
+//! - the MD5 of the plaintext when the client sent `Content-MD5` with the upload (PBS,
+//!   rclone, s3cmd do): the proxy verifies it and seals it into the object's metadata;
+//! - otherwise the backend's ETag with a `-1` suffix (single-part objects), so that clients
+//!   that treat a plain 32-hex ETag as an MD5 do not compare it with their data. Multipart
+//!   ETags (`…-N`) already say they are not an MD5 and pass unchanged.
 //!
-//! Conditional headers accept every ETag the proxy may have shown for the object.
+//! Listings cannot read sealed metadata, so they show the second form for every object.
+//! Conditional headers (`If-Match`, `If-None-Match`) accept both forms.
 
 /// Number of parts (= segments) an object has, from the backend's ETag.
 pub fn segments_from_etag(etag: &str) -> u32 {

@@ -1,4 +1,4 @@
-//! The `listing` filter: ListObjects (V1 and V2) answers report plaintext sizes.
+//! The `listing` filter: ListObjects (V1 and V2) and ListParts answers report plaintext sizes.
 //!
 //! The backend lists ciphertext sizes. The object format makes the plaintext size a pure
 //! function of the ciphertext size, the chunk size and the number of segments (parts),
@@ -45,7 +45,7 @@ impl Filter for ListingFilter {
 
     fn upstream_response(&self, resp: &mut ResponseHeader, ctx: &mut RequestCtx) -> Result<(), S3Error> {
         let op = ctx.s3()?.op;
-        if resp.status.as_u16() == 200 && matches!(op, Operation::ListObjectsV1 | Operation::ListObjectsV2) {
+        if resp.status.as_u16() == 200 && matches!(op, Operation::ListObjectsV1 | Operation::ListObjectsV2 | Operation::ListParts) {
             ctx.listing.active = true;
             // The rewritten length is known only at the end: the answer goes out chunked.
             resp.remove_header("content-length");
@@ -86,8 +86,8 @@ pub fn rewrite_listing(xml: &[u8], chunk_size: u32) -> Result<Bytes, S3Error> {
         buf.clear();
         match (&mut entry, &ev) {
             (_, Event::Eof) => break,
-            (None, Event::Start(s)) if s.name().as_ref() == b"Contents" => entry = Some(vec![ev]),
-            (Some(events), Event::End(e)) if e.name().as_ref() == b"Contents" => {
+            (None, Event::Start(s)) if is_entry(s.name().as_ref()) => entry = Some(vec![ev]),
+            (Some(events), Event::End(e)) if is_entry(e.name().as_ref()) => {
                 events.push(ev);
                 let events = entry.take().expect("inside an entry");
                 for out in rewrite_entry(events, chunk_size) {
@@ -99,6 +99,11 @@ pub fn rewrite_listing(xml: &[u8], chunk_size: u32) -> Result<Bytes, S3Error> {
         }
     }
     Ok(Bytes::from(writer.into_inner()))
+}
+
+/// `<Contents>` of object listings, `<Part>` of ListParts (a part is one segment).
+fn is_entry(name: &[u8]) -> bool {
+    name == b"Contents" || name == b"Part"
 }
 
 /// The text inside `<name>…</name>` among an entry's events.
@@ -119,6 +124,13 @@ fn replace_field(events: &mut [Event<'static>], name: &[u8], value: &str) {
 }
 
 fn rewrite_entry(mut events: Vec<Event<'static>>, chunk_size: u32) -> Vec<Event<'static>> {
+    if matches!(events.first(), Some(Event::Start(s)) if s.name().as_ref() == b"Part") {
+        // Part ETags go back to the backend in CompleteMultipartUpload: keep them.
+        if let Some(plain) = field(&events, b"Size").and_then(|s| s.parse::<u64>().ok()).and_then(|s| s3cp_format::object_plain_len(s, chunk_size, 1)) {
+            replace_field(&mut events, b"Size", &plain.to_string());
+        }
+        return events;
+    }
     let etag = field(&events, b"ETag");
     let size = field(&events, b"Size").and_then(|s| s.parse::<u64>().ok());
     if let (Some(etag), Some(size)) = (etag, size) {

@@ -28,14 +28,23 @@ def test_boto3_object_round_trip_with_metadata(http_stack):
     data = blob(150_000, "boto")
     put = s3.put_object(Bucket=BUCKET, Key="boto/a.txt", Body=data, ContentType="text/plain",
                         Metadata={"color": "blue"}, ContentDisposition="attachment")
-    assert put["ETag"] == '"%s"' % hashlib.md5(data).hexdigest()
     head = s3.head_object(Bucket=BUCKET, Key="boto/a.txt")
+    # One ETag per object: PUT, HEAD and GET agree.
+    assert put["ETag"] == head["ETag"]
+    # With Content-MD5 the ETag is the plaintext MD5, as S3 gives it.
+    import base64
+    md5 = base64.b64encode(hashlib.md5(data).digest()).decode()
+    put2 = s3.put_object(Bucket=BUCKET, Key="boto/a-md5.txt", Body=data, ContentMD5=md5)
+    assert put2["ETag"] == '"%s"' % hashlib.md5(data).hexdigest()
+    assert s3.head_object(Bucket=BUCKET, Key="boto/a-md5.txt")["ETag"] == put2["ETag"]
+    assert s3.get_object(Bucket=BUCKET, Key="boto/a-md5.txt", IfMatch=put2["ETag"])["Body"].read() == data
     assert head["ContentLength"] == len(data)
     assert head["ContentType"] == "text/plain"
     assert head["Metadata"] == {"color": "blue"}
     assert head["ContentDisposition"] == "attachment"
     got = s3.get_object(Bucket=BUCKET, Key="boto/a.txt")
     assert got["Body"].read() == data
+    assert got["ETag"] == put["ETag"]
     assert got["Metadata"] == {"color": "blue"}
     # The backend sees neither the metadata nor the content type.
     raw = http_stack.direct.head_object(Bucket=BUCKET, Key="boto/a.txt")
@@ -146,3 +155,86 @@ def test_range_get_across_multipart_parts(http_stack):
         assert r["Body"].read() == data[first:last + 1], (first, last)
     gets = [a for a in audit_lines(http_stack) if a["key"] == "boto/mp-range" and a["operation"] == "GetObject"]
     assert all(g["backend_bytes_in"] <= 2 * (65536 + 16) + 108 for g in gets), gets
+
+
+def test_multipart_low_level_any_order_list_parts_and_layout_rule(http_stack):
+    s3 = http_stack.boto()
+    mib = 1024 * 1024
+    parts = {1: os.urandom(5 * mib), 2: os.urandom(5 * mib), 3: os.urandom(123)}
+    up = s3.create_multipart_upload(Bucket=BUCKET, Key="boto/lowlevel", ContentType="application/x-test", Metadata={"m": "1"})
+    uid = up["UploadId"]
+    etags = {}
+    for n in (3, 1, 2, 2):  # any order, and a retried part
+        etags[n] = s3.upload_part(Bucket=BUCKET, Key="boto/lowlevel", UploadId=uid, PartNumber=n, Body=parts[n])["ETag"]
+    listed = s3.list_parts(Bucket=BUCKET, Key="boto/lowlevel", UploadId=uid)["Parts"]
+    assert [(p["PartNumber"], p["Size"]) for p in listed] == [(1, 5 * mib), (2, 5 * mib), (3, 123)]
+    s3.complete_multipart_upload(Bucket=BUCKET, Key="boto/lowlevel", UploadId=uid,
+                                 MultipartUpload={"Parts": [{"PartNumber": n, "ETag": etags[n]} for n in (1, 2, 3)]})
+    got = s3.get_object(Bucket=BUCKET, Key="boto/lowlevel")
+    assert got["Body"].read() == parts[1] + parts[2] + parts[3]
+    assert got["ContentType"] == "application/x-test" and got["Metadata"] == {"m": "1"}
+
+    # Parts of different sizes cannot be laid out: refused at completion, with the rule.
+    up = s3.create_multipart_upload(Bucket=BUCKET, Key="boto/badlayout")
+    uid = up["UploadId"]
+    bad = {1: os.urandom(5 * mib), 2: os.urandom(6 * mib), 3: b"x"}
+    et = {n: s3.upload_part(Bucket=BUCKET, Key="boto/badlayout", UploadId=uid, PartNumber=n, Body=b)["ETag"] for n, b in bad.items()}
+    with pytest.raises(s3.exceptions.ClientError) as e:
+        s3.complete_multipart_upload(Bucket=BUCKET, Key="boto/badlayout", UploadId=uid,
+                                     MultipartUpload={"Parts": [{"PartNumber": n, "ETag": et[n]} for n in (1, 2, 3)]})
+    assert e.value.response["Error"]["Code"] == "InvalidRequest"
+    assert "same size" in e.value.response["Error"]["Message"]
+    s3.abort_multipart_upload(Bucket=BUCKET, Key="boto/badlayout", UploadId=uid)
+    with pytest.raises(s3.exceptions.ClientError):
+        s3.head_object(Bucket=BUCKET, Key="boto/badlayout")
+
+
+def test_presigned_urls(http_stack):
+    import urllib.request
+    import urllib.error
+    import botocore.config
+    s3 = http_stack.boto(signature_version="s3v4")
+    put_url = s3.generate_presigned_url("put_object", Params={"Bucket": BUCKET, "Key": "boto/presigned"}, ExpiresIn=300)
+    req = urllib.request.Request(put_url, data=b"presigned body", method="PUT")
+    with urllib.request.urlopen(req) as r:
+        assert r.status == 200
+    get_url = s3.generate_presigned_url("get_object", Params={"Bucket": BUCKET, "Key": "boto/presigned"}, ExpiresIn=300)
+    with urllib.request.urlopen(get_url) as r:
+        assert r.read() == b"presigned body"
+    head_url = s3.generate_presigned_url("head_object", Params={"Bucket": BUCKET, "Key": "boto/presigned"}, ExpiresIn=300)
+    with urllib.request.urlopen(urllib.request.Request(head_url, method="HEAD")) as r:
+        assert r.headers["Content-Length"] == str(len(b"presigned body"))
+    # Tampered: another key with the same signature.
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(get_url.replace("boto/presigned", "boto/presigneX"))
+    assert e.value.code == 403 and b"SignatureDoesNotMatch" in e.value.read()
+    # Expired.
+    old = s3.generate_presigned_url("get_object", Params={"Bucket": BUCKET, "Key": "boto/presigned"}, ExpiresIn=1)
+    import time
+    time.sleep(2)
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(old)
+    assert e.value.code == 403 and b"expired" in e.value.read()
+
+
+def test_conditional_gets_and_response_overrides(http_stack):
+    s3 = http_stack.boto()
+    data = b"conditional body" * 100
+    put = s3.put_object(Bucket=BUCKET, Key="boto/cond", Body=data, ContentType="text/plain")
+    etag = put["ETag"]
+    assert s3.get_object(Bucket=BUCKET, Key="boto/cond", IfMatch=etag)["Body"].read() == data
+    with pytest.raises(s3.exceptions.ClientError) as e:
+        s3.get_object(Bucket=BUCKET, Key="boto/cond", IfMatch='"0123"')
+    assert e.value.response["Error"]["Code"] in ("PreconditionFailed", "412")
+    with pytest.raises(s3.exceptions.ClientError) as e:
+        s3.get_object(Bucket=BUCKET, Key="boto/cond", IfNoneMatch=etag)
+    assert e.value.response["ResponseMetadata"]["HTTPStatusCode"] == 304
+    listed = s3.list_objects_v2(Bucket=BUCKET, Prefix="boto/cond")["Contents"][0]["ETag"]
+    assert s3.get_object(Bucket=BUCKET, Key="boto/cond", IfMatch=listed)["Body"].read() == data
+    lm = s3.head_object(Bucket=BUCKET, Key="boto/cond")["LastModified"]
+    import datetime
+    with pytest.raises(s3.exceptions.ClientError) as e:
+        s3.get_object(Bucket=BUCKET, Key="boto/cond", IfModifiedSince=lm + datetime.timedelta(seconds=5))
+    assert e.value.response["ResponseMetadata"]["HTTPStatusCode"] == 304
+    r = s3.get_object(Bucket=BUCKET, Key="boto/cond", ResponseContentType="application/x-override", ResponseContentDisposition="inline")
+    assert r["ContentType"] == "application/x-override" and r["ContentDisposition"] == "inline"
