@@ -161,6 +161,22 @@ fn build_chain(cfg: &config::Config, backend: &Arc<Backend>, keys: &Arc<KeyState
     Chain::new(filters)
 }
 
+fn initial_key_fetch(socket: PathBuf, keys: &KeyState) {
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => return log::warn!("initial key fetch skipped: {e}"),
+    };
+    match rt.block_on(async { tokio::time::timeout(Duration::from_secs(3), keyd::client::fetch_keyring(&socket)).await }) {
+        Ok(Ok(Some(ring))) => {
+            log::info!("encryption keys loaded from keyd at start-up: current {}", ring.current_id());
+            keys.set(ring);
+        }
+        Ok(Ok(None)) => log::warn!("keyd holds no key yet: S3 requests get 503 until `memkey-admin key send`"),
+        Ok(Err(e)) => log::warn!("cannot reach keyd at {}: {e}", socket.display()),
+        Err(_) => log::warn!("keyd at {} did not answer within 3 s", socket.display()),
+    }
+}
+
 fn run(cfg: config::Config, parts: Parts, upgrade: bool, daemon: bool) {
     let opt = Opt { upgrade, daemon, nocapture: false, test: false, conf: None };
     let conf = ServerConf {
@@ -220,6 +236,9 @@ fn run(cfg: config::Config, parts: Parts, upgrade: bool, daemon: bool) {
     server.add_service(admin);
 
     if let Some(sock) = &cfg.memkey_socket {
+        // Load the key before the listeners start, so that a process taking over from
+        // another one (graceful upgrade) never answers 503 while its poller starts.
+        initial_key_fetch(PathBuf::from(sock), &keys);
         server.add_service(background_service(
             "keyd poller",
             background::KeyPoller { socket: PathBuf::from(sock), interval: cfg.poll_interval, keys: keys.clone(), metrics: metrics.clone() },

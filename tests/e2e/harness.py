@@ -276,6 +276,7 @@ class Proxy:
             cfg["tls"] = {"cert_file": self.cert, "key_file": self.key}
         for k, v in overrides.items():
             cfg[k] = v
+        self.access_key, self.secret_key = cfg["client"]["access_key"], cfg["client"]["secret_key"]
         self.config = cfg
         self.conf = os.path.join(self.dir, "config.yaml")
         with open(self.conf, "w") as f:
