@@ -6,6 +6,7 @@
 //! in constant time. The HMAC chain comes from `aws-sigv4`.
 
 mod canonical;
+pub mod chunked;
 mod payload;
 
 pub use canonical::{aws_uri_encode, canonical_query};
