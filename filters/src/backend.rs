@@ -315,6 +315,13 @@ impl Exchange<'_> {
         self.session().read_response_body().await.map_err(|e| backend_unreachable(&e))
     }
 
+    /// Ends an exchange whose answer body is not wanted (the connection is closed).
+    pub async fn release_without_body(mut self) {
+        if let Some(mut s) = self.session.take() {
+            s.shutdown().await;
+        }
+    }
+
     /// Returns the connection to the pool when the exchange finished cleanly.
     pub async fn release(mut self) {
         if let Some(mut s) = self.session.take() {

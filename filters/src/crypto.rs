@@ -11,7 +11,7 @@
 //! - CopyObject: the source is streamed through the proxy and its segment headers are
 //!   re-wrapped for the new name (the chunks are not re-encrypted).
 
-mod copy;
+pub mod copy;
 mod metadata;
 mod multipart;
 mod range;
@@ -162,7 +162,7 @@ impl Filter for CryptoFilter {
         let obj = ObjectId { bucket: &bucket, key: &key };
         match s3.op {
             Operation::PutObject | Operation::CreateMultipartUpload => {
-                let payload = metadata::from_request(req, s3.content_md5);
+                let payload = metadata::from_request(req, s3.content_md5, None);
                 let sealed = meta::seal(ring.current(), obj, self.chunk_size, &payload).map_err(|e| crypto_error(ctx, &e))?;
                 ctx.crypto.sealed_meta = Some(sealed);
                 ctx.crypto.plan = if s3.op == Operation::PutObject {

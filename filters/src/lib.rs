@@ -20,6 +20,7 @@ pub mod keys;
 pub mod listing;
 pub mod request;
 pub mod resign;
+pub mod rotation;
 pub mod sigv4;
 pub mod xml;
 

@@ -11,8 +11,11 @@ use pingora::protocols::http::ServerSession;
 use subtle::ConstantTimeEq;
 
 use crate::metrics::Metrics;
+use crate::rewrap::Rewrapper;
 
 pub struct AdminApi {
+    pub backend: Arc<filters::backend::Backend>,
+    pub rewrap: Arc<Rewrapper>,
     pub keys: Arc<KeyState>,
     pub metrics: Arc<Metrics>,
     pub token: Option<String>,
@@ -87,6 +90,27 @@ impl ServeHttp for AdminApi {
                     json(401, serde_json::json!({ "error": "missing or wrong bearer token" }))
                 } else {
                     json(200, self.key_status())
+                }
+            }
+            "/api/v1/rewrap" => {
+                if self.token.is_none() || !self.authorized(session) {
+                    return json(401, serde_json::json!({ "error": "missing or wrong bearer token" }));
+                }
+                if session.req_header().method == http::Method::POST {
+                    let q = filters::request::parse_query(session.req_header().uri.query().unwrap_or(""));
+                    let get = |n: &str| q.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone());
+                    let Some(bucket) = get("bucket") else {
+                        return json(400, serde_json::json!({ "error": "bucket= is required" }));
+                    };
+                    match self.rewrap.start(self.backend.clone(), self.keys.clone(), bucket, get("prefix").unwrap_or_default()) {
+                        Ok(status) => json(202, serde_json::to_value(status).expect("json")),
+                        Err(e) => json(409, serde_json::json!({ "error": e })),
+                    }
+                } else {
+                    match self.rewrap.status() {
+                        Some(status) => json(200, serde_json::to_value(status).expect("json")),
+                        None => json(404, serde_json::json!({ "error": "no rewrap job has run" })),
+                    }
                 }
             }
             "/api/v1/info" => json(

@@ -5,6 +5,7 @@ mod audit;
 mod background;
 mod config;
 mod metrics;
+mod rewrap;
 mod service;
 mod tls;
 
@@ -220,6 +221,8 @@ fn run(cfg: config::Config, parts: Parts, upgrade: bool, daemon: bool) {
     server.add_service(s3);
 
     let admin_api = admin::AdminApi {
+        backend: parts.backend.clone(),
+        rewrap: Arc::new(rewrap::Rewrapper::default()),
         keys: keys.clone(),
         metrics: metrics.clone(),
         token: cfg.admin_token.clone(),

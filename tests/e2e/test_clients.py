@@ -238,3 +238,18 @@ def test_conditional_gets_and_response_overrides(http_stack):
     assert e.value.response["ResponseMetadata"]["HTTPStatusCode"] == 304
     r = s3.get_object(Bucket=BUCKET, Key="boto/cond", ResponseContentType="application/x-override", ResponseContentDisposition="inline")
     assert r["ContentType"] == "application/x-override" and r["ContentDisposition"] == "inline"
+
+
+def test_copy_of_a_multipart_object_reads_back_with_the_right_size(http_stack):
+    s3 = http_stack.boto()
+    part = 5 * 1024 * 1024
+    data = os.urandom(2 * part + 333)
+    cfg = boto3.s3.transfer.TransferConfig(multipart_threshold=part, multipart_chunksize=part)
+    s3.upload_fileobj(io.BytesIO(data), BUCKET, "boto/mp-src", Config=cfg)
+    s3.copy_object(Bucket=BUCKET, Key="boto/mp-copy", CopySource={"Bucket": BUCKET, "Key": "boto/mp-src"})
+    assert s3.head_object(Bucket=BUCKET, Key="boto/mp-copy")["ContentLength"] == len(data)
+    assert s3.get_object(Bucket=BUCKET, Key="boto/mp-copy")["Body"].read() == data
+    listed = {o["Key"]: o["Size"] for o in s3.list_objects_v2(Bucket=BUCKET, Prefix="boto/mp-")["Contents"]}
+    assert listed["boto/mp-copy"] == listed["boto/mp-src"] == len(data)
+    r = s3.get_object(Bucket=BUCKET, Key="boto/mp-copy", Range=f"bytes={part - 3}-{part + 3}")
+    assert r["Body"].read() == data[part - 3:part + 4]

@@ -119,6 +119,11 @@ class Chromium:
         self.call("Page.enable")
         self.call("Runtime.enable")
         self.call("Page.navigate", {"url": url})
+        deadline = time.time() + 15
+        while self.evaluate("document.readyState === 'complete' ? location.href : ''") != url:
+            if time.time() > deadline:
+                raise TimeoutError(f"{url} did not load; log: {self.log_path}")
+            time.sleep(0.1)
 
     def evaluate(self, expression):
         r = self.call("Runtime.evaluate", {"expression": expression, "returnByValue": True, "awaitPromise": True})
@@ -199,8 +204,11 @@ def wait_dom(browser, pred, what, timeout=30):
     dom = None
     while time.time() < deadline:
         dom = read_dom(browser)
-        if pred(dom):
-            return dom
+        try:
+            if pred(dom):
+                return dom
+        except (KeyError, TypeError):  # page not (fully) there yet
+            pass
         time.sleep(0.25)
     summary = {k: v for k, v in (dom or {}).items() if not k.startswith("__")} if dom else None
     raise AssertionError(f"dashboard never showed {what} within {timeout}s; last DOM: {json.dumps(summary)[:3000]}")
@@ -351,6 +359,8 @@ def test_disconnect_and_recovery(dash_stack, browser, shots, capsys):
     down = wait_dom(browser, lambda d: d["conn-status"]["text"] == "disconnected", "disconnected", timeout=15)
     assert down["__stale"]
     assert "retrying" in down["conn-banner"]["text"]
+    assert down["ready-status"]["text"] == "Unreachable" and down["ready-status"]["state"] == "bad"
+    assert down["key-status"]["state"] == down["backend-status"]["state"] == "unknown"
     # The last numbers stay on screen (dimmed) rather than being cleared.
     assert down["total-requests"]["value"] == before["total-requests"]["value"]
     path = browser.screenshot(str(shots / "dashboard-disconnected.png"), 1280)

@@ -1,22 +1,199 @@
-//! CopyObject through the proxy. The backend cannot copy server-side: the object key is
-//! bound into every segment header, so the copy streams the source through the proxy and
-//! re-wraps each segment's data key for the destination (chunks pass unchanged, memory
-//! stays at about one chunk). A source that fails authentication aborts the upload with
-//! a short body, so the backend stores nothing.
+//! Copies of encrypted objects: CopyObject, and re-wrapping objects to the current master
+//! key after a rotation. The backend cannot copy server-side: the object's name (and key
+//! id) is bound into every segment header, so the copy streams the source through the
+//! proxy and re-wraps each segment's data key for the destination; chunks pass unchanged
+//! and memory stays at about one chunk. A multipart source (several segments) is stored by
+//! a single PUT, which cannot carry the `-N` part count that sizes are computed from, so
+//! its content is re-encrypted into one segment instead (S3 limits a copy to 5 GB, as
+//! a single PUT). A source that fails authentication aborts the upload with a short body,
+//! so the backend stores nothing.
 
 use std::sync::Arc;
 
 use pingora::http::RequestHeader;
-use s3cp_format::{meta, KeyRing, ObjectId, Rewrapper};
+use s3cp_format::{meta, object_plain_len, Decryptor, FormatError, KeyId, KeyRing, ObjectId, Rewrapper, SegmentEncryptor};
 
 use super::{crypto_error, metadata};
 use crate::backend::Backend;
 use crate::ctx::RequestCtx;
 use crate::error::{s3err, S3Error, S3ErrorCode};
-use crate::etag::client_etag;
+use crate::etag::{client_etag, segments_from_etag};
 use crate::filter::Reply;
 use crate::request::{IfNoneMatch, S3Request};
 
+/// Why a copy failed: the S3 answer, and the format error behind it if any.
+pub struct CopyError {
+    pub error: S3Error,
+    pub format: Option<FormatError>,
+}
+
+impl From<S3Error> for CopyError {
+    fn from(error: S3Error) -> Self {
+        Self { error, format: None }
+    }
+}
+
+fn format_failure(e: FormatError) -> CopyError {
+    CopyError { error: s3err(S3ErrorCode::InternalError, "the copy source could not be authenticated"), format: Some(e) }
+}
+
+/// What to do with the source's sealed metadata.
+pub enum MetadataChange<'a> {
+    Keep,
+    /// Replace by the descriptive headers of this request (the plaintext MD5 is kept: the
+    /// content does not change).
+    ReplaceFrom(&'a RequestHeader),
+}
+
+pub struct Copied {
+    pub backend_etag: String,
+    pub sealed_md5: Option<String>,
+    /// Key id the source was sealed with.
+    pub source_key_id: KeyId,
+}
+
+/// Streams `src` to `dst`, re-wrapping every segment for `dst` under the ring's current key.
+/// `only_if_not_current`: skip (returning `Ok(None)`) when the source already uses the
+/// current key and `src == dst` (key rotation). `extra_put` headers go on the upload.
+pub async fn reencrypt_copy(
+    backend: &Backend,
+    ring: &Arc<KeyRing>,
+    src: ObjectId<'_>,
+    src_version: Option<&str>,
+    dst: ObjectId<'_>,
+    metadata_change: MetadataChange<'_>,
+    extra_put: &[(&str, &str)],
+    only_if_not_current: bool,
+) -> Result<Option<Copied>, CopyError> {
+    let query: Vec<(String, String)> = src_version.iter().map(|v| ("versionId".to_string(), v.to_string())).collect();
+    let get = backend.request("GET", Some(src.bucket), Some(src.key), &query, &[], None)?;
+    let mut source = backend.open(Some(src.bucket), get).await?;
+    let head = source.read_header().await?;
+    match head.status.as_u16() {
+        200 => {}
+        404 => {
+            return Err(s3err(S3ErrorCode::NoSuchKey, "The specified key does not exist.").with_resource(format!("/{}/{}", src.bucket, src.key)).into())
+        }
+        403 => return Err(s3err(S3ErrorCode::AccessDenied, "the backend denied reading the copy source").into()),
+        s => {
+            log::warn!("backend answered {s} reading copy source /{}/{}", src.bucket, src.key);
+            return Err(s3err(S3ErrorCode::ServiceUnavailable, "the copy source could not be read; please retry").with_retry_after(1).into());
+        }
+    }
+    let hdr = |n: &str| head.headers.get(n).and_then(|v| v.to_str().ok()).map(str::to_string);
+    let sealed = hdr(meta::HEADER).ok_or_else(|| CopyError {
+        error: s3err(S3ErrorCode::InvalidObjectState, "The copy source was not written through the encryption proxy"),
+        format: Some(FormatError::NotEncrypted),
+    })?;
+    let opened = meta::open(ring, src, &sealed).map_err(format_failure)?;
+    if only_if_not_current && opened.key_id == ring.current_id() {
+        source.release_without_body().await;
+        return Ok(None);
+    }
+    let length = hdr("content-length")
+        .and_then(|v| v.parse::<u64>().ok())
+        .ok_or_else(|| S3Error::internal("copy", "source answer without Content-Length"))?;
+    let source_etag = hdr("etag").unwrap_or_default();
+
+    let sealed_md5 = metadata::sealed_md5(&opened.payload);
+    let payload = match metadata_change {
+        MetadataChange::Keep => opened.payload.clone(),
+        MetadataChange::ReplaceFrom(req) => metadata::from_request(req, None, sealed_md5.as_deref()),
+    };
+    let new_sealed = meta::seal(ring.current(), dst, opened.chunk_size, &payload).map_err(|e| CopyError {
+        error: s3err(S3ErrorCode::MetadataTooLarge, "Your metadata headers exceed the maximum allowed metadata size once encrypted (about 1400 bytes)"),
+        format: Some(e),
+    })?;
+    let mut put_headers: Vec<(&str, &str)> = vec![("content-type", "application/octet-stream"), (meta::HEADER, &new_sealed)];
+    put_headers.extend_from_slice(extra_put);
+    if only_if_not_current {
+        // Re-wrapping in place: do not overwrite an object a client replaced meanwhile
+        // (backends that honour If-Match on PUT).
+        put_headers.push(("if-match", &source_etag));
+    }
+    let segments = segments_from_etag(&source_etag);
+    let mut stream = if segments > 1 {
+        let plain_len = object_plain_len(length, opened.chunk_size, segments)
+            .ok_or_else(|| format_failure(FormatError::LayoutMismatch))?;
+        if plain_len > MAX_SINGLE_PUT {
+            return Err(s3err(S3ErrorCode::InvalidRequest, "The specified copy source is larger than the maximum allowable size for a copy source: 5368709120").into());
+        }
+        let enc = SegmentEncryptor::new(ring.current(), dst, 0, plain_len, opened.chunk_size).map_err(format_failure)?;
+        CopyStream::Reencrypt(Decryptor::new((**ring).clone(), src), enc, segments)
+    } else {
+        CopyStream::Rewrap(Rewrapper::new((**ring).clone(), src, dst, ring.current().clone()))
+    };
+    let put = backend.request("PUT", Some(dst.bucket), Some(dst.key), &[], &put_headers, Some(stream.output_len(length)))?;
+    let mut dest = backend.open(Some(dst.bucket), put).await?;
+    while let Some(piece) = source.read_body().await? {
+        let out = stream.update(&piece).map_err(format_failure)?;
+        if !out.is_empty() {
+            dest.write_body(out, false).await?;
+        }
+    }
+    source.release().await;
+    // Returning before this point drops `dest` mid-body: the backend stores nothing.
+    let last = stream.finish().map_err(format_failure)?;
+    dest.write_body(last, true).await?;
+    let answer = dest.read_header().await?;
+    while dest.read_body().await?.is_some() {}
+    dest.release().await;
+    match answer.status.as_u16() {
+        200..=299 => {}
+        412 => return Err(s3err(S3ErrorCode::PreconditionFailed, "At least one of the pre-conditions you specified did not hold").into()),
+        s => {
+            log::warn!("backend answered {s} to the copy's PUT of /{}/{}", dst.bucket, dst.key);
+            return Err(s3err(S3ErrorCode::ServiceUnavailable, "the copy could not be stored; please retry").with_retry_after(1).into());
+        }
+    }
+    let backend_etag = answer.headers.get("etag").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+    Ok(Some(Copied { backend_etag, sealed_md5, source_key_id: opened.key_id }))
+}
+
+/// S3's limit for a single PUT (and so for a copy).
+const MAX_SINGLE_PUT: u64 = 5 << 30;
+
+/// How the stored bytes of a copy are produced from the source's.
+enum CopyStream {
+    /// One segment: re-wrap its header, pass its chunks.
+    Rewrap(Rewrapper),
+    /// Several segments: authenticate and decrypt, encrypt again as one segment.
+    Reencrypt(Decryptor, SegmentEncryptor, u32),
+}
+
+impl CopyStream {
+    fn output_len(&self, source_len: u64) -> u64 {
+        match self {
+            CopyStream::Rewrap(_) => source_len,
+            CopyStream::Reencrypt(_, enc, _) => enc.cipher_len(),
+        }
+    }
+
+    fn update(&mut self, input: &[u8]) -> Result<bytes::Bytes, FormatError> {
+        match self {
+            CopyStream::Rewrap(r) => r.update(input),
+            CopyStream::Reencrypt(dec, enc, _) => {
+                let plain = dec.update(input)?;
+                enc.update(&plain)
+            }
+        }
+    }
+
+    /// The final piece, released only once the whole source authenticated.
+    fn finish(self) -> Result<bytes::Bytes, FormatError> {
+        match self {
+            CopyStream::Rewrap(r) => r.finish(),
+            CopyStream::Reencrypt(dec, mut enc, n) => {
+                let rest = dec.finish_expecting_segments(n)?;
+                let mut out = bytes::BytesMut::from(&enc.update(&rest)?[..]);
+                out.extend_from_slice(&enc.finish()?);
+                Ok(out.freeze())
+            }
+        }
+    }
+}
+
+/// CopyObject: answered by the proxy with a `CopyObjectResult`.
 pub async fn copy_object(
     backend: &Backend,
     ring: &Arc<KeyRing>,
@@ -26,81 +203,37 @@ pub async fn copy_object(
 ) -> Result<Reply, S3Error> {
     let src = s3.copy_source.as_ref().expect("CopyObject has a source");
     let (dst_bucket, dst_key) = (s3.bucket.as_deref().unwrap_or(""), s3.key.as_deref().unwrap_or(""));
-    let src_obj = ObjectId { bucket: &src.bucket, key: &src.key };
-    let dst_obj = ObjectId { bucket: dst_bucket, key: dst_key };
-
-    let query: Vec<(String, String)> = src.version_id.iter().map(|v| ("versionId".to_string(), v.clone())).collect();
-    let get = backend.request("GET", Some(&src.bucket), Some(&src.key), &query, &[], None)?;
-    let mut source = backend.open(Some(&src.bucket), get).await?;
-    let head = source.read_header().await?;
-    match head.status.as_u16() {
-        200 => {}
-        404 => return Err(s3err(S3ErrorCode::NoSuchKey, "The specified key does not exist.").with_resource(format!("/{}/{}", src.bucket, src.key))),
-        403 => return Err(s3err(S3ErrorCode::AccessDenied, "the backend denied reading the copy source")),
-        s => {
-            log::warn!("backend answered {s} reading copy source /{}/{}", src.bucket, src.key);
-            return Err(s3err(S3ErrorCode::ServiceUnavailable, "the copy source could not be read; please retry").with_retry_after(1));
-        }
-    }
-    let hdr = |n: &str| head.headers.get(n).and_then(|v| v.to_str().ok()).map(str::to_string);
-    let sealed = hdr(meta::HEADER).ok_or_else(|| {
-        ctx.crypto_failure = Some("not_encrypted");
-        s3err(S3ErrorCode::InvalidObjectState, "The copy source was not written through the encryption proxy")
-    })?;
-    let opened = meta::open(ring, src_obj, &sealed).map_err(|e| crypto_error(ctx, &e))?;
-    let length = hdr("content-length")
-        .and_then(|v| v.parse::<u64>().ok())
-        .ok_or_else(|| S3Error::internal("copy", "source answer without Content-Length"))?;
-
-    let payload = if s3.metadata_replace {
-        // The content is unchanged, so a known plaintext MD5 stays true.
-        let md5 = sealed_md5(&opened.payload);
-        let mut fresh = metadata::from_request(req, None);
-        if let Some(m) = md5 {
-            fresh = with_md5(&fresh, &m);
-        }
-        fresh
-    } else {
-        opened.payload.clone()
-    };
-    let md5 = sealed_md5(&payload);
-    let new_sealed = meta::seal(ring.current(), dst_obj, opened.chunk_size, &payload).map_err(|e| crypto_error(ctx, &e))?;
-    let mut put_headers: Vec<(&str, &str)> = vec![("content-type", "application/octet-stream"), (meta::HEADER, &new_sealed)];
+    let change = if s3.metadata_replace { MetadataChange::ReplaceFrom(req) } else { MetadataChange::Keep };
+    let mut extra = Vec::new();
     if s3.if_none_match == Some(IfNoneMatch::Any) {
-        put_headers.push(("if-none-match", "*"));
+        extra.push(("if-none-match", "*"));
     }
-    let put = backend.request("PUT", Some(dst_bucket), Some(dst_key), &[], &put_headers, Some(length))?;
-    let mut dest = backend.open(Some(dst_bucket), put).await?;
-
-    let mut rewrap = Rewrapper::new((**ring).clone(), src_obj, dst_obj, ring.current().clone());
-    while let Some(piece) = source.read_body().await? {
-        let out = rewrap.update(&piece).map_err(|e| crypto_error(ctx, &e))?;
-        if !out.is_empty() {
-            dest.write_body(out, false).await?;
+    let copied = reencrypt_copy(
+        backend,
+        ring,
+        ObjectId { bucket: &src.bucket, key: &src.key },
+        src.version_id.as_deref(),
+        ObjectId { bucket: dst_bucket, key: dst_key },
+        change,
+        &extra,
+        false,
+    )
+    .await
+    .map_err(|e| match e.format {
+        Some(f) => crypto_error(ctx, &f),
+        None => {
+            if e.error.code == S3ErrorCode::PreconditionFailed {
+                crate::conditional::precondition_failed(&s3.resource())
+            } else {
+                e.error
+            }
         }
-    }
-    source.release().await;
-    // Dropping `dest` before this point closes the connection mid-body: nothing is stored.
-    let last = rewrap.finish().map_err(|e| crypto_error(ctx, &e))?;
-    dest.write_body(last, true).await?;
-    let answer = dest.read_header().await?;
-    while dest.read_body().await?.is_some() {}
-    dest.release().await;
+    })?
+    .expect("copies always run");
     ctx.key_id = Some(ring.current_id());
-
-    match answer.status.as_u16() {
-        200..=299 => {}
-        412 => return Err(crate::conditional::precondition_failed(&s3.resource())),
-        s => {
-            log::warn!("backend answered {s} to the copy's PUT of {}", s3.resource());
-            return Err(s3err(S3ErrorCode::ServiceUnavailable, "the copy could not be stored; please retry").with_retry_after(1));
-        }
-    }
-    let backend_etag = answer.headers.get("etag").and_then(|v| v.to_str().ok()).unwrap_or("");
-    let etag = client_etag(backend_etag, md5.as_deref());
-    let now = time::OffsetDateTime::now_utc();
+    let etag = client_etag(&copied.backend_etag, copied.sealed_md5.as_deref());
     let fmt = time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z");
-    let last_modified = now.format(&fmt).map_err(|e| S3Error::internal("formatting a date", e))?;
+    let last_modified = time::OffsetDateTime::now_utc().format(&fmt).map_err(|e| S3Error::internal("formatting a date", e))?;
     Ok(Reply::xml(
         200,
         format!(
@@ -108,16 +241,4 @@ pub async fn copy_object(
             crate::xml::escape(&etag)
         ),
     ))
-}
-
-fn sealed_md5(payload: &[u8]) -> Option<String> {
-    serde_json::from_slice::<serde_json::Value>(payload).ok()?.get("md5")?.as_str().map(str::to_string)
-}
-
-fn with_md5(payload: &[u8], md5: &str) -> Vec<u8> {
-    let mut v: serde_json::Value = serde_json::from_slice(payload).unwrap_or_default();
-    if let Some(o) = v.as_object_mut() {
-        o.insert("md5".into(), serde_json::Value::String(md5.to_string()));
-    }
-    serde_json::to_vec(&v).expect("json")
 }

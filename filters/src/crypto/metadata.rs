@@ -29,9 +29,10 @@ struct Sealed {
     md5: Option<String>,
 }
 
-/// The metadata payload of an upload request.
-pub fn from_request(req: &RequestHeader, content_md5: Option<[u8; 16]>) -> Vec<u8> {
-    let mut sealed = Sealed { h: Vec::new(), md5: content_md5.map(hex::encode) };
+/// The metadata payload of an upload request. `known_md5` (hex) is kept when the content
+/// is unchanged (a copy replacing the metadata).
+pub fn from_request(req: &RequestHeader, content_md5: Option<[u8; 16]>, known_md5: Option<&str>) -> Vec<u8> {
+    let mut sealed = Sealed { h: Vec::new(), md5: content_md5.map(hex::encode).or_else(|| known_md5.map(str::to_string)) };
     for (name, value) in req.headers.iter() {
         let n = name.as_str();
         if !is_sealed(n) {
@@ -49,6 +50,11 @@ pub fn from_request(req: &RequestHeader, content_md5: Option<[u8; 16]>) -> Vec<u
         }
     }
     serde_json::to_vec(&sealed).expect("strings serialize")
+}
+
+/// The plaintext MD5 sealed in a payload, if any.
+pub fn sealed_md5(payload: &[u8]) -> Option<String> {
+    serde_json::from_slice::<Sealed>(payload).ok()?.md5
 }
 
 /// Removes the sealed headers from a request going to the backend.
@@ -103,7 +109,8 @@ mod tests {
         req.insert_header("x-amz-meta-color", "blue").unwrap();
         req.insert_header("content-encoding", "gzip, aws-chunked").unwrap();
         req.insert_header("x-amz-date", "x").unwrap();
-        let payload = from_request(&req, Some([1; 16]));
+        let payload = from_request(&req, Some([1; 16]), None);
+        assert_eq!(sealed_md5(&payload).as_deref(), Some("01010101010101010101010101010101"));
         strip_sealed_headers(&mut req);
         assert!(req.headers.get("x-amz-meta-color").is_none() && req.headers.get("x-amz-date").is_some());
 
