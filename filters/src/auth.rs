@@ -10,12 +10,14 @@ use std::time::SystemTime;
 
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
-use pingora::http::RequestHeader;
+use pingora::http::{RequestHeader, ResponseHeader};
 
+use crate::checksum::{self, ChecksumAlgorithm, Checksummer};
 use crate::ctx::RequestCtx;
 use crate::error::{s3err, S3Error, S3ErrorCode};
 use crate::filter::{Filter, Flow};
 use crate::request::PayloadMode;
+use crate::sigv4::chunked::{ChunkSigning, ChunkedDecoder};
 use crate::sigv4::{verify, Credentials, PayloadVerifier};
 
 /// SHA-256 of the empty string.
@@ -62,12 +64,20 @@ impl Filter for Sigv4Filter {
                 return Err(e);
             }
         };
-        if verified.payload.is_streaming() {
-            return Err(s3err(
-                S3ErrorCode::NotImplemented,
-                "aws-chunked (STREAMING-*) uploads are not supported by this proxy version; configure the client to sign the payload",
-            ));
+        if verified.payload.is_streaming() && s3.decoded_content_length.is_none() {
+            return Err(s3err(S3ErrorCode::MissingContentLength, "aws-chunked uploads must send x-amz-decoded-content-length"));
         }
+        let trailer = match req.headers.get("x-amz-trailer").and_then(|v| v.to_str().ok()) {
+            Some(name) => Some(ChecksumAlgorithm::from_header_name(name.trim()).ok_or_else(|| {
+                s3err(S3ErrorCode::InvalidRequest, format!("The trailer {name} is not a supported checksum"))
+            })?),
+            None => None,
+        };
+        let checksum_spec = match (checksum::from_request_headers(&req.headers)?, trailer) {
+            (Some((alg, value)), _) => Some((alg, Some(value))),
+            (None, Some(alg)) => Some((alg, None)),
+            (None, None) => None,
+        };
         // A request without a body is judged now: by the time the (empty) body phase runs,
         // a DELETE would already have reached the backend.
         let bodyless = s3.content_length.unwrap_or(0) == 0;
@@ -77,14 +87,46 @@ impl Filter for Sigv4Filter {
                 return Err(s3err(S3ErrorCode::XAmzContentSHA256Mismatch, "The provided 'x-amz-content-sha256' header does not match what was computed."));
             }
         }
+        ctx.checksum_spec = checksum_spec;
         ctx.verified = Some(verified);
         Ok(Flow::Continue)
     }
 
-    async fn upstream_request(&self, _up: &mut RequestHeader, ctx: &mut RequestCtx) -> Result<(), S3Error> {
-        // A retried attempt replays the body from its start.
+    async fn upstream_request(&self, up: &mut RequestHeader, ctx: &mut RequestCtx) -> Result<(), S3Error> {
+        // A retried attempt replays the body from its start: every body state starts anew.
         ctx.payload = None;
         ctx.held_piece = None;
+        ctx.checksummer = ctx.checksum_spec.as_ref().map(|(alg, _)| Checksummer::new(*alg));
+        let v = ctx.verified()?;
+        ctx.chunked = if v.payload.is_streaming() {
+            let s3 = ctx.s3()?;
+            let decoded = s3.decoded_content_length.unwrap_or(0);
+            let trailer = ctx.checksum_spec.as_ref().filter(|(_, value)| value.is_none()).map(|(alg, _)| *alg);
+            let signing = matches!(v.payload, PayloadMode::StreamingSigned | PayloadMode::StreamingSignedTrailer).then(|| ChunkSigning::from_verified(v));
+            // The body goes on decoded: describe it as such (the crypto filter, if any,
+            // then replaces the length by the ciphertext's).
+            for h in ["content-encoding", "x-amz-decoded-content-length", "x-amz-trailer", "transfer-encoding"] {
+                up.remove_header(h);
+            }
+            if let Some((alg, _)) = &ctx.checksum_spec {
+                up.remove_header(alg.header_name());
+            }
+            up.insert_header("content-length", decoded.to_string()).map_err(|e| S3Error::internal("content-length", e))?;
+            Some(ChunkedDecoder::new(v.payload, signing, trailer, decoded)?)
+        } else {
+            None
+        };
+        Ok(())
+    }
+
+    fn upstream_response(&self, resp: &mut ResponseHeader, ctx: &mut RequestCtx) -> Result<(), S3Error> {
+        // Echo the verified plaintext checksum, as S3 does (runs after the crypto filter
+        // removed the backend's ciphertext checksums).
+        if let Some((alg, value)) = &ctx.checksum_result {
+            if resp.status.is_success() {
+                resp.insert_header(alg.header_name(), value.as_str()).map_err(|e| S3Error::internal("checksum header", e))?;
+            }
+        }
         Ok(())
     }
 
@@ -97,17 +139,46 @@ impl Filter for Sigv4Filter {
             let md5 = ctx.s3()?.content_md5;
             ctx.payload = Some(PayloadVerifier::new(signed, md5, ctx.want_body_md5));
         }
+        // aws-chunked: from here on the body is the decoded payload.
+        if let Some(decoder) = ctx.chunked.as_mut() {
+            if let Some(raw) = body.take() {
+                *body = Some(decoder.feed_bytes(raw).inspect_err(|e| ctx.auth_failure = Some(auth_failure_label(e.code)))?);
+            }
+        }
         let verifier = ctx.payload.as_mut().expect("created above");
         if let Some(b) = body.as_ref() {
             verifier.update(b);
+            if let Some(c) = ctx.checksummer.as_mut() {
+                c.update(b);
+            }
         }
         if end {
+            let trailer = match ctx.chunked.take() {
+                Some(d) => d.finish().inspect_err(|e| ctx.auth_failure = Some(auth_failure_label(e.code)))?,
+                None => None,
+            };
             let verifier = ctx.payload.take().expect("created above");
             match verifier.finish() {
                 Ok(md5) => ctx.body_md5 = md5,
                 Err(e) => {
                     ctx.auth_failure = Some(auth_failure_label(e.code));
                     return Err(e);
+                }
+            }
+            if let Some(c) = ctx.checksummer.take() {
+                let alg = c.algorithm();
+                let computed = c.finish_base64();
+                let expected = match &ctx.checksum_spec {
+                    Some((_, Some(header_value))) => Some(header_value.clone()),
+                    _ => trailer.filter(|(a, _)| *a == alg).map(|(_, v)| v),
+                };
+                match expected {
+                    Some(e) if e != computed => {
+                        ctx.auth_failure = Some("checksum");
+                        return Err(checksum::mismatch_error(alg));
+                    }
+                    Some(_) => ctx.checksum_result = Some((alg, computed)),
+                    None => return Err(s3err(S3ErrorCode::InvalidRequest, format!("The {} trailer announced in x-amz-trailer did not come", alg.header_name()))),
                 }
             }
         }

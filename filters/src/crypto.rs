@@ -64,6 +64,8 @@ enum Plan {
         plain_len: u64,
     },
     SealMetadata,
+    /// CompleteMultipartUpload: the part checksums in its body describe plaintext.
+    Complete,
     Read {
         range: Option<ByteRange>,
     },
@@ -89,6 +91,8 @@ pub struct CryptoCtx {
     if_none_match: Option<String>,
     /// A Range GET planned to fetch only the chunks it needs.
     ranged: Option<RangedRead>,
+    /// The CompleteMultipartUpload body, collected to remove part checksums.
+    complete_body: BytesMut,
 }
 
 pub struct CryptoFilter {
@@ -214,6 +218,7 @@ impl Filter for CryptoFilter {
             }
             Operation::CompleteMultipartUpload => {
                 multipart::check_before_complete(&self.backend, &s3, self.chunk_size).await?;
+                ctx.crypto.plan = Plan::Complete;
             }
             Operation::UploadPartCopy => {
                 return Err(s3err(S3ErrorCode::NotImplemented, "UploadPartCopy is not supported by this proxy version"));
@@ -263,6 +268,13 @@ impl Filter for CryptoFilter {
                 }
                 self.seal_headers(up, ctx)?
             }
+            Plan::Complete => {
+                for h in PLAINTEXT_BODY_HEADERS {
+                    up.remove_header(*h);
+                }
+                ctx.body_rewritten = true;
+                ctx.crypto.complete_body.clear();
+            }
             Plan::Read { .. } => {
                 // Ranges and ETag conditions are answered by the proxy: the backend knows
                 // only ciphertext offsets and ciphertext ETags.
@@ -280,6 +292,22 @@ impl Filter for CryptoFilter {
     }
 
     fn request_body(&self, body: &mut Option<Bytes>, end: bool, ctx: &mut RequestCtx) -> Result<(), S3Error> {
+        if matches!(ctx.crypto.plan, Plan::Complete) {
+            if let Some(b) = body.take() {
+                if ctx.crypto.complete_body.len() + b.len() > 4 << 20 {
+                    return Err(s3err(S3ErrorCode::MalformedXML, "the CompleteMultipartUpload body is too large"));
+                }
+                ctx.crypto.complete_body.extend_from_slice(&b);
+            }
+            *body = if end {
+                let mut all = std::mem::take(&mut ctx.crypto.complete_body);
+                multipart::blank_part_checksums(&mut all);
+                Some(all.freeze())
+            } else {
+                Some(Bytes::new())
+            };
+            return Ok(());
+        }
         let Some(enc) = ctx.crypto.encryptor.as_mut() else { return Ok(()) };
         let mut out = match body.take() {
             Some(b) if !b.is_empty() => {

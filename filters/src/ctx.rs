@@ -5,10 +5,12 @@ use std::time::Instant;
 
 use s3cp_format::KeyId;
 
+use crate::checksum::{ChecksumAlgorithm, Checksummer};
 use crate::crypto::CryptoCtx;
 use crate::error::{s3err, S3Error, S3ErrorCode};
 use crate::listing::ListingCtx;
 use crate::request::S3Request;
+use crate::sigv4::chunked::ChunkedDecoder;
 use crate::sigv4::{PayloadVerifier, VerifiedRequest};
 
 pub struct RequestCtx {
@@ -21,6 +23,14 @@ pub struct RequestCtx {
     /// The sigv4 filter's body check, and the piece it holds back until the check passes.
     pub payload: Option<PayloadVerifier>,
     pub held_piece: Option<bytes::Bytes>,
+    /// aws-chunked framing being decoded (streaming payload modes).
+    pub chunked: Option<ChunkedDecoder>,
+    /// The flexible checksum the client declared: algorithm, and the value when it came as
+    /// a header (a trailer brings it at the end of the body).
+    pub checksum_spec: Option<(ChecksumAlgorithm, Option<String>)>,
+    pub checksummer: Option<Checksummer>,
+    /// The verified checksum of the plaintext, echoed in the answer as S3 does.
+    pub checksum_result: Option<(ChecksumAlgorithm, String)>,
     /// Whether the body's MD5 must be computed even without `Content-MD5` (for the ETag).
     pub want_body_md5: bool,
     /// The MD5 of the plaintext body, once it was all received and verified.
@@ -50,6 +60,10 @@ impl RequestCtx {
             verified: None,
             payload: None,
             held_piece: None,
+            chunked: None,
+            checksum_spec: None,
+            checksummer: None,
+            checksum_result: None,
             want_body_md5: false,
             body_md5: None,
             body_rewritten: false,

@@ -118,6 +118,25 @@ pub fn check_layout(parts: &mut [(u32, u64)], chunk_size: u32) -> Result<(), S3E
     Ok(())
 }
 
+/// Part checksums in a CompleteMultipartUpload body describe the plaintext parts, which the
+/// backend never saw: they are overwritten with spaces (the body keeps its length, which
+/// the backend was already told). The proxy verified each part's checksum on upload.
+pub fn blank_part_checksums(xml: &mut [u8]) {
+    for tag in ["ChecksumCRC32", "ChecksumCRC32C", "ChecksumCRC64NVME", "ChecksumSHA1", "ChecksumSHA256", "ChecksumType"] {
+        let (open, close) = (format!("<{tag}>"), format!("</{tag}>"));
+        let mut from = 0;
+        while let Some(start) = find(&xml[from..], open.as_bytes()).map(|i| i + from) {
+            let Some(end) = find(&xml[start..], close.as_bytes()).map(|i| i + start + close.len()) else { break };
+            xml[start..end].fill(b' ');
+            from = end;
+        }
+    }
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
 /// Refuses to complete an upload whose parts break the layout rule.
 pub async fn check_before_complete(backend: &Backend, s3: &S3Request, chunk_size: u32) -> Result<(), S3Error> {
     let upload_id = s3.query_value("uploadId").unwrap_or_default().to_string();
@@ -161,6 +180,16 @@ mod tests {
         let mut gap = stored(&[5 << 20, 5 << 20, 10]);
         gap[1].0 = 5;
         assert!(check_layout(&mut gap, C).unwrap_err().message.contains("part 2 is missing"));
+    }
+
+    #[test]
+    fn part_checksums_are_blanked_in_place() {
+        let mut xml = b"<CompleteMultipartUpload><Part><ETag>\"a\"</ETag><ChecksumCRC32>7z4jdQ==</ChecksumCRC32><PartNumber>1</PartNumber></Part></CompleteMultipartUpload>".to_vec();
+        let len = xml.len();
+        blank_part_checksums(&mut xml);
+        let s = String::from_utf8(xml).unwrap();
+        assert_eq!(s.len(), len);
+        assert!(!s.contains("Checksum") && s.contains("<PartNumber>1</PartNumber>") && s.contains("<ETag>"));
     }
 
     #[test]
