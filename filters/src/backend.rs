@@ -113,7 +113,12 @@ impl Backend {
 
     /// The peer for pingora, with every timeout set (pingora's defaults are none).
     pub fn peer(&self, bucket: Option<&str>) -> HttpPeer {
-        let sni = if self.tls { self.host_for(bucket) } else { String::new() };
+        // SNI and certificate names carry no port; virtual-host style names the bucket.
+        let sni = match (self.tls, bucket) {
+            (false, _) => String::new(),
+            (true, Some(b)) if !self.cfg.path_style => format!("{b}.{}", self.host),
+            (true, _) => self.host.clone(),
+        };
         let mut peer = HttpPeer::new(self.addr, self.tls, sni);
         let o = &mut peer.options;
         o.connection_timeout = Some(self.cfg.connect_timeout);
@@ -381,6 +386,14 @@ mod tests {
             v.path_and_query(Some("bkt"), None, &[("list-type".into(), "2".into()), ("prefix".into(), "a/b".into())]),
             "/?list-type=2&prefix=a%2Fb"
         );
+    }
+
+    #[test]
+    fn sni_has_no_port() {
+        let b = backend("https://127.0.0.1:9443", true);
+        assert_eq!(b.peer(Some("bkt")).sni, "127.0.0.1");
+        let v = backend("https://s3.example.com:9443", false);
+        assert_eq!(v.peer(Some("bkt")).sni, "bkt.s3.example.com");
     }
 
     #[test]

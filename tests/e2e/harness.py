@@ -110,11 +110,15 @@ def self_signed_cert(workdir, name):
     return cert, key
 
 
-def cert_fingerprint(cert_path):
-    """SHA-256 of the DER certificate, colon-separated lowercase hex (PBS's form)."""
-    with open(cert_path) as f:
-        der = ssl.PEM_cert_to_DER_cert(f.read())
+def cert_fingerprint_pem(pem):
+    """SHA-256 of a PEM certificate's DER, colon-separated lowercase hex (PBS's form)."""
+    der = ssl.PEM_cert_to_DER_cert(pem)
     return ":".join(f"{b:02x}" for b in hashlib.sha256(der).digest())
+
+
+def cert_fingerprint(cert_path):
+    with open(cert_path) as f:
+        return cert_fingerprint_pem(f.read())
 
 
 # ---------------------------------------------------------------- backends
@@ -125,11 +129,17 @@ class Moto:
     access_key = "moto-access"
     secret_key = "moto-secret-key"
 
-    def __init__(self, workdir):
+    def __init__(self, workdir, tls=False):
         self.port = free_port()
-        self.proc = Proc(["moto_server", "-H", "127.0.0.1", "-p", str(self.port)], workdir, "moto")
+        args = ["moto_server", "-H", "127.0.0.1", "-p", str(self.port)]
+        self.ca_file = None
+        if tls:
+            cert, key = self_signed_cert(workdir, "moto")
+            args += ["-c", cert, "-k", key]
+            self.ca_file = test_ca(workdir)[0]
+        self.proc = Proc(args, workdir, "moto")
         wait_port(self.port, self.proc.p)
-        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self.endpoint = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
 
     def stop(self):
         self.proc.stop()
@@ -249,7 +259,8 @@ class Keyd:
 # ---------------------------------------------------------------- the proxy
 
 class Proxy:
-    def __init__(self, workdir, backend, keyd=None, tls=True, name="proxy", **overrides):
+    def __init__(self, workdir, backend_server, keyd=None, tls=True, name="proxy", **overrides):
+        backend = backend_server
         self.dir = os.path.join(workdir, name)
         os.makedirs(self.dir, exist_ok=True)
         self.port, self.admin_port = free_port(), free_port()
