@@ -172,8 +172,8 @@ root_domain = ".s3.garage.localhost"
 api_bind_addr = "127.0.0.1:{admin}"
 admin_token = "{secrets.token_hex(16)}"
 """)
-        self.proc = Proc([shutil.which("garage") or "garage", "-c", self.conf, "server"], d, "garage", env={"RUST_LOG": "warn"})
-        wait_port(self.port, self.proc.p)
+        self.dir = d
+        self.start()
         node = self._garage("node", "id", "-q").strip().split("@")[0]
         self._garage("layout", "assign", "-z", "dc1", "-c", "1G", node)
         self._garage("layout", "apply", "--version", "1")
@@ -182,6 +182,10 @@ admin_token = "{secrets.token_hex(16)}"
         self._garage("key", "import", "--yes", "-n", "s3cp-test", self.access_key, self.secret_key)
         self._garage("key", "allow", "--create-bucket", self.access_key)
         self.endpoint = f"http://127.0.0.1:{self.port}"
+
+    def start(self):
+        self.proc = Proc([shutil.which("garage") or "garage", "-c", self.conf, "server"], self.dir, "garage", env={"RUST_LOG": "warn"})
+        wait_port(self.port, self.proc.p)
 
     def _garage(self, *args):
         for attempt in range(50):
