@@ -146,8 +146,15 @@ impl ProxyHttp for S3Proxy {
             return Ok(());
         }
         let status = resp.status.as_u16();
-        if status >= 500 {
+        if status >= 500 || status == 429 {
             self.metrics.backend_errors.with_label_values(&[&status.to_string()]).inc();
+        }
+        if status == 429 {
+            // S3 clients (PBS among them) retry 503 SlowDown but not 429.
+            resp.set_status(503)?;
+            if resp.headers.get("retry-after").is_none() {
+                resp.insert_header("retry-after", "1")?;
+            }
         }
         match self.chain.upstream_response(resp, ctx) {
             Ok(()) => Ok(()),
