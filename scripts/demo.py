@@ -4,6 +4,7 @@ prints what to try; `down` stops every process it started."""
 
 import json
 import os
+import shutil
 import signal
 import sys
 
@@ -20,7 +21,9 @@ def up():
     if os.path.exists(STATE):
         print("demo already running; `scripts/demo.sh down` first")
         return 1
-    os.makedirs(DEMO, exist_ok=True)
+    # A fresh stack every time: new key, new identities, empty backend.
+    shutil.rmtree(DEMO, ignore_errors=True)
+    os.makedirs(DEMO)
     backend = harness.start_backend("moto", DEMO)
     import boto3
     boto3.client("s3", endpoint_url=backend.endpoint, region_name=backend.region, aws_access_key_id=backend.access_key,
@@ -69,7 +72,7 @@ def down():
             os.kill(pid, signal.SIGTERM)
         except ProcessLookupError:
             pass
-    os.remove(STATE)
+    shutil.rmtree(DEMO, ignore_errors=True)
     print(f"stopped {len(pids)} processes")
     return 0
 
