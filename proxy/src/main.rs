@@ -49,28 +49,36 @@ struct Cli {
 enum Cmd {
     /// Run the proxy.
     Run {
-        /// YAML configuration file (e.g. /etc/s3-crypt-proxy/config.yaml).
-        #[arg(short, long, env = "S3CP_CONFIG")]
+        /// YAML configuration file; S3CP_* variables override it.
+        /// Example: --config /etc/s3-crypt-proxy/config.yaml
+        #[arg(short, long, env = "S3CP_CONFIG", verbatim_doc_comment)]
         config: Option<PathBuf>,
-        /// Zero-downtime upgrade: receive the listening sockets from the running proxy over
-        /// server.upgrade_sock, then send the old process SIGQUIT.
-        #[arg(short, long)]
+        /// Zero-downtime upgrade: take the listening sockets of the running proxy over
+        /// server.upgrade_sock; then send the old process SIGQUIT so it drains and exits.
+        /// Example: s3-crypt-proxy run --config config.yaml --upgrade --daemon && kill -QUIT $OLD_PID
+        #[arg(short, long, verbatim_doc_comment)]
         upgrade: bool,
-        /// Detach into the background (systemd units do not need this).
-        #[arg(short, long)]
+        /// Detach into the background, writing server.pid_file (systemd Type=forking).
+        /// Example: --daemon
+        #[arg(short, long, verbatim_doc_comment)]
         daemon: bool,
     },
     /// Check the configuration (including filter order, TLS files and the backend address) and exit.
     Check {
-        #[arg(short, long, env = "S3CP_CONFIG")]
+        /// The configuration to check.
+        /// Example: --config /etc/s3-crypt-proxy/config.yaml
+        #[arg(short, long, env = "S3CP_CONFIG", verbatim_doc_comment)]
         config: Option<PathBuf>,
     },
     /// Print the SHA-256 fingerprint of the TLS certificate in the form PBS expects.
     Fingerprint {
         /// The certificate (PEM); defaults to tls.cert_file of the configuration.
-        #[arg(long)]
+        /// Example: --cert /etc/s3-crypt-proxy/proxy.crt
+        #[arg(long, verbatim_doc_comment)]
         cert: Option<PathBuf>,
-        #[arg(short, long, env = "S3CP_CONFIG")]
+        /// Read tls.cert_file from this configuration.
+        /// Example: --config /etc/s3-crypt-proxy/config.yaml
+        #[arg(short, long, env = "S3CP_CONFIG", verbatim_doc_comment)]
         config: Option<PathBuf>,
     },
 }

@@ -162,3 +162,20 @@ def test_no_key_loaded_answers_503_until_delivered(workroot):
         proxy.stop()
         keyd.stop()
         backend.stop()
+
+
+def test_unencrypted_objects_passthrough_mode(workroot):
+    """With `unencrypted_objects: passthrough`, objects written around the proxy (before it
+    was installed) are served as they are, while new writes are still encrypted."""
+    d = tempfile.mkdtemp(prefix="passthrough-", dir=workroot)
+    s = Stack(d, "moto", tls=False, unencrypted_objects="passthrough")
+    try:
+        s.direct.put_object(Bucket=BUCKET, Key="legacy/plain.txt", Body=b"written before the proxy", ContentType="text/plain")
+        s3 = s.boto()
+        got = s3.get_object(Bucket=BUCKET, Key="legacy/plain.txt")
+        assert got["Body"].read() == b"written before the proxy"
+        s3.put_object(Bucket=BUCKET, Key="legacy/new.txt", Body=b"new and encrypted")
+        assert b"new and encrypted" not in stored(s, "legacy/new.txt")
+        assert s3.get_object(Bucket=BUCKET, Key="legacy/new.txt")["Body"].read() == b"new and encrypted"
+    finally:
+        s.stop()
