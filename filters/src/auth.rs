@@ -137,7 +137,7 @@ impl Filter for Sigv4Filter {
         };
         if ctx.payload.is_none() {
             let md5 = ctx.s3()?.content_md5;
-            ctx.payload = Some(PayloadVerifier::new(signed, md5, ctx.want_body_md5));
+            ctx.payload = Some(PayloadVerifier::new(signed, md5));
         }
         // aws-chunked: from here on the body is the decoded payload.
         if let Some(decoder) = ctx.chunked.as_mut() {

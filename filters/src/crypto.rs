@@ -171,7 +171,6 @@ impl Filter for CryptoFilter {
                 ctx.crypto.sealed_meta = Some(sealed);
                 ctx.crypto.plan = if s3.op == Operation::PutObject {
                     let plain_len = s3.plaintext_length().ok_or_else(|| s3err(S3ErrorCode::MissingContentLength, "You must provide the Content-Length HTTP header."))?;
-                    ctx.want_body_md5 = true;
                     Plan::Encrypt { part: 0, plain_len }
                 } else {
                     Plan::SealMetadata
@@ -348,7 +347,7 @@ impl Filter for CryptoFilter {
                 strip_checksums(resp);
                 // The plaintext MD5 is the ETag only when it was sealed into the object
                 // (the client declared Content-MD5): every later GET/HEAD then shows the same.
-                let md5 = ctx.s3()?.content_md5.and(ctx.body_md5).map(hex::encode);
+                let md5 = ctx.body_md5.map(hex::encode);
                 let backend = header(resp, "etag").unwrap_or_default();
                 set_header(resp, "etag", client_etag(&backend, md5.as_deref()))?;
             }

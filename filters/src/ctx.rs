@@ -31,9 +31,7 @@ pub struct RequestCtx {
     pub checksummer: Option<Checksummer>,
     /// The verified checksum of the plaintext, echoed in the answer as S3 does.
     pub checksum_result: Option<(ChecksumAlgorithm, String)>,
-    /// Whether the body's MD5 must be computed even without `Content-MD5` (for the ETag).
-    pub want_body_md5: bool,
-    /// The MD5 of the plaintext body, once it was all received and verified.
+    /// The MD5 of the plaintext body when the client declared Content-MD5, once verified.
     pub body_md5: Option<[u8; 16]>,
     /// The crypto filter replaced the body: the upstream payload is not the client's.
     pub body_rewritten: bool,
@@ -64,7 +62,6 @@ impl RequestCtx {
             checksum_spec: None,
             checksummer: None,
             checksum_result: None,
-            want_body_md5: false,
             body_md5: None,
             body_rewritten: false,
             crypto: CryptoCtx::default(),

@@ -17,11 +17,11 @@ pub struct PayloadVerifier {
 }
 
 impl PayloadVerifier {
-    /// `want_md5` computes the MD5 even without `Content-MD5` (it becomes the ETag).
-    pub fn new(signed_sha256: Option<[u8; 32]>, content_md5: Option<[u8; 16]>, want_md5: bool) -> Self {
+    /// Hashes only what the client declared: nothing is computed that is not checked.
+    pub fn new(signed_sha256: Option<[u8; 32]>, content_md5: Option<[u8; 16]>) -> Self {
         Self {
             sha256: signed_sha256.map(|h| (Sha256::new(), h)),
-            md5: (want_md5 || content_md5.is_some()).then(Md5::new),
+            md5: content_md5.map(|_| Md5::new()),
             expected_md5: content_md5,
             received: 0,
         }
@@ -68,16 +68,16 @@ mod tests {
         let body = b"hello world";
         let sha: [u8; 32] = Sha256::digest(body).into();
         let md5: [u8; 16] = Md5::digest(body).into();
-        let mut v = PayloadVerifier::new(Some(sha), Some(md5), false);
+        let mut v = PayloadVerifier::new(Some(sha), Some(md5));
         v.update(&body[..3]);
         v.update(&body[3..]);
         assert_eq!(v.finish().unwrap(), Some(md5));
 
-        let mut v = PayloadVerifier::new(Some(sha), None, false);
+        let mut v = PayloadVerifier::new(Some(sha), None);
         v.update(b"hello worlD");
         assert_eq!(v.finish().unwrap_err().code, S3ErrorCode::XAmzContentSHA256Mismatch);
 
-        let mut v = PayloadVerifier::new(None, Some(md5), false);
+        let mut v = PayloadVerifier::new(None, Some(md5));
         v.update(b"hello worlD");
         assert_eq!(v.finish().unwrap_err().code, S3ErrorCode::BadDigest);
     }
