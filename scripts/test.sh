@@ -13,8 +13,8 @@ fi
 passed=$(grep -E "^test result" /tmp/s3cp-cargo-test.log | awk '{s+=$4} END {print s}')
 echo "cargo: ${passed} passed"
 
-echo "== shellcheck"
-shellcheck scripts/*.sh deploy/*.sh 2>/dev/null || shellcheck scripts/*.sh
+echo "== shellcheck (scripts/, .ci/; deploy/ is checked by tests/e2e/test_deploy.py)"
+shellcheck scripts/*.sh .ci/run
 
 echo "== end-to-end (pytest)"
 cargo build --bins --locked
