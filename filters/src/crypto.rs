@@ -257,6 +257,14 @@ impl Filter for CryptoFilter {
                 }
                 if part == 0 {
                     self.seal_headers(up, ctx)?;
+                    // If-Match names an ETag the client was shown: give the backend its own.
+                    if let Some(im) = up.headers.get("if-match").and_then(|v| v.to_str().ok()).map(str::to_string) {
+                        let translated: Vec<String> = im
+                            .split(',')
+                            .map(|t| crate::etag::backend_etag_of(t).unwrap_or_else(|| t.trim().to_string()))
+                            .collect();
+                        set(up, "if-match", translated.join(", "))?;
+                    }
                 }
             }
             Plan::SealMetadata => {

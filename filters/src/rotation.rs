@@ -10,7 +10,7 @@ use quick_xml::Reader;
 use s3cp_format::{KeyRing, ObjectId};
 
 use crate::backend::Backend;
-use crate::crypto::copy::{reencrypt_copy, CopyError, MetadataChange};
+use crate::crypto::copy::{reencrypt_copy, CopyError, MetadataChange, SourceConditions};
 use crate::error::{s3err, S3Error, S3ErrorCode};
 
 /// One page of keys under `prefix`, and the token of the next page.
@@ -57,7 +57,7 @@ pub enum Rewrapped {
 /// Re-wraps one object in place to the ring's current key.
 pub async fn rewrap_object(backend: &Backend, ring: &Arc<KeyRing>, bucket: &str, key: &str) -> Result<Rewrapped, CopyError> {
     let obj = ObjectId { bucket, key };
-    match reencrypt_copy(backend, ring, obj, None, obj, MetadataChange::Keep, &[], true).await? {
+    match reencrypt_copy(backend, ring, obj, None, obj, MetadataChange::Keep, &[], true, &SourceConditions::default()).await? {
         Some(_) => Ok(Rewrapped::Done),
         None => Ok(Rewrapped::AlreadyCurrent),
     }

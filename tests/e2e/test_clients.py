@@ -261,3 +261,21 @@ def test_copy_of_a_multipart_object_reads_back_with_the_right_size(http_stack):
     assert listed["boto/mp-copy"] == listed["boto/mp-src"] == len(data)
     r = s3.get_object(Bucket=BUCKET, Key="boto/mp-copy", Range=f"bytes={part - 3}-{part + 3}")
     assert r["Body"].read() == data[part - 3:part + 4]
+
+
+def test_copy_source_conditions_put_if_match_and_copy_to_itself(http_stack):
+    s3 = http_stack.boto()
+    s3.put_object(Bucket=BUCKET, Key="boto/cond-src", Body=b"source body")
+    etag = s3.head_object(Bucket=BUCKET, Key="boto/cond-src")["ETag"]
+    src = {"Bucket": BUCKET, "Key": "boto/cond-src"}
+    s3.copy_object(Bucket=BUCKET, Key="boto/cond-dst", CopySource=src, CopySourceIfMatch=etag)
+    for kw in ({"CopySourceIfMatch": '"nope"'}, {"CopySourceIfNoneMatch": etag}):
+        with pytest.raises(s3.exceptions.ClientError) as e:
+            s3.copy_object(Bucket=BUCKET, Key="boto/cond-dst2", CopySource=src, **kw)
+        assert e.value.response["Error"]["Code"] == "PreconditionFailed", kw
+    with pytest.raises(s3.exceptions.ClientError) as e:
+        s3.copy_object(Bucket=BUCKET, Key="boto/cond-src", CopySource=src)
+    assert e.value.response["Error"]["Code"] == "InvalidRequest"
+    # PUT If-Match with the ETag the client was shown overwrites.
+    s3.put_object(Bucket=BUCKET, Key="boto/cond-src", Body=b"replaced", IfMatch=etag)
+    assert s3.get_object(Bucket=BUCKET, Key="boto/cond-src")["Body"].read() == b"replaced"

@@ -64,6 +64,7 @@ pub async fn reencrypt_copy(
     metadata_change: MetadataChange<'_>,
     extra_put: &[(&str, &str)],
     only_if_not_current: bool,
+    conditions: &SourceConditions,
 ) -> Result<Option<Copied>, CopyError> {
     let query: Vec<(String, String)> = src_version.iter().map(|v| ("versionId".to_string(), v.to_string())).collect();
     let get = backend.request("GET", Some(src.bucket), Some(src.key), &query, &[], None)?;
@@ -86,6 +87,7 @@ pub async fn reencrypt_copy(
         format: Some(FormatError::NotEncrypted),
     })?;
     let opened = meta::open(ring, src, &sealed).map_err(format_failure)?;
+    check_source_conditions(conditions, &head, &metadata::sealed_md5(&opened.payload))?;
     if only_if_not_current && opened.key_id == ring.current_id() {
         source.release_without_body().await;
         return Ok(None);
@@ -150,6 +152,45 @@ pub async fn reencrypt_copy(
     Ok(Some(Copied { backend_etag, sealed_md5, source_key_id: opened.key_id }))
 }
 
+/// `x-amz-copy-source-if-*`, evaluated on the source as the client sees it.
+#[derive(Default)]
+pub struct SourceConditions {
+    pub if_match: Option<String>,
+    pub if_none_match: Option<String>,
+    pub if_modified_since: Option<std::time::SystemTime>,
+    pub if_unmodified_since: Option<std::time::SystemTime>,
+}
+
+impl SourceConditions {
+    pub fn from_request(req: &RequestHeader) -> Self {
+        let h = |n: &str| req.headers.get(n).and_then(|v| v.to_str().ok()).map(str::to_string);
+        let t = |n: &str| h(n).and_then(|v| httpdate::parse_http_date(&v).ok());
+        Self {
+            if_match: h("x-amz-copy-source-if-match"),
+            if_none_match: h("x-amz-copy-source-if-none-match"),
+            if_modified_since: t("x-amz-copy-source-if-modified-since"),
+            if_unmodified_since: t("x-amz-copy-source-if-unmodified-since"),
+        }
+    }
+}
+
+fn check_source_conditions(c: &SourceConditions, head: &pingora::http::ResponseHeader, sealed_md5: &Option<String>) -> Result<(), CopyError> {
+    let backend = head.headers.get("etag").and_then(|v| v.to_str().ok()).unwrap_or("");
+    let shown = [client_etag(backend, sealed_md5.as_deref()), client_etag(backend, None)];
+    let matches = |list: &str| {
+        list.split(',').map(|t| t.trim().trim_matches('"')).any(|t| t == "*" || shown.iter().any(|s| s.trim_matches('"') == t))
+    };
+    let modified = head.headers.get("last-modified").and_then(|v| v.to_str().ok()).and_then(|v| httpdate::parse_http_date(v).ok());
+    let failed = c.if_match.as_deref().is_some_and(|l| !matches(l))
+        || c.if_none_match.as_deref().is_some_and(matches)
+        || matches!((c.if_unmodified_since, modified), (Some(t), Some(m)) if m > t)
+        || (c.if_match.is_none() && matches!((c.if_modified_since, modified), (Some(t), Some(m)) if m <= t));
+    if failed {
+        return Err(s3err(S3ErrorCode::PreconditionFailed, "At least one of the pre-conditions you specified did not hold").into());
+    }
+    Ok(())
+}
+
 /// S3's limit for a single PUT (and so for a copy).
 const MAX_SINGLE_PUT: u64 = 5 << 30;
 
@@ -203,6 +244,12 @@ pub async fn copy_object(
 ) -> Result<Reply, S3Error> {
     let src = s3.copy_source.as_ref().expect("CopyObject has a source");
     let (dst_bucket, dst_key) = (s3.bucket.as_deref().unwrap_or(""), s3.key.as_deref().unwrap_or(""));
+    if src.bucket == dst_bucket && src.key == dst_key && !s3.metadata_replace {
+        return Err(s3err(
+            S3ErrorCode::InvalidRequest,
+            "This copy request is illegal because it is trying to copy an object to itself without changing the object's metadata, storage class, website redirect location or encryption attributes.",
+        ));
+    }
     let change = if s3.metadata_replace { MetadataChange::ReplaceFrom(req) } else { MetadataChange::Keep };
     let mut extra = Vec::new();
     if s3.if_none_match == Some(IfNoneMatch::Any) {
@@ -217,6 +264,7 @@ pub async fn copy_object(
         change,
         &extra,
         false,
+        &SourceConditions::from_request(req),
     )
     .await
     .map_err(|e| match e.format {
