@@ -6,7 +6,8 @@ eval "$(scripts/bootstrap.sh)"
 case "${1:-up}" in
   up)
     cargo build --bins --locked
-    S3CP_BIN_DIR="$PWD/target/debug" python scripts/demo.py up ;;
+    target_dir=$(cargo metadata --format-version 1 --no-deps | python -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
+    S3CP_BIN_DIR="$target_dir/debug" python scripts/demo.py up ;;
   down)
     python scripts/demo.py down ;;
   *) echo "usage: scripts/demo.sh [up|down]" >&2; exit 2 ;;

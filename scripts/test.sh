@@ -18,4 +18,5 @@ shellcheck scripts/*.sh .ci/run
 
 echo "== end-to-end (pytest)"
 cargo build --bins --locked
-S3CP_BIN_DIR="$PWD/target/debug" python -m pytest tests/e2e -q -p no:cacheprovider "$@"
+target_dir=$(cargo metadata --format-version 1 --no-deps | python -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
+S3CP_BIN_DIR="$target_dir/debug" python -m pytest tests/e2e -q -p no:cacheprovider "$@"
