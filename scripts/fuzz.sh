@@ -34,7 +34,7 @@ SANITIZER=${FUZZ_SANITIZER:-none}
 JOBS=${FUZZ_JOBS:-1}
 TIMEOUT=${FUZZ_TIMEOUT:-10}
 RSS_MB=${FUZZ_RSS_MB:-2048}
-ALL_TARGETS=$(cd fuzz/fuzz_targets && ls -1 *.rs | sed 's/\.rs$//' | sort)
+ALL_TARGETS=$(find fuzz/fuzz_targets -maxdepth 1 -name '*.rs' -printf '%f\n' | sed 's/\.rs$//' | sort)
 TARGETS=${FUZZ_TARGETS:-$ALL_TARGETS}
 # -a: debug assertions and overflow checks, so arithmetic overflows are findings too.
 FUZZ_FLAGS=(--fuzz-dir fuzz -s "$SANITIZER" -a)
