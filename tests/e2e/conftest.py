@@ -2,6 +2,7 @@ import os
 import shutil
 import sys
 import tempfile
+import types
 
 import boto3
 import botocore.config
@@ -17,7 +18,8 @@ OTHER = "other-bucket"
 class Stack:
     """One backend, keyd with a delivered key, and a proxy in front."""
 
-    def __init__(self, workdir, backend_kind, tls=True, **proxy_overrides):
+    def __init__(self, workdir, backend_kind, tls=True, relay=False, **proxy_overrides):
+        """relay=True puts a fault-injecting relay (chaos.Relay, as .relay) between the proxy and the backend."""
         self.workdir = workdir
         self.backend = harness.start_backend(backend_kind, workdir)
         self.direct = boto3.client("s3", endpoint_url=self.backend.endpoint, region_name=self.backend.region,
@@ -33,7 +35,13 @@ class Stack:
         if backend_kind == "garage":
             overrides["conditional_writes"] = "enforce"
         overrides.update(proxy_overrides)
-        self.proxy = harness.Proxy(workdir, self.backend, self.keyd, tls=tls, **overrides)
+        upstream = self.backend
+        if relay:
+            import chaos
+            self.relay = chaos.Relay(self.backend.port)
+            upstream = types.SimpleNamespace(endpoint=f"http://127.0.0.1:{self.relay.port}", region=self.backend.region,
+                                             access_key=self.backend.access_key, secret_key=self.backend.secret_key)
+        self.proxy = harness.Proxy(workdir, upstream, self.keyd, tls=tls, **overrides)
         self.proxy.wait_ready()
 
     def client(self, bucket=BUCKET):
@@ -46,7 +54,7 @@ class Stack:
         p = self.proxy
         return boto3.client("s3", endpoint_url=p.endpoint, region_name="us-east-1", verify=False,
                             aws_access_key_id=p.access_key, aws_secret_access_key=p.secret_key,
-                            config=botocore.config.Config(s3={"addressing_style": "path"}, retries={"max_attempts": 1}, **cfg))
+                            config=botocore.config.Config(**{"s3": {"addressing_style": "path"}, "retries": {"max_attempts": 1}, **cfg}))
 
     def raw_objects(self, bucket=BUCKET):
         """Every stored object, read straight from the backend: {key: bytes}."""
@@ -57,7 +65,9 @@ class Stack:
         return out
 
     def stop(self):
-        for part in (self.proxy, self.keyd, self.backend):
+        for part in (self.proxy, self.keyd, getattr(self, "relay", None), self.backend):
+            if part is None:
+                continue
             try:
                 part.stop()
             except Exception as e:  # keep stopping the rest

@@ -263,7 +263,8 @@ class Keyd:
 # ---------------------------------------------------------------- the proxy
 
 class Proxy:
-    def __init__(self, workdir, backend_server, keyd=None, tls=True, name="proxy", **overrides):
+    def __init__(self, workdir, backend_server, keyd=None, tls=True, name="proxy", backend_options=None, **overrides):
+        """backend_options: extra keys of the `backend:` section (e.g. timeout); other overrides replace top-level keys."""
         backend = backend_server
         self.dir = os.path.join(workdir, name)
         os.makedirs(self.dir, exist_ok=True)
@@ -284,6 +285,7 @@ class Proxy:
                        "grace_period_seconds": 1, "graceful_shutdown_timeout_seconds": 2, "threads": 2},
             "memkey": {"poll_interval": "200ms"},
         }
+        cfg["backend"].update(backend_options or {})
         if keyd is not None:
             cfg["memkey"]["socket_path"] = keyd.socket
         if tls:

@@ -9,7 +9,9 @@ import socket
 import tempfile
 import threading
 import time
+import xml.etree.ElementTree as ET
 
+import botocore.exceptions
 import pytest
 
 import harness
@@ -150,3 +152,159 @@ def test_backend_killed_mid_get_and_mid_put(fstack):
     with pytest.raises(fstack.direct.exceptions.NoSuchKey):
         fstack.direct.get_object(Bucket=BUCKET, Key="faults/killed-put")
     assert c.get_object("faults/big").body == data
+
+
+# ------------------------------------------------- a backend that fails, stalls or resets
+
+@pytest.fixture(scope="module")
+def rstack(workroot):
+    """Garage behind a fault-injecting relay (chaos.Relay); the proxy's backend timeout is 3 s."""
+    d = tempfile.mkdtemp(prefix="faults-relay-", dir=workroot)
+    s = Stack(d, "garage", tls=False, relay=True, backend_options={"timeout": "3s"})
+    yield s
+    s.stop()
+
+
+@pytest.fixture
+def relay(rstack):
+    rstack.relay.clear()
+    yield rstack.relay
+    rstack.relay.clear()
+
+
+def error_code(body):
+    return ET.fromstring(body).findtext("Code")
+
+
+def stored_raw(stack, key):
+    try:
+        return stack.direct.get_object(Bucket=BUCKET, Key=key)["Body"].read()
+    except stack.direct.exceptions.NoSuchKey:
+        return None
+
+
+@pytest.mark.parametrize("status,code", [(500, "InternalError"), (503, "SlowDown")])
+def test_backend_error_on_put_keeps_the_old_object(rstack, relay, status, code):
+    c = rstack.client()
+    key = f"relay/put-{status}"
+    old = os.urandom(100_000)
+    assert c.put_object(key, old, replace=True).status == 200
+    raw_before = stored_raw(rstack, key)
+    relay.arm(method="PUT", path_contains=key, status=status, code=code)
+    r = c.put_object(key, os.urandom(2 * 1024 * 1024), replace=True)
+    assert r.status == status and error_code(r.body) == code, (r.status, r.body[:300])
+    assert stored_raw(rstack, key) == raw_before
+    assert c.get_object(key).body == old
+
+
+@pytest.mark.parametrize("status,code", [(500, "InternalError"), (503, "SlowDown")])
+def test_backend_error_on_get_is_a_clean_s3_error(rstack, relay, status, code):
+    c = rstack.client()
+    key = f"relay/get-{status}"
+    data = os.urandom(300_000)
+    assert c.put_object(key, data, replace=True).status == 200
+    raw = stored_raw(rstack, key)
+    relay.arm(method="GET", path_contains=key, status=status, code=code)
+    r = c.get_object(key)
+    assert r.status == status and error_code(r.body) == code
+    assert data[:64] not in r.body and raw[200:264] not in r.body
+    assert c.get_object(key).body == data  # the next request is served again
+
+
+def test_slow_backend_within_the_timeout_is_served(rstack, relay):
+    c = rstack.client()
+    data = os.urandom(1_500_000)
+    relay.arm(method="PUT", path_contains="relay/slow", delay=1.5)
+    assert c.put_object("relay/slow", data, replace=True).status == 200
+    relay.arm(method="GET", path_contains="relay/slow", delay=1.5)
+    t0 = time.monotonic()
+    assert c.get_object("relay/slow").body == data
+    assert time.monotonic() - t0 >= 1.5  # the delay really was on this path
+
+
+def test_backend_slower_than_the_timeout_gets_503_and_stores_nothing(rstack, relay):
+    c = rstack.client()
+    data = os.urandom(2 * 1024 * 1024)
+    relay.arm(method="PUT", path_contains="relay/stalled", delay=8)
+    t0 = time.monotonic()
+    r = c.put_object("relay/stalled", data, replace=True)
+    waited = time.monotonic() - t0
+    assert r.status == 503 and error_code(r.body) == "ServiceUnavailable", (r.status, r.body[:300])
+    assert 2.5 <= waited < 8, waited
+    assert r.header("Retry-After")
+    time.sleep(8 - waited + 0.5)  # past the relay's delay: the dropped request must not arrive late
+    assert stored_raw(rstack, "relay/stalled") is None, relay.seen[-5:]
+    r = c.put_object("relay/stalled", data, replace=True)
+    assert r.status == 200, (r.status, r.body[:300])
+    relay.arm(method="GET", path_contains="relay/stalled", delay=8)
+    r = c.get_object("relay/stalled")
+    assert r.status == 503 and error_code(r.body) == "ServiceUnavailable", (r.status, r.body[:300])
+    assert data[:64] not in r.body
+
+
+def test_backend_reset_mid_get_cuts_the_client_after_authenticated_bytes(rstack, relay):
+    c = rstack.client()
+    data = os.urandom(3 * 1024 * 1024)
+    assert c.put_object("relay/reset-get", data, replace=True).status == 200
+    relay.arm(method="GET", path_contains="relay/reset-get", reset_response_after=1024 * 1024 + 333)
+    status, got, complete = raw_get(rstack, "relay/reset-get")
+    assert status == 200 and not complete
+    assert len(got) < len(data) and data.startswith(got)
+    assert c.get_object("relay/reset-get").body == data
+
+
+def test_backend_reset_mid_put_stores_nothing(rstack, relay):
+    c = rstack.client()
+    key = "relay/reset-put"
+    relay.arm(method="PUT", path_contains=key, reset_request_after=1024 * 1024)
+    body = os.urandom(4 * 1024 * 1024)
+    hdrs = c.sign("PUT", f"/{BUCKET}/{key}", [], {"content-type": "application/octet-stream"}, body)
+    s = socket.create_connection(("127.0.0.1", rstack.proxy.port))
+    s.settimeout(20)
+    answer = b""
+    try:
+        s.sendall(f"PUT /{BUCKET}/{key} HTTP/1.1\r\n".encode() + "".join(f"{k}: {v}\r\n" for k, v in hdrs.items()).encode() + b"\r\n")
+        s.sendall(body)
+    except (BrokenPipeError, ConnectionResetError):
+        pass  # the proxy may answer and close before it has read the whole body
+    try:
+        while True:
+            piece = s.recv(65536)
+            if not piece:
+                break
+            answer += piece
+    except ConnectionResetError:
+        pass
+    s.close()
+    assert relay.faults[0].fired == 1
+    # Either the 503 arrived before the connection closed, or the client saw the connection cut.
+    if answer:
+        head, _, xml = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 503 ") and error_code(xml) == "ServiceUnavailable", answer[:300]
+    assert stored_raw(rstack, key) is None
+    with pytest.raises(botocore.exceptions.ClientError):
+        rstack.boto().head_object(Bucket=BUCKET, Key=key)
+
+
+def test_multipart_survives_failed_parts_and_a_failed_complete(rstack, relay):
+    """A 503 on one UploadPart is retried by the SDK; a 500 on Complete leaves no object, and
+    retrying Complete then yields exactly the uploaded bytes."""
+    s3 = rstack.boto(retries={"max_attempts": 4, "mode": "standard"})
+    key = "relay/multipart"
+    parts = [os.urandom(5 * 1024 * 1024), os.urandom(5 * 1024 * 1024), os.urandom(1234)]
+    up = s3.create_multipart_upload(Bucket=BUCKET, Key=key)["UploadId"]
+    relay.arm(method="PUT", path_contains="partNumber=2", status=503, code="SlowDown")
+    done = []
+    for n, p in enumerate(parts, 1):
+        done.append({"PartNumber": n, "ETag": s3.upload_part(Bucket=BUCKET, Key=key, UploadId=up, PartNumber=n, Body=p)["ETag"]})
+    assert relay.faults[0].fired == 1
+    retried = [t for m, t in relay.seen if m == "PUT" and "partNumber=2" in t]
+    assert len(retried) == 2
+    relay.arm(method="POST", path_contains="uploadId=", status=500, code="InternalError")
+    one_shot = rstack.boto(retries={"total_max_attempts": 1})
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        one_shot.complete_multipart_upload(Bucket=BUCKET, Key=key, UploadId=up, MultipartUpload={"Parts": done})
+    assert e.value.response["Error"]["Code"] == "InternalError"
+    assert stored_raw(rstack, key) is None
+    s3.complete_multipart_upload(Bucket=BUCKET, Key=key, UploadId=up, MultipartUpload={"Parts": done})
+    assert s3.get_object(Bucket=BUCKET, Key=key)["Body"].read() == b"".join(parts)
