@@ -80,7 +80,9 @@ impl Filter for Sigv4Filter {
         };
         // A request without a body is judged now: by the time the (empty) body phase runs,
         // a DELETE would already have reached the backend.
-        let bodyless = s3.content_length.unwrap_or(0) == 0;
+        // `Transfer-Encoding: chunked` without Content-Length has a body of unknown length.
+        let chunked = req.headers.get("transfer-encoding").and_then(|v| v.to_str().ok()).is_some_and(|v| v.to_ascii_lowercase().contains("chunked"));
+        let bodyless = !chunked && s3.content_length.unwrap_or(0) == 0;
         if let (true, PayloadMode::Signed(h)) = (bodyless, verified.payload) {
             if h != EMPTY_SHA256 {
                 ctx.auth_failure = Some("payload_hash");

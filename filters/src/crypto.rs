@@ -10,10 +10,13 @@
 //!   a bad chunk aborts the response before any of its plaintext is sent.
 //! - CopyObject: the source is streamed through the proxy and its segment headers are
 //!   re-wrapped for the new name (the chunks are not re-encrypted).
+//! - UploadPartCopy: the source (or its range) is decrypted and encrypted again as the
+//!   part's segment, streaming (`crypto/partcopy.rs`).
 
 pub mod copy;
 mod metadata;
 mod multipart;
+mod partcopy;
 mod range;
 mod ranged;
 
@@ -32,7 +35,7 @@ use crate::filter::{Filter, Flow};
 use crate::keys::KeyState;
 use crate::request::Operation;
 use range::ByteRange;
-use ranged::{Prepared, RangedRead};
+use ranged::{Prepared, RangedRead, Want};
 
 /// What to do with objects that are not in the proxy's format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -93,6 +96,13 @@ pub struct CryptoCtx {
     ranged: Option<RangedRead>,
     /// The CompleteMultipartUpload body, collected to remove part checksums.
     complete_body: BytesMut,
+    /// The upload being completed has no parts (the body decides between MalformedXML and
+    /// InvalidPart), or is gone (completed before: the backend answers).
+    complete_without_parts: bool,
+    /// GET/HEAD with `partNumber`.
+    part_requested: bool,
+    /// GET/HEAD with `x-amz-checksum-mode: ENABLED`.
+    checksum_mode: bool,
 }
 
 pub struct CryptoFilter {
@@ -123,6 +133,16 @@ fn crypto_error(ctx: &mut RequestCtx, e: &FormatError) -> S3Error {
         FormatError::MetadataTooLarge(_) => s3err(S3ErrorCode::MetadataTooLarge, "Your metadata headers exceed the maximum allowed metadata size once encrypted (about 1400 bytes)"),
         _ => s3err(S3ErrorCode::InternalError, format!("The object could not be decrypted or authenticated (request {})", ctx.request_id)),
     }
+}
+
+/// An upload whose length is not known before its body: the segment header carries the
+/// plaintext length, so the proxy cannot encrypt it as it streams (S3 itself refuses
+/// `Transfer-Encoding: chunked` uploads without aws-chunked).
+fn missing_length() -> S3Error {
+    s3err(
+        S3ErrorCode::MissingContentLength,
+        "You must provide the Content-Length HTTP header (or send aws-chunked with x-amz-decoded-content-length): a Transfer-Encoding: chunked upload of unknown length cannot be encrypted as it streams.",
+    )
 }
 
 /// Headers that describe the plaintext body and must not reach the backend.
@@ -166,11 +186,17 @@ impl Filter for CryptoFilter {
         let obj = ObjectId { bucket: &bucket, key: &key };
         match s3.op {
             Operation::PutObject | Operation::CreateMultipartUpload => {
-                let payload = metadata::from_request(req, s3.content_md5, None);
+                let mut payload = metadata::from_request(req, s3.content_md5, None);
+                if s3.op == Operation::PutObject {
+                    // A checksum sent as a header is known now (and verified at the end of
+                    // the body, before the object is stored); a trailer comes too late.
+                    let ck = ctx.checksum_spec.as_ref().and_then(|(alg, v)| v.as_ref().map(|v| (alg.header_name().to_string(), v.clone())));
+                    payload = metadata::with_checksum(payload, ck);
+                }
                 let sealed = meta::seal(ring.current(), obj, self.chunk_size, &payload).map_err(|e| crypto_error(ctx, &e))?;
                 ctx.crypto.sealed_meta = Some(sealed);
                 ctx.crypto.plan = if s3.op == Operation::PutObject {
-                    let plain_len = s3.plaintext_length().ok_or_else(|| s3err(S3ErrorCode::MissingContentLength, "You must provide the Content-Length HTTP header."))?;
+                    let plain_len = s3.plaintext_length().ok_or_else(missing_length)?;
                     Plan::Encrypt { part: 0, plain_len }
                 } else {
                     Plan::SealMetadata
@@ -182,7 +208,7 @@ impl Filter for CryptoFilter {
                     .and_then(|p| p.parse::<u32>().ok())
                     .filter(|p| (1..=10_000).contains(p))
                     .ok_or_else(|| s3err(S3ErrorCode::InvalidArgument, "Part number must be an integer between 1 and 10000, inclusive"))?;
-                let plain_len = s3.plaintext_length().ok_or_else(|| s3err(S3ErrorCode::MissingContentLength, "You must provide the Content-Length HTTP header."))?;
+                let plain_len = s3.plaintext_length().ok_or_else(missing_length)?;
                 if plain_len == 0 {
                     return Err(s3err(S3ErrorCode::InvalidRequest, "empty parts cannot be stored encrypted: every part must hold at least one byte"));
                 }
@@ -194,10 +220,31 @@ impl Filter for CryptoFilter {
                     Some(r) if s3.op == Operation::GetObject => ByteRange::parse(&r),
                     _ => None,
                 };
+                let part = match s3.query_value("partNumber") {
+                    Some(p) => Some(p.parse::<u32>().ok().filter(|p| (1..=10_000).contains(p)).ok_or_else(|| {
+                        s3err(S3ErrorCode::InvalidArgument, "Part number must be an integer between 1 and 10000, inclusive")
+                    })?),
+                    None => None,
+                };
+                if part.is_some() && range.is_some() {
+                    return Err(s3err(S3ErrorCode::InvalidRequest, "Cannot specify both Range header and partNumber query parameter"));
+                }
                 ctx.crypto.if_match = h("if-match");
                 ctx.crypto.if_none_match = h("if-none-match");
-                if let Some(r) = range {
-                    match ranged::prepare(&self.backend, &ring, &s3, r).await? {
+                ctx.crypto.checksum_mode = h("x-amz-checksum-mode").is_some_and(|v| v.eq_ignore_ascii_case("enabled"));
+                let want = match (range, part) {
+                    (Some(r), _) => Some(Want::Range(r)),
+                    (None, Some(n)) => Some(Want::Part(n)),
+                    (None, None) => None,
+                };
+                if let Some(want) = want {
+                    // The part's plaintext is computed from the format (segment n is part n):
+                    // the backend is asked for ciphertext bytes, never for its own part n.
+                    if let Some(s) = ctx.s3.as_mut() {
+                        s.query.retain(|(k, _)| k != "partNumber");
+                    }
+                    ctx.crypto.part_requested = part.is_some();
+                    match ranged::prepare(&self.backend, &ring, &s3, want).await? {
                         Prepared::Plan(rr) => ctx.crypto.ranged = Some(rr),
                         Prepared::Unsatisfiable(len) => {
                             let e = s3err(S3ErrorCode::InvalidRange, "The requested range is not satisfiable").with_resource(s3.resource());
@@ -205,6 +252,9 @@ impl Filter for CryptoFilter {
                             reply.headers.push(("content-range", format!("bytes */{len}")));
                             ctx.error = Some(e);
                             return Ok(Flow::Respond(reply));
+                        }
+                        Prepared::NoSuchPart => {
+                            return Err(s3err(S3ErrorCode::InvalidPartNumber, "The requested partnumber is not satisfiable").with_resource(s3.resource()));
                         }
                         Prepared::Fallback => {}
                     }
@@ -216,11 +266,16 @@ impl Filter for CryptoFilter {
                 return Ok(Flow::Respond(reply));
             }
             Operation::CompleteMultipartUpload => {
-                multipart::check_before_complete(&self.backend, &s3, self.chunk_size).await?;
+                if s3.content_length == Some(0) {
+                    return Err(multipart::check_complete_body(b"").unwrap_err());
+                }
+                let state = multipart::check_before_complete(&self.backend, &s3, self.chunk_size).await?;
+                ctx.crypto.complete_without_parts = state == multipart::UploadState::NoParts;
                 ctx.crypto.plan = Plan::Complete;
             }
             Operation::UploadPartCopy => {
-                return Err(s3err(S3ErrorCode::NotImplemented, "UploadPartCopy is not supported by this proxy version"));
+                let reply = partcopy::upload_part_copy(&self.backend, &ring, req, &s3, self.chunk_size, ctx).await?;
+                return Ok(Flow::Respond(reply));
             }
             _ => {}
         }
@@ -276,7 +331,9 @@ impl Filter for CryptoFilter {
                 self.seal_headers(up, ctx)?
             }
             Plan::Complete => {
-                for h in PLAINTEXT_BODY_HEADERS {
+                // A body sent chunked (no Content-Length) goes on chunked.
+                let chunked = ctx.s3()?.content_length.is_none();
+                for h in PLAINTEXT_BODY_HEADERS.iter().filter(|h| !(chunked && **h == "transfer-encoding")) {
                     up.remove_header(*h);
                 }
                 ctx.body_rewritten = true;
@@ -289,7 +346,9 @@ impl Filter for CryptoFilter {
                     up.remove_header(h);
                 }
                 if let Some(rr) = &ctx.crypto.ranged {
-                    set(up, "range", format!("bytes={}-{}", rr.plan.cipher_start, rr.plan.cipher_end))?;
+                    if ctx.s3()?.op == Operation::GetObject {
+                        set(up, "range", format!("bytes={}-{}", rr.plan.cipher_start, rr.plan.cipher_end))?;
+                    }
                     set(up, "if-match", rr.backend_etag.clone())?;
                 }
             }
@@ -308,6 +367,12 @@ impl Filter for CryptoFilter {
             }
             *body = if end {
                 let mut all = std::mem::take(&mut ctx.crypto.complete_body);
+                // Judged before the last byte goes on: a refused body leaves the backend's
+                // request short, and nothing is completed.
+                multipart::check_complete_body(&all)?;
+                if ctx.crypto.complete_without_parts {
+                    return Err(s3err(S3ErrorCode::InvalidPart, "One or more of the specified parts could not be found. The part may not have been uploaded, or the specified entity tag may not match the part's entity tag."));
+                }
                 multipart::blank_part_checksums(&mut all);
                 Some(all.freeze())
             } else {
@@ -455,6 +520,8 @@ impl CryptoFilter {
             return self.replace_with_error(resp, ctx, e);
         };
         let sealed_md5 = metadata::restore(resp, &opened.payload)?;
+        let whole = ctx.crypto.ranged.is_none() && !matches!(ctx.crypto.plan, Plan::Read { range: Some(_) });
+        let sealed_checksum = if ctx.crypto.checksum_mode && whole { metadata::sealed_checksum(&opened.payload) } else { None };
         let etag = client_etag(&backend_etag, sealed_md5.as_deref());
         set_header(resp, "etag", etag.clone())?;
         metadata::apply_response_overrides(resp, &s3.query)?;
@@ -485,6 +552,14 @@ impl CryptoFilter {
             set_header(resp, "content-length", rr.plan.len.to_string())?;
             set_header(resp, "accept-ranges", "bytes".to_string())?;
             strip_checksums(resp);
+            if ctx.crypto.part_requested {
+                if let Some(n) = rr.parts_count {
+                    set_header(resp, "x-amz-mp-parts-count", n.to_string())?;
+                }
+            }
+            if s3.op == Operation::HeadObject {
+                return Ok(());
+            }
             let dec = Decryptor::for_range((*ring).clone(), obj, &rr.header, &rr.plan).map_err(|e| crypto_error(ctx, &e))?;
             // The decryptor emits exactly the requested bytes.
             ctx.crypto.skip = 0;
@@ -518,6 +593,11 @@ impl CryptoFilter {
         set_header(resp, "content-length", len.to_string())?;
         set_header(resp, "accept-ranges", "bytes".to_string())?;
         strip_checksums(resp);
+        if let Some((name, value)) = sealed_checksum {
+            // The plaintext checksum the client uploaded, kept sealed.
+            resp.insert_header(name, value).map_err(|e| S3Error::internal("checksum header", e))?;
+            set_header(resp, "x-amz-checksum-type", "FULL_OBJECT".to_string())?;
+        }
         if s3.op == Operation::GetObject {
             ctx.crypto.segments = segments;
             ctx.crypto.decryptor = Some(Decryptor::new((*ring).clone(), obj));

@@ -14,6 +14,7 @@ pub enum S3ErrorCode {
     AuthorizationQueryParametersError,
     BadDigest,
     EntityTooLarge,
+    EntityTooSmall,
     IncompleteBody,
     InternalError,
     InvalidAccessKeyId,
@@ -22,6 +23,7 @@ pub enum S3ErrorCode {
     InvalidDigest,
     InvalidObjectState,
     InvalidPart,
+    InvalidPartNumber,
     InvalidRange,
     InvalidRequest,
     KeyTooLongError,
@@ -51,12 +53,12 @@ impl S3ErrorCode {
             | InvalidObjectState => 403,
             AuthorizationQueryParametersError | BadDigest | IncompleteBody | InvalidArgument | InvalidBucketName | InvalidDigest
             | InvalidPart | InvalidRequest | KeyTooLongError | MalformedXML | MetadataTooLarge
-            | XAmzContentSHA256Mismatch | EntityTooLarge => 400,
+            | XAmzContentSHA256Mismatch | EntityTooLarge | EntityTooSmall => 400,
             NoSuchBucket | NoSuchKey | NoSuchUpload => 404,
             MethodNotAllowed => 405,
             MissingContentLength => 411,
             PreconditionFailed => 412,
-            InvalidRange => 416,
+            InvalidRange | InvalidPartNumber => 416,
             NotModified => 304,
             InternalError => 500,
             NotImplemented => 501,
@@ -72,6 +74,7 @@ impl S3ErrorCode {
             AuthorizationQueryParametersError => "AuthorizationQueryParametersError",
             BadDigest => "BadDigest",
             EntityTooLarge => "EntityTooLarge",
+            EntityTooSmall => "EntityTooSmall",
             IncompleteBody => "IncompleteBody",
             InternalError => "InternalError",
             InvalidAccessKeyId => "InvalidAccessKeyId",
@@ -80,6 +83,7 @@ impl S3ErrorCode {
             InvalidDigest => "InvalidDigest",
             InvalidObjectState => "InvalidObjectState",
             InvalidPart => "InvalidPart",
+            InvalidPartNumber => "InvalidPartNumber",
             InvalidRange => "InvalidRange",
             InvalidRequest => "InvalidRequest",
             KeyTooLongError => "KeyTooLongError",
@@ -100,6 +104,26 @@ impl S3ErrorCode {
             XAmzContentSHA256Mismatch => "XAmzContentSHA256Mismatch",
             BadGateway => "BadGateway",
         }
+    }
+}
+
+impl S3ErrorCode {
+    /// Every code, for [`S3ErrorCode::from_code`].
+    const ALL: &'static [S3ErrorCode] = {
+        use S3ErrorCode::*;
+        &[
+            AccessDenied, AuthorizationQueryParametersError, BadDigest, EntityTooLarge, EntityTooSmall, IncompleteBody,
+            InternalError, InvalidAccessKeyId, InvalidArgument, InvalidBucketName, InvalidDigest, InvalidObjectState,
+            InvalidPart, InvalidPartNumber, InvalidRange, InvalidRequest, KeyTooLongError, MalformedXML, MetadataTooLarge,
+            MethodNotAllowed, MissingContentLength, NoSuchBucket, NoSuchKey, NoSuchUpload, NotImplemented,
+            PreconditionFailed, NotModified, RequestTimeTooSkewed, ServiceUnavailable, SignatureDoesNotMatch, SlowDown,
+            XAmzContentSHA256Mismatch, BadGateway,
+        ]
+    };
+
+    /// The code named `s` (as in an S3 error body), if this proxy knows it.
+    pub fn from_code(s: &str) -> Option<Self> {
+        Self::ALL.iter().copied().find(|c| c.as_str() == s)
     }
 }
 

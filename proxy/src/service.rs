@@ -2,7 +2,7 @@
 //! chain in each pingora phase, and turns every failure into an S3 XML error.
 
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -50,6 +50,37 @@ fn base_header(status: u16, ctx: &RequestCtx) -> Result<ResponseHeader> {
     Ok(h)
 }
 
+/// Most a client may still send after an early answer (an error, a 412) that is read and
+/// thrown away so that it gets to read the answer, as nginx's lingering close does: a client
+/// blocked in sending a PBS chunk would otherwise see a reset instead of the S3 error.
+const LINGER_MAX_BYTES: u64 = 16 << 20;
+const LINGER_TIME: Duration = Duration::from_secs(5);
+
+/// Reads and discards the rest of the request body within the limits above; true when it was
+/// read whole (the connection can then be reused), false when the connection must be closed.
+async fn drain_unread_body(session: &mut Session) -> bool {
+    if session.is_body_done() {
+        return true;
+    }
+    let req = session.req_header();
+    let waits_for_continue = req.headers.get("expect").is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    if waits_for_continue && session.body_bytes_read() == 0 {
+        return false; // the client has not sent the body and will not: nothing to drain
+    }
+    let declared = req.headers.get("content-length").and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|n| n.saturating_sub(session.body_bytes_read() as u64) > LINGER_MAX_BYTES) {
+        return false;
+    }
+    let drain = async {
+        let mut left = LINGER_MAX_BYTES;
+        while let Ok(Some(piece)) = session.read_request_body().await {
+            left = left.checked_sub(piece.len() as u64)?;
+        }
+        session.is_body_done().then_some(())
+    };
+    matches!(tokio::time::timeout(LINGER_TIME, drain).await, Ok(Some(())))
+}
+
 impl S3Proxy {
     async fn write_reply(&self, session: &mut Session, ctx: &RequestCtx, reply: Reply) -> Result<()> {
         let mut h = base_header(reply.status, ctx)?;
@@ -57,8 +88,7 @@ impl S3Proxy {
             h.insert_header(n, v)?;
         }
         h.insert_header("content-length", reply.body.len().to_string())?;
-        // An unread request body would have to be drained first; close instead.
-        if ctx.s3.as_ref().and_then(|s| s.content_length).unwrap_or(0) > 0 {
+        if !drain_unread_body(session).await {
             session.set_keepalive(None);
         }
         session.write_response_header(Box::new(h), false).await?;
@@ -198,7 +228,8 @@ impl ProxyHttp for S3Proxy {
         };
         let code = s3.status();
         // Once the answer has started, the only honest signal left is to cut the connection.
-        if session.response_written().is_some() {
+        // (A `100 Continue` is not the answer: the error can still be sent after it.)
+        if session.response_written().is_some_and(|r| !r.status.is_informational()) {
             ctx.error = Some(s3);
             return FailToProxy { error_code: 0, can_reuse_downstream: false };
         }

@@ -55,6 +55,7 @@ pub struct Copied {
 /// Streams `src` to `dst`, re-wrapping every segment for `dst` under the ring's current key.
 /// `only_if_not_current`: skip (returning `Ok(None)`) when the source already uses the
 /// current key and `src == dst` (key rotation). `extra_put` headers go on the upload.
+#[allow(clippy::too_many_arguments)]
 pub async fn reencrypt_copy(
     backend: &Backend,
     ring: &Arc<KeyRing>,
@@ -100,7 +101,9 @@ pub async fn reencrypt_copy(
     let sealed_md5 = metadata::sealed_md5(&opened.payload);
     let payload = match metadata_change {
         MetadataChange::Keep => opened.payload.clone(),
-        MetadataChange::ReplaceFrom(req) => metadata::from_request(req, None, sealed_md5.as_deref()),
+        MetadataChange::ReplaceFrom(req) => {
+            metadata::with_checksum(metadata::from_request(req, None, sealed_md5.as_deref()), metadata::sealed_checksum(&opened.payload))
+        }
     };
     let new_sealed = meta::seal(ring.current(), dst, opened.chunk_size, &payload).map_err(|e| CopyError {
         error: s3err(S3ErrorCode::MetadataTooLarge, "Your metadata headers exceed the maximum allowed metadata size once encrypted (about 1400 bytes)"),
@@ -174,7 +177,7 @@ impl SourceConditions {
     }
 }
 
-fn check_source_conditions(c: &SourceConditions, head: &pingora::http::ResponseHeader, sealed_md5: &Option<String>) -> Result<(), CopyError> {
+pub(super) fn check_source_conditions(c: &SourceConditions, head: &pingora::http::ResponseHeader, sealed_md5: &Option<String>) -> Result<(), CopyError> {
     let backend = head.headers.get("etag").and_then(|v| v.to_str().ok()).unwrap_or("");
     let shown = [client_etag(backend, sealed_md5.as_deref()), client_etag(backend, None)];
     let matches = |list: &str| {
@@ -194,7 +197,9 @@ fn check_source_conditions(c: &SourceConditions, head: &pingora::http::ResponseH
 /// S3's limit for a single PUT (and so for a copy).
 const MAX_SINGLE_PUT: u64 = 5 << 30;
 
-/// How the stored bytes of a copy are produced from the source's.
+/// How the stored bytes of a copy are produced from the source's (one per copy: the size
+/// difference between variants does not matter).
+#[allow(clippy::large_enum_variant)]
 enum CopyStream {
     /// One segment: re-wrap its header, pass its chunks.
     Rewrap(Rewrapper),

@@ -27,12 +27,16 @@ struct Sealed {
     h: Vec<(String, String)>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     md5: Option<String>,
+    /// The flexible checksum of the plaintext the client declared in a header
+    /// (`x-amz-checksum-<alg>`, value), shown on GET/HEAD with `x-amz-checksum-mode: ENABLED`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    ck: Option<(String, String)>,
 }
 
 /// The metadata payload of an upload request. `known_md5` (hex) is kept when the content
 /// is unchanged (a copy replacing the metadata).
 pub fn from_request(req: &RequestHeader, content_md5: Option<[u8; 16]>, known_md5: Option<&str>) -> Vec<u8> {
-    let mut sealed = Sealed { h: Vec::new(), md5: content_md5.map(hex::encode).or_else(|| known_md5.map(str::to_string)) };
+    let mut sealed = Sealed { h: Vec::new(), md5: content_md5.map(hex::encode).or_else(|| known_md5.map(str::to_string)), ck: None };
     for (name, value) in req.headers.iter() {
         let n = name.as_str();
         if !is_sealed(n) {
@@ -55,6 +59,23 @@ pub fn from_request(req: &RequestHeader, content_md5: Option<[u8; 16]>, known_md
 /// The plaintext MD5 sealed in a payload, if any.
 pub fn sealed_md5(payload: &[u8]) -> Option<String> {
     serde_json::from_slice::<Sealed>(payload).ok()?.md5
+}
+
+/// The plaintext checksum sealed in a payload: (header name, base64 value).
+pub fn sealed_checksum(payload: &[u8]) -> Option<(String, String)> {
+    serde_json::from_slice::<Sealed>(payload).ok()?.ck
+}
+
+/// Adds (or replaces) the sealed plaintext checksum of a payload made by [`from_request`].
+pub fn with_checksum(payload: Vec<u8>, checksum: Option<(String, String)>) -> Vec<u8> {
+    let Some(ck) = checksum else { return payload };
+    match serde_json::from_slice::<Sealed>(&payload) {
+        Ok(mut sealed) => {
+            sealed.ck = Some(ck);
+            serde_json::to_vec(&sealed).expect("strings serialize")
+        }
+        Err(_) => payload,
+    }
 }
 
 /// Removes the sealed headers from a request going to the backend.
@@ -117,6 +138,8 @@ mod tests {
         let mut resp = ResponseHeader::build(200, None).unwrap();
         resp.insert_header("content-type", "application/octet-stream").unwrap();
         resp.insert_header("x-amz-meta-s3cp", "sealed").unwrap();
+        let payload = with_checksum(payload, Some(("x-amz-checksum-crc32".into(), "AAAAAA==".into())));
+        assert_eq!(sealed_checksum(&payload), Some(("x-amz-checksum-crc32".into(), "AAAAAA==".into())));
         let md5 = restore(&mut resp, &payload).unwrap();
         assert_eq!(md5.as_deref(), Some("01010101010101010101010101010101"));
         assert_eq!(resp.headers.get("content-type").unwrap(), "text/plain");

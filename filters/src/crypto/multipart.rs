@@ -137,14 +137,62 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
 
+/// What the backend's part list says about an upload about to be completed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UploadState {
+    /// Parts that follow the layout rule.
+    Parts,
+    /// No part yet: the Complete body decides (no part listed: MalformedXML; parts listed:
+    /// InvalidPart), as in S3.
+    NoParts,
+    /// Unknown to ListParts: completed already (S3 answers a repeated Complete with the
+    /// same result) or never existed. Nothing can be stored from it: the backend answers.
+    Gone,
+}
+
 /// Refuses to complete an upload whose parts break the layout rule.
-pub async fn check_before_complete(backend: &Backend, s3: &S3Request, chunk_size: u32) -> Result<(), S3Error> {
+pub async fn check_before_complete(backend: &Backend, s3: &S3Request, chunk_size: u32) -> Result<UploadState, S3Error> {
     let upload_id = s3.query_value("uploadId").unwrap_or_default().to_string();
-    let mut parts = list_parts(backend, s3, &upload_id).await?;
+    let mut parts = match list_parts(backend, s3, &upload_id).await {
+        Ok(p) => p,
+        Err(e) if e.code == S3ErrorCode::NoSuchUpload => return Ok(UploadState::Gone),
+        Err(e) => return Err(e),
+    };
     if parts.is_empty() {
-        return Err(s3err(S3ErrorCode::InvalidRequest, "the upload has no parts"));
+        return Ok(UploadState::NoParts);
     }
-    check_layout(&mut parts, chunk_size)
+    check_layout(&mut parts, chunk_size)?;
+    Ok(UploadState::Parts)
+}
+
+/// Checks a CompleteMultipartUpload body: well-formed XML whose root is
+/// `CompleteMultipartUpload`, listing at least one part; returns how many.
+pub fn check_complete_body(xml: &[u8]) -> Result<usize, S3Error> {
+    let malformed = || s3err(S3ErrorCode::MalformedXML, "The XML you provided was not well-formed or did not validate against our published schema");
+    let mut r = Reader::from_reader(xml);
+    let mut buf = Vec::new();
+    let (mut depth, mut parts, mut root_ok) = (0usize, 0usize, false);
+    loop {
+        match r.read_event_into(&mut buf).map_err(|_| malformed())? {
+            Event::Start(s) => {
+                if depth == 0 {
+                    root_ok = s.local_name().as_ref() == b"CompleteMultipartUpload";
+                } else if depth == 1 && s.local_name().as_ref() == b"Part" {
+                    parts += 1;
+                }
+                depth += 1;
+            }
+            Event::Empty(s) if depth == 0 => root_ok = s.local_name().as_ref() == b"CompleteMultipartUpload",
+            Event::End(_) => depth = depth.checked_sub(1).ok_or_else(malformed)?,
+            Event::Eof => break,
+            _ => {}
+        }
+        buf.clear();
+    }
+    if !root_ok || depth != 0 || parts == 0 {
+        return Err(malformed());
+    }
+    Ok(parts)
 }
 
 #[cfg(test)]
@@ -190,6 +238,16 @@ mod tests {
         let s = String::from_utf8(xml).unwrap();
         assert_eq!(s.len(), len);
         assert!(!s.contains("Checksum") && s.contains("<PartNumber>1</PartNumber>") && s.contains("<ETag>"));
+    }
+
+    #[test]
+    fn complete_bodies_are_checked() {
+        let ok = br#"<?xml version="1.0"?><CompleteMultipartUpload xmlns="http://s3.amazonaws.com/doc/2006-03-01/"><Part><ETag>"a"</ETag><PartNumber>1</PartNumber></Part><Part><PartNumber>2</PartNumber></Part></CompleteMultipartUpload>"#;
+        assert_eq!(check_complete_body(ok).unwrap(), 2);
+        for bad in [&b""[..], b"garbage", b"<CompleteMultipartUpload></CompleteMultipartUpload>", b"<CompleteMultipartUpload/>",
+            b"<CompleteMultipartUpload><Part><PartNumber>1</PartNumber></Part>", b"<Other><Part/></Other>"] {
+            assert_eq!(check_complete_body(bad).unwrap_err().code, S3ErrorCode::MalformedXML, "{}", String::from_utf8_lossy(bad));
+        }
     }
 
     #[test]
