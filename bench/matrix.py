@@ -1,0 +1,582 @@
+"""Runs the s3cp-bench matrix over several targets on one Garage and prints the table.
+
+Started by scripts/bench.sh (which builds the release binaries and sets up the venv).
+Reuses tests/e2e/harness.py for Garage, memkey-server and key delivery; starts the proxies
+itself (plain HTTP, audit log off, log level warn) and, as the peer a user would otherwise
+pick, rclone over a crypt remote wrapping an s3 remote on the same Garage.
+
+Targets:
+  direct  Garage itself
+  pass    s3-crypt-proxy with filters [sigv4, allowlist, conditional, resign], no memkey
+  full    s3-crypt-proxy with the default chain and a key delivered by memkey-admin
+  rclone  `rclone serve s3` over crypt when this rclone has it, else `rclone serve webdav`
+          over the same crypt remote (Debian 12's rclone 1.60 has no `serve s3`)
+
+Cells run target after target for the same (size, concurrency, workload), so a change in
+the machine's load hits all targets alike. The proxies are restarted for every object size
+and their peak RSS is reset (clear_refs) at the start of every measured window.
+"""
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, os.path.join(ROOT, "tests", "e2e"))
+
+BUCKET = "bench"
+SIZES = {"4KiB": 4 << 10, "1MiB": 1 << 20, "4MiB": 4 << 20, "64MiB": 64 << 20, "1GiB": 1 << 30}
+
+
+def log(*a):
+    print(*a, file=sys.stderr, flush=True)
+
+
+def loadavg():
+    with open("/proc/loadavg") as f:
+        return " ".join(f.read().split()[:3])
+
+
+class Target:
+    def __init__(self, name, endpoint, ak, sk, protocol="s3", proc=None, watch=()):
+        self.name, self.endpoint, self.ak, self.sk, self.protocol = name, endpoint, ak, sk, protocol
+        self.proc = proc          # harness.Proc we restart, or None
+        self.watch = list(watch)  # [(name, pid)]
+
+
+def start_proxy(h, workdir, name, garage, filters, keyd=None):
+    d = os.path.join(workdir, name)
+    os.makedirs(d, exist_ok=True)
+    port, admin_port = h.free_port(), h.free_port()
+    cfg = {
+        "listen_addr": f"127.0.0.1:{port}",
+        "admin_listen_addr": f"127.0.0.1:{admin_port}",
+        "backend": {"endpoint": garage.endpoint, "region": garage.region, "access_key": garage.access_key,
+                    "secret_key": garage.secret_key, "path_style": True},
+        "client": {"access_key": "bench-client", "secret_key": "bench-client-secret"},
+        "allowed_buckets": [BUCKET],
+        "filters": filters,
+        "audit_log": "off",
+        "log_level": "warn",
+        "server": {"threads": 0, "upgrade_sock": os.path.join(d, "upgrade.sock"),
+                   "pid_file": os.path.join(d, "proxy.pid"), "grace_period_seconds": 1,
+                   "graceful_shutdown_timeout_seconds": 2},
+    }
+    if keyd is not None:
+        cfg["memkey"] = {"socket_path": keyd.socket, "poll_interval": "200ms"}
+    import yaml
+    conf = os.path.join(d, "config.yaml")
+    with open(conf, "w") as f:
+        yaml.safe_dump(cfg, f)
+    proc = h.Proc([h.binary("s3-crypt-proxy"), "run", "--config", conf], d, "proxy")
+    h.wait_port(port, proc.p)
+    # Ready: key loaded (full) and backend reachable.
+    import urllib.request
+    deadline = time.time() + 30
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/readyz", timeout=2) as r:
+                if r.status == 200:
+                    break
+        except Exception:
+            pass
+        if time.time() > deadline:
+            raise RuntimeError(f"proxy {name} not ready\n{h.tail(proc.log_path)}")
+        time.sleep(0.1)
+    return proc, f"http://127.0.0.1:{port}"
+
+
+def rclone_has_serve_s3():
+    r = subprocess.run(["rclone", "serve", "s3", "--help"], capture_output=True, text=True)
+    return r.returncode == 0 and "Serve remote:path over s3" in (r.stdout + r.stderr)
+
+
+def start_rclone(h, workdir, garage):
+    d = os.path.join(workdir, "rclone")
+    os.makedirs(d, exist_ok=True)
+    password = subprocess.run(["rclone", "obscure", "bench-crypt-password"], capture_output=True, text=True,
+                              check=True).stdout.strip()
+    conf = os.path.join(d, "rclone.conf")
+    with open(conf, "w") as f:
+        f.write(f"""[garage]
+type = s3
+provider = Other
+access_key_id = {garage.access_key}
+secret_access_key = {garage.secret_key}
+endpoint = {garage.endpoint}
+region = {garage.region}
+force_path_style = true
+
+[secret]
+type = crypt
+remote = garage:{BUCKET}/rclone
+password = {password}
+""")
+    port = h.free_port()
+    if rclone_has_serve_s3():
+        kind = "serve s3"
+        args = ["rclone", "--config", conf, "serve", "s3", "secret:", "--addr", f"127.0.0.1:{port}",
+                "--auth-key", "rclone-ak,rclone-sk"]
+    else:
+        kind = "serve webdav"
+        args = ["rclone", "--config", conf, "serve", "webdav", "secret:", "--addr", f"127.0.0.1:{port}"]
+    # AWS_CA_BUNDLE (set in some environments) makes rclone's S3 client refuse its own transport.
+    proc = h.Proc(args, d, "rclone", env={"AWS_CA_BUNDLE": ""})
+    h.wait_port(port, proc.p)
+    return proc, f"http://127.0.0.1:{port}", kind
+
+
+def save_logs(src, dest, prefix, skip=None):
+    os.makedirs(dest, exist_ok=True)
+    for dirpath, _, files in os.walk(src):
+        if skip and os.path.commonpath([dirpath, skip]) == skip:
+            continue
+        for fn in files:
+            if fn.endswith(".log"):
+                rel = os.path.relpath(os.path.join(dirpath, fn), src).replace(os.sep, "_")
+                shutil.copy(os.path.join(dirpath, fn), os.path.join(dest, f"{prefix}_{rel}"))
+
+
+class Stack:
+    """Garage, the two proxies and rclone; restarted together (keyd stays)."""
+
+    def __init__(self, h, workdir, wanted, keyd, procs, logs):
+        self.h, self.workdir, self.wanted, self.keyd, self.procs, self.logs = h, workdir, wanted, keyd, procs, logs
+        self.generation = 0
+        self.garage = None
+        self.own = []
+        self.targets = {}
+        self.rclone_kind = None
+        self.written = 0
+
+    def stop(self):
+        for p in self.own:
+            p.stop()
+            self.procs.remove(p)
+        self.own = []
+        if self.garage is not None:
+            save_logs(self.garage.dir, self.logs, f"backend-{self.generation}")
+            shutil.rmtree(self.garage.dir, ignore_errors=True)
+            self.garage = None
+
+    def _own(self, proc):
+        self.own.append(proc)
+        self.procs.append(proc)
+        return proc
+
+    def restart(self):
+        h = self.h
+        self.stop()
+        self.generation += 1
+        gdir = os.path.join(self.workdir, f"backend-{self.generation}")
+        os.makedirs(gdir)
+        garage = h.Garage(gdir)
+        garage.dir = gdir
+        self.garage = garage
+        self._own(garage.proc)
+        import boto3
+        from botocore.config import Config
+        s3 = boto3.client("s3", endpoint_url=garage.endpoint, region_name=garage.region,
+                          aws_access_key_id=garage.access_key, aws_secret_access_key=garage.secret_key,
+                          config=Config(s3={"addressing_style": "path"}))
+        s3.create_bucket(Bucket=BUCKET)
+        gw = ("garage", garage.proc.pid)
+        t = {}
+        if "direct" in self.wanted:
+            t["direct"] = Target("direct", garage.endpoint, garage.access_key, garage.secret_key, watch=[gw])
+        specs = {"pass": (["sigv4", "allowlist", "conditional", "resign"], None),
+                 "full": (["sigv4", "allowlist", "conditional", "crypto", "listing", "resign"], self.keyd)}
+        for name, (filters, kd) in specs.items():
+            if name in self.wanted:
+                proc, endpoint = start_proxy(h, gdir, name, garage, filters, kd)
+                self._own(proc)
+                t[name] = Target(name, endpoint, "bench-client", "bench-client-secret", proc=proc,
+                                 watch=[("proxy", proc.pid), gw])
+        if "rclone" in self.wanted:
+            proc, endpoint, self.rclone_kind = start_rclone(h, gdir, garage)
+            self._own(proc)
+            if self.rclone_kind == "serve s3":
+                t["rclone"] = Target("rclone", endpoint, "rclone-ak", "rclone-sk", watch=[("rclone", proc.pid), gw])
+            else:
+                t["rclone"] = Target("rclone", endpoint, "", "", protocol="plain", watch=[("rclone", proc.pid), gw])
+        self.targets = t
+        self.written = 0
+
+    def account(self, rep):
+        """Bytes a cell uploaded (measured window, warm-up and read set, roughly)."""
+        if rep.get("failed"):
+            return
+        wall = rep["wall_s"]
+        if rep["workload"] == "put":
+            self.written += rep["total"]["mib_s"] * wall * 2**20 + (256 << 20)
+        elif rep["workload"] == "mixed":
+            self.written += rep["put"]["mib_s"] * wall * 2**20 + (256 << 20)
+        if rep.get("prefill_s") is not None:
+            self.written += min(512 << 20, rep["size"] * 64)
+
+
+def run_cell(bench_bin, t, workload, size, conc, args, extra=(), payload="unsigned"):
+    cmd = [bench_bin, "--payload", payload, "--endpoint", t.endpoint, "--access-key", t.ak, "--secret-key", t.sk,
+           "--bucket", BUCKET, "--protocol", t.protocol, "--workload", workload, "--size", str(size),
+           "--concurrency", str(conc), "--duration", args.duration, "--warmup", args.warmup,
+           "--prefix", t.name, "--label", t.name, "--json", *extra]
+    for name, pid in t.watch:
+        cmd += ["--watch", f"{name}={pid}"]
+    if args.verify:
+        cmd.append("--verify")
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
+    line = r.stdout.strip().splitlines()[-1] if r.stdout.strip() else ""
+    try:
+        rep = json.loads(line)
+    except ValueError:
+        rep = {"label": t.name, "workload": workload, "size": size, "concurrency": conc, "failed": True,
+               "error": (r.stderr or r.stdout).strip()[-500:]}
+    if r.returncode != 0 and not rep.get("failed"):
+        rep["failed"] = True
+        rep["error"] = r.stderr.strip()[-500:]
+    return rep, cmd
+
+
+def fmt_cell(rep):
+    if rep is None:
+        return "–"
+    if rep.get("failed"):
+        return "failed"
+    t = rep["total"]
+    return f"{t['mib_s']:.1f}"
+
+
+def proxy_proc(rep, name="proxy"):
+    for p in rep.get("window", {}).get("procs", []):
+        if p["name"] == name:
+            return p
+    return None
+
+
+def peak_rss(p):
+    if p is None:
+        return None
+    return (p["peak_rss_hwm"] if p["peak_rss_hwm"] is not None else p["peak_rss_sampled"]) / 2**20
+
+
+def human_size(n):
+    for k, v in SIZES.items():
+        if v == n:
+            return k
+    return str(n)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true", help="4 MiB PUT/GET c=8, 64 MiB GET c=1, and the 1 GiB RSS test")
+    ap.add_argument("--sizes", default="4KiB,1MiB,4MiB,64MiB")
+    ap.add_argument("--concurrency", default="1,8,64")
+    ap.add_argument("--workloads", default="put,get,range,mixed")
+    ap.add_argument("--targets", default="direct,pass,full,rclone")
+    ap.add_argument("--rclone-cells", default="put:4MiB:8,get:4MiB:8,put:64MiB:1,get:64MiB:1",
+                    help="cells (workload:size:concurrency) run against rclone in the full matrix; 'all' for every cell")
+    ap.add_argument("--duration", default=None, help="measured time per cell (default 8s with --quick, else 5s)")
+    ap.add_argument("--warmup", default=None, help="unmeasured time per cell (default 1s with --quick, else 0.5s)")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="run every cell N times (targets interleaved) and report the run with the median throughput")
+    ap.add_argument("--min-free-gib", type=float, default=8.0,
+                    help="skip an upload cell when less would stay free on the work disk")
+    ap.add_argument("--restart-gib", type=float, default=6.0,
+                    help="start a fresh Garage before the next cell once this much was uploaded")
+    ap.add_argument("--rss-size", default="1GiB", help="object size of the RSS test ('' to skip)")
+    ap.add_argument("--signed", action=argparse.BooleanOptionalAction, default=True,
+                    help="also run 4 MiB PUT c=8 with a signed payload SHA-256 and Content-MD5 (as PBS sends)")
+    ap.add_argument("--verify", action="store_true", help="check every downloaded byte (generator CPU)")
+    ap.add_argument("--bin-dir", default=os.path.join(ROOT, "target", "release"))
+    ap.add_argument("--out", default=None, help="directory for results.jsonl and table.md")
+    ap.add_argument("--keep", action="store_true", help="keep the work directory")
+    args = ap.parse_args()
+    args.duration = args.duration or ("8s" if args.quick else "5s")
+    args.warmup = args.warmup or ("1s" if args.quick else "0.5s")
+    # Stop the children on SIGTERM too (the finally below).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+
+    args.bin_dir = os.path.abspath(args.bin_dir)
+    os.environ["S3CP_BIN_DIR"] = args.bin_dir
+    import harness as h
+    h.BIN_DIR = args.bin_dir
+    bench_bin = h.binary("s3cp-bench")
+
+    if args.quick:
+        cells = [(4 << 20, 8, "put", "unsigned"), (4 << 20, 8, "get", "unsigned"),
+                 (64 << 20, 1, "put", "unsigned"), (64 << 20, 1, "get", "unsigned")]
+    else:
+        sizes = [SIZES[s] for s in args.sizes.split(",") if s]
+        concs = [int(c) for c in args.concurrency.split(",") if c]
+        wls = [w for w in args.workloads.split(",") if w]
+        cells = [(s, c, w, "unsigned") for s in sizes for c in concs for w in wls]
+    if args.signed:
+        # PBS-like uploads: payload SHA-256 signed and Content-MD5 sent.
+        cells.append((4 << 20, 8, "put", "signed"))
+    targets_wanted = args.targets.split(",")
+    rclone_cells = None if args.quick or args.rclone_cells == "all" else {
+        (w, SIZES[s], int(c)) for w, s, c in (x.split(":") for x in args.rclone_cells.split(","))}
+
+    workdir = tempfile.mkdtemp(prefix="s3cp-bench-")
+    out = args.out or os.path.join(workdir, "out")
+    os.makedirs(out, exist_ok=True)
+    log(f"bench: work directory {workdir}, results in {out}")
+    procs = []
+    results = []
+    stack = None
+    try:
+        keyd = None
+        if "full" in targets_wanted:
+            keyd = h.Keyd(workdir)
+            procs.append(keyd.proc)
+            keyd.send_key(keyd.new_key(1))
+        stack = Stack(h, workdir, targets_wanted, keyd, procs, os.path.join(out, "logs"))
+        stack.restart()
+        rclone_kind = stack.rclone_kind
+        if rclone_kind:
+            log(f"bench: rclone {subprocess.run(['rclone', 'version'], capture_output=True, text=True).stdout.splitlines()[0]}: using `rclone {rclone_kind}` over a crypt remote")
+        targets = stack.targets
+
+        order = ["direct", "pass", "full", "rclone"]
+        jsonl = open(os.path.join(out, "results.jsonl"), "w")
+        last_size = None
+        t_start = time.time()
+        for size, conc, wl, payload in sorted(cells, key=lambda x: (x[0], x[1], ["put", "get", "range", "mixed"].index(x[2]), x[3])):
+            # A fresh Garage (and proxies, rclone) for every object size, and whenever the
+            # uploads since the last start pass --restart-gib: Garage frees overwritten
+            # blocks only about 10 minutes later, so this bounds the disk space the run uses.
+            if size != last_size or stack.written > args.restart_gib * 2**30:
+                stack.restart()
+                targets = stack.targets
+                last_size = size
+                st = os.statvfs(workdir)
+                log(f"bench: {human_size(size)}: fresh Garage and proxies; {st.f_bavail * st.f_frsize / 2**30:.1f} GiB free on the work disk, load {loadavg()}")
+            cap = max(1 << 30, conc * size)
+            for name, rep_i in [(n, i) for i in range(args.repeat) for n in order]:
+                if name not in targets:
+                    continue
+                if name == "rclone" and (payload != "unsigned" or (rclone_cells is not None and (wl, size, conc) not in rclone_cells)):
+                    continue
+                t = targets[name]
+                st = os.statvfs(workdir)
+                uploads = wl in ("put", "mixed")
+                if uploads and st.f_bavail * st.f_frsize < cap + args.min_free_gib * 2**30:
+                    log(f"bench: skipping {name} {wl} {human_size(size)} c={conc}: less than {args.min_free_gib} GiB would stay free")
+                    continue
+                extra = ["--max-bytes", str(cap)] if uploads else []
+                rep, cmd = run_cell(bench_bin, t, wl, size, conc, args, extra=extra, payload=payload)
+                stack.account(rep)
+                rep["target"] = name
+                rep["payload"] = payload
+                rep["repeat"] = rep_i
+                if name == "rclone":
+                    rep["rclone_kind"] = rclone_kind
+                results.append(rep)
+                jsonl.write(json.dumps(rep) + "\n")
+                jsonl.flush()
+                p = proxy_proc(rep) or proxy_proc(rep, "rclone")
+                extra = ""
+                if p is not None:
+                    extra = f" {p['name']} cpu={p['cpu_cores']:.2f} peak-100ms={p['peak_cores_100ms']:.2f} peak-rss={peak_rss(p):.1f}MiB"
+                g = proxy_proc(rep, "garage")
+                if g is not None:
+                    extra += f" garage cpu={g['cpu_cores']:.2f}"
+                if not rep.get("failed"):
+                    w = rep["window"]
+                    extra += f" gen={w['generator_cpu_cores']:.2f} other={w['other_cpu_cores']:.2f} load={rep['load_after']}"
+                    if rep["total"]["errors"]:
+                        extra += f" errors={rep['total']['errors']} ({rep['total']['first_error']})"
+                else:
+                    extra += f" {rep.get('error')}"
+                log(f"bench: [{time.time() - t_start:6.0f}s] {name:6} {wl + ('(signed)' if payload == 'signed' else ''):13} {human_size(size):5} c={conc:<2} "
+                    f"{fmt_cell(rep):>7} MiB/s{extra}")
+
+        # The RSS test: one large object through each proxy, PUT then GET, c=1.
+        rss_results = []
+        if args.rss_size:
+            size = SIZES.get(args.rss_size) or int(args.rss_size)
+            stack.restart()
+            targets = stack.targets
+            for name in ["pass", "full"]:
+                if name not in targets:
+                    continue
+                t = targets[name]
+                for wl in ["put", "get"]:
+                    a = argparse.Namespace(**vars(args))
+                    a.duration, a.warmup = "1s", "0s"
+                    rep, cmd = run_cell(bench_bin, t, wl, size, 1, a, extra=["--requests", "1", "--keys", "1"])
+                    stack.account(rep)
+                    rep["target"] = name
+                    rep["rss_test"] = True
+                    rss_results.append(rep)
+                    jsonl.write(json.dumps(rep) + "\n")
+                    jsonl.flush()
+                    p = proxy_proc(rep)
+                    log(f"bench: RSS test {name:4} {wl:3} {human_size(size)}: {fmt_cell(rep)} MiB/s, proxy peak RSS "
+                        f"{peak_rss(p) if p else float('nan'):.1f} MiB, cpu={p['cpu_cores'] if p else 0:.2f} "
+                        f"peak-100ms={p['peak_cores_100ms'] if p else 0:.2f} load={rep.get('load_after')} {rep.get('error', '')}")
+        jsonl.close()
+        table = render(results, rss_results, rclone_kind, time.time() - t_start)
+        with open(os.path.join(out, "table.md"), "w") as f:
+            f.write(table)
+        print(table)
+    finally:
+        # Keep the servers' logs with the results (a failed cell is investigated from them).
+        if stack is not None:
+            stack.stop()
+        for p in reversed(procs):
+            try:
+                p.stop()
+            except Exception:
+                pass
+        save_logs(workdir, os.path.join(out, "logs"), "run", skip=out)
+        if not args.keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+def render(results, rss_results, rclone_kind, elapsed):
+    wl_order = ["put", "get", "range", "mixed"]
+    groups = {}
+    for r in results:
+        groups.setdefault((r["workload"], r.get("payload", "unsigned"), r["size"], r["concurrency"], r["target"]), []).append(r)
+    by = {}
+    for k, runs in groups.items():
+        good = sorted((r for r in runs if not r.get("failed")), key=lambda r: r["total"]["mib_s"])
+        by[k] = good[(len(good) - 1) // 2] if good else runs[0]
+    repeats = max((len(v) for v in groups.values()), default=1)
+    keys = sorted({(r["workload"], r.get("payload", "unsigned"), r["size"], r["concurrency"]) for r in results},
+                  key=lambda k: (wl_order.index(k[0]), k[1] != "unsigned", k[2], k[3]))
+
+    def ok(k, t):
+        r = by.get((*k, t))
+        return None if r is None or r.get("failed") else r
+
+    def ratio(a, b):
+        if a is None or b is None or b["total"]["mib_s"] == 0:
+            return None
+        return a["total"]["mib_s"] / b["total"]["mib_s"]
+
+    def fr(x):
+        return "–" if x is None else f"{x:.2f}"
+
+    def lat(r):
+        return "–" if r is None else f"{r['total']['p50_ms']:.1f} / {r['total']['p99_ms']:.1f}"
+
+    def wname(wl, payload):
+        return wl + (" (signed+MD5)" if payload == "signed" else "")
+
+    L = []
+    if repeats > 1:
+        L.append(f"Each cell ran {repeats} times, targets interleaved; the run with the median throughput is shown.")
+        L.append("")
+    L.append("| workload | size | c | direct MiB/s | pass MiB/s | full MiB/s | rclone MiB/s | full/pass | full/direct | full/rclone "
+             "| full p50 / p99 ms | pass p50 / p99 ms | full proxy CPU cores (peak 100 ms) | full RSS MiB (budget) | pass RSS MiB | other CPU | load (1/5/15) |")
+    L.append("|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|")
+    for k in keys:
+        wl, payload, size, c = k
+        d, p, f, rc = (ok(k, t) for t in ["direct", "pass", "full", "rclone"])
+        fp = proxy_proc(f) if f else None
+        pp = proxy_proc(p) if p else None
+        runs = [r for r in (d, p, f, rc) if r]
+        other = max((r["window"]["other_cpu_cores"] for r in runs), default=None)
+        load = runs[-1]["load_after"] if runs else "–"
+        cpu = f"{fp['cpu_cores']:.2f} ({fp['peak_cores_100ms']:.2f})" if fp else "–"
+        frss = f"{peak_rss(fp):.0f} ({64 + c})" if fp else "–"
+        prss = f"{peak_rss(pp):.0f}" if pp else "–"
+        def spread(t):
+            runs = [r for r in groups.get((*k, t), []) if not r.get("failed")]
+            if len(runs) < 2:
+                return fmt_cell(by.get((*k, t)))
+            v = [r["total"]["mib_s"] for r in runs]
+            return f"{fmt_cell(by.get((*k, t)))} ({min(v):.0f}–{max(v):.0f})"
+        cells = " | ".join(spread(t) for t in ["direct", "pass", "full", "rclone"])
+        L.append(f"| {wname(wl, payload)} | {human_size(size)} | {c} | {cells} | {fr(ratio(f, p))} | {fr(ratio(f, d))} "
+                 f"| {fr(ratio(f, rc))} | {lat(f)} | {lat(p)} | {cpu} | {frss} | {prss} | {fr(other)} | {load} |")
+
+    L.append("")
+    L.append("CPU cost per GiB moved (CPU seconds / GiB of payload; `server` is the proxy or rclone):")
+    L.append("")
+    L.append("| workload | size | c | target | MiB/s | server s/GiB | garage s/GiB | generator s/GiB | machine busy cores | other cores |")
+    L.append("|---|---|---|---|--:|--:|--:|--:|--:|--:|")
+    for k in keys:
+        wl, payload, size, c = k
+        for t in ["direct", "pass", "full", "rclone"]:
+            r = ok(k, t)
+            if r is None or r["total"]["mib_s"] == 0:
+                continue
+            gib_s = r["total"]["mib_s"] / 1024
+            w = r["window"]
+            srv = proxy_proc(r) or proxy_proc(r, "rclone")
+            g = proxy_proc(r, "garage")
+            L.append(f"| {wname(wl, payload)} | {human_size(size)} | {c} | {t} | {r['total']['mib_s']:.1f} "
+                     f"| {(srv['cpu_cores'] / gib_s) if srv else 0:.2f} | {(g['cpu_cores'] / gib_s) if g else 0:.2f} "
+                     f"| {w['generator_cpu_cores'] / gib_s:.2f} | {w['machine_cpu_cores']:.2f} | {w['other_cpu_cores']:.2f} |")
+
+    if rss_results:
+        L.append("")
+        L.append("| RSS test | target | op | MiB/s | proxy peak RSS MiB (VmHWM) | max sampled VmRSS MiB | proxy CPU cores | peak 100 ms | busiest thread | load |")
+        L.append("|---|---|---|--:|--:|--:|--:|--:|--:|---|")
+        for r in rss_results:
+            p = proxy_proc(r)
+            if r.get("failed") or p is None:
+                L.append(f"| {human_size(r['size'])} | {r['target']} | {r['workload']} | failed: {r.get('error', '')[:80]} | | | | | | |")
+                continue
+            L.append(f"| {human_size(r['size'])} | {r['target']} | {r['workload']} | {r['total']['mib_s']:.1f} | {peak_rss(p):.1f} "
+                     f"| {p['peak_rss_sampled'] / 2**20:.1f} | {p['cpu_cores']:.2f} | {p['peak_cores_100ms']:.2f} "
+                     f"| {p['busiest_thread_cores']:.2f} | {r['load_after']} |")
+
+    # Goals.
+    L.append("")
+    L.append("Goals:")
+    L.append("")
+    for wl in ["put", "get"]:
+        k = (wl, "unsigned", 4 << 20, 8)
+        f, p, rc = ok(k, "full"), ok(k, "pass"), ok(k, "rclone")
+        x = ratio(f, p)
+        if x is not None:
+            L.append(f"- 4 MiB {wl.upper()} c=8, full ≥ 85 % of pass-through: {x * 100:.0f} % → {'met' if x >= 0.85 else 'NOT met'}")
+        y = ratio(f, rc)
+        if y is not None:
+            L.append(f"- 4 MiB {wl.upper()} c=8, full ≥ 3× rclone: {y:.2f}× → {'met' if y >= 3 else 'NOT met'}")
+    worst = None
+    for r in results + rss_results:
+        p = proxy_proc(r) if not r.get("failed") else None
+        if p is None:
+            continue
+        budget = 64 + r["concurrency"]
+        over = peak_rss(p) - budget
+        if worst is None or over > worst[0]:
+            worst = (over, r, peak_rss(p), budget)
+    if worst:
+        over, r, rss, budget = worst
+        L.append(f"- proxy RSS ≤ 64 MiB + 1 MiB per in-flight request: closest cell {r['target']} {r['workload']} "
+                 f"{human_size(r['size'])} c={r['concurrency']} at {rss:.1f} MiB of {budget} MiB → {'met' if over <= 0 else 'NOT met'}")
+    big = [r for r in rss_results if not r.get("failed") and r["target"] == "full" and proxy_proc(r)]
+    if big:
+        L.append("- large object streams without growing memory: full proxy peak RSS "
+                 + ", ".join(f"{r['workload']} {human_size(r['size'])} {peak_rss(proxy_proc(r)):.1f} MiB" for r in big))
+    for wl in ["put", "get"]:
+        r = ok((wl, "unsigned", 64 << 20, 1), "full")
+        p = proxy_proc(r) if r else None
+        if p:
+            spread = p["peak_cores_100ms"] > 1.1
+            L.append(f"- one connection, 64 MiB {wl.upper()}: full proxy {p['cpu_cores']:.2f} cores on average, at most "
+                     f"{p['peak_cores_100ms']:.2f} over any 100 ms, above 1.1 cores {p['share_above_one_core'] * 100:.0f} % of the time "
+                     f"→ encryption spread over both cores: {'yes' if spread else 'no'}")
+    if rclone_kind:
+        L.append("")
+        L.append(f"rclone: `rclone {rclone_kind}` over a crypt remote on the same Garage"
+                 + (" (this rclone has no `serve s3`, added in 1.65; WebDAV PUT/GET of the same objects instead)" if rclone_kind != "serve s3" else ""))
+    L.append(f"\nMatrix time: {elapsed / 60:.1f} min.")
+    return "\n".join(L) + "\n"
+
+
+if __name__ == "__main__":
+    main()

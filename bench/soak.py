@@ -1,0 +1,96 @@
+"""Runs the soak test (s3cp-bench --workload soak) against a full s3-crypt-proxy on Garage.
+
+Started by scripts/soak.sh. Uses tests/e2e/harness.py for Garage, memkey-server, the key
+delivery and the proxy (plain HTTP, default filter chain, conditional_writes: enforce as on
+Garage in the tests), all on 127.0.0.1, and stops them by PID at the end. The exit code is
+s3cp-bench's: 0 only with zero errors, zero mismatches and a flat proxy RSS.
+"""
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import shutil
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, os.path.join(ROOT, "tests", "e2e"))
+
+BUCKET = "soak"
+
+
+def start(workdir, bin_dir):
+    """Garage, keyd with a key and the full proxy; returns (garage, keyd, proxy)."""
+    os.environ["S3CP_BIN_DIR"] = bin_dir
+    import harness as h
+    h.BIN_DIR = bin_dir
+    garage = h.Garage(workdir)
+    keyd = proxy = None
+    try:
+        import boto3
+        from botocore.config import Config
+        s3 = boto3.client("s3", endpoint_url=garage.endpoint, region_name=garage.region,
+                          aws_access_key_id=garage.access_key, aws_secret_access_key=garage.secret_key,
+                          config=Config(s3={"addressing_style": "path"}))
+        s3.create_bucket(Bucket=BUCKET)
+        keyd = h.Keyd(workdir)
+        r = keyd.send_key(keyd.new_key(1))
+        if r.returncode != 0:
+            raise RuntimeError(f"memkey-admin key send: {r.stderr}")
+        proxy = h.Proxy(workdir, garage, keyd, tls=False, allowed_buckets=[BUCKET], conditional_writes="enforce",
+                        log_level="warn")
+        proxy.wait_ready()
+    except BaseException:
+        for p in (proxy, keyd, garage):
+            if p is not None:
+                p.stop()
+        raise
+    return garage, keyd, proxy
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--duration", default="10m")
+    ap.add_argument("--clients", type=int, default=64)
+    ap.add_argument("--max-size", default="8MiB")
+    ap.add_argument("--bin-dir", default=os.path.join(ROOT, "target", "release"))
+    ap.add_argument("--json", default=None, help="also write the report as JSON to this file")
+    ap.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
+    args, extra = ap.parse_known_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    bin_dir = os.path.abspath(args.bin_dir)
+    workdir = tempfile.mkdtemp(prefix="s3cp-soak-")
+    print(f"soak: work directory {workdir}; {os.cpu_count()} cores, load {open('/proc/loadavg').read().split()[:3]}",
+          file=sys.stderr, flush=True)
+    garage, keyd, proxy = start(workdir, bin_dir)
+    rc = 1
+    try:
+        cmd = [os.path.join(bin_dir, "s3cp-bench"), "--workload", "soak", "--endpoint", proxy.endpoint,
+               "--access-key", proxy.access_key, "--secret-key", proxy.secret_key, "--region", "us-east-1",
+               "--bucket", BUCKET, "--concurrency", str(args.clients), "--duration", args.duration,
+               "--size", args.max_size, "--watch", f"proxy={proxy.proc.pid}", *extra]
+        if args.json:
+            cmd.append("--json")
+        print("soak: " + " ".join(cmd), file=sys.stderr, flush=True)
+        r = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
+        if args.json:
+            with open(args.json, "w") as f:
+                f.write(r.stdout)
+        rc = r.returncode
+    finally:
+        for p in (proxy, keyd, garage):
+            try:
+                p.stop()
+            except Exception as e:
+                print(f"soak: stopping: {e}", file=sys.stderr)
+        if rc != 0 or args.keep:
+            print(f"soak: logs kept in {workdir}", file=sys.stderr)
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+    sys.exit(rc)
+
+
+if __name__ == "__main__":
+    main()

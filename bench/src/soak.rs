@@ -1,0 +1,622 @@
+//! The soak test: many clients, each in its own key space, run a random mix of PUT, GET
+//! (whole and ranged), LIST and DELETE for a fixed time and check every answer against what
+//! they stored themselves; the RSS of the watched processes is sampled meanwhile.
+//!
+//! A client remembers, per key, the size, the SHA-256 and the seed of the body it last PUT:
+//! - GET must return exactly that many bytes with that SHA-256 (and an overwrite must be seen
+//!   at once: the next GET returns the new body);
+//! - a Range GET must return exactly the bytes of that range (compared byte by byte);
+//! - LIST of the client's prefix must show exactly its keys with their plaintext sizes;
+//! - DELETE must answer 204 and a GET afterwards 404 NoSuchKey.
+//!
+//! At the end every client deletes what it still holds and its LIST must come back empty.
+//! The run fails (exit code 1) on any error, any mismatch, or when the RSS is not flat.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Method, StatusCode};
+use http_body_util::BodyExt;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use serde::Serialize;
+use sha2::Digest as _;
+
+use crate::body::{Mix, Pool, PoolBody};
+use crate::procstat::{self, Watched};
+use crate::s3::Target;
+use crate::{err_chain, percentile, snippet};
+
+pub struct SoakArgs {
+    pub concurrency: usize,
+    pub duration: Duration,
+    pub max_size: u64,
+    pub keys_per_client: usize,
+    pub prefix: String,
+    pub timeout: Duration,
+    pub watch: Vec<Watched>,
+    pub rss_interval: Duration,
+    /// Fail when a watched process's RSS passes this (bytes).
+    pub rss_limit: u64,
+    /// Fail when the largest RSS of the last quarter of the run is above the largest of the
+    /// first quarter by more than this (bytes).
+    pub rss_growth: u64,
+    pub progress: Duration,
+}
+
+/// (seconds since the start, RSS in bytes of each watched process)
+type Samples = Vec<(f64, Vec<u64>)>;
+
+const OPS: [&str; 6] = ["put", "get", "range", "list", "delete", "get-404"];
+
+#[derive(Default)]
+struct Counts {
+    lat_us: [Vec<u64>; 6],
+    bytes_put: u64,
+    bytes_got: u64,
+}
+
+struct Shared {
+    errors: AtomicU64,
+    mismatches: AtomicU64,
+    ops: AtomicU64,
+    /// The first problems, for the report.
+    problems: Mutex<Vec<String>>,
+    stop: AtomicBool,
+}
+
+impl Shared {
+    fn error(&self, msg: String) {
+        self.errors.fetch_add(1, Ordering::Relaxed);
+        self.note(format!("error: {msg}"));
+    }
+
+    fn mismatch(&self, msg: String) {
+        self.mismatches.fetch_add(1, Ordering::Relaxed);
+        self.note(format!("MISMATCH: {msg}"));
+    }
+
+    fn note(&self, msg: String) {
+        eprintln!("soak: {msg}");
+        let mut p = self.problems.lock().unwrap();
+        if p.len() < 20 {
+            p.push(msg);
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+struct Stored {
+    size: u64,
+    seed: u64,
+    sha: [u8; 32],
+}
+
+struct Soaker {
+    target: Target,
+    client: Client<HttpConnector, PoolBody>,
+    pool: Pool,
+    timeout: Duration,
+    shared: Arc<Shared>,
+}
+
+/// An answer read whole (small bodies: errors, listings) or hashed as it streams.
+struct Answer {
+    status: StatusCode,
+    len: u64,
+    sha: [u8; 32],
+    /// The first 64 KiB of the body (error documents, listings).
+    head: Bytes,
+    etag: Option<String>,
+}
+
+impl Soaker {
+    async fn send(&self, req: http::Request<PoolBody>, what: &str, check: Option<&mut crate::body::Verifier>) -> Result<Answer, String> {
+        let fut = async {
+            let resp = self.client.request(req).await.map_err(|e| format!("{what}: {}", err_chain(&e)))?;
+            let status = resp.status();
+            let etag = resp.headers().get("etag").and_then(|v| v.to_str().ok()).map(str::to_string);
+            let mut body = resp.into_body();
+            let mut sha = sha2::Sha256::new();
+            let mut head = Vec::new();
+            let mut len = 0u64;
+            let mut check = check;
+            while let Some(frame) = body.frame().await {
+                let frame = frame.map_err(|e| format!("{what}: {status} after {len} bytes: {}", err_chain(&e)))?;
+                if let Some(d) = frame.data_ref() {
+                    len += d.len() as u64;
+                    sha.update(d);
+                    if head.len() < 65536 {
+                        head.extend_from_slice(&d[..d.len().min(65536 - head.len())]);
+                    }
+                    if let Some(v) = check.as_deref_mut() {
+                        v.feed(d);
+                    }
+                }
+            }
+            Ok(Answer { status, len, sha: sha.finalize().into(), head: Bytes::from(head), etag })
+        };
+        tokio::time::timeout(self.timeout, fut).await.map_err(|_| format!("{what}: timed out after {:?}", self.timeout))?
+    }
+
+    async fn put(&self, key: &str, size: u64, seed: u64, signed: bool) -> Result<Stored, String> {
+        let body = self.pool.body(seed, size);
+        let sha = Pool::sha256(&body);
+        let digests = signed.then(|| Pool::digests(&body));
+        let md5 = digests.as_ref().map(|(_, m)| m.clone());
+        let req = self.target.request(Method::PUT, Some(key), None, body, Some(size), digests)?;
+        let a = self.send(req, &format!("PUT {key} ({size} bytes)"), None).await?;
+        if a.status != StatusCode::OK {
+            return Err(format!("PUT {key} ({size} bytes): {} {}", a.status, snippet(&a.head)));
+        }
+        if let Some(md5) = md5 {
+            // With Content-MD5 the ETag is the plaintext MD5 (README, ETags).
+            use base64::Engine as _;
+            let want = hex::encode(base64::engine::general_purpose::STANDARD.decode(md5).unwrap_or_default());
+            if a.etag.as_deref().map(|e| e.trim_matches('"')) != Some(want.as_str()) {
+                self.shared.mismatch(format!("PUT {key}: ETag {:?}, expected the MD5 {want}", a.etag));
+            }
+        }
+        Ok(Stored { size, seed, sha })
+    }
+
+    async fn get(&self, key: &str, want: &Stored) -> Result<u64, String> {
+        let req = self.target.request(Method::GET, Some(key), None, PoolBody::empty(), None, None)?;
+        let a = self.send(req, &format!("GET {key}"), None).await?;
+        if a.status != StatusCode::OK {
+            return Err(format!("GET {key}: {} {}", a.status, snippet(&a.head)));
+        }
+        if a.len != want.size || a.sha != want.sha {
+            self.shared.mismatch(format!(
+                "GET {key}: {} bytes with SHA-256 {}, PUT was {} bytes with {}",
+                a.len,
+                hex::encode(a.sha),
+                want.size,
+                hex::encode(want.sha)
+            ));
+        }
+        Ok(a.len)
+    }
+
+    async fn range(&self, key: &str, want: &Stored, first: u64, last: u64) -> Result<u64, String> {
+        let req = self.target.request(Method::GET, Some(key), Some((first, last)), PoolBody::empty(), None, None)?;
+        let mut v = self.pool.verifier(want.seed, want.size, first);
+        let a = self.send(req, &format!("GET {key} bytes={first}-{last}"), Some(&mut v)).await?;
+        if a.status != StatusCode::PARTIAL_CONTENT {
+            return Err(format!("GET {key} bytes={first}-{last} of {}: {} {}", want.size, a.status, snippet(&a.head)));
+        }
+        if a.len != last - first + 1 || !v.ok() {
+            self.shared.mismatch(format!(
+                "GET {key} bytes={first}-{last} of {}: {} bytes, content {}",
+                want.size,
+                a.len,
+                if v.ok() { "matches" } else { "differs" }
+            ));
+        }
+        Ok(a.len)
+    }
+
+    async fn list(&self, prefix: &str, want: &BTreeMap<String, Stored>) -> Result<(), String> {
+        let req = self.target.list(prefix)?;
+        let a = self.send(req, &format!("LIST {prefix}"), None).await?;
+        if a.status != StatusCode::OK {
+            return Err(format!("LIST {prefix}: {} {}", a.status, snippet(&a.head)));
+        }
+        let text = String::from_utf8_lossy(&a.head);
+        let got = parse_listing(&text);
+        let expected: Vec<(String, u64)> = want.iter().map(|(k, s)| (k.clone(), s.size)).collect();
+        if got != expected || text.contains("<IsTruncated>true") {
+            self.shared.mismatch(format!("LIST {prefix}: {got:?}, expected {expected:?}"));
+        }
+        Ok(())
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), String> {
+        let req = self.target.request(Method::DELETE, Some(key), None, PoolBody::empty(), None, None)?;
+        let a = self.send(req, &format!("DELETE {key}"), None).await?;
+        if a.status != StatusCode::NO_CONTENT {
+            return Err(format!("DELETE {key}: {} {}", a.status, snippet(&a.head)));
+        }
+        Ok(())
+    }
+
+    async fn get_gone(&self, key: &str) -> Result<(), String> {
+        let req = self.target.request(Method::GET, Some(key), None, PoolBody::empty(), None, None)?;
+        let a = self.send(req, &format!("GET {key} (deleted)"), None).await?;
+        if a.status != StatusCode::NOT_FOUND || !a.head.windows(9).any(|w| w == b"NoSuchKey") {
+            self.shared.mismatch(format!("GET {key} after DELETE: {} {}", a.status, snippet(&a.head)));
+        }
+        Ok(())
+    }
+}
+
+/// (Key, Size) of every <Contents> of a ListObjectsV2 answer, in order.
+fn parse_listing(xml: &str) -> Vec<(String, u64)> {
+    fn field<'a>(s: &'a str, tag: &str) -> Option<&'a str> {
+        let a = s.find(&format!("<{tag}>"))? + tag.len() + 2;
+        let b = a + s[a..].find(&format!("</{tag}>"))?;
+        Some(&s[a..b])
+    }
+    xml.split("<Contents>")
+        .skip(1)
+        .map(|c| {
+            let c = c.split("</Contents>").next().unwrap_or("");
+            (
+                field(c, "Key").unwrap_or("").to_string(),
+                field(c, "Size").and_then(|s| s.parse().ok()).unwrap_or(u64::MAX),
+            )
+        })
+        .collect()
+}
+
+/// Sizes spread evenly over orders of magnitude up to `max` (so most objects are small and
+/// most bytes are in large ones), plus the edges of the 64 KiB encryption chunk and 0.
+fn random_size(rng: &mut Mix, max: u64) -> u64 {
+    if rng.below(10) == 0 {
+        let edges = [0u64, 1, 65535, 65536, 65537, 2 * 65536, 2 * 65536 + 1];
+        return edges[rng.below(edges.len() as u64) as usize].min(max);
+    }
+    let bits = 64 - max.leading_zeros() as u64; // max < 2^bits
+    let e = rng.below(bits + 1);
+    let hi = (1u64 << e).min(max + 1);
+    rng.below(hi)
+}
+
+async fn client_loop(s: Arc<Soaker>, id: usize, args: Arc<SoakArgs>, deadline: Instant, mut rng: Mix) -> Counts {
+    let prefix = format!("{}/c{id:03}/", args.prefix);
+    let mut stored: BTreeMap<String, Stored> = BTreeMap::new();
+    let mut counts = Counts::default();
+    let mut next = 0u64;
+    let shared = s.shared.clone();
+    // A previous run may have left keys here (stopped early): start from an empty prefix.
+    if let Err(e) = clear(&s, &prefix).await {
+        shared.error(e);
+    }
+    while Instant::now() < deadline && !shared.stop.load(Ordering::Relaxed) {
+        let roll = rng.below(100);
+        let t0 = Instant::now();
+        let (op, result) = if stored.is_empty() || roll < 35 {
+            let key = if stored.len() < args.keys_per_client && (stored.is_empty() || rng.below(3) != 0) {
+                next += 1;
+                format!("{prefix}k{next:06}")
+            } else {
+                nth_key(&stored, rng.below(stored.len() as u64))
+            };
+            let size = random_size(&mut rng, args.max_size);
+            let r = s.put(&key, size, rng.next_u64(), rng.below(2) == 0).await;
+            (0, r.map(|st| {
+                counts.bytes_put += st.size;
+                stored.insert(key, st);
+            }))
+        } else if roll < 62 {
+            let key = nth_key(&stored, rng.below(stored.len() as u64));
+            let r = s.get(&key, &stored[&key]).await;
+            (1, r.map(|n| counts.bytes_got += n))
+        } else if roll < 72 {
+            let key = nth_key(&stored, rng.below(stored.len() as u64));
+            let st = stored[&key];
+            if st.size == 0 {
+                continue;
+            }
+            let first = rng.below(st.size);
+            let last = (first + rng.below((st.size - first).min(1 << 20))).min(st.size - 1);
+            let r = s.range(&key, &st, first, last).await;
+            (2, r.map(|n| counts.bytes_got += n))
+        } else if roll < 86 {
+            (3, s.list(&prefix, &stored).await)
+        } else {
+            let key = nth_key(&stored, rng.below(stored.len() as u64));
+            match s.delete(&key).await {
+                Ok(()) => {
+                    stored.remove(&key);
+                    counts.lat_us[4].push(t0.elapsed().as_micros() as u64);
+                    let t1 = Instant::now();
+                    let r = s.get_gone(&key).await;
+                    if r.is_ok() {
+                        counts.lat_us[5].push(t1.elapsed().as_micros() as u64);
+                    }
+                    // Latencies recorded above.
+                    (usize::MAX, r)
+                }
+                Err(e) => (4, Err(e)),
+            }
+        };
+        shared.ops.fetch_add(1, Ordering::Relaxed);
+        match result {
+            Ok(()) if op < OPS.len() => counts.lat_us[op].push(t0.elapsed().as_micros() as u64),
+            Ok(()) => {}
+            Err(e) => {
+                shared.error(e);
+                // A failed PUT leaves the key in an unknown state: forget it (LIST would
+                // otherwise report it) after removing it.
+                if op == 0 {
+                    stored.clear();
+                    if let Err(e) = clear(&s, &prefix).await {
+                        shared.error(e);
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+    // Clean up: delete everything, then the listing must be empty.
+    for key in stored.keys() {
+        if let Err(e) = s.delete(key).await {
+            shared.error(e);
+        }
+    }
+    if let Err(e) = s.list(&prefix, &BTreeMap::new()).await {
+        shared.error(e);
+    }
+    counts
+}
+
+fn nth_key(m: &BTreeMap<String, Stored>, i: u64) -> String {
+    m.keys().nth(i as usize).cloned().unwrap_or_default()
+}
+
+/// Deletes every key under `prefix` (what a stopped earlier run left).
+async fn clear(s: &Soaker, prefix: &str) -> Result<(), String> {
+    let req = s.target.list(prefix)?;
+    let a = s.send(req, &format!("LIST {prefix}"), None).await?;
+    if a.status != StatusCode::OK {
+        return Err(format!("LIST {prefix}: {} {}", a.status, snippet(&a.head)));
+    }
+    for (key, _) in parse_listing(&String::from_utf8_lossy(&a.head)) {
+        s.delete(&key).await?;
+    }
+    Ok(())
+}
+
+#[derive(Serialize)]
+struct RssReport {
+    name: String,
+    pid: u32,
+    samples: usize,
+    first_mib: f64,
+    max_mib: f64,
+    last_mib: f64,
+    /// Largest sample of the first and of the last quarter of the run.
+    first_quarter_max_mib: f64,
+    last_quarter_max_mib: f64,
+    limit_mib: f64,
+    growth_limit_mib: f64,
+    ok: bool,
+}
+
+#[derive(Serialize)]
+struct OpLine {
+    op: &'static str,
+    count: usize,
+    p50_ms: f64,
+    p99_ms: f64,
+    max_ms: f64,
+}
+
+#[derive(Serialize)]
+pub struct SoakReport {
+    endpoint: String,
+    clients: usize,
+    duration_s: f64,
+    wall_s: f64,
+    max_size: u64,
+    operations: u64,
+    ops_per_s: f64,
+    mib_put: f64,
+    mib_got: f64,
+    ops: Vec<OpLine>,
+    errors: u64,
+    mismatches: u64,
+    problems: Vec<String>,
+    rss: Vec<RssReport>,
+    load_before: String,
+    load_after: String,
+    pub passed: bool,
+}
+
+fn mib(n: u64) -> f64 {
+    n as f64 / (1 << 20) as f64
+}
+
+pub async fn run(target: Target, client: Client<HttpConnector, PoolBody>, args: SoakArgs) -> SoakReport {
+    let shared = Arc::new(Shared {
+        errors: AtomicU64::new(0),
+        mismatches: AtomicU64::new(0),
+        ops: AtomicU64::new(0),
+        problems: Mutex::new(Vec::new()),
+        stop: AtomicBool::new(false),
+    });
+    let soaker = Arc::new(Soaker { target, client, pool: Pool::new(), timeout: args.timeout, shared: shared.clone() });
+    let args = Arc::new(args);
+    let load_before = procstat::loadavg();
+
+    // RSS samples: (seconds since start, bytes per watched process).
+    let samples: Arc<Mutex<Samples>> = Arc::default();
+    let t0 = Instant::now();
+    let sample = {
+        let (samples, pids) = (samples.clone(), args.watch.iter().map(|w| w.pid).collect::<Vec<_>>());
+        move || {
+            let v = pids.iter().map(|p| procstat::status_kb(*p, "VmRSS").unwrap_or(0)).collect();
+            samples.lock().unwrap().push((t0.elapsed().as_secs_f64(), v));
+        }
+    };
+    sample();
+    let sampler_done = Arc::new(AtomicBool::new(false));
+    let sampler = {
+        let (done, args, shared, sample, samples) =
+            (sampler_done.clone(), args.clone(), shared.clone(), sample.clone(), samples.clone());
+        tokio::spawn(async move {
+            let mut last_progress = Instant::now();
+            while !done.load(Ordering::Relaxed) {
+                tokio::time::sleep(args.rss_interval).await;
+                sample();
+                if last_progress.elapsed() >= args.progress {
+                    last_progress = Instant::now();
+                    let last = samples.lock().unwrap().last().map(|x| x.1.clone()).unwrap_or_default();
+                    let rss: Vec<String> =
+                        args.watch.iter().zip(last).map(|(w, b)| format!("{} {:.1} MiB", w.name, mib(b))).collect();
+                    eprintln!(
+                        "soak: {:5.0}s {} operations, {} errors, {} mismatches; RSS {}; load {}",
+                        t0.elapsed().as_secs_f64(),
+                        shared.ops.load(Ordering::Relaxed),
+                        shared.errors.load(Ordering::Relaxed),
+                        shared.mismatches.load(Ordering::Relaxed),
+                        rss.join(", "),
+                        procstat::loadavg()
+                    );
+                }
+            }
+        })
+    };
+
+    let deadline = Instant::now() + args.duration;
+    let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos() as u64;
+    let mut handles = Vec::new();
+    for id in 0..args.concurrency {
+        let rng = Mix(seed ^ (id as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        handles.push(tokio::spawn(client_loop(soaker.clone(), id, args.clone(), deadline, rng)));
+    }
+    let mut all = Counts::default();
+    for h in handles {
+        match h.await {
+            Ok(c) => {
+                for (a, b) in all.lat_us.iter_mut().zip(c.lat_us) {
+                    a.extend(b);
+                }
+                all.bytes_put += c.bytes_put;
+                all.bytes_got += c.bytes_got;
+            }
+            Err(e) => shared.error(format!("a client panicked: {e}")),
+        }
+    }
+    let wall = t0.elapsed();
+    sampler_done.store(true, Ordering::Relaxed);
+    let _ = sampler.await;
+    sample();
+
+    let samples = samples.lock().unwrap().clone();
+    let end = samples.last().map(|s| s.0).unwrap_or(0.0);
+    let mut rss = Vec::new();
+    for (i, w) in args.watch.iter().enumerate() {
+        let v: Vec<(f64, u64)> = samples.iter().map(|(t, s)| (*t, s[i])).collect();
+        let max_in = |a: f64, b: f64| v.iter().filter(|(t, _)| *t >= a && *t <= b).map(|x| x.1).max().unwrap_or(0);
+        let max = v.iter().map(|x| x.1).max().unwrap_or(0);
+        let q1 = max_in(0.0, end / 4.0);
+        let q4 = max_in(end * 3.0 / 4.0, end);
+        let ok = max <= args.rss_limit && q4 <= q1 + args.rss_growth;
+        rss.push(RssReport {
+            name: w.name.clone(),
+            pid: w.pid,
+            samples: v.len(),
+            first_mib: mib(v.first().map(|x| x.1).unwrap_or(0)),
+            max_mib: mib(max),
+            last_mib: mib(v.last().map(|x| x.1).unwrap_or(0)),
+            first_quarter_max_mib: mib(q1),
+            last_quarter_max_mib: mib(q4),
+            limit_mib: mib(args.rss_limit),
+            growth_limit_mib: mib(args.rss_growth),
+            ok,
+        });
+    }
+    let secs = wall.as_secs_f64().max(1e-9);
+    let ops = all
+        .lat_us
+        .iter_mut()
+        .enumerate()
+        .map(|(i, l)| {
+            l.sort_unstable();
+            OpLine {
+                op: OPS[i],
+                count: l.len(),
+                p50_ms: percentile(l, 50.0),
+                p99_ms: percentile(l, 99.0),
+                max_ms: l.last().copied().unwrap_or(0) as f64 / 1000.0,
+            }
+        })
+        .collect();
+    let errors = shared.errors.load(Ordering::Relaxed);
+    let mismatches = shared.mismatches.load(Ordering::Relaxed);
+    let operations = shared.ops.load(Ordering::Relaxed);
+    let problems = shared.problems.lock().unwrap().clone();
+    let passed = errors == 0 && mismatches == 0 && rss.iter().all(|r| r.ok) && operations > 0;
+    SoakReport {
+        endpoint: soaker.target.endpoint.clone(),
+        clients: args.concurrency,
+        duration_s: args.duration.as_secs_f64(),
+        wall_s: secs,
+        max_size: args.max_size,
+        operations,
+        ops_per_s: operations as f64 / secs,
+        mib_put: mib(all.bytes_put),
+        mib_got: mib(all.bytes_got),
+        ops,
+        errors,
+        mismatches,
+        problems,
+        rss,
+        load_before,
+        load_after: procstat::loadavg(),
+        passed,
+    }
+}
+
+pub fn text(r: &SoakReport) -> String {
+    let mut s = format!(
+        "soak: {} clients, {:.0} s, {} operations ({:.0}/s), {:.0} MiB put, {:.0} MiB read; errors {}, mismatches {}; load {} → {}\n",
+        r.clients, r.wall_s, r.operations, r.ops_per_s, r.mib_put, r.mib_got, r.errors, r.mismatches, r.load_before, r.load_after
+    );
+    for o in &r.ops {
+        s.push_str(&format!(
+            "soak:   {:8} {:7} p50 {:7.1} ms  p99 {:7.1} ms  max {:7.1} ms\n",
+            o.op, o.count, o.p50_ms, o.p99_ms, o.max_ms
+        ));
+    }
+    for x in &r.rss {
+        s.push_str(&format!(
+            "soak:   RSS {} (pid {}): first {:.1} MiB, max {:.1} MiB, last {:.1} MiB; max of first quarter {:.1}, of last quarter {:.1} \
+             (limit {:.0} MiB, growth ≤ {:.0} MiB) → {}\n",
+            x.name,
+            x.pid,
+            x.first_mib,
+            x.max_mib,
+            x.last_mib,
+            x.first_quarter_max_mib,
+            x.last_quarter_max_mib,
+            x.limit_mib,
+            x.growth_limit_mib,
+            if x.ok { "flat" } else { "NOT flat" }
+        ));
+    }
+    for p in &r.problems {
+        s.push_str(&format!("soak:   {p}\n"));
+    }
+    s.push_str(if r.passed { "soak: PASSED" } else { "soak: FAILED" });
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listing_parse() {
+        let xml = "<ListBucketResult><Name>b</Name><Contents><Key>p/c000/k000001</Key><Size>17</Size><ETag>\"x\"</ETag></Contents>\
+                   <Contents><Key>p/c000/k000002</Key><LastModified>t</LastModified><Size>0</Size></Contents></ListBucketResult>";
+        assert_eq!(parse_listing(xml), vec![("p/c000/k000001".into(), 17), ("p/c000/k000002".into(), 0)]);
+        assert!(parse_listing("<ListBucketResult></ListBucketResult>").is_empty());
+    }
+
+    #[test]
+    fn sizes_stay_in_bounds() {
+        let mut rng = Mix(1);
+        let max = 8 << 20;
+        let v: Vec<u64> = (0..10_000).map(|_| random_size(&mut rng, max)).collect();
+        assert!(v.iter().all(|&n| n <= max));
+        assert!(v.iter().any(|&n| n < 1024));
+        assert!(v.iter().any(|&n| n > 4 << 20));
+        assert!(v.contains(&0));
+    }
+}

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Benchmarks s3-crypt-proxy against Garage: direct, the proxy with a pass-through chain,
+# the full (encrypting) proxy and rclone over a crypt remote, all on one Garage in one run.
+# Builds the release binaries, then runs bench/matrix.py, which prints a Markdown table.
+#
+#   scripts/bench.sh --quick             # 4 MiB PUT/GET c=8, 64 MiB GET/PUT c=1, 1 GiB RSS test (~3 min)
+#   scripts/bench.sh                     # full matrix: put,get,range,mixed x 4KiB..64MiB x c=1,8,64
+#   scripts/bench.sh --sizes 4MiB --concurrency 8 --workloads put,get --duration 10s
+#   scripts/bench.sh --help              # every option of bench/matrix.py
+#
+# One cell by hand against any endpoint:
+#   target/release/s3cp-bench --endpoint http://127.0.0.1:8080 --access-key AK --secret-key SK \
+#     --bucket b --workload put --size 4MiB --concurrency 8 --duration 10s [--json]
+#
+# The load generator sends UNSIGNED-PAYLOAD without Content-MD5 by default (no hashing in
+# the generator, which shares the cores with the proxy and the backend); --payload signed
+# on s3cp-bench signs the SHA-256 and sends Content-MD5 as PBS does.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+eval "$(scripts/bootstrap.sh)"
+
+if [ -z "${S3CP_BENCH_NO_BUILD:-}" ]; then
+  echo "bench: cargo build --release (s3cp-bench, s3-crypt-proxy, memkey-server, memkey-admin)" >&2
+  cargo build --release --locked -p s3cp-bench -p s3-crypt-proxy -p keyd -p memkey-admin >&2
+fi
+
+echo "bench: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'), load $(cut -d' ' -f1-3 /proc/loadavg)" >&2
+exec python3 bench/matrix.py "$@"
