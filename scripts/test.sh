@@ -20,3 +20,11 @@ echo "== end-to-end (pytest)"
 cargo build --bins --locked
 target_dir=$(cargo metadata --format-version 1 --no-deps | python -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
 S3CP_BIN_DIR="$target_dir/debug" python -m pytest tests/e2e -q -p no:cacheprovider "$@"
+
+# Every fuzz target for a bounded time (S3CP_FUZZ_SECONDS, default 60; 0 skips it for quick
+# local runs — CI always runs it). Longer runs by hand: scripts/fuzz.sh 600.
+fuzz_secs=${S3CP_FUZZ_SECONDS:-60}
+if [ "$fuzz_secs" -gt 0 ]; then
+  echo "== fuzz (${fuzz_secs}s per target)"
+  scripts/fuzz.sh "$fuzz_secs"
+fi

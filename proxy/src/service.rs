@@ -50,6 +50,14 @@ fn base_header(status: u16, ctx: &RequestCtx) -> Result<ResponseHeader> {
     Ok(h)
 }
 
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Closing {
+    /// Keep the connection when the request body was read whole.
+    IfBodyUnread,
+    /// The connection is closed after this reply whatever happens.
+    AfterReply,
+}
+
 /// Most a client may still send after an early answer (an error, a 412) that is read and
 /// thrown away so that it gets to read the answer, as nginx's lingering close does: a client
 /// blocked in sending a PBS chunk would otherwise see a reset instead of the S3 error.
@@ -82,13 +90,16 @@ async fn drain_unread_body(session: &mut Session) -> bool {
 }
 
 impl S3Proxy {
-    async fn write_reply(&self, session: &mut Session, ctx: &RequestCtx, reply: Reply) -> Result<()> {
+    /// Sends a reply of the proxy's own. `Closing::AfterReply` when the caller will close the
+    /// connection anyway (pingora does after a failed proxy attempt): the client is told so.
+    async fn write_reply(&self, session: &mut Session, ctx: &RequestCtx, reply: Reply, closing: Closing) -> Result<()> {
         let mut h = base_header(reply.status, ctx)?;
         for (n, v) in reply.headers {
             h.insert_header(n, v)?;
         }
         h.insert_header("content-length", reply.body.len().to_string())?;
-        if !drain_unread_body(session).await {
+        // Drained or not, the client gets its answer; only a whole body allows reuse.
+        if !drain_unread_body(session).await || closing == Closing::AfterReply {
             session.set_keepalive(None);
         }
         session.write_response_header(Box::new(h), false).await?;
@@ -96,7 +107,7 @@ impl S3Proxy {
         Ok(())
     }
 
-    async fn write_error(&self, session: &mut Session, ctx: &mut RequestCtx, e: S3Error) -> Result<()> {
+    async fn write_error(&self, session: &mut Session, ctx: &mut RequestCtx, e: S3Error, closing: Closing) -> Result<()> {
         let body = if session.req_header().method == http::Method::HEAD { Bytes::new() } else { e.to_xml(&ctx.request_id) };
         let mut headers = vec![("content-type", "application/xml".to_string())];
         if let Some(secs) = e.retry_after {
@@ -104,7 +115,7 @@ impl S3Proxy {
         }
         let status = e.status();
         ctx.error = Some(e);
-        self.write_reply(session, ctx, Reply { status, headers, body }).await
+        self.write_reply(session, ctx, Reply { status, headers, body }, closing).await
     }
 }
 
@@ -123,13 +134,13 @@ impl ProxyHttp for S3Proxy {
         match parsed {
             Ok(s3) => ctx.s3 = Some(s3),
             Err(e) => {
-                self.write_error(session, ctx, e).await?;
+                self.write_error(session, ctx, e, Closing::IfBodyUnread).await?;
                 return Ok(true);
             }
         }
         if self.needs_key && self.keys.get().is_none() {
             let e = s3err(S3ErrorCode::ServiceUnavailable, "The encryption key is not loaded yet; deliver it with `memkey-admin key send`").with_retry_after(5);
-            self.write_error(session, ctx, e).await?;
+            self.write_error(session, ctx, e, Closing::IfBodyUnread).await?;
             return Ok(true);
         }
         let req = session.req_header().clone();
@@ -142,11 +153,11 @@ impl ProxyHttp for S3Proxy {
                 Ok(false)
             }
             Ok(Flow::Respond(reply)) => {
-                self.write_reply(session, ctx, reply).await?;
+                self.write_reply(session, ctx, reply, Closing::IfBodyUnread).await?;
                 Ok(true)
             }
             Err(e) => {
-                self.write_error(session, ctx, e).await?;
+                self.write_error(session, ctx, e, Closing::IfBodyUnread).await?;
                 Ok(true)
             }
         }
@@ -233,7 +244,7 @@ impl ProxyHttp for S3Proxy {
             ctx.error = Some(s3);
             return FailToProxy { error_code: 0, can_reuse_downstream: false };
         }
-        if let Err(we) = self.write_error(session, ctx, s3).await {
+        if let Err(we) = self.write_error(session, ctx, s3, Closing::AfterReply).await {
             log::debug!("could not send the error answer: {we}");
         }
         FailToProxy { error_code: code, can_reuse_downstream: false }

@@ -34,6 +34,30 @@ def test_bad_signature_is_refused_and_nothing_stored(stack):
     assert stored(stack, key) is None
 
 
+@pytest.mark.parametrize("size,answered", [(4 * 1024 * 1024, True), (40 * 1024 * 1024, False)])
+def test_early_error_is_read_by_a_client_still_sending(stack, size, answered):
+    """A refused PBS-sized upload: the proxy reads and discards the rest of the body (up to
+    16 MiB) so that a client that sends everything before reading gets the S3 error, not a
+    reset; a larger body is cut instead of being read for nothing. Nothing is stored."""
+    c = stack.client()
+    c.tamper_signature = True
+    key = f"{KEY_PREFIX}/linger-{size}"
+    body = os.urandom(size)
+    sent_all, r = True, None
+    try:
+        r = c.request("PUT", key, headers={"content-type": "application/octet-stream"}, body=body)
+    except (BrokenPipeError, ConnectionResetError, http.client.RemoteDisconnected, OSError):
+        sent_all = False
+    if answered:
+        assert sent_all and r.status == 403 and b"<Code>SignatureDoesNotMatch</Code>" in r.body, r
+        assert r.header("connection") != "close"  # the body was read whole: the connection stays
+        c.tamper_signature = False
+        assert c.head_bucket().status == 200
+    else:
+        assert not sent_all or r.status == 403, r
+    assert stored(stack, key) is None
+
+
 def test_unknown_access_key(stack):
     c = stack.client()
     c.access_key = "nobody"
