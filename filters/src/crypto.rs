@@ -64,7 +64,9 @@ enum Plan {
     None,
     Encrypt {
         part: u32,
-        plain_len: u64,
+        /// `None`: a plain `Transfer-Encoding: chunked` body of unknown length, collected
+        /// (up to [`MAX_UNKNOWN_LENGTH`]) and encrypted once complete.
+        plain_len: Option<u64>,
     },
     SealMetadata,
     /// CompleteMultipartUpload: the part checksums in its body describe plaintext.
@@ -99,6 +101,8 @@ pub struct CryptoCtx {
     /// The upload being completed has no parts (the body decides between MalformedXML and
     /// InvalidPart), or is gone (completed before: the backend answers).
     complete_without_parts: bool,
+    /// A chunked upload of unknown length being collected.
+    spool: Option<BytesMut>,
     /// GET/HEAD with `partNumber`.
     part_requested: bool,
     /// GET/HEAD with `x-amz-checksum-mode: ENABLED`.
@@ -135,14 +139,21 @@ fn crypto_error(ctx: &mut RequestCtx, e: &FormatError) -> S3Error {
     }
 }
 
-/// An upload whose length is not known before its body: the segment header carries the
-/// plaintext length, so the proxy cannot encrypt it as it streams (S3 itself refuses
-/// `Transfer-Encoding: chunked` uploads without aws-chunked).
-fn missing_length() -> S3Error {
-    s3err(
-        S3ErrorCode::MissingContentLength,
-        "You must provide the Content-Length HTTP header (or send aws-chunked with x-amz-decoded-content-length): a Transfer-Encoding: chunked upload of unknown length cannot be encrypted as it streams.",
-    )
+/// Largest plain `Transfer-Encoding: chunked` upload (no Content-Length, no aws-chunked):
+/// the segment header carries the plaintext length, so such a body is collected before it
+/// is encrypted.
+pub const MAX_UNKNOWN_LENGTH: usize = 16 << 20;
+
+/// The plaintext length of an upload: declared, or `None` for a plain chunked body.
+fn upload_length(req: &RequestHeader, s3: &crate::request::S3Request) -> Result<Option<u64>, S3Error> {
+    if let Some(n) = s3.plaintext_length() {
+        return Ok(Some(n));
+    }
+    let chunked = req.headers.get("transfer-encoding").and_then(|v| v.to_str().ok()).is_some_and(|v| v.to_ascii_lowercase().contains("chunked"));
+    if chunked && !s3.payload.is_some_and(crate::request::PayloadMode::is_streaming) {
+        return Ok(None);
+    }
+    Err(s3err(S3ErrorCode::MissingContentLength, "You must provide the Content-Length HTTP header."))
 }
 
 /// Headers that describe the plaintext body and must not reach the backend.
@@ -196,8 +207,7 @@ impl Filter for CryptoFilter {
                 let sealed = meta::seal(ring.current(), obj, self.chunk_size, &payload).map_err(|e| crypto_error(ctx, &e))?;
                 ctx.crypto.sealed_meta = Some(sealed);
                 ctx.crypto.plan = if s3.op == Operation::PutObject {
-                    let plain_len = s3.plaintext_length().ok_or_else(missing_length)?;
-                    Plan::Encrypt { part: 0, plain_len }
+                    Plan::Encrypt { part: 0, plain_len: upload_length(req, &s3)? }
                 } else {
                     Plan::SealMetadata
                 };
@@ -208,8 +218,8 @@ impl Filter for CryptoFilter {
                     .and_then(|p| p.parse::<u32>().ok())
                     .filter(|p| (1..=10_000).contains(p))
                     .ok_or_else(|| s3err(S3ErrorCode::InvalidArgument, "Part number must be an integer between 1 and 10000, inclusive"))?;
-                let plain_len = s3.plaintext_length().ok_or_else(missing_length)?;
-                if plain_len == 0 {
+                let plain_len = upload_length(req, &s3)?;
+                if plain_len == Some(0) {
                     return Err(s3err(S3ErrorCode::InvalidRequest, "empty parts cannot be stored encrypted: every part must hold at least one byte"));
                 }
                 ctx.crypto.plan = Plan::Encrypt { part, plain_len };
@@ -253,9 +263,7 @@ impl Filter for CryptoFilter {
                             ctx.error = Some(e);
                             return Ok(Flow::Respond(reply));
                         }
-                        Prepared::NoSuchPart => {
-                            return Err(s3err(S3ErrorCode::InvalidPartNumber, "The requested partnumber is not satisfiable").with_resource(s3.resource()));
-                        }
+                        Prepared::NoSuchPart => return Err(self.no_such_part(&s3, part.unwrap_or(0)).await),
                         Prepared::Fallback => {}
                     }
                 }
@@ -292,14 +300,23 @@ impl Filter for CryptoFilter {
                 let ring = ctx.crypto.ring.clone().expect("set with the plan");
                 let s3 = ctx.s3()?;
                 let obj = ObjectId { bucket: s3.bucket.as_deref().unwrap_or(""), key: s3.key.as_deref().unwrap_or("") };
-                // Created per attempt: a retry replays the body from the start.
-                let enc = SegmentEncryptor::new(ring.current(), obj, part, plain_len, self.chunk_size)
-                    .map_err(|e| crypto_error(ctx, &e))?;
-                set(up, "content-length", enc.cipher_len().to_string())?;
-                ctx.crypto.encryptor = Some(enc);
+                match plain_len {
+                    Some(plain_len) => {
+                        // Created per attempt: a retry replays the body from the start.
+                        let enc = SegmentEncryptor::new(ring.current(), obj, part, plain_len, self.chunk_size)
+                            .map_err(|e| crypto_error(ctx, &e))?;
+                        set(up, "content-length", enc.cipher_len().to_string())?;
+                        ctx.crypto.encryptor = Some(enc);
+                    }
+                    None => {
+                        // The ciphertext goes on chunked too, once the whole body is known.
+                        up.remove_header("content-length");
+                        ctx.crypto.spool = Some(BytesMut::new());
+                    }
+                }
                 ctx.key_id = Some(ring.current_id());
                 ctx.body_rewritten = true;
-                for h in PLAINTEXT_BODY_HEADERS {
+                for h in PLAINTEXT_BODY_HEADERS.iter().filter(|h| !(plain_len.is_none() && **h == "transfer-encoding")) {
                     up.remove_header(*h);
                 }
                 if let Some(enc) = up.headers.get("content-encoding").and_then(|v| v.to_str().ok()) {
@@ -379,6 +396,9 @@ impl Filter for CryptoFilter {
                 Some(Bytes::new())
             };
             return Ok(());
+        }
+        if ctx.crypto.spool.is_some() {
+            return self.spool_body(body, end, ctx);
         }
         let Some(enc) = ctx.crypto.encryptor.as_mut() else { return Ok(()) };
         let mut out = match body.take() {
@@ -473,6 +493,59 @@ impl Filter for CryptoFilter {
 }
 
 impl CryptoFilter {
+    /// `partNumber` beyond the object's parts. S3 answers 416 InvalidPartNumber; some
+    /// backends (Garage, Ceph RGW) 400 InvalidPart. The backend knows the part count too, so
+    /// its status (of a HEAD, which shows nothing of the object) picks the answer.
+    async fn no_such_part(&self, s3: &crate::request::S3Request, part: u32) -> S3Error {
+        let (bucket, key) = (s3.bucket.as_deref(), s3.key.as_deref());
+        let mut q = vec![("partNumber".to_string(), part.to_string())];
+        if let Some(v) = s3.query_value("versionId") {
+            q.push(("versionId".to_string(), v.to_string()));
+        }
+        let status = match self.backend.request("HEAD", bucket, key, &q, &[], None) {
+            Ok(req) => self.backend.send(bucket, req, None, 0).await.map(|(r, _)| r.status.as_u16()).unwrap_or(0),
+            Err(_) => 0,
+        };
+        if status == 400 {
+            s3err(S3ErrorCode::InvalidPart, "The requested partnumber is not satisfiable").with_resource(s3.resource())
+        } else {
+            s3err(S3ErrorCode::InvalidPartNumber, "The requested partnumber is not satisfiable").with_resource(s3.resource())
+        }
+    }
+
+    /// A chunked body of unknown length: collected, then encrypted whole at its end (the
+    /// segment header needs the length), after the sigv4 filter accepted it.
+    fn spool_body(&self, body: &mut Option<Bytes>, end: bool, ctx: &mut RequestCtx) -> Result<(), S3Error> {
+        let spool = ctx.crypto.spool.as_mut().expect("checked by the caller");
+        if let Some(b) = body.take() {
+            if spool.len() + b.len() > MAX_UNKNOWN_LENGTH {
+                return Err(s3err(
+                    S3ErrorCode::MissingContentLength,
+                    format!("a Transfer-Encoding: chunked upload without Content-Length is limited to {} MiB through the encryption proxy; send Content-Length (or aws-chunked)", MAX_UNKNOWN_LENGTH >> 20),
+                ));
+            }
+            spool.extend_from_slice(&b);
+        }
+        if !end {
+            *body = Some(Bytes::new());
+            return Ok(());
+        }
+        let plain = ctx.crypto.spool.take().expect("checked by the caller");
+        let Plan::Encrypt { part, .. } = ctx.crypto.plan else { return Err(S3Error::internal("crypto filter", "spool without an upload")) };
+        if part > 0 && plain.is_empty() {
+            return Err(s3err(S3ErrorCode::InvalidRequest, "empty parts cannot be stored encrypted: every part must hold at least one byte"));
+        }
+        let ring = ctx.crypto.ring.clone().expect("set with the plan");
+        let s3 = ctx.s3()?;
+        let obj = ObjectId { bucket: s3.bucket.as_deref().unwrap_or(""), key: s3.key.as_deref().unwrap_or("") };
+        let mut enc = SegmentEncryptor::new(ring.current(), obj, part, plain.len() as u64, self.chunk_size).map_err(|e| crypto_error(ctx, &e))?;
+        let mut out = BytesMut::from(&enc.update(&plain).map_err(|e| crypto_error(ctx, &e))?[..]);
+        out.extend_from_slice(&enc.finish().map_err(|e| crypto_error(ctx, &e))?);
+        ctx.bytes_encrypted += plain.len() as u64;
+        *body = Some(out.freeze());
+        Ok(())
+    }
+
     /// Moves the plaintext's descriptive headers into the sealed metadata header.
     fn seal_headers(&self, up: &mut RequestHeader, ctx: &mut RequestCtx) -> Result<(), S3Error> {
         metadata::strip_sealed_headers(up);

@@ -48,7 +48,7 @@ fn parse_copy_range(v: &str) -> Result<(u64, u64), S3Error> {
 }
 
 fn range_invalid(size: u64) -> S3Error {
-    s3err(S3ErrorCode::InvalidArgument, format!("Range specified is not valid for source object of size: {size}"))
+    s3err(S3ErrorCode::InvalidRange, format!("The x-amz-copy-source-range is not satisfiable: the source object has {size} bytes"))
 }
 
 /// The source as read: the answer's header, the open exchange and how to decrypt it.
@@ -63,8 +63,9 @@ struct Source<'a> {
     take: u64,
 }
 
-async fn open_source<'a>(backend: &'a Backend, src: ObjectId<'_>, headers: &[(&str, &str)]) -> Result<(Exchange<'a>, ResponseHeader), S3Error> {
-    let get = backend.request("GET", Some(src.bucket), Some(src.key), &[], headers, None)?;
+async fn open_source<'a>(backend: &'a Backend, src: ObjectId<'_>, version: Option<&str>, headers: &[(&str, &str)]) -> Result<(Exchange<'a>, ResponseHeader), S3Error> {
+    let query: Vec<(String, String)> = version.iter().map(|v| ("versionId".to_string(), v.to_string())).collect();
+    let get = backend.request("GET", Some(src.bucket), Some(src.key), &query, headers, None)?;
     let mut ex = backend.open(Some(src.bucket), get).await?;
     let head = ex.read_header().await?;
     let resource = format!("/{}/{}", src.bucket, src.key);
@@ -116,6 +117,7 @@ pub async fn upload_part_copy(
     let upload_id = s3.query_value("uploadId").unwrap_or_default().to_string();
     let src = s3.copy_source.as_ref().expect("UploadPartCopy has a source");
     let src_obj = ObjectId { bucket: &src.bucket, key: &src.key };
+    let version = src.version_id.as_deref();
     let dst = ObjectId { bucket: s3.bucket.as_deref().unwrap_or(""), key: s3.key.as_deref().unwrap_or("") };
     let range = match req.headers.get("x-amz-copy-source-range") {
         Some(v) => Some(parse_copy_range(v.to_str().unwrap_or(""))?),
@@ -134,7 +136,7 @@ pub async fn upload_part_copy(
 
     // Only the chunks holding the range are fetched when the source can be planned for.
     let planned = match range {
-        Some((a, b)) => match prepare_object(backend, ring, src_obj, Want::Range(ByteRange::FromTo(a, b))).await? {
+        Some((a, b)) => match prepare_object(backend, ring, src_obj, version, Want::Range(ByteRange::FromTo(a, b))).await? {
             Prepared::Plan(rr) if rr.first == a && rr.last == b => Some(rr),
             Prepared::Plan(rr) => return Err(range_invalid(rr.plain_len)),
             Prepared::Unsatisfiable(len) => return Err(range_invalid(len)),
@@ -145,12 +147,12 @@ pub async fn upload_part_copy(
     let mut source = match &planned {
         Some(rr) => {
             let range = format!("bytes={}-{}", rr.plan.cipher_start, rr.plan.cipher_end);
-            let (exchange, head) = open_source(backend, src_obj, &[("range", &range), ("if-match", &rr.backend_etag)]).await?;
+            let (exchange, head) = open_source(backend, src_obj, version, &[("range", &range), ("if-match", &rr.backend_etag)]).await?;
             let decryptor = Decryptor::for_range((**ring).clone(), src_obj, &rr.header, &rr.plan).map_err(|e| format_err(ctx, e))?;
             Source { exchange, head, decryptor, segments: 0, skip: 0, take: rr.plan.len }
         }
         None => {
-            let (exchange, head) = open_source(backend, src_obj, &[]).await?;
+            let (exchange, head) = open_source(backend, src_obj, version, &[]).await?;
             Source { exchange, head, decryptor: Decryptor::new((**ring).clone(), src_obj), segments: 0, skip: 0, take: 0 }
         }
     };

@@ -23,7 +23,7 @@ pub struct RangedRead {
     pub plain_len: u64,
     pub first: u64,
     pub last: u64,
-    /// The object's segment (= part) count, for `x-amz-mp-parts-count` (multipart only).
+    /// The object's segment (= part) count, for `x-amz-mp-parts-count` (multipart objects only).
     pub parts_count: Option<u32>,
 }
 
@@ -45,26 +45,43 @@ pub enum Prepared {
     Fallback,
 }
 
-async fn probe(backend: &Backend, obj: ObjectId<'_>, from: u64, if_match: Option<&str>) -> Result<Option<(pingora::http::ResponseHeader, bytes::Bytes)>, S3Error> {
+async fn probe(backend: &Backend, obj: ObjectId<'_>, version: Option<&str>, from: u64, if_match: Option<&str>) -> Result<Option<(pingora::http::ResponseHeader, bytes::Bytes)>, S3Error> {
     let (bucket, key) = (Some(obj.bucket), Some(obj.key));
     let range = format!("bytes={}-{}", from, from + HEADER_LEN as u64 - 1);
     let mut headers = vec![("range", range.as_str())];
     if let Some(e) = if_match {
         headers.push(("if-match", e));
     }
-    let req = backend.request("GET", bucket, key, &[], &headers, None)?;
-    let (resp, body) = backend.send(bucket, req, None, HEADER_LEN * 2).await?;
-    Ok((resp.status.as_u16() == 206 && body.len() == HEADER_LEN).then_some((resp, body)))
+    let query: Vec<(String, String)> = version.iter().map(|v| ("versionId".to_string(), v.to_string())).collect();
+    let req = backend.request("GET", bucket, key, &query, &headers, None)?;
+    let mut ex = backend.open(bucket, req).await?;
+    let resp = ex.read_header().await?;
+    if resp.status.as_u16() != 206 {
+        // Absent, not ranged, …: the ordinary read answers it; this body is not wanted
+        // (it may be an error document or, from a backend ignoring Range, the whole object).
+        ex.release_without_body().await;
+        return Ok(None);
+    }
+    let mut body = bytes::BytesMut::new();
+    while let Some(piece) = ex.read_body().await? {
+        if body.len() + piece.len() > HEADER_LEN {
+            ex.release_without_body().await;
+            return Ok(None);
+        }
+        body.extend_from_slice(&piece);
+    }
+    ex.release().await;
+    Ok((body.len() == HEADER_LEN).then_some((resp, body.freeze())))
 }
 
 pub async fn prepare(backend: &Backend, ring: &KeyRing, s3: &S3Request, want: Want) -> Result<Prepared, S3Error> {
     let obj = ObjectId { bucket: s3.bucket.as_deref().unwrap_or(""), key: s3.key.as_deref().unwrap_or("") };
-    prepare_object(backend, ring, obj, want).await
+    prepare_object(backend, ring, obj, s3.query_value("versionId"), want).await
 }
 
 /// Plans a read of `want` from the stored object `obj`.
-pub async fn prepare_object(backend: &Backend, ring: &KeyRing, obj: ObjectId<'_>, want: Want) -> Result<Prepared, S3Error> {
-    let Some((resp, first_header)) = probe(backend, obj, 0, None).await? else { return Ok(Prepared::Fallback) };
+pub async fn prepare_object(backend: &Backend, ring: &KeyRing, obj: ObjectId<'_>, version: Option<&str>, want: Want) -> Result<Prepared, S3Error> {
+    let Some((resp, first_header)) = probe(backend, obj, version, 0, None).await? else { return Ok(Prepared::Fallback) };
     let h = |n: &str| resp.headers.get(n).and_then(|v| v.to_str().ok()).map(str::to_string);
     let (Some(sealed), Some(etag), Some(content_range)) = (h(meta::HEADER), h("etag"), h("content-range")) else {
         return Ok(Prepared::Fallback);
@@ -107,11 +124,12 @@ pub async fn prepare_object(backend: &Backend, ring: &KeyRing, obj: ObjectId<'_>
     let header = if plan.header_offset == 0 {
         first_header.to_vec()
     } else {
-        match probe(backend, obj, plan.header_offset, Some(&etag)).await? {
+        match probe(backend, obj, version, plan.header_offset, Some(&etag)).await? {
             Some((_, body)) => body.to_vec(),
             None => return Ok(Prepared::Fallback),
         }
     };
-    let parts_count = (segments > 1).then_some(segments);
+    // A multipart object (backend ETag `…-N`, even for N = 1) reports its part count.
+    let parts_count = etag.trim_matches('"').contains('-').then_some(segments);
     Ok(Prepared::Plan(RangedRead { plan, header, backend_etag: etag, plain_len, first, last, parts_count }))
 }
