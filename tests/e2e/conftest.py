@@ -56,6 +56,13 @@ class Stack:
                             aws_access_key_id=p.access_key, aws_secret_access_key=p.secret_key,
                             config=botocore.config.Config(**{"s3": {"addressing_style": "path"}, "retries": {"max_attempts": 1}, **cfg}))
 
+    def stored(self, key, bucket=BUCKET):
+        """The raw (encrypted) object as the backend holds it, or None."""
+        try:
+            return self.direct.get_object(Bucket=bucket, Key=key)["Body"].read()
+        except self.direct.exceptions.NoSuchKey:
+            return None
+
     def raw_objects(self, bucket=BUCKET):
         """Every stored object, read straight from the backend: {key: bytes}."""
         out = {}

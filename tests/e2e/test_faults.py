@@ -41,6 +41,15 @@ def raw_get(stack, key):
         c.close()
 
 
+def send_put_head(stack, key, body):
+    """Opens a raw connection to the proxy and sends a signed PUT's head; the body is the caller's."""
+    c = stack.client()
+    hdrs = c.sign("PUT", f"/{BUCKET}/{key}", [], {"content-type": "application/octet-stream"}, body)
+    s = socket.create_connection(("127.0.0.1", stack.proxy.port))
+    s.sendall(f"PUT /{BUCKET}/{key} HTTP/1.1\r\n".encode() + "".join(f"{k}: {v}\r\n" for k, v in hdrs.items()).encode() + b"\r\n")
+    return s
+
+
 def store_raw(stack, key, data):
     c = stack.client()
     assert c.put_object(key, data, replace=True).status == 200
@@ -97,9 +106,7 @@ def test_client_disconnecting_mid_upload_stores_nothing(fstack):
     existing = b"the old content stays"
     assert c.put_object(key, existing, replace=True).status == 200
     body = os.urandom(3 * 1024 * 1024)
-    hdrs = c.sign("PUT", f"/{BUCKET}/{key}", [], {"content-type": "application/octet-stream"}, body)
-    s = socket.create_connection(("127.0.0.1", fstack.proxy.port))
-    s.sendall(f"PUT /{BUCKET}/{key} HTTP/1.1\r\n".encode() + "".join(f"{k}: {v}\r\n" for k, v in hdrs.items()).encode() + b"\r\n")
+    s = send_put_head(fstack, key, body)
     s.sendall(body[:1024 * 1024])
     time.sleep(0.3)
     s.close()
@@ -135,9 +142,7 @@ def test_backend_killed_mid_get_and_mid_put(fstack):
     fstack.backend.start()
     time.sleep(1)
     body = os.urandom(16 * 1024 * 1024)
-    hdrs = c.sign("PUT", f"/{BUCKET}/faults/killed-put", [], {"content-type": "application/octet-stream"}, body)
-    s = socket.create_connection(("127.0.0.1", fstack.proxy.port))
-    s.sendall(f"PUT /{BUCKET}/faults/killed-put HTTP/1.1\r\n".encode() + "".join(f"{k}: {v}\r\n" for k, v in hdrs.items()).encode() + b"\r\n")
+    s = send_put_head(fstack, "faults/killed-put", body)
     s.sendall(body[:4 * 1024 * 1024])
     fstack.backend.proc.stop(signal.SIGKILL)
     try:
@@ -176,24 +181,17 @@ def error_code(body):
     return ET.fromstring(body).findtext("Code")
 
 
-def stored_raw(stack, key):
-    try:
-        return stack.direct.get_object(Bucket=BUCKET, Key=key)["Body"].read()
-    except stack.direct.exceptions.NoSuchKey:
-        return None
-
-
 @pytest.mark.parametrize("status,code", [(500, "InternalError"), (503, "SlowDown")])
 def test_backend_error_on_put_keeps_the_old_object(rstack, relay, status, code):
     c = rstack.client()
     key = f"relay/put-{status}"
     old = os.urandom(100_000)
     assert c.put_object(key, old, replace=True).status == 200
-    raw_before = stored_raw(rstack, key)
+    raw_before = rstack.stored(key)
     relay.arm(method="PUT", path_contains=key, status=status, code=code)
     r = c.put_object(key, os.urandom(2 * 1024 * 1024), replace=True)
     assert r.status == status and error_code(r.body) == code, (r.status, r.body[:300])
-    assert stored_raw(rstack, key) == raw_before
+    assert rstack.stored(key) == raw_before
     assert c.get_object(key).body == old
 
 
@@ -203,7 +201,7 @@ def test_backend_error_on_get_is_a_clean_s3_error(rstack, relay, status, code):
     key = f"relay/get-{status}"
     data = os.urandom(300_000)
     assert c.put_object(key, data, replace=True).status == 200
-    raw = stored_raw(rstack, key)
+    raw = rstack.stored(key)
     relay.arm(method="GET", path_contains=key, status=status, code=code)
     r = c.get_object(key)
     assert r.status == status and error_code(r.body) == code
@@ -233,7 +231,7 @@ def test_backend_slower_than_the_timeout_gets_503_and_stores_nothing(rstack, rel
     assert 2.5 <= waited < 8, waited
     assert r.header("Retry-After")
     time.sleep(8 - waited + 0.5)  # past the relay's delay: the dropped request must not arrive late
-    assert stored_raw(rstack, "relay/stalled") is None, relay.seen[-5:]
+    assert rstack.stored("relay/stalled") is None, relay.seen[-5:]
     r = c.put_object("relay/stalled", data, replace=True)
     assert r.status == 200, (r.status, r.body[:300])
     relay.arm(method="GET", path_contains="relay/stalled", delay=8)
@@ -254,16 +252,13 @@ def test_backend_reset_mid_get_cuts_the_client_after_authenticated_bytes(rstack,
 
 
 def test_backend_reset_mid_put_stores_nothing(rstack, relay):
-    c = rstack.client()
     key = "relay/reset-put"
     relay.arm(method="PUT", path_contains=key, reset_request_after=1024 * 1024)
     body = os.urandom(4 * 1024 * 1024)
-    hdrs = c.sign("PUT", f"/{BUCKET}/{key}", [], {"content-type": "application/octet-stream"}, body)
-    s = socket.create_connection(("127.0.0.1", rstack.proxy.port))
+    s = send_put_head(rstack, key, body)
     s.settimeout(20)
     answer = b""
     try:
-        s.sendall(f"PUT /{BUCKET}/{key} HTTP/1.1\r\n".encode() + "".join(f"{k}: {v}\r\n" for k, v in hdrs.items()).encode() + b"\r\n")
         s.sendall(body)
     except (BrokenPipeError, ConnectionResetError):
         pass  # the proxy may answer and close before it has read the whole body
@@ -281,7 +276,7 @@ def test_backend_reset_mid_put_stores_nothing(rstack, relay):
     if answer:
         head, _, xml = answer.partition(b"\r\n\r\n")
         assert head.startswith(b"HTTP/1.1 503 ") and error_code(xml) == "ServiceUnavailable", answer[:300]
-    assert stored_raw(rstack, key) is None
+    assert rstack.stored(key) is None
     with pytest.raises(botocore.exceptions.ClientError):
         rstack.boto().head_object(Bucket=BUCKET, Key=key)
 
@@ -305,6 +300,6 @@ def test_multipart_survives_failed_parts_and_a_failed_complete(rstack, relay):
     with pytest.raises(botocore.exceptions.ClientError) as e:
         one_shot.complete_multipart_upload(Bucket=BUCKET, Key=key, UploadId=up, MultipartUpload={"Parts": done})
     assert e.value.response["Error"]["Code"] == "InternalError"
-    assert stored_raw(rstack, key) is None
+    assert rstack.stored(key) is None
     s3.complete_multipart_upload(Bucket=BUCKET, Key=key, UploadId=up, MultipartUpload={"Parts": done})
     assert s3.get_object(Bucket=BUCKET, Key=key)["Body"].read() == b"".join(parts)

@@ -18,13 +18,6 @@ def crc32_b64(data):
     return base64.b64encode(zlib.crc32(data).to_bytes(4, "big")).decode()
 
 
-def stored(stack, key):
-    try:
-        return stack.direct.get_object(Bucket=BUCKET, Key=key)["Body"].read()
-    except stack.direct.exceptions.NoSuchKey:
-        return None
-
-
 def test_boto3_default_aws_chunked_with_crc32_trailer(stack):
     s3 = stack.boto()
     data = os.urandom(200_000)
@@ -79,7 +72,7 @@ def test_wrong_trailer_checksum_is_bad_digest_and_stores_nothing(stack):
                                            "x-amz-trailer": "x-amz-checksum-crc32"},
                       body=body, payload_hash="STREAMING-UNSIGNED-PAYLOAD-TRAILER")
         assert r.status == 400 and b"<Code>BadDigest</Code>" in r.body, r
-        assert stored(stack, key) is None
+        assert stack.stored(key) is None
         good = chunked_unsigned(data, crc32_b64(data))
         r = c.request("PUT", key, headers={"content-encoding": "aws-chunked", "x-amz-decoded-content-length": str(len(data)),
                                            "x-amz-trailer": "x-amz-checksum-crc32"},
@@ -93,7 +86,7 @@ def test_wrong_checksum_header_is_bad_digest(stack):
     key = f"https/bad-header-{os.urandom(3).hex()}"
     r = c.request("PUT", key, headers={"x-amz-checksum-crc32": crc32_b64(b"not it")}, body=b"some data")
     assert r.status == 400 and b"<Code>BadDigest</Code>" in r.body, r
-    assert stored(stack, key) is None
+    assert stack.stored(key) is None
 
 
 def test_signed_aws_chunked_and_forged_chunk(stack):
@@ -109,4 +102,4 @@ def test_signed_aws_chunked_and_forged_chunk(stack):
         key = f"https/forged-{bad}"
         r = c.put_aws_chunked_signed(key, data, tamper_chunk=bad)
         assert r.status == 403 and b"SignatureDoesNotMatch" in r.body, (bad, r)
-        assert stored(stack, key) is None
+        assert stack.stored(key) is None

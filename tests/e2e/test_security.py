@@ -17,13 +17,6 @@ from test_pbs import blob, chunk_key
 KEY_PREFIX = "store/.chunks/bad"
 
 
-def stored(stack, key):
-    try:
-        return stack.direct.get_object(Bucket=BUCKET, Key=key)["Body"].read()
-    except stack.direct.exceptions.NoSuchKey:
-        return None
-
-
 def test_bad_signature_is_refused_and_nothing_stored(stack):
     c = stack.client()
     c.tamper_signature = True
@@ -31,7 +24,7 @@ def test_bad_signature_is_refused_and_nothing_stored(stack):
     r = c.put_object(key, b"x" * 1000)
     assert r.status == 403, r
     assert b"<Code>SignatureDoesNotMatch</Code>" in r.body
-    assert stored(stack, key) is None
+    assert stack.stored(key) is None
 
 
 @pytest.mark.parametrize("size,answered", [(4 * 1024 * 1024, True), (40 * 1024 * 1024, False)])
@@ -55,7 +48,7 @@ def test_early_error_is_read_by_a_client_still_sending(stack, size, answered):
         assert c.head_bucket().status == 200
     else:
         assert not sent_all or r.status == 403, r
-    assert stored(stack, key) is None
+    assert stack.stored(key) is None
 
 
 def test_unknown_access_key(stack):
@@ -73,13 +66,13 @@ def test_bad_payload_hash_stores_nothing_and_overwrites_nothing(stack, size):
     # New key: nothing appears.
     r = c.put_object(key, good, payload_hash=hashlib.sha256(b"something else").hexdigest())
     assert r.status == 400 and b"<Code>XAmzContentSHA256Mismatch</Code>" in r.body, r
-    assert stored(stack, key) is None
+    assert stack.stored(key) is None
     # Existing key: it keeps its content.
     assert c.put_object(key, good, replace=True).status == 200
-    before = stored(stack, key)
+    before = stack.stored(key)
     r = c.put_object(key, blob(size, "evil"), replace=True, payload_hash=hashlib.sha256(b"other").hexdigest())
     assert r.status == 400, r
-    assert stored(stack, key) == before
+    assert stack.stored(key) == before
     assert c.get_object(key).body == good
 
 
@@ -90,7 +83,7 @@ def test_bad_content_md5_stores_nothing(stack, size):
     wrong = base64.b64encode(hashlib.md5(b"not the body").digest()).decode()
     r = c.request("PUT", key, headers={"content-md5": wrong, "content-type": "application/octet-stream"}, body=blob(size, "m"))
     assert r.status == 400 and b"<Code>BadDigest</Code>" in r.body, r
-    assert stored(stack, key) is None
+    assert stack.stored(key) is None
 
 
 def test_disallowed_bucket(stack):
@@ -199,7 +192,7 @@ def test_unencrypted_objects_passthrough_mode(workroot):
         got = s3.get_object(Bucket=BUCKET, Key="legacy/plain.txt")
         assert got["Body"].read() == b"written before the proxy"
         s3.put_object(Bucket=BUCKET, Key="legacy/new.txt", Body=b"new and encrypted")
-        assert b"new and encrypted" not in stored(s, "legacy/new.txt")
+        assert b"new and encrypted" not in s.stored("legacy/new.txt")
         assert s3.get_object(Bucket=BUCKET, Key="legacy/new.txt")["Body"].read() == b"new and encrypted"
     finally:
         s.stop()
