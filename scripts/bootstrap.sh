@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 log() { echo "bootstrap: $*" >&2; }
 
 need_apt=()
-for pair in cmake:cmake rclone:rclone shellcheck:shellcheck openssl:openssl curl:curl chromium:chromium systemd-analyze:systemd; do
+for pair in cmake:cmake rclone:rclone shellcheck:shellcheck openssl:openssl curl:curl chromium:chromium systemd-analyze:systemd kubectl:kubernetes-client; do
   cmd=${pair%%:*}; pkg=${pair##*:}
   command -v "$cmd" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
