@@ -101,6 +101,7 @@ pub struct CryptoCtx {
     /// The upload being completed has no parts (the body decides between MalformedXML and
     /// InvalidPart), or is gone (completed before: the backend answers).
     complete_without_parts: bool,
+    complete_gone: bool,
     /// A chunked upload of unknown length being collected.
     spool: Option<BytesMut>,
     /// GET/HEAD with `partNumber`.
@@ -279,6 +280,7 @@ impl Filter for CryptoFilter {
                 }
                 let state = multipart::check_before_complete(&self.backend, &s3, self.chunk_size).await?;
                 ctx.crypto.complete_without_parts = state == multipart::UploadState::NoParts;
+                ctx.crypto.complete_gone = state == multipart::UploadState::Gone;
                 ctx.crypto.plan = Plan::Complete;
             }
             Operation::UploadPartCopy => {
@@ -446,6 +448,13 @@ impl Filter for CryptoFilter {
             }
             (Plan::Encrypt { .. }, _) => strip_checksums(resp),
             (Plan::Read { .. }, _) if status == 200 || status == 206 => self.read_response(resp, ctx)?,
+            (Plan::Complete, _) if status >= 500 && ctx.crypto.complete_gone => {
+                // ListParts did not know the upload and the backend failed on it (moto
+                // answers 500 for an upload that never existed): it does not exist.
+                let resource = ctx.s3()?.resource();
+                let e = s3err(S3ErrorCode::NoSuchUpload, "The specified upload does not exist. The upload ID may be invalid, or the upload may have been aborted or completed.").with_resource(resource);
+                self.replace_with_error(resp, ctx, e)?;
+            }
             (Plan::Read { .. }, _) if status == 412 && ctx.crypto.ranged.is_some() => {
                 let e = s3err(S3ErrorCode::ServiceUnavailable, "The object changed while it was being read; please retry").with_retry_after(1);
                 self.replace_with_error(resp, ctx, e)?;

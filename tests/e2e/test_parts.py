@@ -327,6 +327,11 @@ def test_complete_twice_and_malformed(stack):
     else:
         assert again["ETag"] == first["ETag"]
     assert s3.get_object(Bucket=BUCKET, Key="mp/twice")["Body"].read() == data
+    # An upload that never existed: NoSuchUpload (moto itself answers 500 there).
+    with pytest.raises(s3.exceptions.ClientError) as e:
+        s3.complete_multipart_upload(Bucket=BUCKET, Key="mp/never", UploadId="abc1234def",
+                                     MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": '"1234"'}]})
+    assert (e.value.response["ResponseMetadata"]["HTTPStatusCode"], e.value.response["Error"]["Code"]) == (404, "NoSuchUpload")
     # An upload without parts: MalformedXML for an empty part list, InvalidPart for a listed one.
     uid2 = s3.create_multipart_upload(Bucket=BUCKET, Key="mp/empty")["UploadId"]
     with pytest.raises(s3.exceptions.ClientError) as e:
