@@ -17,7 +17,9 @@ echo "== shellcheck (scripts/, .ci/; deploy/ is checked by tests/e2e/test_deploy
 shellcheck scripts/*.sh .ci/run
 
 echo "== end-to-end (pytest)"
-cargo build --bins --locked
+# --tests: the same feature set as `cargo test` above (dev-dependencies unify features), so
+# nothing is compiled twice.
+cargo build --workspace --bins --tests --locked
 target_dir=$(cargo metadata --format-version 1 --no-deps | python -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
 S3CP_BIN_DIR="$target_dir/debug" python -m pytest tests/e2e -q -p no:cacheprovider "$@"
 
