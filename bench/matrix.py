@@ -226,7 +226,9 @@ def run_cell(bench_bin, t, workload, size, conc, args, extra=(), payload="unsign
     cmd = [bench_bin, "--payload", payload, "--endpoint", t.endpoint, "--access-key", t.ak, "--secret-key", t.sk,
            "--bucket", BUCKET, "--protocol", t.protocol, "--workload", workload, "--size", str(size),
            "--concurrency", str(conc), "--duration", args.duration, "--warmup", args.warmup,
-           "--prefix", t.name, "--label", t.name, "--json", *extra]
+           "--prefix", t.name, "--label", t.name, "--json",
+           # A stalled request fails its cell after this instead of holding the matrix.
+           "--request-timeout", f"{max(60, size // (5 << 20))}s", *extra]
     for name, pid in t.watch:
         cmd += ["--watch", f"{name}={pid}"]
     if args.verify:
@@ -353,11 +355,12 @@ def main():
             # uploads since the last start pass --restart-gib: Garage frees overwritten
             # blocks only about 10 minutes later, so this bounds the disk space the run uses.
             if size != last_size or stack.written > args.restart_gib * 2**30:
+                t_restart = time.time()
                 stack.restart()
                 targets = stack.targets
                 last_size = size
                 st = os.statvfs(workdir)
-                log(f"bench: {human_size(size)}: fresh Garage and proxies; {st.f_bavail * st.f_frsize / 2**30:.1f} GiB free on the work disk, load {loadavg()}")
+                log(f"bench: {human_size(size)}: fresh Garage and proxies ({time.time() - t_restart:.0f} s); {st.f_bavail * st.f_frsize / 2**30:.1f} GiB free on the work disk, load {loadavg()}")
             cap = max(1 << 30, conc * size)
             for name, rep_i in [(n, i) for i in range(args.repeat) for n in order]:
                 if name not in targets:

@@ -414,6 +414,8 @@ pub struct SoakReport {
     rss: Vec<RssReport>,
     load_before: String,
     load_after: String,
+    /// The signal that ended the run before --duration, if any.
+    stopped_early: Option<&'static str>,
     pub passed: bool,
 }
 
@@ -472,6 +474,22 @@ pub async fn run(target: Target, client: Client<HttpConnector, PoolBody>, args: 
         })
     };
 
+    // SIGINT / SIGTERM end the run early, cleanly: clients finish the request in hand, clean
+    // up and the report is printed (bench/soak.py sends SIGTERM when the disk runs low).
+    let stopped_by = Arc::new(Mutex::new(None::<&'static str>));
+    {
+        let (shared, stopped_by) = (shared.clone(), stopped_by.clone());
+        tokio::spawn(async move {
+            let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) else { return };
+            let name = tokio::select! {
+                _ = tokio::signal::ctrl_c() => "SIGINT",
+                _ = term.recv() => "SIGTERM",
+            };
+            eprintln!("soak: {name}: stopping early");
+            *stopped_by.lock().unwrap() = Some(name);
+            shared.stop.store(true, Ordering::Relaxed);
+        });
+    }
     let deadline = Instant::now() + args.duration;
     let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos() as u64;
     let mut handles = Vec::new();
@@ -541,6 +559,7 @@ pub async fn run(target: Target, client: Client<HttpConnector, PoolBody>, args: 
     let mismatches = shared.mismatches.load(Ordering::Relaxed);
     let operations = shared.ops.load(Ordering::Relaxed);
     let problems = shared.problems.lock().unwrap().clone();
+    let stopped_early = *stopped_by.lock().unwrap();
     let passed = errors == 0 && mismatches == 0 && rss.iter().all(|r| r.ok) && operations > 0;
     SoakReport {
         endpoint: soaker.target.endpoint.clone(),
@@ -559,6 +578,7 @@ pub async fn run(target: Target, client: Client<HttpConnector, PoolBody>, args: 
         rss,
         load_before,
         load_after: procstat::loadavg(),
+        stopped_early,
         passed,
     }
 }
@@ -568,6 +588,9 @@ pub fn text(r: &SoakReport) -> String {
         "soak: {} clients, {:.0} s, {} operations ({:.0}/s), {:.0} MiB put, {:.0} MiB read; errors {}, mismatches {}; load {} → {}\n",
         r.clients, r.wall_s, r.operations, r.ops_per_s, r.mib_put, r.mib_got, r.errors, r.mismatches, r.load_before, r.load_after
     );
+    if let Some(sig) = r.stopped_early {
+        s.push_str(&format!("soak:   stopped early by {sig} after {:.0} of {:.0} s\n", r.wall_s, r.duration_s));
+    }
     for o in &r.ops {
         s.push_str(&format!(
             "soak:   {:8} {:7} p50 {:7.1} ms  p99 {:7.1} ms  max {:7.1} ms\n",
