@@ -261,6 +261,10 @@ impl Backend {
         session.set_read_timeout(Some(self.cfg.io_timeout));
         session.set_write_timeout(Some(self.cfg.io_timeout));
         session.write_request_header(Box::new(req)).await.map_err(|e| backend_unreachable(&e))?;
+        // The socket's fd: pingora's connection id is the raw fd of the TCP stream under it.
+        if let Some(stream) = session.stream() {
+            ack_promptly(stream.id());
+        }
         Ok(Exchange { backend: self, peer, session: Some(session) })
     }
 
@@ -355,6 +359,27 @@ fn load_ca(path: &str) -> Result<Arc<[WrappedX509]>, String> {
     }
     Ok(certs.into())
 }
+
+/// Asks the kernel to acknowledge what the backend sends right away (TCP_QUICKACK) instead of
+/// delaying the ACK in the hope of piggybacking it on our next request. Backends that leave
+/// Nagle's algorithm on (Garage does) hold back the small last segment of an answer (a
+/// header probe's body, the tail of an object whose size is not a multiple of their write
+/// size) until the previous segment is acknowledged, which a delayed ACK postpones by
+/// 40 ms. The kernel leaves quick-ACK mode again by itself, so this is set for every
+/// request, just after the request is sent. Best effort: errors are ignored.
+#[cfg(target_os = "linux")]
+#[allow(unsafe_code)]
+pub fn ack_promptly(fd: std::os::unix::io::RawFd) {
+    let on: libc::c_int = 1;
+    // SAFETY: setsockopt reads `size_of::<c_int>()` bytes from a valid pointer to a local;
+    // a bad or non-TCP fd only makes the call fail (EBADF/ENOTSOCK/ENOPROTOOPT).
+    unsafe {
+        libc::setsockopt(fd, libc::IPPROTO_TCP, libc::TCP_QUICKACK, (&on as *const libc::c_int).cast(), std::mem::size_of::<libc::c_int>() as libc::socklen_t);
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+pub fn ack_promptly(_fd: i32) {}
 
 #[cfg(test)]
 mod tests {

@@ -16,6 +16,8 @@ use crate::sigv4::{PayloadVerifier, VerifiedRequest};
 pub struct RequestCtx {
     pub request_id: String,
     pub started: Instant,
+    /// The backend connection's socket while the request is proxied (see backend::ack_promptly).
+    pub upstream_fd: Option<i32>,
     /// The parsed request; set by the proxy before the first filter runs.
     pub s3: Option<S3Request>,
     /// Set by the sigv4 filter once the signature checked out.
@@ -54,6 +56,7 @@ impl RequestCtx {
         Self {
             request_id,
             started: Instant::now(),
+            upstream_fd: None,
             s3: None,
             verified: None,
             payload: None,

@@ -3,7 +3,7 @@
 //! Each filter is one module with the phases it needs ([`filter::Filter`]); the chain
 //! ([`chain::Chain`]) runs them in the configured order, checked by
 //! [`chain::validate_order`] at start-up.
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)] // one audited exception: backend::ack_promptly (a setsockopt on a raw fd)
 
 pub mod allowlist;
 pub mod auth;

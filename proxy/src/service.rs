@@ -163,6 +163,19 @@ impl ProxyHttp for S3Proxy {
         }
     }
 
+    async fn connected_to_upstream(
+        &self,
+        _session: &mut Session,
+        _reused: bool,
+        _peer: &HttpPeer,
+        fd: std::os::unix::io::RawFd,
+        _digest: Option<&pingora::protocols::Digest>,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        ctx.upstream_fd = Some(fd);
+        Ok(())
+    }
+
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
         let bucket = ctx.s3.as_ref().and_then(|s| s.bucket.as_deref());
         Ok(Box::new(self.backend.peer(bucket)))
@@ -204,6 +217,10 @@ impl ProxyHttp for S3Proxy {
     }
 
     fn upstream_response_body_filter(&self, _session: &mut Session, body: &mut Option<Bytes>, end: bool, ctx: &mut RequestCtx) -> Result<Option<std::time::Duration>> {
+        // Acknowledge what was read at once, so a backend with Nagle on sends its tail now.
+        if let (Some(fd), false) = (ctx.upstream_fd, end) {
+            filters::backend::ack_promptly(fd);
+        }
         match self.chain.response_body(body, end, ctx) {
             Ok(()) => Ok(None),
             Err(e) => Err(to_pingora(ctx, e)),
