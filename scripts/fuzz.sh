@@ -13,8 +13,8 @@
 #
 # Environment:
 #   FUZZ_TARGETS="a b"   only these targets (default: all)
-#   FUZZ_SANITIZER=none  cargo-fuzz sanitizer (default none: the fuzzed crates forbid
-#                        unsafe code, and without ASan throughput is ~2-3x higher;
+#   FUZZ_SANITIZER=none  cargo-fuzz sanitizer (default none: the fuzzed crates deny
+#                        unsafe code (one setsockopt aside), and without ASan throughput is ~2-3x higher;
 #                        use `address` to also check the dependencies' unsafe code)
 #   FUZZ_JOBS=1          targets fuzzed at the same time (each uses one core)
 #   FUZZ_TIMEOUT=10      seconds before one input counts as a hang
