@@ -22,28 +22,12 @@ sys.path.insert(0, os.path.join(ROOT, "tests", "e2e"))
 BUCKET = "soak"
 
 
-def lmdb_garage(h):
-    """harness.Garage with the LMDB metadata engine. With SQLite, Garage answers some writes
-    under 64 concurrent clients with 503 "database is locked" (seen in the first 10-minute
-    run); that is the backend's limit, not the proxy's, and it would hide the proxy's errors."""
-
-    class LmdbGarage(h.Garage):
-        def start(self):
-            with open(self.conf) as f:
-                text = f.read()
-            with open(self.conf, "w") as f:
-                f.write(text.replace('db_engine = "sqlite"', 'db_engine = "lmdb"'))
-            super().start()
-
-    return LmdbGarage
-
-
 def start(workdir, bin_dir, db_engine="lmdb"):
     """Garage, keyd with a key and the full proxy; returns (garage, keyd, proxy)."""
     os.environ["S3CP_BIN_DIR"] = bin_dir
     import harness as h
     h.BIN_DIR = bin_dir
-    garage = (lmdb_garage(h) if db_engine == "lmdb" else h.Garage)(workdir)
+    garage = h.Garage(workdir, db_engine=db_engine)
     keyd = proxy = None
     try:
         import boto3

@@ -18,10 +18,11 @@ OTHER = "other-bucket"
 class Stack:
     """One backend, keyd with a delivered key, and a proxy in front."""
 
-    def __init__(self, workdir, backend_kind, tls=True, relay=False, **proxy_overrides):
-        """relay=True puts a fault-injecting relay (chaos.Relay, as .relay) between the proxy and the backend."""
+    def __init__(self, workdir, backend_kind, tls=True, relay=False, backend_args=None, **proxy_overrides):
+        """relay=True puts a fault-injecting relay (chaos.Relay, as .relay) between the proxy and the backend;
+        backend_args go to the backend's constructor (e.g. Garage's db_engine)."""
         self.workdir = workdir
-        self.backend = harness.start_backend(backend_kind, workdir)
+        self.backend = harness.start_backend(backend_kind, workdir, **(backend_args or {}))
         self.direct = boto3.client("s3", endpoint_url=self.backend.endpoint, region_name=self.backend.region,
                                    aws_access_key_id=self.backend.access_key, aws_secret_access_key=self.backend.secret_key,
                                    config=botocore.config.Config(s3={"addressing_style": "path"}))

@@ -149,7 +149,9 @@ class Garage:
     name = "garage"
     region = "garage"
 
-    def __init__(self, workdir):
+    def __init__(self, workdir, db_engine="sqlite"):
+        """db_engine: Garage's metadata engine; "lmdb" for heavy concurrent writes (with SQLite
+        Garage answers some of them 503 "database is locked")."""
         d = os.path.join(workdir, "garage")
         os.makedirs(d, exist_ok=True)
         self.port, rpc, admin = free_port(), free_port(), free_port()
@@ -157,7 +159,7 @@ class Garage:
         with open(self.conf, "w") as f:
             f.write(f"""metadata_dir = "{d}/meta"
 data_dir = "{d}/data"
-db_engine = "sqlite"
+db_engine = "{db_engine}"
 replication_factor = 1
 rpc_bind_addr = "127.0.0.1:{rpc}"
 rpc_public_addr = "127.0.0.1:{rpc}"
@@ -199,8 +201,8 @@ admin_token = "{secrets.token_hex(16)}"
         self.proc.stop()
 
 
-def start_backend(kind, workdir):
-    return {"moto": Moto, "garage": Garage}[kind](workdir)
+def start_backend(kind, workdir, **options):
+    return {"moto": Moto, "garage": Garage}[kind](workdir, **options)
 
 
 # ---------------------------------------------------------------- keyd
