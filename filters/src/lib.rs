@@ -18,6 +18,7 @@ pub mod etag;
 pub mod filter;
 pub mod keys;
 pub mod listing;
+pub mod offload;
 pub mod request;
 pub mod resign;
 pub mod rotation;

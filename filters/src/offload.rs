@@ -1,0 +1,158 @@
+//! Per-request stream work (payload hashing, encryption, decryption) moved to the rayon pool
+//! one piece behind, so that a single connection can keep a second core busy.
+//!
+//! A [`Behind`] owns one stateful step (a hasher, a cipher stream). Feeding piece N first
+//! waits for the job of piece N-1, hands its output on, then starts piece N on the pool and
+//! returns: while the pool works on piece N, the request's own thread forwards piece N-1 and
+//! reads piece N+1. Order is kept (one job at a time per `Behind`), pieces are shared `Bytes`
+//! (never copied), and the only wait is for the previous piece's job.
+//!
+//! A job is only started when the pool has an idle thread; otherwise the step runs here. When
+//! many requests already keep every core busy, moving work between cores would only add
+//! hand-offs and cache misses.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{mpsc, Mutex};
+
+use bytes::Bytes;
+
+/// Pieces smaller than this run in place: a job costs a few microseconds.
+pub const OFFLOAD_MIN: usize = 16 * 1024;
+
+/// Jobs started and not yet finished, over all requests.
+static JOBS: AtomicUsize = AtomicUsize::new(0);
+
+/// Takes a place on the pool if one of its threads is idle.
+fn claim_job() -> bool {
+    let threads = rayon::current_num_threads();
+    JOBS.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+        (n < threads).then_some(n + 1)
+    })
+    .is_ok()
+}
+
+/// Gives the place back when the job ends, also if it panics.
+struct JobPlace;
+
+impl Drop for JobPlace {
+    fn drop(&mut self) {
+        JOBS.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+enum Slot<S, O> {
+    Idle(S),
+    /// A job holds the state and sends it back with its output. (The Mutex only makes the
+    /// receiver Sync, as pingora wants of a request context.)
+    Busy(Mutex<mpsc::Receiver<(S, O)>>),
+}
+
+/// A stateful step over a stream of pieces, run one piece behind on the rayon pool.
+pub struct Behind<S, O> {
+    slot: Option<Slot<S, O>>,
+    step: fn(&mut S, &[u8]) -> O,
+}
+
+impl<S: Send + 'static, O: Send + 'static> Behind<S, O> {
+    pub fn new(state: S, step: fn(&mut S, &[u8]) -> O) -> Self {
+        Self {
+            slot: Some(Slot::Idle(state)),
+            step,
+        }
+    }
+
+    /// Runs the step over `piece`. `emit` receives, in order, the output of the previous
+    /// piece's job (if one was in flight) and this piece's output if it ran here.
+    pub fn feed(&mut self, piece: Bytes, mut emit: impl FnMut(O)) {
+        let mut state = self.settle(&mut emit);
+        let step = self.step;
+        if piece.len() >= OFFLOAD_MIN && claim_job() {
+            let (done, back) = mpsc::sync_channel(1);
+            rayon::spawn(move || {
+                let _place = JobPlace;
+                let out = step(&mut state, &piece);
+                let _ = done.send((state, out));
+            });
+            self.slot = Some(Slot::Busy(Mutex::new(back)));
+        } else {
+            emit(step(&mut state, &piece));
+            self.slot = Some(Slot::Idle(state));
+        }
+    }
+
+    /// Waits for the job in flight (if any), emits its output and returns the state.
+    pub fn finish(mut self, emit: impl FnMut(O)) -> S {
+        self.settle(emit)
+    }
+
+    fn settle(&mut self, mut emit: impl FnMut(O)) -> S {
+        match self
+            .slot
+            .take()
+            .expect("a Behind always holds its state or a job")
+        {
+            Slot::Idle(state) => state,
+            Slot::Busy(back) => {
+                let back = back
+                    .into_inner()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+                // A job only ends by sending; a closed channel means its step panicked.
+                let (state, out) = back.recv().expect("an offloaded stream step panicked");
+                emit(out);
+                state
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn append(state: &mut Vec<u8>, piece: &[u8]) -> usize {
+        state.extend_from_slice(piece);
+        piece.len()
+    }
+
+    /// Whatever mix of pieces runs away or here, the state sees them in order and every
+    /// output is emitted once, in order.
+    #[test]
+    fn keeps_order_and_emits_every_output() {
+        let mut b = Behind::new(Vec::new(), append);
+        let mut outputs = Vec::new();
+        let mut expected = Vec::new();
+        let mut lens = Vec::new();
+        for (i, len) in [1usize, 70_000, 20_000, 5, 16 * 1024, 100_000, 0, 3]
+            .into_iter()
+            .enumerate()
+        {
+            let piece: Vec<u8> = (0..len).map(|j| (i * 31 + j) as u8).collect();
+            expected.extend_from_slice(&piece);
+            lens.push(len);
+            b.feed(Bytes::from(piece), |n| outputs.push(n));
+        }
+        let state = b.finish(|n| outputs.push(n));
+        assert_eq!(state, expected);
+        assert_eq!(outputs, lens);
+    }
+
+    /// Jobs give their pool place back, so later requests can offload again.
+    #[test]
+    fn places_are_returned() {
+        for _ in 0..50 {
+            let mut b = Behind::new(Vec::new(), append);
+            b.feed(Bytes::from(vec![1u8; OFFLOAD_MIN]), |_| {});
+            b.finish(|_| {});
+        }
+        // Other tests of this process may hold places for a moment.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !claim_job() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "pool places were not returned"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        drop(JobPlace);
+    }
+}
