@@ -95,7 +95,8 @@ def start_proxy(h, workdir, name, garage, filters, keyd=None):
 
 def rclone_has_serve_s3():
     r = subprocess.run(["rclone", "serve", "s3", "--help"], capture_output=True, text=True)
-    return r.returncode == 0 and "Serve remote:path over s3" in (r.stdout + r.stderr)
+    # rclone without it prints the generic `serve` help (exit 0) instead.
+    return r.returncode == 0 and "s3 server" in (r.stdout + r.stderr)
 
 
 def start_rclone(h, workdir, garage):
