@@ -16,7 +16,7 @@ Usage: sudo deploy/deploy.sh [options]
 
 Installs s3-crypt-proxy and memkey-server on this host (Ubuntu 24.04), from this checkout:
 
-  1. build dependencies (build-essential, cmake, pkg-config, curl; rustup only when cargo
+  1. build dependencies (build-essential, cmake, pkg-config, libssl-dev, curl; rustup only when cargo
      is missing) and a release build of s3-crypt-proxy, memkey-server and memkey-admin
   2. the binaries and the reload helper in /usr/local/bin
   3. system users s3cp (proxy) and memkey (key server), group memkey-clients (may use

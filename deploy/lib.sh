@@ -84,10 +84,10 @@ version_ge() {
 }
 
 install_build_deps() {
-  log "installing build dependencies (build-essential, cmake, pkg-config, curl, openssl)"
+  log "installing build dependencies (build-essential, cmake, pkg-config, libssl-dev, curl, openssl)"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
-  apt-get install -y -qq build-essential cmake pkg-config curl openssl ca-certificates >/dev/null
+  apt-get install -y -qq build-essential cmake pkg-config libssl-dev curl openssl ca-certificates >/dev/null
   # rustup's cargo for root, if a previous run installed it.
   # shellcheck disable=SC1091
   [ -f "$HOME/.cargo/env" ] && . "$HOME/.cargo/env"

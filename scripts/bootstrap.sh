@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything the tests and the demo need on a fresh Debian machine, once:
-# Debian packages (cmake for pingora, rclone, shellcheck, openssl), a Python venv with the
-# S3 servers and clients (cached under ~/.cache, keyed by tests/requirements.txt) and the
+# Debian packages (cmake for pingora, libssl-dev for the chunk cipher, shellcheck, openssl), a Python venv with the
+# S3 servers and clients, rclone included (cached under ~/.cache, keyed by tests/requirements.txt) and the
 # Garage binary (cached in cargo's bin folder). Safe to run again: it skips what is there.
 # Prints `export` lines for the caller to eval: VENV and PATH.
 set -euo pipefail
@@ -10,10 +10,12 @@ cd "$(dirname "$0")/.."
 log() { echo "bootstrap: $*" >&2; }
 
 need_apt=()
-for pair in cmake:cmake rclone:rclone shellcheck:shellcheck openssl:openssl curl:curl chromium:chromium systemd-analyze:systemd kubectl:kubernetes-client; do
+for pair in cmake:cmake shellcheck:shellcheck openssl:openssl curl:curl chromium:chromium systemd-analyze:systemd kubectl:kubernetes-client; do
   cmd=${pair%%:*}; pkg=${pair##*:}
   command -v "$cmd" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
+# libcrypto's headers: format/ seals object chunks with OpenSSL's ChaCha20-Poly1305.
+pkg-config --exists openssl 2>/dev/null || need_apt+=(libssl-dev pkg-config)
 if [ "${#need_apt[@]}" -gt 0 ]; then
   log "apt-get install ${need_apt[*]}"
   export DEBIAN_FRONTEND=noninteractive

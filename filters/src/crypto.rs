@@ -33,7 +33,6 @@ use crate::error::{s3err, S3Error, S3ErrorCode};
 use crate::etag::{client_etag, segments_from_etag};
 use crate::filter::{Filter, Flow};
 use crate::keys::KeyState;
-use crate::offload::Behind;
 use crate::request::Operation;
 use range::ByteRange;
 use ranged::{Prepared, RangedRead, Want};
@@ -83,8 +82,8 @@ pub struct CryptoCtx {
     plan: Plan,
     ring: Option<Arc<KeyRing>>,
     sealed_meta: Option<String>,
-    encryptor: Option<CipherStream<SegmentEncryptor>>,
-    decryptor: Option<CipherStream<Decryptor>>,
+    encryptor: Option<SegmentEncryptor>,
+    decryptor: Option<Decryptor>,
     segments: u32,
     /// Plaintext positions to pass on: `[skip, skip + take)` of the decrypted stream.
     skip: u64,
@@ -109,42 +108,6 @@ pub struct CryptoCtx {
     part_requested: bool,
     /// GET/HEAD with `x-amz-checksum-mode: ENABLED`.
     checksum_mode: bool,
-}
-
-/// A segment encryptor or object decryptor running one piece behind on the rayon pool, so a
-/// large transfer on one connection can use a second core (see [`crate::offload`]).
-type CipherStream<C> = Behind<C, Result<Bytes, FormatError>>;
-
-fn encrypt_stream(enc: SegmentEncryptor) -> CipherStream<SegmentEncryptor> {
-    Behind::new(enc, |e, piece| e.update(piece))
-}
-
-fn decrypt_stream(dec: Decryptor) -> CipherStream<Decryptor> {
-    Behind::new(dec, |d, piece| d.update(piece))
-}
-
-/// The outputs of a cipher stream, in order and joined; the first error wins.
-struct Joined(Result<Bytes, FormatError>);
-
-impl Joined {
-    fn new() -> Self {
-        Joined(Ok(Bytes::new()))
-    }
-
-    fn push(&mut self, next: Result<Bytes, FormatError>) {
-        let Ok(acc) = &mut self.0 else { return };
-        match next {
-            Err(e) => self.0 = Err(e),
-            Ok(b) if b.is_empty() => {}
-            Ok(b) if acc.is_empty() => *acc = b,
-            Ok(b) => {
-                let mut j = BytesMut::with_capacity(acc.len() + b.len());
-                j.extend_from_slice(acc);
-                j.extend_from_slice(&b);
-                *acc = j.freeze();
-            }
-        }
-    }
 }
 
 pub struct CryptoFilter {
@@ -345,7 +308,7 @@ impl Filter for CryptoFilter {
                         let enc = SegmentEncryptor::new(ring.current(), obj, part, plain_len, self.chunk_size)
                             .map_err(|e| crypto_error(ctx, &e))?;
                         set(up, "content-length", enc.cipher_len().to_string())?;
-                        ctx.crypto.encryptor = Some(encrypt_stream(enc));
+                        ctx.crypto.encryptor = Some(enc);
                     }
                     None => {
                         // The ciphertext goes on chunked too, once the whole body is known.
@@ -440,23 +403,34 @@ impl Filter for CryptoFilter {
             return self.spool_body(body, end, ctx);
         }
         let Some(enc) = ctx.crypto.encryptor.as_mut() else { return Ok(()) };
-        let mut out = Joined::new();
-        if let Some(b) = body.take().filter(|b| !b.is_empty()) {
-            ctx.bytes_encrypted += b.len() as u64;
-            enc.feed(b, |r| out.push(r));
-        }
+        let mut out = match body.take() {
+            Some(b) if !b.is_empty() => {
+                ctx.bytes_encrypted += b.len() as u64;
+                let r = enc.update(&b);
+                r.map_err(|e| crypto_error(ctx, &e))?
+            }
+            _ => Bytes::new(),
+        };
         if end {
             // The sigv4 filter ran first and accepted the body: release the final chunk.
-            let enc = ctx.crypto.encryptor.take().expect("checked above").finish(|r| out.push(r));
-            out.push(enc.finish());
-        }
-        match out.0 {
-            Ok(b) => *body = Some(b),
-            Err(FormatError::InputTooShort) => {
-                return Err(s3err(S3ErrorCode::IncompleteBody, "You did not provide the number of bytes specified by the Content-Length HTTP header"))
+            let enc = ctx.crypto.encryptor.take().expect("checked above");
+            let last = enc.finish().map_err(|e| {
+                if matches!(e, FormatError::InputTooShort) {
+                    s3err(S3ErrorCode::IncompleteBody, "You did not provide the number of bytes specified by the Content-Length HTTP header")
+                } else {
+                    crypto_error(ctx, &e)
+                }
+            })?;
+            if out.is_empty() {
+                out = last;
+            } else {
+                let mut joined = BytesMut::with_capacity(out.len() + last.len());
+                joined.extend_from_slice(&out);
+                joined.extend_from_slice(&last);
+                out = joined.freeze();
             }
-            Err(e) => return Err(crypto_error(ctx, &e)),
         }
+        *body = Some(out);
         Ok(())
     }
 
@@ -501,17 +475,26 @@ impl Filter for CryptoFilter {
             return Ok(());
         }
         let Some(dec) = ctx.crypto.decryptor.as_mut() else { return Ok(()) };
-        let mut out = Joined::new();
-        if let Some(b) = body.take().filter(|b| !b.is_empty()) {
-            dec.feed(b, |r| out.push(r));
-        }
+        let mut plain = match body.take() {
+            Some(b) if !b.is_empty() => {
+                let r = dec.update(&b);
+                r.map_err(|e| crypto_error(ctx, &e))?
+            }
+            _ => Bytes::new(),
+        };
         if end {
-            let dec = ctx.crypto.decryptor.take().expect("checked above").finish(|r| out.push(r));
+            let dec = ctx.crypto.decryptor.take().expect("checked above");
             let segments = ctx.crypto.segments;
             // `segments` is 0 for ranged reads, which end wherever the range ends.
-            out.push(if segments == 0 { dec.finish() } else { dec.finish_expecting_segments(segments) });
+            let done = if segments == 0 { dec.finish() } else { dec.finish_expecting_segments(segments) };
+            let last = done.map_err(|e| crypto_error(ctx, &e))?;
+            if !last.is_empty() {
+                let mut joined = BytesMut::with_capacity(plain.len() + last.len());
+                joined.extend_from_slice(&plain);
+                joined.extend_from_slice(&last);
+                plain = joined.freeze();
+            }
         }
-        let plain = out.0.map_err(|e| crypto_error(ctx, &e))?;
         ctx.bytes_decrypted += plain.len() as u64;
         *body = Some(range::trim(&mut ctx.crypto.skip, &mut ctx.crypto.take, plain));
         Ok(())
@@ -664,7 +647,7 @@ impl CryptoFilter {
             ctx.crypto.skip = 0;
             ctx.crypto.take = rr.plan.len;
             ctx.crypto.segments = 0;
-            ctx.crypto.decryptor = Some(decrypt_stream(dec));
+            ctx.crypto.decryptor = Some(dec);
             return Ok(());
         }
         let (status, len) = match ctx.crypto.plan {
@@ -699,7 +682,7 @@ impl CryptoFilter {
         }
         if s3.op == Operation::GetObject {
             ctx.crypto.segments = segments;
-            ctx.crypto.decryptor = Some(decrypt_stream(Decryptor::new((*ring).clone(), obj)));
+            ctx.crypto.decryptor = Some(Decryptor::new((*ring).clone(), obj));
         }
         Ok(())
     }

@@ -164,7 +164,7 @@ impl Decryptor {
             plain_len: hdr.plain_len,
             chunks: hdr.chunk_count(),
             next: first_chunk,
-            aead: ChunkAead::new(&dek),
+            aead: ChunkAead::for_opening(&dek),
         };
         Ok(Self {
             ring,
@@ -348,7 +348,7 @@ impl Decryptor {
             plain_len: hdr.plain_len,
             chunks: hdr.chunk_count(),
             next: 0,
-            aead: ChunkAead::new(&dek),
+            aead: ChunkAead::for_opening(&dek),
         })
     }
 

@@ -91,7 +91,7 @@ impl SegmentEncryptor {
         );
         Ok(Self {
             header: Some(header.to_bytes()),
-            aead: ChunkAead::new(dek),
+            aead: ChunkAead::for_sealing(dek),
             chunk_size: chunk_size as usize,
             plain_len,
             chunks: chunk_count(plain_len, chunk_size),

@@ -5,8 +5,7 @@
 //! * [`Rewrapper`] re-binds an object to a new name or master key without touching chunks.
 //! * [`meta`] seals the user metadata kept in the `x-amz-meta-s3cp` header.
 //! * The size functions map stored lengths to plaintext lengths without reading objects.
-// One audited exception: wiping ring's chunk keys on drop (chunk.rs, WipedKey).
-#![deny(unsafe_code)]
+#![forbid(unsafe_code)]
 
 mod chunk;
 mod decrypt;
