@@ -32,6 +32,14 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, os.path.join(ROOT, "tests", "e2e"))
 
 BUCKET = "bench"
+def parse_bytes(text):
+    """'8MiB', '512KiB' or a plain number of bytes."""
+    for unit, mult in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if text.endswith(unit):
+            return int(text[:-len(unit)]) * mult
+    return int(text)
+
+
 SIZES = {"4KiB": 4 << 10, "1MiB": 1 << 20, "4MiB": 4 << 20, "64MiB": 64 << 20, "1GiB": 1 << 30}
 
 
@@ -114,6 +122,8 @@ secret_access_key = {garage.secret_key}
 endpoint = {garage.endpoint}
 region = {garage.region}
 force_path_style = true
+# `serve s3` shows directories as buckets: the bucket directory needs a marker object to exist.
+directory_markers = true
 
 [secret]
 type = crypt
@@ -122,6 +132,8 @@ password = {password}
 """)
     port = h.free_port()
     if rclone_has_serve_s3():
+        subprocess.run(["rclone", "--config", conf, "mkdir", f"secret:{BUCKET}"], check=True, capture_output=True,
+                       env={**os.environ, "AWS_CA_BUNDLE": ""})
         kind = "serve s3"
         args = ["rclone", "--config", conf, "serve", "s3", "secret:", "--addr", f"127.0.0.1:{port}",
                 "--auth-key", "rclone-ak,rclone-sk"]
@@ -156,6 +168,7 @@ class Stack:
         self.targets = {}
         self.rclone_kind = None
         self.written = 0
+        self.garage_block_size = None
 
     def stop(self):
         for p in self.own:
@@ -178,7 +191,7 @@ class Stack:
         self.generation += 1
         gdir = os.path.join(self.workdir, f"backend-{self.generation}")
         os.makedirs(gdir)
-        garage = h.Garage(gdir)
+        garage = h.Garage(gdir, block_size=self.garage_block_size)
         garage.dir = gdir
         self.garage = garage
         self._own(garage.proc)
@@ -294,6 +307,9 @@ def main():
     ap.add_argument("--restart-gib", type=float, default=6.0,
                     help="start a fresh Garage before the next cell once this much was uploaded")
     ap.add_argument("--rss-size", default="1GiB", help="object size of the RSS test ('' to skip)")
+    ap.add_argument("--garage-block-size", default=None,
+                    help="Garage's block_size (default: Garage's own, 1MiB). A 4 MiB object is 4 blocks; its "
+                         "ciphertext (4 MiB + 1132 B) is 5, which costs Garage more per GET; e.g. 8MiB removes that difference")
     ap.add_argument("--signed", action=argparse.BooleanOptionalAction, default=True,
                     help="also run 4 MiB PUT c=8 with a signed payload SHA-256 and Content-MD5 (as PBS sends)")
     ap.add_argument("--verify", action="store_true", help="check every downloaded byte (generator CPU)")
@@ -341,6 +357,8 @@ def main():
             procs.append(keyd.proc)
             keyd.send_key(keyd.new_key(1))
         stack = Stack(h, workdir, targets_wanted, keyd, procs, os.path.join(out, "logs"))
+        if args.garage_block_size:
+            stack.garage_block_size = parse_bytes(args.garage_block_size)
         stack.restart()
         rclone_kind = stack.rclone_kind
         if rclone_kind:
@@ -388,7 +406,7 @@ def main():
                 p = proxy_proc(rep) or proxy_proc(rep, "rclone")
                 extra = ""
                 if p is not None:
-                    extra = f" {p['name']} cpu={p['cpu_cores']:.2f} peak-100ms={p['peak_cores_100ms']:.2f} peak-rss={peak_rss(p):.1f}MiB"
+                    extra = f" {p['name']} cpu={p['cpu_cores']:.2f} peak-100ms={p['peak_cores_100ms']:.2f} pool={p.get('pool_cores', 0.0):.2f} peak-rss={peak_rss(p):.1f}MiB"
                 g = proxy_proc(rep, "garage")
                 if g is not None:
                     extra += f" garage cpu={g['cpu_cores']:.2f}"
@@ -525,15 +543,15 @@ def render(results, rss_results, rclone_kind, elapsed):
 
     if rss_results:
         L.append("")
-        L.append("| RSS test | target | op | MiB/s | proxy peak RSS MiB (VmHWM) | max sampled VmRSS MiB | proxy CPU cores | peak 100 ms | busiest thread | load |")
-        L.append("|---|---|---|--:|--:|--:|--:|--:|--:|---|")
+        L.append("| RSS test | target | op | MiB/s | proxy peak RSS MiB (VmHWM) | max sampled VmRSS MiB | proxy CPU cores | of which crypto pool | peak 100 ms | busiest thread | load |")
+        L.append("|---|---|---|--:|--:|--:|--:|--:|--:|--:|---|")
         for r in rss_results:
             p = proxy_proc(r)
             if r.get("failed") or p is None:
-                L.append(f"| {human_size(r['size'])} | {r['target']} | {r['workload']} | failed: {r.get('error', '')[:80]} | | | | | | |")
+                L.append(f"| {human_size(r['size'])} | {r['target']} | {r['workload']} | failed: {r.get('error', '')[:80]} | | | | | | | |")
                 continue
             L.append(f"| {human_size(r['size'])} | {r['target']} | {r['workload']} | {r['total']['mib_s']:.1f} | {peak_rss(p):.1f} "
-                     f"| {p['peak_rss_sampled'] / 2**20:.1f} | {p['cpu_cores']:.2f} | {p['peak_cores_100ms']:.2f} "
+                     f"| {p['peak_rss_sampled'] / 2**20:.1f} | {p['cpu_cores']:.2f} | {p.get('pool_cores', 0.0):.2f} | {p['peak_cores_100ms']:.2f} "
                      f"| {p['busiest_thread_cores']:.2f} | {r['load_after']} |")
 
     # Goals.
@@ -570,8 +588,13 @@ def render(results, rss_results, rclone_kind, elapsed):
         r = ok((wl, "unsigned", 64 << 20, 1), "full")
         p = proxy_proc(r) if r else None
         if p:
-            spread = p["peak_cores_100ms"] > 1.1
-            L.append(f"- one connection, 64 MiB {wl.upper()}: full proxy {p['cpu_cores']:.2f} cores on average, at most "
+            pool = p.get("pool_cores", 0.0)
+            conn = p["cpu_cores"] - pool
+            # Both sides busy: the cipher works on a pool thread while the connection's own
+            # thread moves the bytes (the backend, on the same two cores, sets the pace).
+            spread = pool >= 0.15 and conn >= 0.15
+            L.append(f"- one connection, 64 MiB {wl.upper()}: full proxy {p['cpu_cores']:.2f} cores on average "
+                     f"({pool:.2f} on the crypto pool, {conn:.2f} on the other threads), at most "
                      f"{p['peak_cores_100ms']:.2f} over any 100 ms, above 1.1 cores {p['share_above_one_core'] * 100:.0f} % of the time "
                      f"→ encryption spread over both cores: {'yes' if spread else 'no'}")
     if rclone_kind:

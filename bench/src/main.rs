@@ -537,11 +537,12 @@ fn text_line(r: &Report) -> String {
     );
     for p in &r.window.procs {
         s.push_str(&format!(
-            " | {}: cpu={:.2} peak-100ms={:.2} busiest-thread={:.2} peak-rss={:.1}MiB",
+            " | {}: cpu={:.2} peak-100ms={:.2} busiest-thread={:.2} crypto-pool={:.2} peak-rss={:.1}MiB",
             p.name,
             p.cpu_cores,
             p.peak_cores_100ms,
             p.busiest_thread_cores,
+            p.pool_cores,
             mib(p.peak_rss_hwm.unwrap_or(p.peak_rss_sampled))
         ));
     }

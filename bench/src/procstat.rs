@@ -125,6 +125,9 @@ pub struct ProcReport {
     pub busiest_thread: String,
     /// Threads that used more than 10 % of a core.
     pub threads_over_10pct: usize,
+    /// CPU of the proxy's crypto pool (threads named `crypto-N`): the hashing, encryption
+    /// and decryption moved off the connection's own thread.
+    pub pool_cores: f64,
     /// Peak RSS during the window: VmHWM after a reset at its start (None when the reset
     /// was refused), and the largest VmRSS sampled every 20 ms.
     pub peak_rss_hwm: Option<u64>,
@@ -244,6 +247,7 @@ impl Window {
                 busiest_thread_cores: cores(busiest.1),
                 busiest_thread: busiest.0,
                 threads_over_10pct: per_thread.iter().filter(|x| cores(x.1) > 0.10).count(),
+                pool_cores: cores(per_thread.iter().filter(|x| x.0.starts_with("crypto-")).map(|x| x.1).sum()),
                 peak_rss_hwm: if self.hwm_reset[i] { status_kb(w.pid, "VmHWM") } else { None },
                 peak_rss_sampled: max_rss[i],
                 rss_end: status_kb(w.pid, "VmRSS"),

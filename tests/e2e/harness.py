@@ -149,9 +149,10 @@ class Garage:
     name = "garage"
     region = "garage"
 
-    def __init__(self, workdir, db_engine="sqlite"):
+    def __init__(self, workdir, db_engine="sqlite", block_size=None):
         """db_engine: Garage's metadata engine; "lmdb" for heavy concurrent writes (with SQLite
-        Garage answers some of them 503 "database is locked")."""
+        Garage answers some of them 503 "database is locked"). block_size: the size of the
+        blocks Garage cuts objects into (Garage's default: 1 MiB)."""
         d = os.path.join(workdir, "garage")
         os.makedirs(d, exist_ok=True)
         self.port, rpc, admin = free_port(), free_port(), free_port()
@@ -160,6 +161,7 @@ class Garage:
             f.write(f"""metadata_dir = "{d}/meta"
 data_dir = "{d}/data"
 db_engine = "{db_engine}"
+{f"block_size = {block_size}" if block_size else ""}
 replication_factor = 1
 rpc_bind_addr = "127.0.0.1:{rpc}"
 rpc_public_addr = "127.0.0.1:{rpc}"
