@@ -337,8 +337,10 @@ def main():
         wls = [w for w in args.workloads.split(",") if w]
         cells = [(s, c, w, "unsigned") for s in sizes for c in concs for w in wls]
     if args.signed:
-        # PBS-like uploads: payload SHA-256 signed and Content-MD5 sent.
+        # PBS-like uploads: payload SHA-256 signed and Content-MD5 sent; one large one alone
+        # shows whether a single connection's work spreads over the cores.
         cells.append((4 << 20, 8, "put", "signed"))
+        cells.append((64 << 20, 1, "put", "signed"))
     targets_wanted = args.targets.split(",")
     rclone_cells = None if args.quick or args.rclone_cells == "all" else {
         (w, SIZES[s], int(c)) for w, s, c in (x.split(":") for x in args.rclone_cells.split(","))}
@@ -584,19 +586,19 @@ def render(results, rss_results, rclone_kind, elapsed):
     if big:
         L.append("- large object streams without growing memory: full proxy peak RSS "
                  + ", ".join(f"{r['workload']} {human_size(r['size'])} {peak_rss(proxy_proc(r)):.1f} MiB" for r in big))
-    for wl in ["put", "get"]:
-        r = ok((wl, "unsigned", 64 << 20, 1), "full")
+    for wl, payload in [("put", "signed"), ("put", "unsigned"), ("get", "unsigned")]:
+        r = ok((wl, payload, 64 << 20, 1), "full")
         p = proxy_proc(r) if r else None
         if p:
             pool = p.get("pool_cores", 0.0)
             conn = p["cpu_cores"] - pool
-            # Both sides busy: the cipher works on a pool thread while the connection's own
-            # thread moves the bytes (the backend, on the same two cores, sets the pace).
+            # Both sides busy: the digests run on pool threads while the connection's own
+            # thread encrypts and moves the bytes (the backend, on the same cores, sets the pace).
             spread = pool >= 0.15 and conn >= 0.15
-            L.append(f"- one connection, 64 MiB {wl.upper()}: full proxy {p['cpu_cores']:.2f} cores on average "
+            L.append(f"- one connection, 64 MiB {wname(wl, payload)}: full proxy {p['cpu_cores']:.2f} cores on average "
                      f"({pool:.2f} on the crypto pool, {conn:.2f} on the other threads), at most "
                      f"{p['peak_cores_100ms']:.2f} over any 100 ms, above 1.1 cores {p['share_above_one_core'] * 100:.0f} % of the time "
-                     f"→ encryption spread over both cores: {'yes' if spread else 'no'}")
+                     f"→ work spread over cores: {'yes' if spread else 'no'}")
     if rclone_kind:
         L.append("")
         L.append(f"rclone: `rclone {rclone_kind}` over a crypt remote on the same Garage"
