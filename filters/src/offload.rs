@@ -4,9 +4,8 @@
 //! 64 KiB in about 16 µs, too little to pay for a hand-off (measured: one 64 MiB GET went
 //! from ~500 to 390–460 MiB/s when its decryption was offloaded).
 //!
-//! A [`Behind`] owns one stateful step (a hasher, a cipher stream). Feeding piece N first
-//! waits for the job of piece N-1, hands its output on, then starts piece N on the pool and
-//! returns: while the pool works on piece N, the request's own thread forwards piece N-1 and
+//! A [`Behind`] owns one stateful step (a hasher). Feeding piece N first waits for the job
+//! of piece N-1, then starts piece N on the pool and returns: while the pool works on piece N, the request's own thread forwards piece N-1 and
 //! reads piece N+1. Order is kept (one job at a time per `Behind`), pieces are shared `Bytes`
 //! (never copied), and the only wait is for the previous piece's job.
 //!
@@ -59,64 +58,61 @@ impl Drop for JobPlace {
     }
 }
 
-enum Slot<S, O> {
+enum Slot<S> {
     Idle(S),
-    /// A job holds the state and sends it back with its output. (The Mutex only makes the
+    /// A job holds the state and sends it back when done. (The Mutex only makes the
     /// receiver Sync, as pingora wants of a request context.)
-    Busy(Mutex<mpsc::Receiver<(S, O)>>),
+    Busy(Mutex<mpsc::Receiver<S>>),
 }
 
 /// A stateful step over a stream of pieces, run one piece behind on the rayon pool.
-pub struct Behind<S, O> {
-    slot: Option<Slot<S, O>>,
-    step: fn(&mut S, &[u8]) -> O,
+pub struct Behind<S> {
+    slot: Option<Slot<S>>,
+    step: fn(&mut S, &[u8]),
 }
 
-impl<S: Send + 'static, O: Send + 'static> Behind<S, O> {
-    pub fn new(state: S, step: fn(&mut S, &[u8]) -> O) -> Self {
+impl<S: Send + 'static> Behind<S> {
+    pub fn new(state: S, step: fn(&mut S, &[u8])) -> Self {
         STREAMS.fetch_add(1, Ordering::Relaxed);
         Self { slot: Some(Slot::Idle(state)), step }
     }
 
-    /// Runs the step over `piece`. `emit` receives, in order, the output of the previous
-    /// piece's job (if one was in flight) and this piece's output if it ran here.
-    pub fn feed(&mut self, piece: Bytes, mut emit: impl FnMut(O)) {
-        let mut state = self.settle(&mut emit);
+    /// Runs the step over `piece`, after the previous piece's job (if one is in flight).
+    pub fn feed(&mut self, piece: Bytes) {
+        let mut state = self.settle();
         let step = self.step;
         if piece.len() >= OFFLOAD_MIN && claim_job() {
             let (done, back) = mpsc::sync_channel(1);
             pool().spawn(move || {
                 let _place = JobPlace;
-                let out = step(&mut state, &piece);
-                let _ = done.send((state, out));
+                step(&mut state, &piece);
+                let _ = done.send(state);
             });
             self.slot = Some(Slot::Busy(Mutex::new(back)));
         } else {
-            emit(step(&mut state, &piece));
+            step(&mut state, &piece);
             self.slot = Some(Slot::Idle(state));
         }
     }
 
-    /// Waits for the job in flight (if any), emits its output and returns the state.
-    pub fn finish(mut self, emit: impl FnMut(O)) -> S {
-        self.settle(emit)
+    /// Waits for the job in flight (if any) and returns the state.
+    pub fn finish(mut self) -> S {
+        self.settle()
     }
 
-    fn settle(&mut self, mut emit: impl FnMut(O)) -> S {
+    fn settle(&mut self) -> S {
         match self.slot.take().expect("a Behind always holds its state or a job") {
             Slot::Idle(state) => state,
             Slot::Busy(back) => {
                 let back = back.into_inner().unwrap_or_else(|poisoned| poisoned.into_inner());
                 // A job only ends by sending; a closed channel means its step panicked.
-                let (state, out) = back.recv().expect("an offloaded stream step panicked");
-                emit(out);
-                state
+                back.recv().expect("an offloaded stream step panicked")
             }
         }
     }
 }
 
-impl<S, O> Drop for Behind<S, O> {
+impl<S> Drop for Behind<S> {
     fn drop(&mut self) {
         STREAMS.fetch_sub(1, Ordering::Relaxed);
     }
@@ -126,17 +122,17 @@ impl<S, O> Drop for Behind<S, O> {
 mod tests {
     use super::*;
 
-    fn append(state: &mut Vec<u8>, piece: &[u8]) -> usize {
-        state.extend_from_slice(piece);
-        piece.len()
+    /// The bytes seen, and the length of each step, in order.
+    fn append(state: &mut (Vec<u8>, Vec<usize>), piece: &[u8]) {
+        state.0.extend_from_slice(piece);
+        state.1.push(piece.len());
     }
 
     /// Whatever mix of pieces runs away or here, the state sees them in order and every
-    /// output is emitted once, in order.
+    /// step runs once, in order.
     #[test]
-    fn keeps_order_and_emits_every_output() {
-        let mut b = Behind::new(Vec::new(), append);
-        let mut outputs = Vec::new();
+    fn keeps_order_and_runs_every_step_once() {
+        let mut b = Behind::new((Vec::new(), Vec::new()), append);
         let mut expected = Vec::new();
         let mut lens = Vec::new();
         for (i, len) in [1usize, 70_000, 20_000, 5, 16 * 1024, 100_000, 0, 3]
@@ -146,9 +142,9 @@ mod tests {
             let piece: Vec<u8> = (0..len).map(|j| (i * 31 + j) as u8).collect();
             expected.extend_from_slice(&piece);
             lens.push(len);
-            b.feed(Bytes::from(piece), |n| outputs.push(n));
+            b.feed(Bytes::from(piece));
         }
-        let state = b.finish(|n| outputs.push(n));
+        let (state, outputs) = b.finish();
         assert_eq!(state, expected);
         assert_eq!(outputs, lens);
     }
@@ -157,9 +153,9 @@ mod tests {
     #[test]
     fn places_are_returned() {
         for _ in 0..50 {
-            let mut b = Behind::new(Vec::new(), append);
-            b.feed(Bytes::from(vec![1u8; OFFLOAD_MIN]), |_| {});
-            b.finish(|_| {});
+            let mut b = Behind::new((Vec::new(), Vec::new()), append);
+            b.feed(Bytes::from(vec![1u8; OFFLOAD_MIN]));
+            b.finish();
         }
         // Other tests of this process may hold places for a moment.
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);

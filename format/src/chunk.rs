@@ -43,7 +43,7 @@ pub fn chunk_nonce(index: u64, is_final: bool) -> [u8; 24] {
     n
 }
 
-#[derive(Clone, Copy, PartialEq)]
+#[derive(Clone, Copy)]
 enum Direction {
     Seal,
     Open,
@@ -57,15 +57,16 @@ fn chacha20_poly1305() -> &'static Cipher {
 }
 
 fn subkey(dek: &[u8; DEK_LEN], is_final: bool, direction: Direction) -> CipherCtx {
-    let mut k: [u8; 32] = chacha20::hchacha::<U10>(dek.into(), &nonce_prefix(is_final).into()).into();
+    // Kept in the array hchacha returns and wiped there, so no copy of the subkey is left.
+    let mut k = chacha20::hchacha::<U10>(dek.into(), &nonce_prefix(is_final).into());
     let mut ctx = CipherCtx::new().expect("allocating a cipher context");
     let cipher = Some(&**chacha20_poly1305());
     match direction {
-        Direction::Seal => ctx.encrypt_init(cipher, Some(&k), None),
-        Direction::Open => ctx.decrypt_init(cipher, Some(&k), None),
+        Direction::Seal => ctx.encrypt_init(cipher, Some(k.as_slice()), None),
+        Direction::Open => ctx.decrypt_init(cipher, Some(k.as_slice()), None),
     }
     .expect("ChaCha20-Poly1305 takes a 32-byte key");
-    k.zeroize();
+    k.as_mut_slice().zeroize();
     ctx
 }
 
