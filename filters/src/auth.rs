@@ -121,7 +121,7 @@ impl Filter for Sigv4Filter {
         Ok(())
     }
 
-    fn upstream_response(&self, resp: &mut ResponseHeader, ctx: &mut RequestCtx) -> Result<(), S3Error> {
+    async fn upstream_response(&self, resp: &mut ResponseHeader, ctx: &mut RequestCtx) -> Result<(), S3Error> {
         // Echo the verified plaintext checksum, as S3 does (runs after the crypto filter
         // removed the backend's ciphertext checksums).
         if let Some((alg, value)) = &ctx.checksum_result {

@@ -155,9 +155,9 @@ impl Chain {
         Ok(())
     }
 
-    pub fn upstream_response(&self, resp: &mut ResponseHeader, ctx: &mut RequestCtx) -> Result<(), S3Error> {
+    pub async fn upstream_response(&self, resp: &mut ResponseHeader, ctx: &mut RequestCtx) -> Result<(), S3Error> {
         for f in self.filters.iter().rev() {
-            f.upstream_response(resp, ctx)?;
+            f.upstream_response(resp, ctx).await?;
         }
         Ok(())
     }

@@ -30,7 +30,7 @@ use s3cp_format::{meta, Decryptor, FormatError, KeyRing, ObjectId, SegmentEncryp
 use crate::backend::Backend;
 use crate::ctx::RequestCtx;
 use crate::error::{s3err, S3Error, S3ErrorCode};
-use crate::etag::{client_etag, segments_from_etag};
+use crate::etag::client_etag;
 use crate::filter::{Filter, Flow};
 use crate::keys::KeyState;
 use crate::request::Operation;
@@ -84,7 +84,6 @@ pub struct CryptoCtx {
     sealed_meta: Option<String>,
     encryptor: Option<SegmentEncryptor>,
     decryptor: Option<Decryptor>,
-    segments: u32,
     /// Plaintext positions to pass on: `[skip, skip + take)` of the decrypted stream.
     skip: u64,
     take: u64,
@@ -199,19 +198,19 @@ impl Filter for CryptoFilter {
         match s3.op {
             Operation::PutObject | Operation::CreateMultipartUpload => {
                 let mut payload = metadata::from_request(req, s3.content_md5, None);
+                let plain_len = if s3.op == Operation::PutObject { upload_length(req, &s3)? } else { None };
                 if s3.op == Operation::PutObject {
                     // A checksum sent as a header is known now (and verified at the end of
                     // the body, before the object is stored); a trailer comes too late.
                     let ck = ctx.checksum_spec.as_ref().and_then(|(alg, v)| v.as_ref().map(|v| (alg.header_name().to_string(), v.clone())));
                     payload = metadata::with_checksum(payload, ck);
+                    // Every later read announces this length and checks the stored object
+                    // against it without reading the body.
+                    payload = metadata::with_plain_len(payload, plain_len);
                 }
                 let sealed = meta::seal(ring.current(), obj, self.chunk_size, &payload).map_err(|e| crypto_error(ctx, &e))?;
                 ctx.crypto.sealed_meta = Some(sealed);
-                ctx.crypto.plan = if s3.op == Operation::PutObject {
-                    Plan::Encrypt { part: 0, plain_len: upload_length(req, &s3)? }
-                } else {
-                    Plan::SealMetadata
-                };
+                ctx.crypto.plan = if s3.op == Operation::PutObject { Plan::Encrypt { part: 0, plain_len } } else { Plan::SealMetadata };
             }
             Operation::UploadPart => {
                 let part = s3
@@ -265,6 +264,7 @@ impl Filter for CryptoFilter {
                             return Ok(Flow::Respond(reply));
                         }
                         Prepared::NoSuchPart => return Err(self.no_such_part(&s3, part.unwrap_or(0)).await),
+                        Prepared::Damaged(e) => return Err(crypto_error(ctx, &e)),
                         Prepared::Fallback => {}
                     }
                 }
@@ -434,7 +434,7 @@ impl Filter for CryptoFilter {
         Ok(())
     }
 
-    fn upstream_response(&self, resp: &mut ResponseHeader, ctx: &mut RequestCtx) -> Result<(), S3Error> {
+    async fn upstream_response(&self, resp: &mut ResponseHeader, ctx: &mut RequestCtx) -> Result<(), S3Error> {
         let status = resp.status.as_u16();
         let op = ctx.s3()?.op;
         match (&ctx.crypto.plan, op) {
@@ -447,17 +447,16 @@ impl Filter for CryptoFilter {
                 set_header(resp, "etag", client_etag(&backend, md5.as_deref()))?;
             }
             (Plan::Encrypt { .. }, _) => strip_checksums(resp),
-            (Plan::Read { .. }, _) if status == 200 || status == 206 => self.read_response(resp, ctx)?,
+            (Plan::Read { .. }, _) if status == 200 || status == 206 => self.read_response(resp, ctx).await?,
             (Plan::Complete, _) if status >= 500 && ctx.crypto.complete_gone => {
                 // ListParts did not know the upload and the backend failed on it (moto
                 // answers 500 for an upload that never existed): it does not exist.
                 let resource = ctx.s3()?.resource();
-                let e = s3err(S3ErrorCode::NoSuchUpload, "The specified upload does not exist. The upload ID may be invalid, or the upload may have been aborted or completed.").with_resource(resource);
-                self.replace_with_error(resp, ctx, e)?;
+                return Err(s3err(S3ErrorCode::NoSuchUpload, "The specified upload does not exist. The upload ID may be invalid, or the upload may have been aborted or completed.").with_resource(resource));
             }
             (Plan::Read { .. }, _) if status == 412 && ctx.crypto.ranged.is_some() => {
-                let e = s3err(S3ErrorCode::ServiceUnavailable, "The object changed while it was being read; please retry").with_retry_after(1);
-                self.replace_with_error(resp, ctx, e)?;
+                // An error answer of its own: the backend's 412 may have no body to replace.
+                return Err(s3err(S3ErrorCode::ServiceUnavailable, "The object changed while it was being read; please retry").with_retry_after(1));
             }
             (Plan::Read { .. }, _) if status == 304 || status == 412 => {
                 if let Some(e) = header(resp, "etag") {
@@ -483,11 +482,9 @@ impl Filter for CryptoFilter {
             _ => Bytes::new(),
         };
         if end {
+            // The decryptor checks the segment count of whole objects against its layout.
             let dec = ctx.crypto.decryptor.take().expect("checked above");
-            let segments = ctx.crypto.segments;
-            // `segments` is 0 for ranged reads, which end wherever the range ends.
-            let done = if segments == 0 { dec.finish() } else { dec.finish_expecting_segments(segments) };
-            let last = done.map_err(|e| crypto_error(ctx, &e))?;
+            let last = dec.finish().map_err(|e| crypto_error(ctx, &e))?;
             if !last.is_empty() {
                 let mut joined = BytesMut::with_capacity(plain.len() + last.len());
                 joined.extend_from_slice(&plain);
@@ -558,7 +555,8 @@ impl CryptoFilter {
     /// Moves the plaintext's descriptive headers into the sealed metadata header.
     fn seal_headers(&self, up: &mut RequestHeader, ctx: &mut RequestCtx) -> Result<(), S3Error> {
         metadata::strip_sealed_headers(up);
-        let sealed = ctx.crypto.sealed_meta.take().ok_or_else(|| S3Error::internal("crypto filter", "no sealed metadata"))?;
+        // Kept for a retry of the same request on another backend connection.
+        let sealed = ctx.crypto.sealed_meta.clone().ok_or_else(|| S3Error::internal("crypto filter", "no sealed metadata"))?;
         up.insert_header("content-type", "application/octet-stream")
             .and_then(|_| up.insert_header(meta::HEADER, sealed))
             .map_err(|e| S3Error::internal("setting the sealed metadata", e))?;
@@ -567,39 +565,43 @@ impl CryptoFilter {
 
     /// A GET/HEAD answer for an object: unseal its metadata, give plaintext length and
     /// ETag, evaluate ETag conditions and ranges, and prepare decryption.
-    fn read_response(&self, resp: &mut ResponseHeader, ctx: &mut RequestCtx) -> Result<(), S3Error> {
+    ///
+    /// Every length announced here is one the object's authenticated data confirms before
+    /// the client holds a complete answer (reader rule 5.11): a sealed length is compared
+    /// with the stored length now; otherwise the decryptor compares every segment header with
+    /// the announced layout before releasing any of its bytes, and where no byte would be
+    /// held back (HEAD, an empty body) the headers are read and checked here first.
+    async fn read_response(&self, resp: &mut ResponseHeader, ctx: &mut RequestCtx) -> Result<(), S3Error> {
         let s3 = ctx.s3()?.clone();
         let Some(sealed) = header(resp, meta::HEADER) else {
             return match self.unencrypted {
                 UnencryptedPolicy::PassThrough => Ok(()),
                 UnencryptedPolicy::Refuse => {
                     ctx.crypto_failure = Some("not_encrypted");
-                    let e = s3err(S3ErrorCode::InvalidObjectState, "This object was not written through the encryption proxy and is not encrypted; set unencrypted_objects: passthrough to read such objects").with_resource(s3.resource());
-                    self.replace_with_error(resp, ctx, e)
+                    Err(s3err(S3ErrorCode::InvalidObjectState, "This object was not written through the encryption proxy and is not encrypted; set unencrypted_objects: passthrough to read such objects").with_resource(s3.resource()))
                 }
             };
         };
         let ring = ctx.crypto.ring.clone().expect("set with the plan");
         let obj = ObjectId { bucket: s3.bucket.as_deref().unwrap_or(""), key: s3.key.as_deref().unwrap_or("") };
-        let opened = match meta::open(&ring, obj, &sealed) {
-            Ok(o) => o,
-            Err(e) => {
-                let err = crypto_error(ctx, &e);
-                return self.replace_with_error(resp, ctx, err);
-            }
-        };
+        let opened = meta::open(&ring, obj, &sealed).map_err(|e| crypto_error(ctx, &e))?;
         ctx.key_id = Some(opened.key_id);
         let backend_etag = header(resp, "etag").unwrap_or_default();
-        let segments = segments_from_etag(&backend_etag);
-        let cipher_len = header(resp, "content-length").and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-        let stored_len = match &ctx.crypto.ranged {
-            Some(rr) => Some(rr.plain_len),
-            None => s3cp_format::object_plain_len(cipher_len, opened.chunk_size, segments),
-        };
-        let Some(plain_len) = stored_len else {
-            ctx.crypto_failure = Some("bad_length");
-            let e = s3err(S3ErrorCode::InternalError, format!("The stored object has an impossible length (request {})", ctx.request_id));
-            return self.replace_with_error(resp, ctx, e);
+        let layout = match &ctx.crypto.ranged {
+            // Planned and checked against the headers it rests on before the request.
+            Some(_) => None,
+            None => {
+                let cipher_len = header(resp, "content-length").and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+                let (layout, verified) = metadata::announced_layout(&opened, cipher_len, &backend_etag).map_err(|e| crypto_error(ctx, &e))?;
+                let nothing_held_back = s3.op == Operation::HeadObject || layout.plain_len == 0;
+                let layout = if nothing_held_back && !verified {
+                    let version = s3.query_value("versionId");
+                    ranged::verify_layout(&self.backend, &ring, obj, version, &backend_etag, layout, None).await?.map_err(|e| crypto_error(ctx, &e))?
+                } else {
+                    layout
+                };
+                Some(layout)
+            }
         };
         let sealed_md5 = metadata::restore(resp, &opened.payload)?;
         let whole = ctx.crypto.ranged.is_none() && !matches!(ctx.crypto.plan, Plan::Read { range: Some(_) });
@@ -615,8 +617,7 @@ impl CryptoFilter {
         };
         if let Some(im) = ctx.crypto.if_match.take() {
             if !matches(&im) {
-                let e = crate::conditional::precondition_failed(&s3.resource());
-                return self.replace_with_error(resp, ctx, e);
+                return Err(crate::conditional::precondition_failed(&s3.resource()));
             }
         }
         if let Some(inm) = ctx.crypto.if_none_match.take() {
@@ -628,7 +629,8 @@ impl CryptoFilter {
             }
         }
 
-        if let Some(rr) = ctx.crypto.ranged.clone() {
+        let Some(layout) = layout else {
+            let rr = ctx.crypto.ranged.clone().expect("no layout only for planned reads");
             resp.set_status(206).map_err(|e| S3Error::internal("status", e))?;
             set_header(resp, "content-range", format!("bytes {}-{}/{}", rr.first, rr.last, rr.plain_len))?;
             set_header(resp, "content-length", rr.plan.len.to_string())?;
@@ -646,10 +648,10 @@ impl CryptoFilter {
             // The decryptor emits exactly the requested bytes.
             ctx.crypto.skip = 0;
             ctx.crypto.take = rr.plan.len;
-            ctx.crypto.segments = 0;
             ctx.crypto.decryptor = Some(dec);
             return Ok(());
-        }
+        };
+        let plain_len = layout.plain_len;
         let (status, len) = match ctx.crypto.plan {
             Plan::Read { range: Some(r) } => match r.resolve(plain_len) {
                 Some((first, last)) => {
@@ -659,6 +661,8 @@ impl CryptoFilter {
                     (206, last - first + 1)
                 }
                 None => {
+                    // The backend's answer holds the whole object (at least one header's
+                    // worth of bytes), so its body can carry the error document.
                     let e = s3err(S3ErrorCode::InvalidRange, "The requested range is not satisfiable").with_resource(s3.resource());
                     self.replace_with_error(resp, ctx, e)?;
                     set_header(resp, "content-range", format!("bytes */{plain_len}"))?;
@@ -681,13 +685,14 @@ impl CryptoFilter {
             set_header(resp, "x-amz-checksum-type", "FULL_OBJECT".to_string())?;
         }
         if s3.op == Operation::GetObject {
-            ctx.crypto.segments = segments;
-            ctx.crypto.decryptor = Some(Decryptor::new((*ring).clone(), obj));
+            ctx.crypto.decryptor = Some(Decryptor::expecting((*ring).clone(), obj, layout));
         }
         Ok(())
     }
 
-    /// Turns the backend's answer into an S3 error answer; its body is dropped.
+    /// Turns the backend's answer into an S3 error answer; its body is dropped. Only for
+    /// answers that have a body (the error document is sent in its place when it ends):
+    /// elsewhere return the error, and the proxy answers it in full.
     fn replace_with_error(&self, resp: &mut ResponseHeader, ctx: &mut RequestCtx, e: S3Error) -> Result<(), S3Error> {
         let body = e.to_xml(&ctx.request_id);
         let keep: Vec<_> = ["date", "x-amz-request-id"].iter().filter_map(|h| header(resp, h).map(|v| (*h, v))).collect();

@@ -14,7 +14,7 @@
 //! | `request`          | `request_filter`                 | once, before the backend is contacted  | yes       |
 //! | `upstream_request` | `upstream_request_filter`        | once per backend attempt               | yes       |
 //! | `request_body`     | `request_body_filter`            | per body piece (≤ 64 KiB), then end    | no        |
-//! | `upstream_response`| `upstream_response_filter`       | once, final (non-1xx) answer           | no        |
+//! | `upstream_response`| `upstream_response_filter`       | once, final (non-1xx) answer           | yes       |
 //! | `response_body`    | `upstream_response_body_filter`  | per body piece; not for HEAD/204/304   | no        |
 //!
 //! Every phase returns `Err(S3Error)` to fail the request with that S3 error. Filters keep
@@ -75,8 +75,9 @@ pub trait Filter: Send + Sync {
         Ok(())
     }
 
-    /// Shape the backend's answer header before the client sees it.
-    fn upstream_response(&self, _resp: &mut ResponseHeader, _ctx: &mut RequestCtx) -> Result<(), S3Error> {
+    /// Shape the backend's answer header before the client sees it. An error here is
+    /// answered in full by the proxy (the backend's answer may have no body to replace).
+    async fn upstream_response(&self, _resp: &mut ResponseHeader, _ctx: &mut RequestCtx) -> Result<(), S3Error> {
         Ok(())
     }
 

@@ -43,7 +43,7 @@ impl Filter for ListingFilter {
         "listing"
     }
 
-    fn upstream_response(&self, resp: &mut ResponseHeader, ctx: &mut RequestCtx) -> Result<(), S3Error> {
+    async fn upstream_response(&self, resp: &mut ResponseHeader, ctx: &mut RequestCtx) -> Result<(), S3Error> {
         let op = ctx.s3()?.op;
         if resp.status.as_u16() == 200 && matches!(op, Operation::ListObjectsV1 | Operation::ListObjectsV2 | Operation::ListParts) {
             ctx.listing.active = true;

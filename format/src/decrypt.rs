@@ -8,6 +8,7 @@ use crate::chunk::ChunkAead;
 use crate::error::FormatError;
 use crate::header::{check_magic_prefix, ObjectId, SegmentHeader};
 use crate::keys::{KeyId, KeyRing};
+use crate::layout::Layout;
 use crate::size::{RangePlan, HEADER_LEN, TAG_LEN};
 
 /// Checks that a segment with `found` as part number may follow a segment numbered `prev`
@@ -88,6 +89,9 @@ pub struct Decryptor {
     ring: KeyRing,
     name_ad: Vec<u8>,
     range: Option<RangeState>,
+    /// What the reader announced; every segment header must agree before any of its
+    /// plaintext is released. `None` only for self-describing reads (recovery tools).
+    layout: Option<Layout>,
     phase: Phase<Segment>,
     /// `[..committed]`: authenticated plaintext to release; `[committed..]`: the ciphertext of
     /// the chunk being collected.
@@ -102,12 +106,15 @@ pub struct Decryptor {
 }
 
 impl Decryptor {
-    /// Reads a whole object: one or more segments, from stored byte 0.
+    /// Reads a whole object: one or more segments, from stored byte 0, trusting each
+    /// segment header for its length. For recovery tools that announce nothing before they
+    /// read; a server that announces a length uses [`Decryptor::expecting`].
     pub fn new(ring: KeyRing, obj: ObjectId<'_>) -> Self {
         Self {
             ring,
             name_ad: obj.name_ad(),
             range: None,
+            layout: None,
             phase: Phase::start(),
             out: BytesMut::new(),
             committed: 0,
@@ -118,21 +125,38 @@ impl Decryptor {
         }
     }
 
+    /// Reads a whole object that must have `layout` (rule 5.11): every segment header must
+    /// agree with it before any of its plaintext is released, and the object must have
+    /// exactly `layout.segments` segments. So the plaintext released is exactly
+    /// `layout.plain_len` bytes, and its last byte is released only once the final chunk of
+    /// the last segment has been authenticated.
+    pub fn expecting(ring: KeyRing, obj: ObjectId<'_>, layout: Layout) -> Self {
+        let mut d = Self::new(ring, obj);
+        d.layout = Some(layout);
+        d
+    }
+
     /// Reads a range planned with [`crate::plan_range`]. `header` is the [`HEADER_LEN`] bytes
     /// stored at `plan.header_offset`; the caller then feeds the stored bytes
     /// `plan.cipher_start..=plan.cipher_end`. Emits only the plaintext
     /// `[plan.skip, plan.skip + plan.len)` counted from the first chunk fetched, crossing into
     /// following segments (their headers are inside the fetched bytes).
     ///
+    /// `plan.layout` is the object as announced, with its part length known (multipart
+    /// objects: from the first segment's header); this header and every later one the range
+    /// crosses must agree with it (rule 5.11).
+    ///
     /// Errors: those of [`SegmentHeader::parse`] and [`SegmentHeader::open`] (a header that is
     /// not one gives `LayoutMismatch`), `SegmentOrder` if the header's part number is not the
-    /// planned segment's, `LayoutMismatch` if the plan's offsets do not fit the header.
+    /// planned segment's, `LayoutMismatch` if the plan's offsets do not fit the header, and
+    /// those of [`Layout::check`].
     pub fn for_range(
         ring: KeyRing,
         obj: ObjectId<'_>,
         header: &[u8],
         plan: &RangePlan,
     ) -> Result<Self, FormatError> {
+        let mut layout = plan.layout;
         let hdr = SegmentHeader::parse(header).map_err(|e| match e {
             FormatError::NotEncrypted => FormatError::LayoutMismatch,
             e => e,
@@ -157,6 +181,7 @@ impl Decryptor {
         }
         let name_ad = obj.name_ad();
         let (_, dek) = hdr.open(&ring, &name_ad)?;
+        layout.check(plan.segment, &hdr)?;
         let seg = Segment {
             ordinal: plan.segment,
             part_number: hdr.part_number,
@@ -174,6 +199,7 @@ impl Decryptor {
                 skip: plan.skip,
                 take: plan.len,
             }),
+            layout: Some(layout),
             phase: Phase::Body(seg),
             out: BytesMut::new(),
             committed: 0,
@@ -258,7 +284,9 @@ impl Decryptor {
             }
             (Some(r), Phase::Done { .. }) => r.remaining_in == 0 && r.take == 0,
             (_, Phase::Header { .. }) | (None, Phase::Body(_)) => false,
-            (None, Phase::Done { .. }) => true,
+            (None, Phase::Done { .. }) => self
+                .layout
+                .is_none_or(|l| l.segments == self.segments),
         };
         if !complete {
             return Err(self.fail(FormatError::Truncated));
@@ -338,8 +366,11 @@ impl Decryptor {
         let hdr = SegmentHeader::parse(buf)?;
         check_order(prev, hdr.part_number)?;
         let (_, dek) = hdr.open(&self.ring, &self.name_ad)?;
-        self.first_key.get_or_insert(hdr.key_id);
         let ordinal = self.segments;
+        if let Some(layout) = &mut self.layout {
+            layout.check(ordinal, &hdr)?;
+        }
+        self.first_key.get_or_insert(hdr.key_id);
         self.segments += 1;
         Ok(Segment {
             ordinal,

@@ -1,7 +1,8 @@
 //! The s3-crypt-proxy object format and key hierarchy. See `docs/object-format.md`.
 //!
 //! * [`SegmentEncryptor`] writes one segment (a single-part object or one multipart part).
-//! * [`Decryptor`] reads whole objects or planned ranges ([`plan_range`]).
+//! * [`Decryptor`] reads whole objects or planned ranges ([`plan_range`]), checking every
+//!   segment header against the [`Layout`] the reader announced.
 //! * [`Rewrapper`] re-binds an object to a new name or master key without touching chunks.
 //! * [`meta`] seals the user metadata kept in the `x-amz-meta-s3cp` header.
 //! * The size functions map stored lengths to plaintext lengths without reading objects.
@@ -13,6 +14,7 @@ mod encrypt;
 mod error;
 mod header;
 pub mod keys;
+mod layout;
 pub mod meta;
 mod rewrap;
 mod size;
@@ -26,6 +28,7 @@ pub use header::{
     WRAP_NONCE_LEN,
 };
 pub use keys::{DerivedKeys, KeyId, KeyRing, MasterKey};
+pub use layout::Layout;
 pub use rewrap::Rewrapper;
 pub use size::{
     chunk_count, object_cipher_len, object_plain_len, plan_range, segment_cipher_len,

@@ -7,6 +7,7 @@ use bytes::{Bytes, BytesMut};
 use rand::RngCore;
 
 use crate::decrypt::{check_order, Phase};
+use crate::layout::Layout;
 use crate::error::FormatError;
 use crate::header::{check_magic_prefix, ObjectId, SegmentHeader, WRAP_NONCE_LEN};
 use crate::keys::{DerivedKeys, KeyRing};
@@ -34,6 +35,8 @@ pub struct Rewrapper {
     from_ad: Vec<u8>,
     to_ad: Vec<u8>,
     to_keys: Arc<DerivedKeys>,
+    /// What the copy announced of its source; every source header must agree.
+    layout: Option<Layout>,
     phase: Phase<Body>,
     out: BytesMut,
     /// Trailing bytes of `out` (the current segment's final chunk) not yet released.
@@ -54,12 +57,20 @@ impl Rewrapper {
             from_ad: from.name_ad(),
             to_ad: to.name_ad(),
             to_keys,
+            layout: None,
             phase: Phase::start(),
             out: BytesMut::new(),
             held: 0,
             segments: 0,
             failed: None,
         }
+    }
+
+    /// A rewrapper whose source must have `layout` (reader rule 5.11): a source header that
+    /// disagrees (another length or chunk size than the copy announced) fails the copy.
+    pub fn expecting(mut self, layout: Layout) -> Self {
+        self.layout = Some(layout);
+        self
     }
 
     /// Number of segments whose header has been re-wrapped so far.
@@ -82,9 +93,13 @@ impl Rewrapper {
     }
 
     /// Releases the held-back bytes once the source ended after a complete segment.
-    /// Errors with `Truncated` otherwise.
+    /// Errors with `Truncated` otherwise (and, with a layout, unless its segment count was
+    /// copied).
     pub fn finish(mut self) -> Result<Bytes, FormatError> {
-        self.finish_inner()
+        match self.layout {
+            Some(l) => self.finish_expecting_segments(l.segments),
+            None => self.finish_inner(),
+        }
     }
 
     /// [`Rewrapper::finish`], then checks that exactly `n` segments were copied.
@@ -176,6 +191,9 @@ impl Rewrapper {
         let hdr = SegmentHeader::parse(buf)?;
         check_order(prev, hdr.part_number)?;
         let (_, dek) = hdr.open(&self.ring, &self.from_ad)?;
+        if let Some(layout) = &mut self.layout {
+            layout.check(self.segments, &hdr)?;
+        }
         let mut nonce = [0u8; WRAP_NONCE_LEN];
         rand::rngs::OsRng.fill_bytes(&mut nonce);
         // This header is valid: the previous segment's final chunk may go.

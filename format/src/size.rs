@@ -4,6 +4,7 @@
 //! kept in the clear in the metadata header, and the segment count from the backend's ETag.
 
 use crate::error::FormatError;
+use crate::layout::Layout;
 
 /// Length of a segment header.
 pub const HEADER_LEN: usize = 108;
@@ -111,6 +112,9 @@ pub struct RangePlan {
     pub skip: u64,
     /// Decrypted bytes to keep after `skip`.
     pub len: u64,
+    /// The object as the plan assumes it; the range reader checks every segment header it
+    /// reads against it.
+    pub layout: Layout,
 }
 
 /// Maps the plaintext range `[first, last]` (inclusive) of an object of `object_plain_len`
@@ -171,6 +175,15 @@ pub fn plan_range(
             in_seg - chunk * c,
         )
     };
+    let layout = Layout {
+        plain_len: object_plain_len,
+        chunk_size,
+        segments: match part {
+            Some(p) => u32::try_from(object_plain_len.div_ceil(p)).ok()?,
+            None => 1,
+        },
+        part_len: Some(part.unwrap_or(object_plain_len)),
+    };
     let (segment, header_offset, cipher_start, _, skip) = chunk_pos(first);
     let (_, _, last_chunk_start, last_chunk_len, _) = chunk_pos(last);
     Some(RangePlan {
@@ -180,6 +193,7 @@ pub fn plan_range(
         cipher_end: last_chunk_start + last_chunk_len + T - 1,
         skip,
         len: last - first + 1,
+        layout,
     })
 }
 
@@ -249,7 +263,13 @@ mod tests {
                 cipher_start: 108,
                 cipher_end: 108 + 10 + 16 - 1,
                 skip: 0,
-                len: 1
+                len: 1,
+                layout: Layout {
+                    plain_len: 10,
+                    chunk_size: c,
+                    segments: 1,
+                    part_len: Some(10)
+                },
             }
         );
         assert!(plan_range(10, 20, 10, c, None).is_none());

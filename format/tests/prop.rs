@@ -236,3 +236,201 @@ fn check_ranges(
     }
     Ok(())
 }
+
+/// Damage an attacker with write access to the backend can do to a stored object.
+#[derive(Clone, Debug)]
+enum Damage {
+    None,
+    /// Cut the stored bytes at this position (modulo the length).
+    Truncate(usize),
+    /// Cut at a chunk boundary: drop this many trailing chunks of the last segment.
+    DropTrailingChunks(usize),
+    /// Duplicate the stored chunk at this index (modulo the chunk count of segment 0).
+    DuplicateChunk(usize),
+    /// Swap two chunks of segment 0.
+    SwapChunks(usize, usize),
+    /// Announce another chunk size (metadata of a version written with another one).
+    OtherChunkSize,
+    /// Seal another plaintext length (metadata of another version).
+    OtherSealedLength(u64),
+}
+
+fn damage() -> impl Strategy<Value = Damage> {
+    prop_oneof![
+        Just(Damage::None),
+        any::<usize>().prop_map(Damage::Truncate),
+        (1usize..4).prop_map(Damage::DropTrailingChunks),
+        any::<usize>().prop_map(Damage::DuplicateChunk),
+        (any::<usize>(), any::<usize>()).prop_map(|(a, b)| Damage::SwapChunks(a, b)),
+        Just(Damage::OtherChunkSize),
+        (0u64..40_000).prop_map(Damage::OtherSealedLength),
+    ]
+}
+
+/// Applies `d`; returns the stored bytes, the chunk size and sealed length a reader is told.
+fn apply(d: &Damage, stored: &[u8], c: u32, total: usize, last_plain: usize, sealed: Option<u64>) -> (Vec<u8>, u32, Option<u64>) {
+    let ct = c as usize + TAG_LEN;
+    let seg0_chunks = total.div_ceil(c as usize).max(1);
+    let chunk = |i: usize| HEADER_LEN + i * ct..(HEADER_LEN + (i + 1) * ct).min(stored.len());
+    match *d {
+        Damage::None => (stored.to_vec(), c, sealed),
+        Damage::Truncate(at) => (stored[..at % stored.len()].to_vec(), c, sealed),
+        Damage::DropTrailingChunks(k) => {
+            // Cut at a chunk boundary of the last segment: a length the size arithmetic
+            // accepts (the last chunk holds 1..=C bytes, or none in an empty segment).
+            let last_chunk = if last_plain == 0 { TAG_LEN } else { (last_plain - 1) % c as usize + 1 + TAG_LEN };
+            let cut = stored.len().saturating_sub(last_chunk + (k - 1) * ct);
+            (stored[..cut].to_vec(), c, sealed)
+        }
+        Damage::DuplicateChunk(i) => {
+            let i = i % seg0_chunks;
+            let r = chunk(i);
+            let mut v = stored[..r.end].to_vec();
+            v.extend_from_slice(&stored[r.clone()]);
+            v.extend_from_slice(&stored[r.end..]);
+            (v, c, sealed)
+        }
+        Damage::SwapChunks(a, b) => {
+            let (a, b) = (a % seg0_chunks, b % seg0_chunks);
+            let (ra, rb) = (chunk(a.min(b)), chunk(a.max(b)));
+            if ra.len() != rb.len() {
+                return (stored.to_vec(), c, sealed);
+            }
+            let mut v = stored.to_vec();
+            let tmp = v[ra.clone()].to_vec();
+            v.copy_within(rb.clone(), ra.start);
+            v[rb].copy_from_slice(&tmp);
+            (v, c, sealed)
+        }
+        Damage::OtherChunkSize => (stored.to_vec(), c * 2, sealed),
+        Damage::OtherSealedLength(l) => (stored.to_vec(), c, Some(l)),
+    }
+}
+
+/// What the proxy's HEAD answers: the announced length, checked as it checks it (sealed
+/// length, else the first header and, for multipart objects, the last one).
+fn head(ring: &KeyRing, stored: &[u8], c: u32, n: u32, sealed: Option<u64>) -> Result<u64, FormatError> {
+    let mut layout = Layout::announced(stored.len() as u64, c, n, sealed)?;
+    if sealed.is_some() {
+        return Ok(layout.plain_len);
+    }
+    let header_at = |layout: &mut Layout, ordinal: u32| -> Result<(), FormatError> {
+        let off = layout.segment_offset(ordinal).unwrap_or(0) as usize;
+        let bytes = stored.get(off..off + HEADER_LEN).ok_or(FormatError::Truncated)?;
+        let hdr = SegmentHeader::parse(bytes)?;
+        hdr.open(ring, &OBJ.name_ad())?;
+        layout.check(ordinal, &hdr)
+    };
+    header_at(&mut layout, 0)?;
+    if n > 1 {
+        header_at(&mut layout, n - 1)?;
+    }
+    Ok(layout.plain_len)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// Every read path of the proxy (HEAD, whole GET, Range, partNumber), modelled with the
+    /// format API exactly as the proxy calls it, either fails or gives exactly the written
+    /// bytes and length; a failing GET or Range never releases all the bytes it announced.
+    #[test]
+    fn every_read_path_fails_or_is_exact(
+        total in 0usize..30_000,
+        multipart in any::<bool>(),
+        seal_len in any::<bool>(),
+        d in damage(),
+        (first, span) in (any::<u64>(), 0u64..12_000),
+        dec_sizes in piece_sizes(),
+    ) {
+        let c = 4096u32;
+        let ring = ring();
+        let plain = plaintext(total);
+        let part = (multipart && total > 8192).then_some(8192usize);
+        let good = encrypt_object(&ring, OBJ, &plain, c, part);
+        let n = part.map_or(1, |p| total.div_ceil(p) as u32);
+        // Only single-part objects seal their length.
+        let sealed = (seal_len && part.is_none()).then_some(total as u64);
+        let last_plain = part.map_or(total, |p| total - (n as usize - 1) * p);
+        let (stored, c_told, sealed) = apply(&d, &good, c, total, last_plain, sealed);
+
+        // HEAD.
+        if let Ok(len) = head(&ring, &stored, c_told, n, sealed) {
+            prop_assert_eq!(len, total as u64, "HEAD announced a wrong length");
+        }
+
+        // Whole GET: announce, then stream with the layout.
+        if let Ok(layout) = Layout::announced(stored.len() as u64, c_told, n, sealed) {
+            let announced = layout.plain_len;
+            let mut dec = Decryptor::expecting(ring.clone(), OBJ, layout);
+            let mut got = Vec::new();
+            let mut result = Ok(());
+            for piece in pieces(&stored, &dec_sizes) {
+                match dec.update(piece) {
+                    Ok(b) => got.extend_from_slice(&b),
+                    Err(e) => { result = Err(e); break; }
+                }
+            }
+            if result.is_ok() {
+                match dec.finish() {
+                    Ok(b) => got.extend_from_slice(&b),
+                    Err(e) => result = Err(e),
+                }
+            }
+            prop_assert!(plain.starts_with(&got), "GET released bytes that were not written");
+            match result {
+                Ok(()) => {
+                    prop_assert_eq!(announced, total as u64);
+                    prop_assert_eq!(got.len(), total);
+                }
+                Err(_) => prop_assert!((got.len() as u64) < announced || announced == 0,
+                    "a failed GET released all {} announced bytes", announced),
+            }
+            // An announced length of 0 is answered only after the HEAD checks.
+            if announced == 0 && head(&ring, &stored, c_told, n, sealed).is_ok() {
+                prop_assert_eq!(total, 0);
+            }
+        }
+
+        // Range (and partNumber, which is a range of whole parts).
+        if let Ok(mut layout) = Layout::announced(stored.len() as u64, c_told, n, sealed) {
+            let read = (|| -> Result<(u64, Vec<u8>, u64), FormatError> {
+                let hdr0 = SegmentHeader::parse(stored.get(..HEADER_LEN).ok_or(FormatError::Truncated)?)?;
+                hdr0.open(&ring, &OBJ.name_ad())?;
+                layout.check(0, &hdr0)?;
+                let plain_len = layout.plain_len;
+                if plain_len == 0 {
+                    return Err(FormatError::Truncated); // 416: nothing to range over
+                }
+                let first = first % plain_len;
+                let last = (first + span).min(plain_len - 1);
+                let multi = (layout.segments > 1).then(|| layout.part_len.unwrap());
+                let plan = plan_range(first, last, plain_len, c_told, multi).ok_or(FormatError::LayoutMismatch)?;
+                let h = plan.header_offset as usize;
+                let header = stored.get(h..h + HEADER_LEN).ok_or(FormatError::Truncated)?;
+                if let Some(p) = multi {
+                    if last / p + 1 < u64::from(layout.segments) {
+                        let off = layout.segment_offset(layout.segments - 1).unwrap() as usize;
+                        let hn = SegmentHeader::parse(stored.get(off..off + HEADER_LEN).ok_or(FormatError::Truncated)?)?;
+                        hn.open(&ring, &OBJ.name_ad())?;
+                        layout.check(layout.segments - 1, &hn)?;
+                    }
+                }
+                let mut dec = Decryptor::for_range(ring.clone(), OBJ, header, &plan)?;
+                let body = stored.get(plan.cipher_start as usize..=plan.cipher_end as usize).ok_or(FormatError::Truncated)?;
+                let mut got = Vec::new();
+                for piece in pieces(body, &dec_sizes) {
+                    got.extend_from_slice(&dec.update(piece)?);
+                }
+                got.extend_from_slice(&dec.finish()?);
+                Ok((first, got, plain_len))
+            })();
+            if let Ok((first, got, plain_len)) = read {
+                prop_assert_eq!(plain_len, total as u64, "a range announced a wrong total");
+                prop_assert_eq!(&got[..], &plain[first as usize..first as usize + got.len()]);
+                let last = (first + span).min(plain_len - 1);
+                prop_assert_eq!(got.len() as u64, last - first + 1);
+            }
+        }
+    }
+}

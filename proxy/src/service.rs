@@ -210,7 +210,7 @@ impl ProxyHttp for S3Proxy {
                 resp.insert_header("retry-after", "1")?;
             }
         }
-        match self.chain.upstream_response(resp, ctx) {
+        match self.chain.upstream_response(resp, ctx).await {
             Ok(()) => Ok(()),
             Err(e) => Err(to_pingora(ctx, e)),
         }

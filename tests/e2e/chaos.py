@@ -14,6 +14,15 @@ requests it matches:
            bytes of it
   reset_request_after
            reset both connections after this many bytes of the request body were relayed
+  skip     let this many matching requests pass before the fault fires
+  empty_body
+           with `status`: answer with no body at all (Content-Length: 0), as Garage does
+           for some errors
+
+With `keepalive = True` the relay keeps the proxy's connections open between requests (the
+proxy then pools them), and `stale_next = True` closes the next reused connection as soon
+as a request arrives on it, unanswered: the stale pooled connection a backend's idle
+timeout leaves behind, on which the proxy retries the request.
 """
 
 import select
@@ -27,15 +36,21 @@ from harness import free_port
 
 class Fault:
     def __init__(self, method=None, path_contains=None, times=1, status=None, code="InternalError",
-                 delay=None, reset_response_after=None, reset_request_after=None):
+                 delay=None, reset_response_after=None, reset_request_after=None, skip=0, empty_body=False):
         self.method, self.path_contains, self.times = method, path_contains, times
         self.status, self.code, self.delay = status, code, delay
         self.reset_response_after, self.reset_request_after = reset_response_after, reset_request_after
+        self.skip, self.empty_body = skip, empty_body
         self.fired = 0
 
     def matches(self, method, target):
-        return (self.fired < self.times and (self.method is None or self.method == method)
-                and (self.path_contains is None or self.path_contains in target))
+        if (self.fired >= self.times or (self.method is not None and self.method != method)
+                or (self.path_contains is not None and self.path_contains not in target)):
+            return False
+        if self.skip > 0:
+            self.skip -= 1
+            return False
+        return True
 
 
 def _reset(*socks):
@@ -85,6 +100,9 @@ class Relay:
         self.lock = threading.Lock()
         self.listener = socket.create_server(("127.0.0.1", self.port))
         self.stopped = False
+        self.keepalive = False
+        self.stale_next = False
+        self.stale_closed = 0  # reused connections closed by stale_next
         threading.Thread(target=self._accept, daemon=True).start()
 
     def arm(self, **kw):
@@ -123,6 +141,9 @@ class Relay:
         if head is None:
             _close(down)
             return
+        if self.keepalive:
+            self._serve_keepalive(down, head, rest)
+            return
         lines = head.split(b"\r\n")
         method, target = lines[0].decode("latin-1").split(" ")[:2]
         headers = [l for l in lines[1:] if not l.lower().startswith(b"connection:")]
@@ -148,6 +169,50 @@ class Relay:
         self._pump(up, down, b"", resp_limit)
         t.join(timeout=30)
         _close(up, down)
+
+    def _serve_keepalive(self, down, head, rest):
+        """Serves requests with a Content-Length (or none) one after the other on one
+        proxy connection, each over a fresh backend connection; no faults but stale_next."""
+        served = 0
+        try:
+            while head is not None:
+                if served and self.stale_next:
+                    self.stale_next = False
+                    self.stale_closed += 1
+                    _close(down)
+                    return
+                lines = head.split(b"\r\n")
+                method, target = lines[0].decode("latin-1").split(" ")[:2]
+                with self.lock:
+                    self.seen.append((method, target))
+                headers = [l for l in lines[1:] if not l.lower().startswith(b"connection:")]
+                length = next((int(l.split(b":", 1)[1]) for l in headers if l.lower().startswith(b"content-length:")), 0)
+                body = rest
+                while len(body) < length:
+                    piece = down.recv(min(length - len(body), 1 << 20))
+                    if not piece:
+                        _close(down)
+                        return
+                    body += piece
+                up = socket.create_connection(("127.0.0.1", self.backend_port))
+                up.sendall(b"\r\n".join([lines[0]] + headers + [b"Connection: close"]) + b"\r\n\r\n" + body)
+                resp_head, resp_rest = _read_head(up)
+                if resp_head is None:
+                    _close(up, down)
+                    return
+                kept = [l for l in resp_head.split(b"\r\n") if not l.lower().startswith(b"connection:")]
+                down.sendall(b"\r\n".join(kept) + b"\r\n\r\n" + resp_rest)
+                while True:
+                    data = up.recv(65536)
+                    if not data:
+                        break
+                    down.sendall(data)
+                _close(up)
+                served += 1
+                head, rest = _read_head(down)
+        except OSError:
+            pass
+        _close(down)
 
     @staticmethod
     def _wait_unless_hung_up(sock, seconds):
@@ -195,7 +260,9 @@ class Relay:
                 pass
         body = (f'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>{fault.code}</Code>'
                 f"<Message>injected by the test relay</Message></Error>").encode()
-        reason = {500: "Internal Server Error", 503: "Service Unavailable"}.get(fault.status, "Error")
+        if fault.empty_body:
+            body = b""
+        reason = {500: "Internal Server Error", 503: "Service Unavailable", 412: "Precondition Failed"}.get(fault.status, "Error")
         head = (f"HTTP/1.1 {fault.status} {reason}\r\nContent-Type: application/xml\r\n"
                 f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode()
         try:

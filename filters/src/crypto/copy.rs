@@ -11,13 +11,13 @@
 use std::sync::Arc;
 
 use pingora::http::RequestHeader;
-use s3cp_format::{meta, object_plain_len, Decryptor, FormatError, KeyId, KeyRing, ObjectId, Rewrapper, SegmentEncryptor};
+use s3cp_format::{meta, Decryptor, FormatError, KeyId, KeyRing, ObjectId, Rewrapper, SegmentEncryptor};
 
 use super::{crypto_error, metadata};
 use crate::backend::Backend;
 use crate::ctx::RequestCtx;
 use crate::error::{s3err, S3Error, S3ErrorCode};
-use crate::etag::{client_etag, segments_from_etag};
+use crate::etag::client_etag;
 use crate::filter::Reply;
 use crate::request::{IfNoneMatch, S3Request};
 
@@ -96,7 +96,10 @@ pub async fn reencrypt_copy(
     let length = hdr("content-length")
         .and_then(|v| v.parse::<u64>().ok())
         .ok_or_else(|| S3Error::internal("copy", "source answer without Content-Length"))?;
+
     let source_etag = hdr("etag").unwrap_or_default();
+    // The source as announced, checked against every header the copy reads.
+    let (layout, _) = metadata::announced_layout(&opened, length, &source_etag).map_err(format_failure)?;
 
     let sealed_md5 = metadata::sealed_md5(&opened.payload);
     let payload = match metadata_change {
@@ -105,6 +108,8 @@ pub async fn reencrypt_copy(
             metadata::with_checksum(metadata::from_request(req, None, sealed_md5.as_deref()), metadata::sealed_checksum(&opened.payload))
         }
     };
+    // The copy is one segment, stored by a single PUT: its length is sealed.
+    let payload = metadata::with_plain_len(payload, Some(layout.plain_len));
     let new_sealed = meta::seal(ring.current(), dst, opened.chunk_size, &payload).map_err(|e| CopyError {
         error: s3err(S3ErrorCode::MetadataTooLarge, "Your metadata headers exceed the maximum allowed metadata size once encrypted (about 1400 bytes)"),
         format: Some(e),
@@ -116,17 +121,14 @@ pub async fn reencrypt_copy(
         // (backends that honour If-Match on PUT).
         put_headers.push(("if-match", &source_etag));
     }
-    let segments = segments_from_etag(&source_etag);
-    let mut stream = if segments > 1 {
-        let plain_len = object_plain_len(length, opened.chunk_size, segments)
-            .ok_or_else(|| format_failure(FormatError::LayoutMismatch))?;
-        if plain_len > MAX_SINGLE_PUT {
+    let mut stream = if layout.segments > 1 {
+        if layout.plain_len > MAX_SINGLE_PUT {
             return Err(s3err(S3ErrorCode::InvalidRequest, "The specified copy source is larger than the maximum allowable size for a copy source: 5368709120").into());
         }
-        let enc = SegmentEncryptor::new(ring.current(), dst, 0, plain_len, opened.chunk_size).map_err(format_failure)?;
-        CopyStream::Reencrypt(Decryptor::new((**ring).clone(), src), enc, segments)
+        let enc = SegmentEncryptor::new(ring.current(), dst, 0, layout.plain_len, opened.chunk_size).map_err(format_failure)?;
+        CopyStream::Reencrypt(Decryptor::expecting((**ring).clone(), src, layout), enc)
     } else {
-        CopyStream::Rewrap(Rewrapper::new((**ring).clone(), src, dst, ring.current().clone()))
+        CopyStream::Rewrap(Rewrapper::new((**ring).clone(), src, dst, ring.current().clone()).expecting(layout))
     };
     let put = backend.request("PUT", Some(dst.bucket), Some(dst.key), &[], &put_headers, Some(stream.output_len(length)))?;
     let mut dest = backend.open(Some(dst.bucket), put).await?;
@@ -204,21 +206,21 @@ enum CopyStream {
     /// One segment: re-wrap its header, pass its chunks.
     Rewrap(Rewrapper),
     /// Several segments: authenticate and decrypt, encrypt again as one segment.
-    Reencrypt(Decryptor, SegmentEncryptor, u32),
+    Reencrypt(Decryptor, SegmentEncryptor),
 }
 
 impl CopyStream {
     fn output_len(&self, source_len: u64) -> u64 {
         match self {
             CopyStream::Rewrap(_) => source_len,
-            CopyStream::Reencrypt(_, enc, _) => enc.cipher_len(),
+            CopyStream::Reencrypt(_, enc) => enc.cipher_len(),
         }
     }
 
     fn update(&mut self, input: &[u8]) -> Result<bytes::Bytes, FormatError> {
         match self {
             CopyStream::Rewrap(r) => r.update(input),
-            CopyStream::Reencrypt(dec, enc, _) => {
+            CopyStream::Reencrypt(dec, enc) => {
                 let plain = dec.update(input)?;
                 enc.update(&plain)
             }
@@ -229,8 +231,8 @@ impl CopyStream {
     fn finish(self) -> Result<bytes::Bytes, FormatError> {
         match self {
             CopyStream::Rewrap(r) => r.finish(),
-            CopyStream::Reencrypt(dec, mut enc, n) => {
-                let rest = dec.finish_expecting_segments(n)?;
+            CopyStream::Reencrypt(dec, mut enc) => {
+                let rest = dec.finish()?;
                 let mut out = bytes::BytesMut::from(&enc.update(&rest)?[..]);
                 out.extend_from_slice(&enc.finish()?);
                 Ok(out.freeze())

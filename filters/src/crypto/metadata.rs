@@ -1,9 +1,12 @@
 //! The client's object metadata, sealed into `x-amz-meta-s3cp` so the backend cannot read
-//! it. Payload: JSON `{"h": [[name, value], …], "md5": "<hex>"}` (`md5` only when the
-//! client sent Content-MD5, i.e. it is known before the body).
+//! it. Payload: JSON `{"h": [[name, value], …], "md5": "<hex>", "l": <plaintext length>}`
+//! (`md5` only when the client sent Content-MD5, i.e. it is known before the body; `l` for
+//! single-part objects, whose length is known before the body).
 
 use pingora::http::{RequestHeader, ResponseHeader};
 use serde::{Deserialize, Serialize};
+
+use s3cp_format::{FormatError, Layout};
 
 use crate::error::S3Error;
 
@@ -31,26 +34,34 @@ struct Sealed {
     /// (`x-amz-checksum-<alg>`, value), shown on GET/HEAD with `x-amz-checksum-mode: ENABLED`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     ck: Option<(String, String)>,
+    /// The plaintext length of a single-part object: every read announces it, and checks the
+    /// stored object against it, without reading the body (docs/object-format.md 6.5).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    l: Option<u64>,
+    /// The segment count, for objects whose backend ETag cannot tell it (section 8).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    n: Option<u32>,
 }
 
 /// The metadata payload of an upload request. `known_md5` (hex) is kept when the content
 /// is unchanged (a copy replacing the metadata).
 pub fn from_request(req: &RequestHeader, content_md5: Option<[u8; 16]>, known_md5: Option<&str>) -> Vec<u8> {
-    let mut sealed = Sealed { h: Vec::new(), md5: content_md5.map(hex::encode).or_else(|| known_md5.map(str::to_string)), ck: None };
+    let mut sealed = Sealed { h: Vec::new(), md5: content_md5.map(hex::encode).or_else(|| known_md5.map(str::to_string)), ..Default::default() };
     for (name, value) in req.headers.iter() {
         let n = name.as_str();
         if !is_sealed(n) {
             continue;
         }
         let Ok(v) = value.to_str() else { continue };
-        let v = if n == "content-encoding" {
+        if n == "content-encoding" {
             // aws-chunked describes the transfer, not the object.
-            v.split(',').map(str::trim).filter(|t| !t.eq_ignore_ascii_case("aws-chunked")).collect::<Vec<_>>().join(",")
-        } else {
-            v.to_string()
-        };
-        if !v.is_empty() {
-            sealed.h.push((n.to_string(), v));
+            let rest = v.split(',').map(str::trim).filter(|t| !t.eq_ignore_ascii_case("aws-chunked")).collect::<Vec<_>>().join(",");
+            if !rest.is_empty() {
+                sealed.h.push((n.to_string(), rest));
+            }
+        } else if !v.is_empty() || n.starts_with("x-amz-meta-") {
+            // User metadata may be empty and is returned as stored (S3 keeps `x-amz-meta-a: ""`).
+            sealed.h.push((n.to_string(), v.to_string()));
         }
     }
     serde_json::to_vec(&sealed).expect("strings serialize")
@@ -69,13 +80,37 @@ pub fn sealed_checksum(payload: &[u8]) -> Option<(String, String)> {
 /// Adds (or replaces) the sealed plaintext checksum of a payload made by [`from_request`].
 pub fn with_checksum(payload: Vec<u8>, checksum: Option<(String, String)>) -> Vec<u8> {
     let Some(ck) = checksum else { return payload };
+    edit(payload, |s| s.ck = Some(ck))
+}
+
+/// Seals the plaintext length of a single-part object into a payload (`None`: unknown
+/// yet). Such an object has one segment, so a segment count is dropped.
+pub fn with_plain_len(payload: Vec<u8>, len: Option<u64>) -> Vec<u8> {
+    edit(payload, |s| {
+        s.l = len;
+        s.n = None;
+    })
+}
+
+fn edit(payload: Vec<u8>, change: impl FnOnce(&mut Sealed)) -> Vec<u8> {
     match serde_json::from_slice::<Sealed>(&payload) {
         Ok(mut sealed) => {
-            sealed.ck = Some(ck);
+            change(&mut sealed);
             serde_json::to_vec(&sealed).expect("strings serialize")
         }
         Err(_) => payload,
     }
+}
+
+/// The object as every read path announces it: plaintext length, chunk size and segment
+/// count from the stored length, the sealed chunk size, and the sealed segment count or the
+/// backend's ETag — checked against the sealed plaintext length when there is one.
+/// `verified` is true when that check covered the length (nothing more needs reading).
+pub fn announced_layout(opened: &s3cp_format::meta::Opened, stored_len: u64, backend_etag: &str) -> Result<(Layout, bool), FormatError> {
+    let sealed: Sealed = serde_json::from_slice(&opened.payload).map_err(|_| FormatError::MetadataMalformed)?;
+    let segments = sealed.n.unwrap_or_else(|| crate::etag::segments_from_etag(backend_etag));
+    let layout = Layout::announced(stored_len, opened.chunk_size, segments, sealed.l)?;
+    Ok((layout, sealed.l.is_some()))
 }
 
 /// Removes the sealed headers from a request going to the backend.

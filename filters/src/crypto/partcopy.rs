@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use bytes::BytesMut;
 use pingora::http::{RequestHeader, ResponseHeader};
-use s3cp_format::{meta, object_plain_len, Decryptor, KeyRing, ObjectId, SegmentEncryptor};
+use s3cp_format::{meta, Decryptor, KeyRing, ObjectId, SegmentEncryptor};
 
 use super::copy::{check_source_conditions, SourceConditions};
 use super::range::{trim, ByteRange};
@@ -23,7 +23,6 @@ use super::{crypto_error, metadata};
 use crate::backend::{Backend, Exchange};
 use crate::ctx::RequestCtx;
 use crate::error::{s3err, S3Error, S3ErrorCode};
-use crate::etag::segments_from_etag;
 use crate::filter::Reply;
 use crate::request::S3Request;
 
@@ -56,8 +55,6 @@ struct Source<'a> {
     exchange: Exchange<'a>,
     head: ResponseHeader,
     decryptor: Decryptor,
-    /// Segment count to check at the end (whole reads); 0 for planned ranges.
-    segments: u32,
     /// Plaintext window of the decrypted stream.
     skip: u64,
     take: u64,
@@ -140,6 +137,7 @@ pub async fn upload_part_copy(
             Prepared::Plan(rr) if rr.first == a && rr.last == b => Some(rr),
             Prepared::Plan(rr) => return Err(range_invalid(rr.plain_len)),
             Prepared::Unsatisfiable(len) => return Err(range_invalid(len)),
+            Prepared::Damaged(e) => return Err(format_err(ctx, e)),
             Prepared::NoSuchPart | Prepared::Fallback => None,
         },
         None => None,
@@ -149,11 +147,12 @@ pub async fn upload_part_copy(
             let range = format!("bytes={}-{}", rr.plan.cipher_start, rr.plan.cipher_end);
             let (exchange, head) = open_source(backend, src_obj, version, &[("range", &range), ("if-match", &rr.backend_etag)]).await?;
             let decryptor = Decryptor::for_range((**ring).clone(), src_obj, &rr.header, &rr.plan).map_err(|e| format_err(ctx, e))?;
-            Source { exchange, head, decryptor, segments: 0, skip: 0, take: rr.plan.len }
+            Source { exchange, head, decryptor, skip: 0, take: rr.plan.len }
         }
         None => {
             let (exchange, head) = open_source(backend, src_obj, version, &[]).await?;
-            Source { exchange, head, decryptor: Decryptor::new((**ring).clone(), src_obj), segments: 0, skip: 0, take: 0 }
+            // Replaced by one expecting the source's layout once its answer is read.
+            Source { exchange, head, decryptor: Decryptor::new((**ring).clone(), src_obj), skip: 0, take: 0 }
         }
     };
     let hdr = |n: &str| source.head.headers.get(n).and_then(|v| v.to_str().ok()).map(str::to_string);
@@ -171,11 +170,11 @@ pub async fn upload_part_copy(
     })?;
     if planned.is_none() {
         let etag = hdr("etag").unwrap_or_default();
-        let segments = segments_from_etag(&etag);
         let stored = hdr("content-length").and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-        let plain = object_plain_len(stored, opened.chunk_size, segments)
-            .ok_or_else(|| format_err(ctx, s3cp_format::FormatError::LayoutMismatch))?;
-        source.segments = segments;
+        let (layout, _) = metadata::announced_layout(&opened, stored, &etag).map_err(|e| format_err(ctx, e))?;
+        let plain = layout.plain_len;
+        // Every source header must agree with the length this part is encrypted for.
+        source.decryptor = Decryptor::expecting((**ring).clone(), src_obj, layout);
         match range {
             Some((_, b)) if b >= plain => return Err(range_invalid(plain)),
             Some((a, b)) => (source.skip, source.take) = (a, b - a + 1),
@@ -209,7 +208,7 @@ pub async fn upload_part_copy(
     }
     source.exchange.release().await;
     // Returning before this point drops `dest` mid-body: the backend stores nothing.
-    let rest = if source.segments == 0 { source.decryptor.finish() } else { source.decryptor.finish_expecting_segments(source.segments) };
+    let rest = source.decryptor.finish();
     let rest = rest.map_err(|e| format_err(ctx, e))?;
     let rest = trim(&mut skip, &mut take, rest);
     let mut last = BytesMut::from(&enc.update(&rest).map_err(|e| format_err(ctx, e))?[..]);

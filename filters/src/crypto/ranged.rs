@@ -1,17 +1,21 @@
-//! Range GETs that fetch only the ciphertext chunks holding the requested bytes.
+//! Range GETs that fetch only the ciphertext chunks holding the requested bytes, and the
+//! header probes that authenticate what a read announces.
 //!
 //! A small probe reads the first segment header (and with it the object's length, ETag
 //! and sealed metadata); for a multipart object whose range starts in a later part, a
 //! second probe reads that part's header. The main request then asks the backend for just
 //! the planned ciphertext bytes, pinned with `If-Match` to the probed ETag so that an object
 //! replaced in between is noticed instead of mixed.
+//!
+//! Every length a read announces is checked against authenticated headers before the
+//! answer is sent (reader rule 5.11): the first header always, and for a multipart object
+//! the last one too when the range does not reach it, since the total depends on it.
 
-use s3cp_format::{meta, object_plain_len, plan_range, KeyRing, ObjectId, RangePlan, SegmentHeader, HEADER_LEN};
+use s3cp_format::{meta, plan_range, FormatError, KeyRing, Layout, ObjectId, RangePlan, SegmentHeader, HEADER_LEN};
 
 use super::range::ByteRange;
 use crate::backend::Backend;
-use crate::error::S3Error;
-use crate::etag::segments_from_etag;
+use crate::error::{s3err, S3Error, S3ErrorCode};
 use crate::request::S3Request;
 
 /// A planned ranged read.
@@ -43,9 +47,19 @@ pub enum Prepared {
     /// Not an object the proxy can plan for (absent, not encrypted, …): the ordinary read
     /// path answers it.
     Fallback,
+    /// The stored object does not match what its authenticated headers say.
+    Damaged(FormatError),
 }
 
-async fn probe(backend: &Backend, obj: ObjectId<'_>, version: Option<&str>, from: u64, if_match: Option<&str>) -> Result<Option<(pingora::http::ResponseHeader, bytes::Bytes)>, S3Error> {
+/// What a header probe found.
+enum Probe {
+    /// The object's answer header and the 108 bytes at the probed offset.
+    Header(pingora::http::ResponseHeader, bytes::Bytes),
+    /// Anything but a 206 with exactly those bytes (its status).
+    Other(u16),
+}
+
+async fn probe(backend: &Backend, obj: ObjectId<'_>, version: Option<&str>, from: u64, if_match: Option<&str>) -> Result<Probe, S3Error> {
     let (bucket, key) = (Some(obj.bucket), Some(obj.key));
     let range = format!("bytes={}-{}", from, from + HEADER_LEN as u64 - 1);
     let mut headers = vec![("range", range.as_str())];
@@ -56,22 +70,85 @@ async fn probe(backend: &Backend, obj: ObjectId<'_>, version: Option<&str>, from
     let req = backend.request("GET", bucket, key, &query, &headers, None)?;
     let mut ex = backend.open(bucket, req).await?;
     let resp = ex.read_header().await?;
-    if resp.status.as_u16() != 206 {
+    let status = resp.status.as_u16();
+    if status != 206 {
         // Absent, not ranged, …: the ordinary read answers it; this body is not wanted
         // (it may be an error document or, from a backend ignoring Range, the whole object).
         ex.release_without_body().await;
-        return Ok(None);
+        return Ok(Probe::Other(status));
     }
     let mut body = bytes::BytesMut::new();
     while let Some(piece) = ex.read_body().await? {
         if body.len() + piece.len() > HEADER_LEN {
             ex.release_without_body().await;
-            return Ok(None);
+            return Ok(Probe::Other(status));
         }
         body.extend_from_slice(&piece);
     }
     ex.release().await;
-    Ok((body.len() == HEADER_LEN).then_some((resp, body.freeze())))
+    Ok(if body.len() == HEADER_LEN { Probe::Header(resp, body.freeze()) } else { Probe::Other(status) })
+}
+
+/// Parses and authenticates a segment header read under the name `obj`.
+fn open_header(ring: &KeyRing, obj: ObjectId<'_>, bytes: &[u8]) -> Result<SegmentHeader, FormatError> {
+    let hdr = SegmentHeader::parse(bytes).map_err(|e| if e == FormatError::NotEncrypted { FormatError::HeaderTampered } else { e })?;
+    hdr.open(ring, &obj.name_ad())?;
+    Ok(hdr)
+}
+
+/// The object changed between two requests of one read.
+fn changed() -> S3Error {
+    s3err(S3ErrorCode::ServiceUnavailable, "The object changed while it was being read; please retry").with_retry_after(1)
+}
+
+/// A probe answered with `status` (not a partial answer): the object changed (412), is
+/// shorter than the header's place (416: damage), or the backend failed.
+fn unexpected(obj: ObjectId<'_>, status: u16) -> Result<FormatError, S3Error> {
+    match status {
+        412 => Err(changed()),
+        416 => Ok(FormatError::Truncated),
+        s => {
+            log::warn!("backend answered {s} to a segment header probe of /{}/{}", obj.bucket, obj.key);
+            Err(s3err(S3ErrorCode::ServiceUnavailable, "the object could not be read; please retry").with_retry_after(1))
+        }
+    }
+}
+
+/// Reads (unless given) and authenticates the header at `offset` of the object version
+/// pinned by `etag`, and checks it as segment `ordinal` of `layout`.
+#[allow(clippy::too_many_arguments)]
+async fn check_header_at(backend: &Backend, ring: &KeyRing, obj: ObjectId<'_>, version: Option<&str>, etag: &str, layout: &mut Layout, ordinal: u32, known: Option<&[u8]>) -> Result<Result<(), FormatError>, S3Error> {
+    let fetched;
+    let bytes = match known {
+        Some(b) => b,
+        None => {
+            let offset = layout.segment_offset(ordinal).unwrap_or(0);
+            match probe(backend, obj, version, offset, Some(etag)).await? {
+                Probe::Header(_, b) => {
+                    fetched = b;
+                    &fetched[..]
+                }
+                Probe::Other(status) => return unexpected(obj, status).map(Err),
+            }
+        }
+    };
+    Ok(open_header(ring, obj, bytes).and_then(|hdr| layout.check(ordinal, &hdr)))
+}
+
+/// Checks the headers an announced length depends on: segment 0's always (read here unless
+/// the caller has it), and for a multipart object the last segment's too, which holds the
+/// rest of the total. Returns the layout with the part length learned.
+pub async fn verify_layout(backend: &Backend, ring: &KeyRing, obj: ObjectId<'_>, version: Option<&str>, etag: &str, mut layout: Layout, first: Option<&[u8]>) -> Result<Result<Layout, FormatError>, S3Error> {
+    if let Err(e) = check_header_at(backend, ring, obj, version, etag, &mut layout, 0, first).await? {
+        return Ok(Err(e));
+    }
+    let segments = layout.segments;
+    if segments > 1 {
+        if let Err(e) = check_header_at(backend, ring, obj, version, etag, &mut layout, segments - 1, None).await? {
+            return Ok(Err(e));
+        }
+    }
+    Ok(Ok(layout))
 }
 
 pub async fn prepare(backend: &Backend, ring: &KeyRing, s3: &S3Request, want: Want) -> Result<Prepared, S3Error> {
@@ -81,25 +158,27 @@ pub async fn prepare(backend: &Backend, ring: &KeyRing, s3: &S3Request, want: Wa
 
 /// Plans a read of `want` from the stored object `obj`.
 pub async fn prepare_object(backend: &Backend, ring: &KeyRing, obj: ObjectId<'_>, version: Option<&str>, want: Want) -> Result<Prepared, S3Error> {
-    let Some((resp, first_header)) = probe(backend, obj, version, 0, None).await? else { return Ok(Prepared::Fallback) };
+    let Probe::Header(resp, first_header) = probe(backend, obj, version, 0, None).await? else { return Ok(Prepared::Fallback) };
     let h = |n: &str| resp.headers.get(n).and_then(|v| v.to_str().ok()).map(str::to_string);
     let (Some(sealed), Some(etag), Some(content_range)) = (h(meta::HEADER), h("etag"), h("content-range")) else {
         return Ok(Prepared::Fallback);
     };
+    // Metadata that does not open is reported by the ordinary read path.
     let Ok(opened) = meta::open(ring, obj, &sealed) else { return Ok(Prepared::Fallback) };
     let Some(total) = content_range.rsplit('/').next().and_then(|t| t.parse::<u64>().ok()) else {
         return Ok(Prepared::Fallback);
     };
-    let segments = segments_from_etag(&etag);
-    let Some(plain_len) = object_plain_len(total, opened.chunk_size, segments) else { return Ok(Prepared::Fallback) };
-    let part = if segments > 1 {
-        match SegmentHeader::parse(&first_header) {
-            Ok(hdr) => Some(hdr.plain_len),
-            Err(_) => return Ok(Prepared::Fallback),
-        }
-    } else {
-        None
+    let mut layout = match super::metadata::announced_layout(&opened, total, &etag) {
+        Ok((layout, _)) => layout,
+        Err(e) => return Ok(Prepared::Damaged(e)),
     };
+    // Segment 0's header, authenticated; a multipart object's part length is learned here.
+    if let Err(e) = check_header_at(backend, ring, obj, version, &etag, &mut layout, 0, Some(&first_header)).await? {
+        return Ok(Prepared::Damaged(e));
+    }
+    let plain_len = layout.plain_len;
+    let segments = layout.segments;
+    let part_len = layout.part_len.unwrap_or(plain_len);
     let (first, last) = match want {
         Want::Range(range) => match range.resolve(plain_len) {
             Some(r) => r,
@@ -110,25 +189,33 @@ pub async fn prepare_object(backend: &Backend, ring: &KeyRing, obj: ObjectId<'_>
                 return Ok(Prepared::NoSuchPart);
             }
             // Part n is segment n: every part but the last holds the first one's length.
-            let p = part.unwrap_or(plain_len);
-            let first = u64::from(n - 1) * p;
-            let end = (first + p).min(plain_len);
-            if p == 0 || first >= end {
+            let first = u64::from(n - 1) * part_len;
+            let end = (first + part_len).min(plain_len);
+            if part_len == 0 || first >= end {
                 // An empty object: the ordinary read answers it whole.
                 return Ok(Prepared::Fallback);
             }
             (first, end - 1)
         }
     };
-    let Some(plan) = plan_range(first, last, plain_len, opened.chunk_size, part) else { return Ok(Prepared::Fallback) };
+    let multipart = (segments > 1).then_some(part_len);
+    let Some(plan) = plan_range(first, last, plain_len, opened.chunk_size, multipart) else { return Ok(Prepared::Fallback) };
     let header = if plan.header_offset == 0 {
         first_header.to_vec()
     } else {
         match probe(backend, obj, version, plan.header_offset, Some(&etag)).await? {
-            Some((_, body)) => body.to_vec(),
-            None => return Ok(Prepared::Fallback),
+            Probe::Header(_, body) => body.to_vec(),
+            Probe::Other(status) => return unexpected(obj, status).map(Prepared::Damaged),
         }
     };
+    // The total (Content-Range) of a multipart object rests on its last segment's header:
+    // check it here unless the range reaches that segment (the range reader checks it then).
+    let last_segment = u32::try_from(last.min(plain_len - 1) / part_len).unwrap_or(u32::MAX);
+    if segments > 1 && last_segment + 1 < segments {
+        if let Err(e) = check_header_at(backend, ring, obj, version, &etag, &mut layout, segments - 1, None).await? {
+            return Ok(Prepared::Damaged(e));
+        }
+    }
     // A multipart object (backend ETag `…-N`, even for N = 1) reports its part count.
     let parts_count = etag.trim_matches('"').contains('-').then_some(segments);
     Ok(Prepared::Plan(RangedRead { plan, header, backend_etag: etag, plain_len, first, last, parts_count }))

@@ -1,0 +1,245 @@
+"""A restore is never silently wrong: objects damaged on the backend (cut at a chunk
+boundary, combined with another version's metadata, reduced to a remnant) fail on every
+read path — HEAD, GET, Range, partNumber, CopyObject, UploadPartCopy, aws-cli and boto3
+downloads — instead of answering success with fewer or other bytes.
+
+Every tamper case rewrites the raw backend object directly, as an attacker (or a damaged
+disk) with access to the backend would."""
+
+import hashlib
+import http.client
+import os
+import tempfile
+import types
+
+import botocore.exceptions
+import pytest
+
+import harness
+from conftest import BUCKET, Stack
+from test_parts import aws, multipart, signed_chunked
+from test_pbs import blob
+
+C = 65536
+CT = C + 16
+MIB = 1 << 20
+
+
+def fresh(prefix):
+    return f"integrity/{prefix}-{os.urandom(4).hex()}"
+
+
+def rewrite_raw(stack, key, body):
+    """Replaces the stored object's body, keeping its (sealed) metadata."""
+    meta = stack.direct.head_object(Bucket=BUCKET, Key=key)["Metadata"]
+    stack.direct.put_object(Bucket=BUCKET, Key=key, Body=body, Metadata=meta)
+
+
+def error_status(call):
+    """The HTTP status of a boto3 call that must fail."""
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        call()
+    return e.value.response["ResponseMetadata"]["HTTPStatusCode"]
+
+
+def get_fails(s3, key, **kw):
+    """A GET either answers an error status or breaks off before all announced bytes."""
+    try:
+        r = s3.get_object(Bucket=BUCKET, Key=key, **kw)
+    except botocore.exceptions.ClientError as e:
+        return e.response["ResponseMetadata"]["HTTPStatusCode"]
+    announced = r["ContentLength"]
+    try:
+        got = r["Body"].read()
+    except (botocore.exceptions.IncompleteReadError, botocore.exceptions.ResponseStreamingError,
+            http.client.IncompleteRead, ConnectionError) as e:
+        return f"cut: {e.__class__.__name__}"
+    raise AssertionError(f"a damaged object was served: {len(got)} of {announced} bytes, status {r['ResponseMetadata']['HTTPStatusCode']}")
+
+
+def assert_every_read_fails(stack, s3, key, size):
+    assert error_status(lambda: s3.head_object(Bucket=BUCKET, Key=key)) == 500
+    get_fails(s3, key)
+    get_fails(s3, key, Range="bytes=-100")
+    get_fails(s3, key, Range="bytes=0-99")
+    get_fails(s3, key, Range=f"bytes={size // 2}-{size // 2 + 10}")
+    get_fails(s3, key, PartNumber=1)
+    assert error_status(lambda: s3.head_object(Bucket=BUCKET, Key=key, PartNumber=1)) == 500
+    # A copy of a damaged object is refused and stores nothing.
+    dst = key + "-copy"
+    assert error_status(lambda: s3.copy_object(Bucket=BUCKET, Key=dst, CopySource={"Bucket": BUCKET, "Key": key})) == 500
+    assert stack.stored(dst) is None
+    # So is a ranged UploadPartCopy: the upload gets no part.
+    up = s3.create_multipart_upload(Bucket=BUCKET, Key=dst)["UploadId"]
+    status = error_status(lambda: s3.upload_part_copy(Bucket=BUCKET, Key=dst, UploadId=up, PartNumber=1,
+                                                      CopySource={"Bucket": BUCKET, "Key": key},
+                                                      CopySourceRange=f"bytes=0-{min(size, 5 * MIB) - 1}"))
+    assert status == 500
+    assert s3.list_parts(Bucket=BUCKET, Key=dst, UploadId=up).get("Parts", []) == []
+    s3.abort_multipart_upload(Bucket=BUCKET, Key=dst, UploadId=up)
+
+
+@pytest.mark.parametrize("chunks_dropped", [1, 3])
+def test_single_part_cut_at_a_chunk_boundary_fails_every_read(stack, chunks_dropped):
+    """The issue's first finding: HEAD, Range -100, partNumber=1 and copies used to answer
+    success with the shorter length. The length is now sealed and checked."""
+    s3 = stack.boto()
+    size = 10 * C + 1000
+    data = blob(size, "cut")
+    key = fresh("cut")
+    s3.put_object(Bucket=BUCKET, Key=key, Body=data)
+    raw = stack.stored(key)
+    last_chunk = 1000 + 16
+    rewrite_raw(stack, key, raw[:len(raw) - last_chunk - (chunks_dropped - 1) * CT])
+    assert_every_read_fails(stack, s3, key, size)
+
+
+def test_objects_without_a_sealed_length_are_checked_by_their_header(stack):
+    """Objects whose metadata holds no length (written before it was sealed, or sent
+    chunked without a length) are checked against their authenticated segment header."""
+    s3 = stack.boto()
+    size = 6 * C + 7
+    data = blob(size, "legacy")
+    key = fresh("legacy")
+    status, body = signed_chunked(stack, "PUT", f"/{BUCKET}/{key}", data, pieces=5)
+    assert status == 200, body
+    assert s3.head_object(Bucket=BUCKET, Key=key)["ContentLength"] == size
+    assert s3.get_object(Bucket=BUCKET, Key=key, Range="bytes=-100")["Body"].read() == data[-100:]
+    raw = stack.stored(key)
+    rewrite_raw(stack, key, raw[:len(raw) - (7 + 16) - CT])
+    assert_every_read_fails(stack, s3, key, size)
+
+
+def test_a_remnant_is_not_an_empty_object(stack):
+    """Cut to 124 bytes (one header and one tag), the arithmetic says 0 bytes: the empty
+    answer would be complete before any byte is checked, so it is checked first."""
+    s3 = stack.boto()
+    for key, write in ((fresh("remnant"), lambda k, d: s3.put_object(Bucket=BUCKET, Key=k, Body=d)),
+                       (fresh("remnant-legacy"), lambda k, d: signed_chunked(stack, "PUT", f"/{BUCKET}/{k}", d))):
+        write(key, blob(3 * C, "remnant"))
+        raw = stack.stored(key)
+        rewrite_raw(stack, key, raw[:108] + raw[-16:])
+        assert error_status(lambda: s3.head_object(Bucket=BUCKET, Key=key)) == 500
+        assert get_fails(s3, key) == 500
+
+
+def test_multipart_last_part_cut_fails_every_read(stack):
+    """A multipart object rebuilt on the backend (UploadPartCopy of its own stored parts,
+    the last one cut at a chunk boundary) keeps an honest `-3` ETag: HEAD, ranges in the
+    first part (which announce the total) and partNumber reads check the last header."""
+    s3 = stack.boto()
+    parts = [blob(5 * MIB, "mp1"), blob(5 * MIB, "mp2"), blob(3 * C + 500, "mp3")]
+    key = fresh("mp")
+    multipart(s3, key, parts)
+    size = sum(map(len, parts))
+    assert s3.head_object(Bucket=BUCKET, Key=key)["ContentLength"] == size
+    raw = stack.stored(key)
+    full = 108 + 5 * MIB + (5 * MIB // C) * 16
+    meta = stack.direct.head_object(Bucket=BUCKET, Key=key)["Metadata"]
+    # The attacker's rebuild: the stored parts copied back, the last one short of 2 chunks.
+    rebuilt = stack.direct.create_multipart_upload(Bucket=BUCKET, Key=key, Metadata=meta)["UploadId"]
+    spans = [(0, full - 1), (full, 2 * full - 1), (2 * full, len(raw) - 1 - (500 + 16) - CT)]
+    done = []
+    for i, (a, b) in enumerate(spans, 1):
+        r = stack.direct.upload_part_copy(Bucket=BUCKET, Key=key, UploadId=rebuilt, PartNumber=i,
+                                          CopySource={"Bucket": BUCKET, "Key": key}, CopySourceRange=f"bytes={a}-{b}")
+        done.append({"PartNumber": i, "ETag": r["CopyPartResult"]["ETag"]})
+    stack.direct.complete_multipart_upload(Bucket=BUCKET, Key=key, UploadId=rebuilt, MultipartUpload={"Parts": done})
+    assert stack.direct.head_object(Bucket=BUCKET, Key=key)["ETag"].strip('"').endswith("-3")
+    assert_every_read_fails(stack, s3, key, size)
+
+
+def test_metadata_of_a_version_with_another_chunk_size_fails(stack, workroot):
+    """Metadata of one version with the body of another written with a different
+    chunk_size (another replica's configuration): every read fails; none drops or invents
+    bytes."""
+    s3 = stack.boto()
+    same = {k: v for k, v in stack.proxy.config.items() if k in ("allowed_buckets", "conditional_writes")}
+    other = harness.Proxy(tempfile.mkdtemp(dir=workroot), stack.proxy.backend, stack.keyd,
+                          encryption={"chunk_size": 16384}, **same)
+    try:
+        other.wait_ready()
+        s3b = Stack.boto(types.SimpleNamespace(proxy=other))
+        size = 5 * C + 3
+        key = fresh("chunk-size")
+        s3.put_object(Bucket=BUCKET, Key=key, Body=blob(size, "v1"))
+        meta_v1 = stack.direct.head_object(Bucket=BUCKET, Key=key)["Metadata"]
+        s3b.put_object(Bucket=BUCKET, Key=key, Body=blob(size, "v2"))
+        assert s3b.get_object(Bucket=BUCKET, Key=key)["Body"].read() == blob(size, "v2")
+        body_v2 = stack.stored(key)
+        stack.direct.put_object(Bucket=BUCKET, Key=key, Body=body_v2, Metadata=meta_v1)
+        assert_every_read_fails(stack, s3, key, size)
+    finally:
+        other.stop()
+
+
+@pytest.mark.parametrize("tool", ["aws-cli", "boto3"])
+def test_downloads_of_a_cut_24_mib_object_fail(stack, tool, tmp_path):
+    """aws s3 cp and boto3 download_file (HEAD, then ranged GETs) used to exit 0 with a
+    short file; aws s3 cp to another key made a valid short object."""
+    s3 = stack.boto()
+    data = blob(24 * MIB, "big")
+    key = fresh("big")
+    s3.put_object(Bucket=BUCKET, Key=key, Body=data)
+    raw = stack.stored(key)
+    rewrite_raw(stack, key, raw[:len(raw) - 5 * CT])
+    out = tmp_path / "restored"
+    if tool == "aws-cli":
+        r = aws(stack, "s3", "cp", f"s3://{BUCKET}/{key}", str(out), check=False)
+        assert r.returncode != 0, r.stdout.decode()
+        r = aws(stack, "s3", "cp", f"s3://{BUCKET}/{key}", f"s3://{BUCKET}/{key}-copy", check=False)
+        assert r.returncode != 0, r.stdout.decode()
+        assert stack.stored(f"{key}-copy") is None
+    else:
+        with pytest.raises(Exception):
+            s3.download_file(BUCKET, key, str(out))
+    # Whatever was written is never a complete-looking restore.
+    assert not out.exists() or out.stat().st_size < len(data) or hashlib.sha256(out.read_bytes()).digest() != hashlib.sha256(data).digest()
+
+
+def test_intact_objects_read_back_exactly_on_every_path(stack, tmp_path):
+    """The checks cost nothing in correctness: single-part (sealed length), chunked
+    (header-checked) and multipart objects read back exactly on every path."""
+    s3 = stack.boto()
+    single = blob(9 * MIB + 5, "ok-single")
+    s3.put_object(Bucket=BUCKET, Key="integrity/ok-single", Body=single)
+    parts = [blob(5 * MIB, "ok1"), blob(5 * MIB, "ok2"), blob(12345, "ok3")]
+    multipart(s3, "integrity/ok-mp", parts)
+    whole = b"".join(parts)
+    for key, data in (("integrity/ok-single", single), ("integrity/ok-mp", whole)):
+        assert s3.head_object(Bucket=BUCKET, Key=key)["ContentLength"] == len(data)
+        assert s3.get_object(Bucket=BUCKET, Key=key)["Body"].read() == data
+        r = s3.get_object(Bucket=BUCKET, Key=key, Range="bytes=0-99")
+        assert r["Body"].read() == data[:100] and r["ContentRange"] == f"bytes 0-99/{len(data)}"
+        assert s3.get_object(Bucket=BUCKET, Key=key, Range="bytes=-100")["Body"].read() == data[-100:]
+        p1 = s3.get_object(Bucket=BUCKET, Key=key, PartNumber=1)["Body"].read()
+        assert p1 == data[:len(p1)] and len(p1) in (len(data), 5 * MIB)
+        out = tmp_path / key.replace("/", "_")
+        s3.download_file(BUCKET, key, str(out))
+        assert out.read_bytes() == data
+    empty = fresh("empty")
+    s3.put_object(Bucket=BUCKET, Key=empty, Body=b"")
+    assert s3.head_object(Bucket=BUCKET, Key=empty)["ContentLength"] == 0
+    assert s3.get_object(Bucket=BUCKET, Key=empty)["Body"].read() == b""
+
+
+def test_empty_user_metadata_is_kept(stack):
+    """`x-amz-meta-foo: ""` is stored and returned, on PUT and on a REPLACE copy (ceph
+    s3-tests test_object_set_get_metadata_none_to_empty / overwrite_to_empty)."""
+    s3 = stack.boto()
+    key = fresh("meta-empty")
+    s3.put_object(Bucket=BUCKET, Key=key, Body=b"x", Metadata={"meta1": ""})
+    assert s3.head_object(Bucket=BUCKET, Key=key)["Metadata"] == {"meta1": ""}
+    assert s3.get_object(Bucket=BUCKET, Key=key)["Metadata"] == {"meta1": ""}
+    s3.copy_object(Bucket=BUCKET, Key=key, CopySource={"Bucket": BUCKET, "Key": key},
+                   Metadata={"meta2": "", "meta3": "v"}, MetadataDirective="REPLACE")
+    assert s3.head_object(Bucket=BUCKET, Key=key)["Metadata"] == {"meta2": "", "meta3": "v"}
+
+
+def test_head_subprocess_aws_cli_reports_the_written_size(stack):
+    """aws s3api head-object shows the plaintext size of a sealed-length object."""
+    s3 = stack.boto()
+    key = fresh("cli-head")
+    s3.put_object(Bucket=BUCKET, Key=key, Body=b"z" * 12345)
+    r = aws(stack, "s3api", "head-object", "--bucket", BUCKET, "--key", key)
+    assert b'"ContentLength": 12345' in r.stdout, r.stdout
