@@ -288,7 +288,9 @@ pub fn encrypt(a: EncryptArgs<'_>) -> Result<(), Fail> {
     if let Some(ct) = a.content_type {
         headers.push(("content-type".to_owned(), ct.to_owned()));
     }
-    let payload = serde_json::to_vec(&serde_json::json!({ "h": headers }))
+    // The plaintext length is sealed as the proxy seals it, so that a HEAD through the proxy
+    // checks the stored object without reading it (docs/object-format.md section 8, `l`).
+    let payload = serde_json::to_vec(&serde_json::json!({ "h": headers, "l": len }))
         .map_err(|e| Fail::error(e.to_string()))?;
     let sealed_meta =
         meta::seal(&keys, obj, chunk_size, &payload).map_err(|e| Fail::error(e.to_string()))?;

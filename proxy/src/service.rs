@@ -232,6 +232,21 @@ impl ProxyHttp for S3Proxy {
         ctx.error.as_ref().is_some_and(|e| e.status() < 500)
     }
 
+    /// A request that meets a stale pooled backend connection (closed by the backend's idle
+    /// timeout) is sent again on a fresh one when replaying it is harmless: pingora's rule
+    /// (idempotent methods whose body is still buffered), plus CreateMultipartUpload, whose
+    /// replay can at worst leave an unused upload id, never a second object.
+    fn error_while_proxy(&self, peer: &HttpPeer, session: &mut Session, e: Box<Error>, ctx: &mut RequestCtx, client_reused: bool) -> Box<Error> {
+        let mut e = e.more_context(format!("Peer: {peer}"));
+        let creates_upload = ctx.s3.as_ref().is_some_and(|s| s.op == filters::request::Operation::CreateMultipartUpload);
+        if !(session.req_header().method.is_idempotent() || creates_upload) || session.as_ref().retry_buffer_truncated() {
+            e.set_retry(false);
+        } else {
+            e.retry.decide_reuse(client_reused);
+        }
+        e
+    }
+
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> FailToProxy {
         let s3 = match e.root_cause().downcast_ref::<S3Error>() {
             Some(s) => s.clone(),

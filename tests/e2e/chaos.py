@@ -176,6 +176,11 @@ class Relay:
         served = 0
         try:
             while head is not None:
+                if not self.keepalive:
+                    # Keep-alive was switched off: this pooled connection goes (the proxy
+                    # retries on a fresh one, which sees the armed faults).
+                    _close(down)
+                    return
                 if served and self.stale_next:
                     self.stale_next = False
                     self.stale_closed += 1

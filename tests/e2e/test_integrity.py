@@ -12,6 +12,9 @@ import os
 import tempfile
 import types
 
+import botocore.auth
+import botocore.awsrequest
+import botocore.credentials
 import botocore.exceptions
 import pytest
 
@@ -243,3 +246,65 @@ def test_head_subprocess_aws_cli_reports_the_written_size(stack):
     s3.put_object(Bucket=BUCKET, Key=key, Body=b"z" * 12345)
     r = aws(stack, "s3api", "head-object", "--bucket", BUCKET, "--key", key)
     assert b'"ContentLength": 12345' in r.stdout, r.stdout
+
+
+@pytest.fixture(scope="module", params=["moto", "garage"])
+def relay_stack(request, workroot):
+    """A backend behind the fault-injecting relay (tests/e2e/chaos.py)."""
+    d = tempfile.mkdtemp(prefix=f"integrity-relay-{request.param}-", dir=workroot)
+    s = Stack(d, request.param, tls=False, relay=True)
+    yield s
+    s.stop()
+
+
+def test_a_retried_upload_keeps_its_sealed_metadata(relay_stack):
+    """A PUT or CreateMultipartUpload retried on a fresh backend connection (after a stale
+    pooled one was closed under it) used to answer 500: the sealed metadata had been used up
+    by the first attempt. (CreateMultipartUpload, a POST, is retried by the proxy too.)"""
+    # No client retries: the proxy's own retry is what is tested.
+    s, relay = relay_stack.boto(retries={"total_max_attempts": 1, "mode": "standard"}), relay_stack.relay
+    relay.keepalive = True
+    try:
+        s.put_object(Bucket=BUCKET, Key="integrity/warm", Body=b"warm the pool")
+        for i in range(3):
+            before = relay.stale_closed
+            relay.stale_next = True
+            data = blob(20_000 + i, f"retried-{i}")
+            key = fresh("retried")
+            s.put_object(Bucket=BUCKET, Key=key, Body=data, Metadata={"attempt": str(i)})
+            assert relay.stale_closed == before + 1, "the request did not meet a stale connection"
+            got = s.get_object(Bucket=BUCKET, Key=key)
+            assert got["Body"].read() == data and got["Metadata"] == {"attempt": str(i)}
+        relay.stale_next = True
+        before = relay.stale_closed
+        up = s.create_multipart_upload(Bucket=BUCKET, Key="integrity/retried-mp", ContentType="text/x-retried")
+        assert relay.stale_closed == before + 1
+        part = s.upload_part(Bucket=BUCKET, Key="integrity/retried-mp", UploadId=up["UploadId"], PartNumber=1, Body=b"p" * 1000)
+        s.complete_multipart_upload(Bucket=BUCKET, Key="integrity/retried-mp", UploadId=up["UploadId"],
+                                    MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": part["ETag"]}]})
+        got = s.get_object(Bucket=BUCKET, Key="integrity/retried-mp")
+        assert got["Body"].read() == b"p" * 1000 and got["ContentType"] == "text/x-retried"
+    finally:
+        relay.keepalive = relay.stale_next = False
+
+
+def test_an_object_replaced_during_a_ranged_read_gets_a_whole_error_answer(relay_stack):
+    """The backend's 412 to the pinned data request may have no body (Garage): the 503 the
+    client gets is still a complete XML error document."""
+    s, relay = relay_stack.boto(), relay_stack.relay
+    key = fresh("changed")
+    s.put_object(Bucket=BUCKET, Key=key, Body=blob(300_000, "changed"))
+    # The first GET is the header probe; the second, pinned with If-Match, fails.
+    relay.arm(method="GET", path_contains=key, status=412, skip=1, empty_body=True)
+    p = relay_stack.proxy
+    conn = http.client.HTTPConnection("127.0.0.1", p.port, timeout=10)
+    req = botocore.awsrequest.AWSRequest(method="GET", url=f"{p.endpoint}/{BUCKET}/{key}",
+                                         headers={"Range": "bytes=200000-200099", "x-amz-content-sha256": hashlib.sha256(b"").hexdigest()})
+    botocore.auth.S3SigV4Auth(botocore.credentials.Credentials(p.access_key, p.secret_key), "s3", "us-east-1").add_auth(req)
+    conn.request("GET", f"/{BUCKET}/{key}", headers=dict(req.headers.items()))
+    r = conn.getresponse()
+    body = r.read()
+    conn.close()
+    relay.clear()
+    assert r.status == 503 and r.getheader("retry-after"), (r.status, r.headers)
+    assert int(r.getheader("content-length")) == len(body) and b"<Code>ServiceUnavailable</Code>" in body, body
