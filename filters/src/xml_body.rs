@@ -412,6 +412,46 @@ mod tests {
         assert_eq!(none.as_deref(), Some(&b""[..]));
     }
 
+    /// The deepest nesting of a token stream, counted naively (no XML parser).
+    fn naive_depth(tokens: &[(u8, usize)]) -> usize {
+        let (mut d, mut max) = (0usize, 0usize);
+        for (kind, _) in tokens {
+            match kind {
+                0 => {
+                    d += 1;
+                    max = max.max(d);
+                }
+                1 => d = d.saturating_sub(1),
+                _ => {}
+            }
+        }
+        max
+    }
+
+    proptest::proptest! {
+        /// Random tag soups built from the schema's names: never a panic, and whatever is
+        /// accepted stays within the schema's depth (and the generic depth limit).
+        #[test]
+        fn random_bodies_are_judged_safely(tokens in proptest::collection::vec((0u8..3, 0usize..7), 0..60)) {
+            const NAMES: [&str; 7] = ["Delete", "Object", "Key", "Quiet", "VersionId", "Part", "x:Object"];
+            let mut xml = String::new();
+            for (kind, n) in &tokens {
+                match kind {
+                    0 => xml.push_str(&format!("<{}>", NAMES[*n])),
+                    1 => xml.push_str(&format!("</{}>", NAMES[*n])),
+                    _ => xml.push_str(["k", " ", "&amp;", "&", "<![CDATA[c]]>", "<!--c-->", "<a/>"][*n]),
+                }
+            }
+            if ok(Rule::Schema(&DELETE), &xml) {
+                proptest::prop_assert!(naive_depth(&tokens) <= 3, "{}", xml);
+                proptest::prop_assert!(xml.starts_with("<Delete>"), "{}", xml);
+            }
+            if ok(Rule::Generic { max_depth: 4 }, &xml) {
+                proptest::prop_assert!(naive_depth(&tokens) <= 4, "{}", xml);
+            }
+        }
+    }
+
     #[test]
     fn schemas_fit_the_counters() {
         fn widest(e: &Element) -> usize {
