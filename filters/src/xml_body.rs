@@ -166,7 +166,8 @@ impl HeldBody {
             Rule::Generic { .. } if all.iter().all(u8::is_ascii_whitespace) => {}
             rule => check(rule, &all, |_, _| Ok(()))?,
         }
-        *body = Some(all);
+        // A bodyless request stays bodyless (`None` ends the upstream body).
+        *body = (!all.is_empty()).then_some(all);
         Ok(())
     }
 }
@@ -409,7 +410,7 @@ mod tests {
         let mut empty = HeldBody { rule: Rule::Generic { max_depth: 4 }, limit: 10, buf: BytesMut::new() };
         let mut none = None;
         empty.hold(&mut none, true).unwrap();
-        assert_eq!(none.as_deref(), Some(&b""[..]));
+        assert!(none.is_none());
     }
 
     /// The deepest nesting of a token stream, counted naively (no XML parser).
