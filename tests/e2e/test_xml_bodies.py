@@ -200,3 +200,16 @@ def test_complete_with_part_checksums(stack):
         parts.append({"PartNumber": n, "ETag": r["ETag"], "ChecksumCRC32": r["ChecksumCRC32"]})
     s3.complete_multipart_upload(Bucket=BUCKET, Key="xml/ck", UploadId=uid, MultipartUpload={"Parts": parts})
     assert s3.get_object(Bucket=BUCKET, Key="xml/ck")["Body"].read() == b"".join(data)
+
+
+def test_delete_objects_with_version_ids(moto_stack):
+    """boto3 delete_objects naming versions (moto versions; Garage has none)."""
+    moto_stack.direct.put_bucket_versioning(Bucket=BUCKET, VersioningConfiguration={"Status": "Enabled"})
+    s3 = moto_stack.boto()
+    old = s3.put_object(Bucket=BUCKET, Key="xml/ver", Body=b"old")["VersionId"]
+    s3.put_object(Bucket=BUCKET, Key="xml/ver", Body=b"new")
+    r = s3.delete_objects(Bucket=BUCKET, Delete={"Objects": [{"Key": "xml/ver", "VersionId": old}], "Quiet": False})
+    assert r["Deleted"] == [{"Key": "xml/ver", "VersionId": old}] and not r.get("Errors"), r
+    versions = s3.list_object_versions(Bucket=BUCKET, Prefix="xml/ver").get("Versions", [])
+    assert [v["VersionId"] for v in versions if v["VersionId"] == old] == []
+    assert s3.get_object(Bucket=BUCKET, Key="xml/ver")["Body"].read() == b"new"
