@@ -10,6 +10,7 @@ use pingora::http::{RequestHeader, ResponseHeader};
 use crate::ctx::RequestCtx;
 use crate::error::S3Error;
 use crate::filter::{Filter, Flow};
+use crate::xml_body::HeldBody;
 
 /// The filters a configuration can name.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -138,6 +139,9 @@ impl Chain {
                 return Ok(Flow::Respond(r));
             }
         }
+        // Whatever the filters, an XML body reaches the backend only once it was checked
+        // (after the filters: the client is authenticated and the body is what goes on).
+        ctx.xml_body = HeldBody::for_request(ctx.s3()?)?;
         Ok(Flow::Continue)
     }
 
@@ -145,12 +149,18 @@ impl Chain {
         for f in &self.filters {
             f.upstream_request(up, ctx).await?;
         }
+        if let Some(held) = ctx.xml_body.as_mut() {
+            held.restart();
+        }
         Ok(())
     }
 
     pub fn request_body(&self, body: &mut Option<Bytes>, end: bool, ctx: &mut RequestCtx) -> Result<(), S3Error> {
         for f in &self.filters {
             f.request_body(body, end, ctx)?;
+        }
+        if let Some(held) = ctx.xml_body.as_mut() {
+            held.hold(body, end)?;
         }
         Ok(())
     }

@@ -101,6 +101,8 @@ pub struct CryptoCtx {
     /// InvalidPart), or is gone (completed before: the backend answers).
     complete_without_parts: bool,
     complete_gone: bool,
+    /// The upload's parts (ListParts, sorted), for the check of the parts the body names.
+    complete_parts: Vec<multipart::ListedPart>,
     /// A chunked upload of unknown length being collected.
     spool: Option<BytesMut>,
     /// GET/HEAD with `partNumber`.
@@ -275,12 +277,7 @@ impl Filter for CryptoFilter {
                 return Ok(Flow::Respond(reply));
             }
             Operation::CompleteMultipartUpload => {
-                if s3.content_length == Some(0) {
-                    return Err(multipart::check_complete_body(b"").unwrap_err());
-                }
-                let state = multipart::check_before_complete(&self.backend, &s3, self.chunk_size).await?;
-                ctx.crypto.complete_without_parts = state == multipart::UploadState::NoParts;
-                ctx.crypto.complete_gone = state == multipart::UploadState::Gone;
+                multipart::before_complete(&self.backend, &s3, &mut ctx.crypto).await?;
                 ctx.crypto.plan = Plan::Complete;
             }
             Operation::UploadPartCopy => {
@@ -378,26 +375,7 @@ impl Filter for CryptoFilter {
 
     fn request_body(&self, body: &mut Option<Bytes>, end: bool, ctx: &mut RequestCtx) -> Result<(), S3Error> {
         if matches!(ctx.crypto.plan, Plan::Complete) {
-            if let Some(b) = body.take() {
-                if ctx.crypto.complete_body.len() + b.len() > 4 << 20 {
-                    return Err(s3err(S3ErrorCode::MalformedXML, "the CompleteMultipartUpload body is too large"));
-                }
-                ctx.crypto.complete_body.extend_from_slice(&b);
-            }
-            *body = if end {
-                let mut all = std::mem::take(&mut ctx.crypto.complete_body);
-                // Judged before the last byte goes on: a refused body leaves the backend's
-                // request short, and nothing is completed.
-                multipart::check_complete_body(&all)?;
-                if ctx.crypto.complete_without_parts {
-                    return Err(s3err(S3ErrorCode::InvalidPart, "One or more of the specified parts could not be found. The part may not have been uploaded, or the specified entity tag may not match the part's entity tag."));
-                }
-                multipart::blank_part_checksums(&mut all);
-                Some(all.freeze())
-            } else {
-                Some(Bytes::new())
-            };
-            return Ok(());
+            return multipart::complete_body(&mut ctx.crypto, body, end, self.chunk_size);
         }
         if ctx.crypto.spool.is_some() {
             return self.spool_body(body, end, ctx);

@@ -38,6 +38,8 @@ pub struct RequestCtx {
     /// The crypto filter replaced the body: the upstream payload is not the client's.
     pub body_rewritten: bool,
     pub crypto: CryptoCtx,
+    /// An XML body held back until it passed its check (`xml_body`), in every chain.
+    pub xml_body: Option<crate::xml_body::HeldBody>,
     pub listing: ListingCtx,
     /// The master key used to write or read the object.
     pub key_id: Option<KeyId>,
@@ -68,6 +70,7 @@ impl RequestCtx {
             body_md5: None,
             body_rewritten: false,
             crypto: CryptoCtx::default(),
+            xml_body: None,
             listing: ListingCtx::default(),
             key_id: None,
             bytes_encrypted: 0,

@@ -23,6 +23,7 @@ pub enum S3ErrorCode {
     InvalidDigest,
     InvalidObjectState,
     InvalidPart,
+    InvalidPartOrder,
     InvalidPartNumber,
     InvalidRange,
     InvalidRequest,
@@ -52,7 +53,7 @@ impl S3ErrorCode {
             AccessDenied | InvalidAccessKeyId | SignatureDoesNotMatch | RequestTimeTooSkewed
             | InvalidObjectState => 403,
             AuthorizationQueryParametersError | BadDigest | IncompleteBody | InvalidArgument | InvalidBucketName | InvalidDigest
-            | InvalidPart | InvalidRequest | KeyTooLongError | MalformedXML | MetadataTooLarge
+            | InvalidPart | InvalidPartOrder | InvalidRequest | KeyTooLongError | MalformedXML | MetadataTooLarge
             | XAmzContentSHA256Mismatch | EntityTooLarge | EntityTooSmall => 400,
             NoSuchBucket | NoSuchKey | NoSuchUpload => 404,
             MethodNotAllowed => 405,
@@ -83,6 +84,7 @@ impl S3ErrorCode {
             InvalidDigest => "InvalidDigest",
             InvalidObjectState => "InvalidObjectState",
             InvalidPart => "InvalidPart",
+            InvalidPartOrder => "InvalidPartOrder",
             InvalidPartNumber => "InvalidPartNumber",
             InvalidRange => "InvalidRange",
             InvalidRequest => "InvalidRequest",
@@ -114,7 +116,7 @@ impl S3ErrorCode {
         &[
             AccessDenied, AuthorizationQueryParametersError, BadDigest, EntityTooLarge, EntityTooSmall, IncompleteBody,
             InternalError, InvalidAccessKeyId, InvalidArgument, InvalidBucketName, InvalidDigest, InvalidObjectState,
-            InvalidPart, InvalidPartNumber, InvalidRange, InvalidRequest, KeyTooLongError, MalformedXML, MetadataTooLarge,
+            InvalidPart, InvalidPartOrder, InvalidPartNumber, InvalidRange, InvalidRequest, KeyTooLongError, MalformedXML, MetadataTooLarge,
             MethodNotAllowed, MissingContentLength, NoSuchBucket, NoSuchKey, NoSuchUpload, NotImplemented,
             PreconditionFailed, NotModified, RequestTimeTooSkewed, ServiceUnavailable, SignatureDoesNotMatch, SlowDown,
             XAmzContentSHA256Mismatch, BadGateway,

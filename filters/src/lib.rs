@@ -24,6 +24,7 @@ pub mod resign;
 pub mod rotation;
 pub mod sigv4;
 pub mod xml;
+pub mod xml_body;
 
 pub use chain::{validate_order, Chain, FilterKind};
 pub use ctx::RequestCtx;

@@ -358,3 +358,39 @@ def test_versioned_sources(moto_stack):
     s3.complete_multipart_upload(Bucket=BUCKET, Key="v/dst", UploadId=uid, MultipartUpload={"Parts": [
         {"PartNumber": 1, "ETag": e1}, {"PartNumber": 2, "ETag": e2}]})
     assert s3.get_object(Bucket=BUCKET, Key="v/dst")["Body"].read() == old + old[1000:2000]
+
+
+def test_complete_must_name_parts_one_to_n(stack):
+    """Issue 13 item 3: segment N of an object is bound to part number N, so a Complete
+    naming {1,3} or {2,3} of three uploaded parts is refused (400 InvalidPart, the rule in
+    the message) and completes nothing; naming {1,2} succeeds and the object is exactly
+    parts 1+2, however part 3 (left out) looks."""
+    s3 = stack.boto()
+    key = "mp/subset"
+    # Part 3 is larger than part 1: the layout rule holds only for the parts named.
+    data = {1: blob(5 * MIB, "subset-1"), 2: blob(5 * MIB, "subset-2"), 3: blob(6 * MIB, "subset-3")}
+    uid = s3.create_multipart_upload(Bucket=BUCKET, Key=key)["UploadId"]
+    etags = {n: s3.upload_part(Bucket=BUCKET, Key=key, UploadId=uid, PartNumber=n, Body=d)["ETag"] for n, d in data.items()}
+
+    def complete(numbers):
+        return s3.complete_multipart_upload(Bucket=BUCKET, Key=key, UploadId=uid,
+                                            MultipartUpload={"Parts": [{"PartNumber": n, "ETag": etags[n]} for n in numbers]})
+
+    for numbers, missing in [((1, 3), 2), ((2, 3), 1), ((2,), 1)]:
+        with pytest.raises(s3.exceptions.ClientError) as e:
+            complete(numbers)
+        err = e.value.response
+        assert (err["ResponseMetadata"]["HTTPStatusCode"], err["Error"]["Code"]) == (400, "InvalidPart"), (numbers, err)
+        assert "1..N without gaps" in err["Error"]["Message"] and f"part {missing} is not named" in err["Error"]["Message"], err
+        # Nothing completed: no object, and the upload keeps its three parts.
+        assert stack.stored(key) is None
+        assert [p["PartNumber"] for p in s3.list_parts(Bucket=BUCKET, Key=key, UploadId=uid)["Parts"]] == [1, 2, 3]
+    with pytest.raises(s3.exceptions.ClientError) as e:
+        complete((2, 1))
+    assert e.value.response["Error"]["Code"] == "InvalidPartOrder"
+    assert stack.stored(key) is None
+
+    complete((1, 2))
+    got = s3.get_object(Bucket=BUCKET, Key=key)["Body"].read()
+    assert len(got) == 10 * MIB and hashlib.sha256(got).digest() == hashlib.sha256(data[1] + data[2]).digest()
+    assert s3.head_object(Bucket=BUCKET, Key=key)["ContentLength"] == 10 * MIB

@@ -2,19 +2,40 @@
 //! (its own segment, its own data key): nothing about an upload lives in the proxy. The
 //! object format needs one thing from the parts (docs/object-format.md, "Multipart"): they
 //! are numbered 1..N without gaps and all but the last have the same size, a multiple of
-//! the chunk size. That is checked here, from the backend's part list, before the upload is
-//! completed; an upload that breaks the rule is refused with the rule in the message.
+//! the chunk size. That is checked here on the parts the CompleteMultipartUpload body names
+//! (parts uploaded but left out are discarded by the backend and do not matter), with their
+//! sizes from the backend's part list, before the last byte of the body goes on: an upload
+//! that breaks the rule is refused with the rule in the message, and nothing is completed.
 
+use bytes::Bytes;
 use quick_xml::events::Event;
 use quick_xml::Reader;
 use s3cp_format::object_plain_len;
 
+use super::CryptoCtx;
 use crate::backend::Backend;
 use crate::error::{s3err, S3Error, S3ErrorCode};
 use crate::request::S3Request;
+use crate::xml_body::{self, Rule, COMPLETE};
 
-/// (part number, stored size) of every uploaded part.
-async fn list_parts(backend: &Backend, s3: &S3Request, upload_id: &str) -> Result<Vec<(u32, u64)>, S3Error> {
+/// An uploaded part, as the backend lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListedPart {
+    pub number: u32,
+    /// Stored (ciphertext) size.
+    pub size: u64,
+    pub etag: String,
+}
+
+/// A part a CompleteMultipartUpload body names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NamedPart {
+    pub number: u32,
+    pub etag: Option<String>,
+}
+
+/// Every uploaded part.
+async fn list_parts(backend: &Backend, s3: &S3Request, upload_id: &str) -> Result<Vec<ListedPart>, S3Error> {
     let (bucket, key) = (s3.bucket.as_deref(), s3.key.as_deref());
     let mut parts = Vec::new();
     let mut marker: Option<String> = None;
@@ -44,7 +65,7 @@ async fn list_parts(backend: &Backend, s3: &S3Request, upload_id: &str) -> Resul
 }
 
 struct PartsPage {
-    parts: Vec<(u32, u64)>,
+    parts: Vec<ListedPart>,
     truncated: bool,
     next_marker: Option<String>,
 }
@@ -54,14 +75,14 @@ fn parse_parts(xml: &[u8]) -> Result<PartsPage, quick_xml::Error> {
     let mut buf = Vec::new();
     let mut path: Vec<Vec<u8>> = Vec::new();
     let (mut parts, mut truncated, mut next_marker) = (Vec::new(), false, None);
-    let (mut num, mut size) = (None, None);
+    let (mut num, mut size, mut etag) = (None, None, String::new());
     loop {
         match r.read_event_into(&mut buf)? {
             Event::Start(s) => path.push(s.name().as_ref().to_vec()),
             Event::End(_) => {
                 if path.last().map(Vec::as_slice) == Some(b"Part") {
-                    if let (Some(n), Some(sz)) = (num.take(), size.take()) {
-                        parts.push((n, sz));
+                    if let (Some(number), Some(size)) = (num.take(), size.take()) {
+                        parts.push(ListedPart { number, size, etag: std::mem::take(&mut etag) });
                     }
                 }
                 path.pop();
@@ -72,6 +93,7 @@ fn parse_parts(xml: &[u8]) -> Result<PartsPage, quick_xml::Error> {
                 match path.last().map(Vec::as_slice) {
                     Some(b"PartNumber") if in_part => num = text.parse().ok(),
                     Some(b"Size") if in_part => size = text.parse().ok(),
+                    Some(b"ETag") if in_part => etag = text,
                     Some(b"IsTruncated") => truncated = text == "true",
                     Some(b"NextPartNumberMarker") => next_marker = Some(text),
                     _ => {}
@@ -138,10 +160,10 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
 }
 
 /// What the backend's part list says about an upload about to be completed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum UploadState {
-    /// Parts that follow the layout rule.
-    Parts,
+    /// Its uploaded parts (the body then names which ones make the object).
+    Parts(Vec<ListedPart>),
     /// No part yet: the Complete body decides (no part listed: MalformedXML; parts listed:
     /// InvalidPart), as in S3.
     NoParts,
@@ -150,49 +172,119 @@ pub enum UploadState {
     Gone,
 }
 
-/// Refuses to complete an upload whose parts break the layout rule.
-pub async fn check_before_complete(backend: &Backend, s3: &S3Request, chunk_size: u32) -> Result<UploadState, S3Error> {
+/// Reads the upload's parts (ListParts) before a CompleteMultipartUpload, for the check of
+/// its body; an empty body is refused at once.
+pub(super) async fn before_complete(backend: &Backend, s3: &S3Request, c: &mut CryptoCtx) -> Result<(), S3Error> {
+    if s3.content_length == Some(0) {
+        return Err(xml_body::malformed());
+    }
     let upload_id = s3.query_value("uploadId").unwrap_or_default().to_string();
-    let mut parts = match list_parts(backend, s3, &upload_id).await {
-        Ok(p) => p,
-        Err(e) if e.code == S3ErrorCode::NoSuchUpload => return Ok(UploadState::Gone),
+    let state = match list_parts(backend, s3, &upload_id).await {
+        Ok(p) if p.is_empty() => UploadState::NoParts,
+        Ok(p) => UploadState::Parts(p),
+        Err(e) if e.code == S3ErrorCode::NoSuchUpload => UploadState::Gone,
         Err(e) => return Err(e),
     };
-    if parts.is_empty() {
-        return Ok(UploadState::NoParts);
-    }
-    check_layout(&mut parts, chunk_size)?;
-    Ok(UploadState::Parts)
+    c.complete_without_parts = state == UploadState::NoParts;
+    c.complete_gone = state == UploadState::Gone;
+    c.complete_parts = match state {
+        UploadState::Parts(mut p) => {
+            p.sort_unstable_by_key(|p| p.number);
+            p
+        }
+        _ => Vec::new(),
+    };
+    Ok(())
 }
 
-/// Checks a CompleteMultipartUpload body: well-formed XML whose root is
-/// `CompleteMultipartUpload`, listing at least one part; returns how many.
-pub fn check_complete_body(xml: &[u8]) -> Result<usize, S3Error> {
-    let malformed = || s3err(S3ErrorCode::MalformedXML, "The XML you provided was not well-formed or did not validate against our published schema");
-    let mut r = Reader::from_reader(xml);
-    let mut buf = Vec::new();
-    let (mut depth, mut parts, mut root_ok) = (0usize, 0usize, false);
-    loop {
-        match r.read_event_into(&mut buf).map_err(|_| malformed())? {
-            Event::Start(s) => {
-                if depth == 0 {
-                    root_ok = s.local_name().as_ref() == b"CompleteMultipartUpload";
-                } else if depth == 1 && s.local_name().as_ref() == b"Part" {
-                    parts += 1;
-                }
-                depth += 1;
+/// Largest CompleteMultipartUpload body (10,000 parts with ETags and checksums fit).
+const MAX_COMPLETE_BODY: usize = 4 << 20;
+
+/// The CompleteMultipartUpload body: collected whole and judged before its last byte goes
+/// on (a refused body leaves the backend's request short, and nothing is completed), then
+/// passed on with the part checksums blanked.
+pub(super) fn complete_body(c: &mut CryptoCtx, body: &mut Option<Bytes>, end: bool, chunk_size: u32) -> Result<(), S3Error> {
+    if let Some(b) = body.take() {
+        if c.complete_body.len() + b.len() > MAX_COMPLETE_BODY {
+            return Err(s3err(S3ErrorCode::MalformedXML, "the CompleteMultipartUpload body is too large"));
+        }
+        c.complete_body.extend_from_slice(&b);
+    }
+    if !end {
+        *body = Some(Bytes::new());
+        return Ok(());
+    }
+    let mut all = std::mem::take(&mut c.complete_body);
+    let named = named_parts(&all)?;
+    if c.complete_without_parts {
+        return Err(invalid_part());
+    }
+    if !c.complete_gone {
+        check_named_parts(&named, &c.complete_parts, chunk_size)?;
+    }
+    blank_part_checksums(&mut all);
+    *body = Some(all.freeze());
+    Ok(())
+}
+
+fn invalid_part() -> S3Error {
+    s3err(S3ErrorCode::InvalidPart, "One or more of the specified parts could not be found. The part may not have been uploaded, or the specified entity tag may not match the part's entity tag.")
+}
+
+/// The parts a CompleteMultipartUpload body names, in its order; the body must follow
+/// S3's schema (MalformedXML otherwise).
+pub fn named_parts(xml: &[u8]) -> Result<Vec<NamedPart>, S3Error> {
+    let mut parts = Vec::new();
+    let (mut number, mut etag) = (None, None);
+    xml_body::check(Rule::Schema(&COMPLETE), xml, |path, text| {
+        match path {
+            [_, _, "PartNumber"] => {
+                number = Some(text.trim().parse::<u32>().map_err(|_| xml_body::malformed())?);
             }
-            Event::Empty(s) if depth == 0 => root_ok = s.local_name().as_ref() == b"CompleteMultipartUpload",
-            Event::End(_) => depth = depth.checked_sub(1).ok_or_else(malformed)?,
-            Event::Eof => break,
+            [_, _, "ETag"] => etag = Some(text.trim().to_string()),
+            [_, "Part"] => {
+                // The schema guarantees one PartNumber per Part.
+                parts.push(NamedPart { number: number.take().unwrap_or(0), etag: etag.take() });
+            }
             _ => {}
         }
-        buf.clear();
-    }
-    if !root_ok || depth != 0 || parts == 0 {
-        return Err(malformed());
-    }
+        Ok(())
+    })?;
     Ok(parts)
+}
+
+/// The parts a Complete names must be listed in ascending order (as S3 requires), be
+/// exactly 1..N (segment k of the object carries part number k, authenticated: an object
+/// made of parts {1,3} or {2,3} could never be read), exist with the ETag named, and
+/// follow the layout rule. Parts uploaded but not named do not matter: the backend
+/// discards them.
+pub fn check_named_parts(named: &[NamedPart], listed: &[ListedPart], chunk_size: u32) -> Result<(), S3Error> {
+    if named.windows(2).any(|w| w[0].number >= w[1].number) {
+        return Err(s3err(S3ErrorCode::InvalidPartOrder, "The list of parts was not in ascending order. Parts must be ordered by part number."));
+    }
+    if let Some((i, p)) = named.iter().enumerate().find(|(i, p)| p.number as usize != i + 1) {
+        let missing = i + 1;
+        let after = if i == 0 { "the first part named is".to_string() } else { format!("part {i} is followed by") };
+        return Err(s3err(
+            S3ErrorCode::InvalidPart,
+            format!(
+                "the encryption proxy can complete a multipart upload only from parts numbered 1..N without gaps (segment N of an encrypted object is bound to part number N): part {missing} is not named, {after} part {}. Name every part from 1 on (parts left out at the end are discarded)",
+                p.number
+            ),
+        ));
+    }
+    let etag_norm = |e: &str| e.trim().trim_matches('"').to_ascii_lowercase();
+    let mut sizes = Vec::with_capacity(named.len());
+    for p in named {
+        let found = listed.binary_search_by_key(&p.number, |l| l.number).ok().map(|i| &listed[i]).ok_or_else(invalid_part)?;
+        // The sizes below are those of the part the body names: a part uploaded again
+        // since the list was read has another ETag.
+        if p.etag.as_deref().is_some_and(|e| etag_norm(e) != etag_norm(&found.etag)) {
+            return Err(invalid_part());
+        }
+        sizes.push((found.number, found.size));
+    }
+    check_layout(&mut sizes, chunk_size)
 }
 
 #[cfg(test)]
@@ -242,12 +334,65 @@ mod tests {
 
     #[test]
     fn complete_bodies_are_checked() {
-        let ok = br#"<?xml version="1.0"?><CompleteMultipartUpload xmlns="http://s3.amazonaws.com/doc/2006-03-01/"><Part><ETag>"a"</ETag><PartNumber>1</PartNumber></Part><Part><PartNumber>2</PartNumber></Part></CompleteMultipartUpload>"#;
-        assert_eq!(check_complete_body(ok).unwrap(), 2);
+        let ok = br#"<?xml version="1.0"?><CompleteMultipartUpload xmlns="http://s3.amazonaws.com/doc/2006-03-01/"><Part><ETag>"a"</ETag><PartNumber>1</PartNumber></Part><Part><PartNumber>2</PartNumber><ChecksumCRC32>7z4jdQ==</ChecksumCRC32></Part></CompleteMultipartUpload>"#;
+        assert_eq!(
+            named_parts(ok).unwrap(),
+            vec![NamedPart { number: 1, etag: Some("\"a\"".into()) }, NamedPart { number: 2, etag: None }]
+        );
         for bad in [&b""[..], b"garbage", b"<CompleteMultipartUpload></CompleteMultipartUpload>", b"<CompleteMultipartUpload/>",
-            b"<CompleteMultipartUpload><Part><PartNumber>1</PartNumber></Part>", b"<Other><Part/></Other>"] {
-            assert_eq!(check_complete_body(bad).unwrap_err().code, S3ErrorCode::MalformedXML, "{}", String::from_utf8_lossy(bad));
+            b"<CompleteMultipartUpload><Part><PartNumber>1</PartNumber></Part>", b"<Other><Part/></Other>",
+            b"<CompleteMultipartUpload><Part><PartNumber>x</PartNumber></Part></CompleteMultipartUpload>"] {
+            assert_eq!(named_parts(bad).unwrap_err().code, S3ErrorCode::MalformedXML, "{}", String::from_utf8_lossy(bad));
         }
+    }
+
+    fn listed(plain: &[u64]) -> Vec<ListedPart> {
+        stored(plain).into_iter().map(|(number, size)| ListedPart { number, size, etag: format!("\"e{number}\"") }).collect()
+    }
+
+    fn named(numbers: &[u32]) -> Vec<NamedPart> {
+        numbers.iter().map(|&n| NamedPart { number: n, etag: Some(format!("\"e{n}\"")) }).collect()
+    }
+
+    #[test]
+    fn named_parts_must_be_one_to_n() {
+        let up = listed(&[5 << 20, 5 << 20, 1000]);
+        check_named_parts(&named(&[1, 2, 3]), &up, C).unwrap();
+        // A stray part left out at the end: the object is parts 1..2.
+        check_named_parts(&named(&[1, 2]), &up, C).unwrap();
+        check_named_parts(&named(&[1]), &up, C).unwrap();
+        for (case, why) in [(&[1, 3][..], "part 2 is not named, part 1 is followed by part 3"), (&[2, 3][..], "part 1 is not named, the first part named is part 2")] {
+            let e = check_named_parts(&named(case), &up, C).unwrap_err();
+            assert_eq!(e.code, S3ErrorCode::InvalidPart, "{case:?}");
+            assert!(e.message.contains(why) && e.message.contains("1..N without gaps"), "{}", e.message);
+        }
+        for case in [&[2, 1][..], &[1, 1, 2]] {
+            assert_eq!(check_named_parts(&named(case), &up, C).unwrap_err().code, S3ErrorCode::InvalidPartOrder, "{case:?}");
+        }
+    }
+
+    #[test]
+    fn named_parts_must_exist_with_their_etag() {
+        let up = listed(&[5 << 20, 5 << 20]);
+        assert_eq!(check_named_parts(&named(&[1, 2, 3]), &up, C).unwrap_err().code, S3ErrorCode::InvalidPart);
+        let mut other = named(&[1, 2]);
+        other[1].etag = Some("\"re-uploaded\"".into());
+        assert_eq!(check_named_parts(&other, &up, C).unwrap_err().code, S3ErrorCode::InvalidPart);
+        // Quotes, case and a missing ETag do not matter.
+        let mut loose = named(&[1, 2]);
+        loose[0].etag = Some("E1".into());
+        loose[1].etag = None;
+        check_named_parts(&loose, &up, C).unwrap();
+    }
+
+    #[test]
+    fn the_layout_is_checked_on_named_parts_only() {
+        // Part 3 is larger than part 1 (or part 2 is the short last part): fine when left out.
+        let up = listed(&[5 << 20, 1000, 6 << 20]);
+        check_named_parts(&named(&[1, 2]), &up, C).unwrap();
+        let e = check_named_parts(&named(&[1, 2, 3]), &up, C).unwrap_err();
+        assert_eq!(e.code, S3ErrorCode::InvalidRequest);
+        assert!(e.message.contains("same size"), "{}", e.message);
     }
 
     #[test]
@@ -255,7 +400,8 @@ mod tests {
         let xml = br#"<ListPartsResult><Bucket>b</Bucket><IsTruncated>true</IsTruncated><NextPartNumberMarker>2</NextPartNumberMarker>
             <Part><PartNumber>1</PartNumber><ETag>"x"</ETag><Size>100</Size></Part><Part><PartNumber>2</PartNumber><Size>50</Size></Part></ListPartsResult>"#;
         let p = parse_parts(xml).unwrap();
-        assert_eq!(p.parts, vec![(1, 100), (2, 50)]);
+        let got: Vec<_> = p.parts.iter().map(|l| (l.number, l.size, l.etag.as_str())).collect();
+        assert_eq!(got, vec![(1, 100, "\"x\""), (2, 50, "")]);
         assert!(p.truncated);
         assert_eq!(p.next_marker.as_deref(), Some("2"));
     }
