@@ -60,7 +60,8 @@ impl Filter for Sigv4Filter {
         let verified = match verify(req, s3, &self.creds, SystemTime::now()) {
             Ok(v) => v,
             Err(e) => {
-                ctx.auth_failure = Some(auth_failure_label(e.code));
+                let unsigned = e.details.iter().any(|(name, _)| *name == "HeadersNotSigned");
+                ctx.auth_failure = Some(if unsigned { "unsigned_headers" } else { auth_failure_label(e.code) });
                 return Err(e);
             }
         };
