@@ -28,9 +28,28 @@ from pbs_client import Response, quote_key
 UNSIGNED = b"There were headers present in the request which were not signed"
 
 
+@pytest.fixture(scope="module", params=["moto", "garage"])
+def stack(request, workroot):
+    """conftest's stack with a relay between the proxy and the backend that records every
+    request the backend receives (`stack.relay.seen`)."""
+    d = tempfile.mkdtemp(prefix=f"relayed-{request.param}-", dir=workroot)
+    s = Stack(d, request.param, relay=True)
+    yield s
+    s.stop()
+
+
 def send(stack, method, path_and_query, headers, body=b"", pieces=None, pause=0.0):
     """One raw HTTP request to the proxy; `pieces` (bytes each) are written one by one with
-    `pause` seconds between them instead of `body`."""
+    `pause` seconds between them instead of `body`. The answer's `backend_requests` are the
+    requests for this test's objects the backend received meanwhile (a relayed stack only)."""
+    relay = getattr(stack, "relay", None)
+    seen_before = len(relay.seen) if relay else 0
+    r = _send(stack, method, path_and_query, headers, body, pieces, pause)
+    r.backend_requests = [s for s in relay.seen[seen_before:] if "/unsigned" in s[1]] if relay else None
+    return r
+
+
+def _send(stack, method, path_and_query, headers, body, pieces, pause):
     conn = stack.client()._connect()
     try:
         conn.putrequest(method, path_and_query, skip_host=True, skip_accept_encoding=True)
@@ -56,6 +75,7 @@ def path_of(url):
 
 
 def assert_headers_not_signed(r, *names):
+    assert r.backend_requests in (None, []), f"the backend was asked: {r.backend_requests}"
     assert r.status == 403, r
     assert b"<Code>AccessDenied</Code>" in r.body and UNSIGNED in r.body, r
     listed = r.body.split(b"<HeadersNotSigned>")[1].split(b"</HeadersNotSigned>")[0].decode()
@@ -94,6 +114,7 @@ def test_presigned_put_plus_copy_source_is_refused(stack):
     url = s3.generate_presigned_url("put_object", Params={"Bucket": BUCKET, "Key": "unsigned/new-dest"}, ExpiresIn=300)
     r = send(stack, "PUT", path_of(url), {"content-length": "11"}, b"uploaded ok")
     assert r.status == 200, r
+    assert r.backend_requests, "the relay sees what reaches the backend"
     get = s3.generate_presigned_url("get_object", Params={"Bucket": BUCKET, "Key": "unsigned/new-dest"}, ExpiresIn=300)
     r = send(stack, "GET", path_of(get), {})
     assert r.status == 200 and r.body == b"uploaded ok", r
@@ -166,9 +187,14 @@ def test_signed_put_replayed_as_a_copy_is_refused(stack):
     put_via_proxy(stack, "unsigned/copy-src", b"source bytes")
     path = f"/{BUCKET}/{quote_key('unsigned/copy-dst')}"
     signed = c.sign("PUT", path, [], {"content-type": "application/octet-stream"}, b"")
+    before = stack.proxy.metric("s3_crypt_proxy_auth_failures_total", reason="unsigned_headers")
     r = send(stack, "PUT", path, dict(signed, **{"x-amz-copy-source": f"{BUCKET}/unsigned/copy-src"}))
     assert_headers_not_signed(r, "x-amz-copy-source")
     assert stack.stored("unsigned/copy-dst") is None
+    deadline = time.time() + 5
+    while stack.proxy.metric("s3_crypt_proxy_auth_failures_total", reason="unsigned_headers") <= before:
+        assert time.time() < deadline, "the refusal is not counted as reason=unsigned_headers"
+        time.sleep(0.1)
 
 
 def test_signed_amz_headers_still_work(stack):
