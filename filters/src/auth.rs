@@ -60,7 +60,8 @@ impl Filter for Sigv4Filter {
         let verified = match verify(req, s3, &self.creds, SystemTime::now()) {
             Ok(v) => v,
             Err(e) => {
-                ctx.auth_failure = Some(auth_failure_label(e.code));
+                let unsigned = e.details.iter().any(|(name, _)| *name == "HeadersNotSigned");
+                ctx.auth_failure = Some(if unsigned { "unsigned_headers" } else { auth_failure_label(e.code) });
                 return Err(e);
             }
         };
@@ -202,9 +203,95 @@ impl Filter for Sigv4Filter {
                 (None, c) => c,
             };
         } else {
-            ctx.held_piece = current;
-            *body = Some(previous.unwrap_or_default());
+            match current {
+                // A read can decode to nothing (an aws-chunked read holding only framing: a
+                // chunk header, the final chunk, part of the trailer). The held piece may be
+                // the last data, so it stays held: releasing it now would hand the backend the
+                // whole body before the trailer's verdict.
+                Some(c) if !c.is_empty() => {
+                    ctx.held_piece = Some(c);
+                    *body = Some(previous.unwrap_or_default());
+                }
+                _ => {
+                    ctx.held_piece = previous;
+                    *body = Some(Bytes::new());
+                }
+            }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::request::S3Request;
+    use crate::sigv4::test_signer;
+
+    const PAYLOAD: &str = "hello world";
+    const CRC32_OF_PAYLOAD: &str = "DUoRhQ==";
+
+    /// An aws-chunked PutObject (`STREAMING-UNSIGNED-PAYLOAD-TRAILER`, CRC32 trailer) through
+    /// a chain without crypto: feeds `reads` to the filter and returns what it released
+    /// upstream before each read's answer, and the verdict of the last read.
+    async fn upload(reads: &[&[u8]]) -> (Vec<Vec<u8>>, Result<(), S3Error>) {
+        let creds = Credentials::new("AKTEST", "secret");
+        let filter = Sigv4Filter::new(creds.clone());
+        let raw_len: usize = reads.iter().map(|r| r.len()).sum();
+        let mut req = RequestHeader::build("PUT", b"/bkt/k", None).unwrap();
+        for (k, v) in [
+            ("host", "proxy:9000".to_string()),
+            ("content-encoding", "aws-chunked".to_string()),
+            ("content-length", raw_len.to_string()),
+            ("x-amz-decoded-content-length", PAYLOAD.len().to_string()),
+            ("x-amz-trailer", "x-amz-checksum-crc32".to_string()),
+        ] {
+            req.insert_header(k, v).unwrap();
+        }
+        let signed = ["content-encoding", "host", "x-amz-content-sha256", "x-amz-date", "x-amz-decoded-content-length", "x-amz-trailer"];
+        test_signer::sign(&mut req, &creds, &signed, "STREAMING-UNSIGNED-PAYLOAD-TRAILER", SystemTime::now());
+        let mut ctx = RequestCtx::new("test".into());
+        ctx.s3 = Some(S3Request::parse(&req, None).unwrap());
+        filter.request(&req, &mut ctx).await.unwrap();
+        let mut up = req.clone();
+        filter.upstream_request(&mut up, &mut ctx).await.unwrap();
+        let mut released = Vec::new();
+        for (i, read) in reads.iter().enumerate() {
+            let mut body = Some(Bytes::copy_from_slice(read));
+            let verdict = filter.request_body(&mut body, i + 1 == reads.len(), &mut ctx);
+            if verdict.is_err() {
+                return (released, verdict);
+            }
+            released.push(body.map(|b| b.to_vec()).unwrap_or_default());
+        }
+        (released, Ok(()))
+    }
+
+    fn reads(trailer_crc: &str) -> Vec<Vec<u8>> {
+        vec![
+            b"5\r\nhello\r\n".to_vec(),
+            b"6\r\n".to_vec(), // a chunk header alone: decodes to nothing
+            b" world\r\n".to_vec(),
+            b"0\r\n".to_vec(), // the final chunk alone: decodes to nothing
+            format!("x-amz-checksum-crc32:{trailer_crc}\r\n\r\n").into_bytes(),
+        ]
+    }
+
+    /// Reads that decode to nothing must not push the held piece out: the last data piece
+    /// waits for the trailer's verdict, so a forged trailer never lets the whole body through.
+    #[tokio::test]
+    async fn held_piece_waits_for_the_trailer_verdict_across_empty_reads() {
+        let forged = reads("AAAAAA==");
+        let (released, verdict) = upload(&forged.iter().map(Vec::as_slice).collect::<Vec<_>>()).await;
+        assert!(verdict.is_err(), "a forged trailer checksum must fail the upload");
+        let upstream: Vec<u8> = released.concat();
+        assert!(upstream.len() < PAYLOAD.len(), "the whole body went upstream before the verdict: {:?}", String::from_utf8_lossy(&upstream));
+        assert_eq!(upstream, b"hello");
+
+        let good = reads(CRC32_OF_PAYLOAD);
+        let (released, verdict) = upload(&good.iter().map(Vec::as_slice).collect::<Vec<_>>()).await;
+        verdict.unwrap();
+        assert_eq!(released.concat(), PAYLOAD.as_bytes());
+        assert_eq!(released.last().unwrap(), b" world", "the last data piece is released with the end of the body");
     }
 }

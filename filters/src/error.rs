@@ -137,11 +137,13 @@ pub struct S3Error {
     pub resource: Option<String>,
     /// Seconds for a `Retry-After` header (503 answers).
     pub retry_after: Option<u32>,
+    /// Further elements of the error body, as S3 sends them (e.g. `HeadersNotSigned`).
+    pub details: Vec<(&'static str, String)>,
 }
 
 impl S3Error {
     pub fn new(code: S3ErrorCode, message: impl Into<String>) -> Self {
-        Self { code, message: message.into(), resource: None, retry_after: None }
+        Self { code, message: message.into(), resource: None, retry_after: None, details: Vec::new() }
     }
 
     pub fn with_resource(mut self, resource: impl Into<String>) -> Self {
@@ -151,6 +153,12 @@ impl S3Error {
 
     pub fn with_retry_after(mut self, secs: u32) -> Self {
         self.retry_after = Some(secs);
+        self
+    }
+
+    /// Adds `<name>value</name>` to the error body.
+    pub fn with_detail(mut self, name: &'static str, value: impl Into<String>) -> Self {
+        self.details.push((name, value.into()));
         self
     }
 
@@ -176,6 +184,9 @@ impl S3Error {
             s.push_str("<Resource>");
             s.push_str(&crate::xml::escape(r));
             s.push_str("</Resource>");
+        }
+        for (name, value) in &self.details {
+            s.push_str(&format!("<{name}>{}</{name}>", crate::xml::escape(value)));
         }
         s.push_str("<RequestId>");
         s.push_str(request_id);
@@ -209,6 +220,9 @@ mod tests {
         assert!(xml.contains("<Message>no &lt;such&gt; key</Message>"));
         assert!(xml.contains("<Resource>/b/k&amp;1</Resource>"));
         assert_eq!(e.status(), 404);
+        let e = s3err(S3ErrorCode::AccessDenied, "unsigned").with_detail("HeadersNotSigned", "x-amz-a, x-amz-<b>");
+        let xml = String::from_utf8(e.to_xml("req1").to_vec()).unwrap();
+        assert!(xml.contains("<HeadersNotSigned>x-amz-a, x-amz-&lt;b&gt;</HeadersNotSigned><RequestId>"), "{xml}");
     }
 
     #[test]

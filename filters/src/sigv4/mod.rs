@@ -3,10 +3,13 @@
 //!
 //! Verification rebuilds the canonical request from the request exactly as it arrived
 //! (the client's `SignedHeaders`, its raw path, its `x-amz-date`) and compares signatures
-//! in constant time. The HMAC chain comes from `aws-sigv4`.
+//! in constant time. The HMAC chain comes from `aws-sigv4`. A request whose signature holds
+//! is still refused when it carries `x-amz-*` headers the signature does not cover
+//! ([`coverage`]).
 
 mod canonical;
 pub mod chunked;
+mod coverage;
 mod payload;
 
 pub use canonical::{aws_uri_encode, canonical_query};
@@ -256,6 +259,7 @@ pub fn verify(
     if !ok {
         return Err(s3err(S3ErrorCode::SignatureDoesNotMatch, "The request signature we calculated does not match the signature you provided. Check your key and signing method."));
     }
+    coverage::require_signed_amz_headers(req, &signed, p.presigned)?;
     Ok(VerifiedRequest {
         access_key: p.access_key,
         payload,
@@ -269,3 +273,5 @@ pub fn verify(
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+pub(crate) mod test_signer;

@@ -103,3 +103,82 @@ fn uri_encoding_matches_aws_rules() {
     assert_eq!(aws_uri_encode("a/b", true), "a%2Fb");
     assert_eq!(canonical_query(&[("prefix".into(), "a b".into()), ("delete".into(), "".into())], false), "delete=&prefix=a%20b");
 }
+
+fn headers_not_signed(e: &S3Error) -> &str {
+    assert_eq!((e.code, e.status()), (S3ErrorCode::AccessDenied, 403), "{e}");
+    assert_eq!(e.message, "There were headers present in the request which were not signed");
+    match e.details.as_slice() {
+        [("HeadersNotSigned", names)] => names,
+        other => panic!("no HeadersNotSigned: {other:?}"),
+    }
+}
+
+/// The AWS presigned example signs only `host`: an `x-amz-copy-source` added by whoever holds
+/// the URL keeps the signature valid, and must not turn the request into a copy.
+#[test]
+fn presigned_url_with_an_added_amz_header_is_refused() {
+    let uri = "/test.txt?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=AKIAIOSFODNN7EXAMPLE%2F20130524%2Fus-east-1%2Fs3%2Faws4_request&X-Amz-Date=20130524T000000Z&X-Amz-Expires=86400&X-Amz-SignedHeaders=host&X-Amz-Signature=aeeed9bbccd4d02ee5c0109b86d86835f995330da4c265957d157751f604d404";
+    let creds = Credentials::new(AK, SK);
+    let now = at("20130524T000000Z", 60);
+    let (r, s) = request("GET", uri, &[("host", "examplebucket.s3.amazonaws.com"), ("x-amz-copy-source", "other/secret")]);
+    assert_eq!(headers_not_signed(&verify(&r, &s, &creds, now).unwrap_err()), "x-amz-copy-source");
+    // x-amz-content-sha256 is the canonical request's payload line: bound without being named.
+    let (r, s) = request("GET", uri, &[("host", "examplebucket.s3.amazonaws.com"), ("x-amz-content-sha256", "UNSIGNED-PAYLOAD")]);
+    verify(&r, &s, &creds, now).unwrap();
+    // A different payload hash than the one signed breaks the signature instead.
+    let (r, s) = request("GET", uri, &[("host", "examplebucket.s3.amazonaws.com"), ("x-amz-content-sha256", "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855")]);
+    assert_eq!(verify(&r, &s, &creds, now).unwrap_err().code, S3ErrorCode::SignatureDoesNotMatch);
+}
+
+/// A captured header-signed request replayed with extra `x-amz-*` headers.
+#[test]
+fn replayed_request_with_extra_amz_headers_is_refused() {
+    let creds = Credentials::new(AK, SK);
+    let now = at("20130524T000000Z", 0);
+    for extra in [
+        "x-amz-metadata-directive",
+        "x-amz-tagging",
+        "x-amz-acl",
+        "x-amz-website-redirect-location",
+        "x-amz-object-lock-mode",
+        "x-amz-checksum-crc32",
+        "x-amz-meta-anything",
+    ] {
+        let (mut r, _) = example_get_object();
+        r.append_header(extra, "v").unwrap();
+        let s = S3Request::parse(&r, Some("s3.amazonaws.com")).unwrap();
+        assert_eq!(headers_not_signed(&verify(&r, &s, &creds, now).unwrap_err()), extra);
+    }
+    let (mut r, _) = example_get_object();
+    r.append_header("x-amz-tagging", "a=b").unwrap();
+    r.append_header("x-amz-acl", "public-read").unwrap();
+    r.append_header("x-amz-tagging", "c=d").unwrap();
+    let s = S3Request::parse(&r, Some("s3.amazonaws.com")).unwrap();
+    assert_eq!(headers_not_signed(&verify(&r, &s, &creds, now).unwrap_err()), "x-amz-acl, x-amz-tagging");
+}
+
+/// Signed `x-amz-*` headers (the AWS PUT example signs `x-amz-storage-class`) and headers
+/// outside `x-amz-*` are not affected.
+#[test]
+fn signed_amz_headers_and_other_unsigned_headers_pass() {
+    let creds = Credentials::new(AK, SK);
+    let (mut r, _) = example_get_object();
+    for (k, v) in [("user-agent", "x"), ("x-amzn-trace-id", "Root=1"), ("content-md5", "1B2M2Y8AsgTpgAmY7PhCfg=="), ("expect", "100-continue")] {
+        r.append_header(k, v).unwrap();
+    }
+    let s = S3Request::parse(&r, Some("s3.amazonaws.com")).unwrap();
+    verify(&r, &s, &creds, at("20130524T000000Z", 0)).unwrap();
+
+    let mut r = RequestHeader::build("PUT", b"/bkt/k", None).unwrap();
+    r.insert_header("host", "proxy:9000").unwrap();
+    r.insert_header("x-amz-copy-source", "bkt/src").unwrap();
+    r.insert_header("x-amz-metadata-directive", "REPLACE").unwrap();
+    let now = SystemTime::now();
+    let empty = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+    test_signer::sign(&mut r, &creds, &["host", "x-amz-content-sha256", "x-amz-copy-source", "x-amz-date", "x-amz-metadata-directive"], empty, now);
+    let s = S3Request::parse(&r, None).unwrap();
+    verify(&r, &s, &creds, now).unwrap();
+    // Signing all but one of them is not enough.
+    test_signer::sign(&mut r, &creds, &["host", "x-amz-content-sha256", "x-amz-copy-source", "x-amz-date"], empty, now);
+    assert_eq!(headers_not_signed(&verify(&r, &s, &creds, now).unwrap_err()), "x-amz-metadata-directive");
+}
