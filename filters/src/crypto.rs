@@ -58,57 +58,75 @@ impl std::str::FromStr for UnencryptedPolicy {
     }
 }
 
+/// The crypto filter's per-request state: one variant per plan, each owning only what that
+/// plan needs, so that no combination of fields has to be kept valid by hand. (One per
+/// request, mostly in its largest variant: boxing would only add an allocation.)
 #[derive(Default)]
-enum Plan {
+#[allow(clippy::large_enum_variant)]
+pub enum CryptoCtx {
+    /// Nothing to change (another operation), or answered in the request phase
+    /// (CopyObject, UploadPartCopy).
     #[default]
-    None,
-    Encrypt {
-        part: u32,
-        /// `None`: a plain `Transfer-Encoding: chunked` body of unknown length, collected
-        /// (up to [`MAX_UNKNOWN_LENGTH`]) and encrypted once complete.
-        plain_len: Option<u64>,
-    },
-    SealMetadata,
-    /// CompleteMultipartUpload: the part checksums in its body describe plaintext.
-    Complete,
-    Read {
-        range: Option<ByteRange>,
-    },
+    Idle,
+    /// PutObject (part 0) or UploadPart: the body is encrypted as it streams.
+    Upload(Upload),
+    /// CreateMultipartUpload: the metadata is sealed; there is no body to change.
+    Create { sealed: String },
+    /// CompleteMultipartUpload: the body is collected and checked against the parts.
+    Complete(multipart::Completion),
+    /// GetObject / HeadObject.
+    Read(Read),
 }
 
-/// The crypto filter's per-request state.
-#[derive(Default)]
-pub struct CryptoCtx {
-    plan: Plan,
-    ring: Option<Arc<KeyRing>>,
-    sealed_meta: Option<String>,
-    encryptor: Option<SegmentEncryptor>,
-    decryptor: Option<Decryptor>,
-    /// Plaintext positions to pass on: `[skip, skip + take)` of the decrypted stream.
-    skip: u64,
-    take: u64,
-    /// When set, the backend's body is dropped and this is sent instead.
-    replacement: Option<Bytes>,
-    /// The client's ETag conditions on a read, answered here (the backend knows only
-    /// ciphertext ETags).
+pub struct Upload {
+    ring: Arc<KeyRing>,
+    part: u32,
+    /// `None`: a plain `Transfer-Encoding: chunked` body of unknown length, collected
+    /// (up to [`MAX_UNKNOWN_LENGTH`]) and encrypted once complete.
+    plain_len: Option<u64>,
+    /// The sealed metadata of a PutObject; sent again by a retried attempt.
+    sealed: Option<String>,
+    body: UploadBody,
+}
+
+/// The body of one backend attempt of an upload (made anew when the attempt is retried).
+enum UploadBody {
+    NotStarted,
+    Encrypting(SegmentEncryptor),
+    Collecting(BytesMut),
+    Finished,
+}
+
+pub struct Read {
+    ring: Arc<KeyRing>,
+    what: ReadWhat,
+    /// The client's ETag conditions, answered here (the backend knows only ciphertext
+    /// ETags).
     if_match: Option<String>,
     if_none_match: Option<String>,
-    /// A Range GET planned to fetch only the chunks it needs.
-    ranged: Option<RangedRead>,
-    /// The CompleteMultipartUpload body, collected to remove part checksums.
-    complete_body: BytesMut,
-    /// The upload being completed has no parts (the body decides between MalformedXML and
-    /// InvalidPart), or is gone (completed before: the backend answers).
-    complete_without_parts: bool,
-    complete_gone: bool,
-    /// The upload's parts (ListParts, sorted), for the check of the parts the body names.
-    complete_parts: Vec<multipart::ListedPart>,
-    /// A chunked upload of unknown length being collected.
-    spool: Option<BytesMut>,
-    /// GET/HEAD with `partNumber`.
-    part_requested: bool,
-    /// GET/HEAD with `x-amz-checksum-mode: ENABLED`.
+    /// `x-amz-checksum-mode: ENABLED`.
     checksum_mode: bool,
+    answer: Answer,
+}
+
+/// What a read returns.
+enum ReadWhat {
+    Whole,
+    /// A Range or `partNumber` read planned to fetch only the chunks it needs.
+    Planned { read: RangedRead, part: bool },
+    /// A Range that could not be planned, taken from the whole object.
+    FromWhole(ByteRange),
+}
+
+/// What becomes of the backend's answer body.
+#[allow(clippy::large_enum_variant)]
+enum Answer {
+    /// Passed on as it is (an error answer, or an object served unencrypted).
+    AsIs,
+    /// Authenticated and decrypted; `[skip, skip + take)` of the plaintext goes on.
+    Decrypt { decryptor: Decryptor, skip: u64, take: u64 },
+    /// Dropped; this is sent in its place when it ends.
+    Replace(Bytes),
 }
 
 pub struct CryptoFilter {
@@ -197,7 +215,7 @@ impl Filter for CryptoFilter {
         let ring = self.ring()?;
         let (bucket, key) = (s3.bucket.clone().unwrap_or_default(), s3.key.clone().unwrap_or_default());
         let obj = ObjectId { bucket: &bucket, key: &key };
-        match s3.op {
+        ctx.crypto = match s3.op {
             Operation::PutObject | Operation::CreateMultipartUpload => {
                 let mut payload = metadata::from_request(req, s3.content_md5, None);
                 let plain_len = if s3.op == Operation::PutObject { upload_length(req, &s3)? } else { None };
@@ -211,8 +229,11 @@ impl Filter for CryptoFilter {
                     payload = metadata::with_plain_len(payload, plain_len);
                 }
                 let sealed = meta::seal(ring.current(), obj, self.chunk_size, &payload).map_err(|e| crypto_error(ctx, &e))?;
-                ctx.crypto.sealed_meta = Some(sealed);
-                ctx.crypto.plan = if s3.op == Operation::PutObject { Plan::Encrypt { part: 0, plain_len } } else { Plan::SealMetadata };
+                if s3.op == Operation::PutObject {
+                    CryptoCtx::Upload(Upload { ring, part: 0, plain_len, sealed: Some(sealed), body: UploadBody::NotStarted })
+                } else {
+                    CryptoCtx::Create { sealed }
+                }
             }
             Operation::UploadPart => {
                 let part = s3
@@ -224,256 +245,126 @@ impl Filter for CryptoFilter {
                 if plain_len == Some(0) {
                     return Err(s3err(S3ErrorCode::InvalidRequest, "empty parts cannot be stored encrypted: every part must hold at least one byte"));
                 }
-                ctx.crypto.plan = Plan::Encrypt { part, plain_len };
+                CryptoCtx::Upload(Upload { ring, part, plain_len, sealed: None, body: UploadBody::NotStarted })
             }
-            Operation::GetObject | Operation::HeadObject => {
-                let h = |n: &str| req.headers.get(n).and_then(|v| v.to_str().ok()).map(str::to_string);
-                let range = match h("range") {
-                    Some(r) if s3.op == Operation::GetObject => ByteRange::parse(&r),
-                    _ => None,
-                };
-                let part = match s3.query_value("partNumber") {
-                    Some(p) => Some(p.parse::<u32>().ok().filter(|p| (1..=10_000).contains(p)).ok_or_else(|| {
-                        s3err(S3ErrorCode::InvalidArgument, "Part number must be an integer between 1 and 10000, inclusive")
-                    })?),
-                    None => None,
-                };
-                if part.is_some() && range.is_some() {
-                    return Err(s3err(S3ErrorCode::InvalidRequest, "Cannot specify both Range header and partNumber query parameter"));
-                }
-                ctx.crypto.if_match = h("if-match");
-                ctx.crypto.if_none_match = h("if-none-match");
-                ctx.crypto.checksum_mode = h("x-amz-checksum-mode").is_some_and(|v| v.eq_ignore_ascii_case("enabled"));
-                let want = match (range, part) {
-                    (Some(r), _) => Some(Want::Range(r)),
-                    (None, Some(n)) => Some(Want::Part(n)),
-                    (None, None) => None,
-                };
-                if let Some(want) = want {
-                    // The part's plaintext is computed from the format (segment n is part n):
-                    // the backend is asked for ciphertext bytes, never for its own part n.
-                    if let Some(s) = ctx.s3.as_mut() {
-                        s.query.retain(|(k, _)| k != "partNumber");
-                    }
-                    ctx.crypto.part_requested = part.is_some();
-                    match ranged::prepare(&self.backend, &ring, &s3, want).await? {
-                        Prepared::Plan(rr) => ctx.crypto.ranged = Some(rr),
-                        Prepared::Unsatisfiable(len) => {
-                            let e = s3err(S3ErrorCode::InvalidRange, "The requested range is not satisfiable").with_resource(s3.resource());
-                            let mut reply = crate::filter::Reply::xml(416, String::from_utf8_lossy(&e.to_xml(&ctx.request_id)).into_owned());
-                            reply.headers.push(("content-range", format!("bytes */{len}")));
-                            ctx.error = Some(e);
-                            return Ok(Flow::Respond(reply));
-                        }
-                        Prepared::NoSuchPart => return Err(self.no_such_part(&s3, part.unwrap_or(0)).await),
-                        Prepared::Damaged(e) => return Err(crypto_error(ctx, &e)),
-                        Prepared::Fallback => {}
-                    }
-                }
-                ctx.crypto.plan = Plan::Read { range };
-            }
+            Operation::GetObject | Operation::HeadObject => match self.plan_read(req, &s3, ring, ctx).await? {
+                Ok(read) => CryptoCtx::Read(read),
+                Err(reply) => return Ok(Flow::Respond(reply)),
+            },
             Operation::CopyObject => {
                 let reply = copy::copy_object(&self.backend, &ring, req, &s3, ctx).await?;
                 return Ok(Flow::Respond(reply));
             }
-            Operation::CompleteMultipartUpload => {
-                multipart::before_complete(&self.backend, &s3, &mut ctx.crypto).await?;
-                ctx.crypto.plan = Plan::Complete;
-            }
+            Operation::CompleteMultipartUpload => CryptoCtx::Complete(multipart::before_complete(&self.backend, &s3).await?),
             Operation::UploadPartCopy => {
                 let reply = partcopy::upload_part_copy(&self.backend, &ring, req, &s3, self.chunk_size, ctx).await?;
                 return Ok(Flow::Respond(reply));
             }
-            _ => {}
-        }
-        ctx.crypto.ring = Some(ring);
+            _ => CryptoCtx::Idle,
+        };
         Ok(Flow::Continue)
     }
 
     async fn upstream_request(&self, up: &mut RequestHeader, ctx: &mut RequestCtx) -> Result<(), S3Error> {
-        let set = |up: &mut RequestHeader, n: &'static str, v: String| {
-            up.insert_header(n, v).map_err(|e| S3Error::internal("setting an upstream header", e))
-        };
-        match ctx.crypto.plan {
-            Plan::Encrypt { part, plain_len } => {
-                let ring = ctx.crypto.ring.clone().expect("set with the plan");
-                let s3 = ctx.s3()?;
-                let obj = ObjectId { bucket: s3.bucket.as_deref().unwrap_or(""), key: s3.key.as_deref().unwrap_or("") };
-                match plain_len {
-                    Some(plain_len) => {
-                        // Created per attempt: a retry replays the body from the start.
-                        let enc = SegmentEncryptor::new(ring.current(), obj, part, plain_len, self.chunk_size)
-                            .map_err(|e| crypto_error(ctx, &e))?;
-                        set(up, "content-length", enc.cipher_len().to_string())?;
-                        ctx.crypto.encryptor = Some(enc);
-                    }
-                    None => {
-                        // The ciphertext goes on chunked too, once the whole body is known.
-                        up.remove_header("content-length");
-                        ctx.crypto.spool = Some(BytesMut::new());
-                    }
-                }
-                ctx.key_id = Some(ring.current_id());
-                ctx.body_rewritten = true;
-                for h in PLAINTEXT_BODY_HEADERS.iter().filter(|h| !(plain_len.is_none() && **h == "transfer-encoding")) {
-                    up.remove_header(*h);
-                }
-                if let Some(enc) = up.headers.get("content-encoding").and_then(|v| v.to_str().ok()) {
-                    let rest: Vec<&str> = enc.split(',').map(str::trim).filter(|t| !t.eq_ignore_ascii_case("aws-chunked")).collect();
-                    let rest = rest.join(",");
-                    up.remove_header("content-encoding");
-                    if !rest.is_empty() && part > 0 {
-                        set(up, "content-encoding", rest)?;
-                    }
-                }
-                if part == 0 {
-                    self.seal_headers(up, ctx)?;
-                    // If-Match names an ETag the client was shown: give the backend its own.
-                    if let Some(im) = up.headers.get("if-match").and_then(|v| v.to_str().ok()).map(str::to_string) {
-                        let translated: Vec<String> = im
-                            .split(',')
-                            .map(|t| crate::etag::backend_etag_of(t).unwrap_or_else(|| t.trim().to_string()))
-                            .collect();
-                        set(up, "if-match", translated.join(", "))?;
-                    }
-                }
-            }
-            Plan::SealMetadata => {
-                // A checksum algorithm chosen at creation would make the backend demand
-                // plaintext checksums on every part.
-                for h in PLAINTEXT_BODY_HEADERS {
-                    up.remove_header(*h);
-                }
-                self.seal_headers(up, ctx)?
-            }
-            Plan::Complete => {
-                // A body sent chunked (no Content-Length) goes on chunked.
-                let chunked = ctx.s3()?.content_length.is_none();
-                for h in PLAINTEXT_BODY_HEADERS.iter().filter(|h| !(chunked && **h == "transfer-encoding")) {
-                    up.remove_header(*h);
-                }
-                ctx.body_rewritten = true;
-                ctx.crypto.complete_body.clear();
-            }
-            Plan::Read { .. } => {
-                // Ranges and ETag conditions are answered by the proxy: the backend knows
-                // only ciphertext offsets and ciphertext ETags.
-                for h in ["range", "if-range", "if-match", "if-none-match"] {
-                    up.remove_header(h);
-                }
-                if let Some(rr) = &ctx.crypto.ranged {
-                    if ctx.s3()?.op == Operation::GetObject {
-                        set(up, "range", format!("bytes={}-{}", rr.plan.cipher_start, rr.plan.cipher_end))?;
-                    }
-                    set(up, "if-match", rr.backend_etag.clone())?;
-                }
-            }
-            Plan::None => {}
-        }
-        Ok(())
+        let mut state = std::mem::take(&mut ctx.crypto);
+        let result = self.shape_upstream(&mut state, up, ctx);
+        ctx.crypto = state;
+        result
     }
 
     fn request_body(&self, body: &mut Option<Bytes>, end: bool, ctx: &mut RequestCtx) -> Result<(), S3Error> {
-        if matches!(ctx.crypto.plan, Plan::Complete) {
-            return multipart::complete_body(&mut ctx.crypto, body, end, self.chunk_size);
-        }
-        if ctx.crypto.spool.is_some() {
-            return self.spool_body(body, end, ctx);
-        }
-        let Some(enc) = ctx.crypto.encryptor.as_mut() else { return Ok(()) };
-        let mut out = match body.take() {
-            Some(b) if !b.is_empty() => {
-                ctx.bytes_encrypted += b.len() as u64;
-                let r = enc.update(&b);
-                r.map_err(|e| crypto_error(ctx, &e))?
-            }
-            _ => Bytes::new(),
+        let mut state = std::mem::take(&mut ctx.crypto);
+        let result = match &mut state {
+            CryptoCtx::Complete(c) => multipart::complete_body(c, body, end, self.chunk_size),
+            CryptoCtx::Upload(u) => self.upload_body(u, body, end, ctx),
+            _ => Ok(()),
         };
-        if end {
-            // The sigv4 filter ran first and accepted the body: release the final chunk.
-            let enc = ctx.crypto.encryptor.take().expect("checked above");
-            let last = enc.finish().map_err(|e| {
-                if matches!(e, FormatError::InputTooShort) {
-                    s3err(S3ErrorCode::IncompleteBody, "You did not provide the number of bytes specified by the Content-Length HTTP header")
-                } else {
-                    crypto_error(ctx, &e)
-                }
-            })?;
-            if out.is_empty() {
-                out = last;
-            } else {
-                let mut joined = BytesMut::with_capacity(out.len() + last.len());
-                joined.extend_from_slice(&out);
-                joined.extend_from_slice(&last);
-                out = joined.freeze();
-            }
-        }
-        *body = Some(out);
-        Ok(())
+        ctx.crypto = state;
+        result
     }
 
     async fn upstream_response(&self, resp: &mut ResponseHeader, ctx: &mut RequestCtx) -> Result<(), S3Error> {
         let status = resp.status.as_u16();
         let op = ctx.s3()?.op;
-        match (&ctx.crypto.plan, op) {
-            (Plan::Encrypt { .. }, Operation::PutObject) if (200..300).contains(&status) => {
+        let mut state = std::mem::take(&mut ctx.crypto);
+        let result = match &mut state {
+            CryptoCtx::Upload(_) if op == Operation::PutObject && (200..300).contains(&status) => {
                 strip_checksums(resp);
                 // The plaintext MD5 is the ETag only when it was sealed into the object
                 // (the client declared Content-MD5): every later GET/HEAD then shows the same.
                 let md5 = ctx.body_md5.map(hex::encode);
                 let backend = header(resp, "etag").unwrap_or_default();
-                set_header(resp, "etag", client_etag(&backend, md5.as_deref()))?;
+                set_header(resp, "etag", client_etag(&backend, md5.as_deref()))
             }
-            (Plan::Encrypt { .. }, _) => strip_checksums(resp),
-            (Plan::Read { .. }, _) if status == 200 || status == 206 => self.read_response(resp, ctx).await?,
-            (Plan::Complete, _) if status >= 500 && ctx.crypto.complete_gone => {
+            CryptoCtx::Upload(_) => {
+                strip_checksums(resp);
+                Ok(())
+            }
+            CryptoCtx::Read(read) if status == 200 || status == 206 => self.read_response(read, resp, ctx).await,
+            CryptoCtx::Complete(c) if status >= 500 && c.upload_is_gone() => {
                 // ListParts did not know the upload and the backend failed on it (moto
                 // answers 500 for an upload that never existed): it does not exist.
                 let resource = ctx.s3()?.resource();
-                return Err(s3err(S3ErrorCode::NoSuchUpload, "The specified upload does not exist. The upload ID may be invalid, or the upload may have been aborted or completed.").with_resource(resource));
+                Err(s3err(S3ErrorCode::NoSuchUpload, "The specified upload does not exist. The upload ID may be invalid, or the upload may have been aborted or completed.").with_resource(resource))
             }
-            (Plan::Read { .. }, _) if status == 412 && ctx.crypto.ranged.is_some() => {
+            CryptoCtx::Read(Read { what: ReadWhat::Planned { .. }, .. }) if status == 412 => {
                 // An error answer of its own: the backend's 412 may have no body to replace.
-                return Err(s3err(S3ErrorCode::ServiceUnavailable, "The object changed while it was being read; please retry").with_retry_after(1));
+                Err(s3err(S3ErrorCode::ServiceUnavailable, "The object changed while it was being read; please retry").with_retry_after(1))
             }
-            (Plan::Read { .. }, _) if status == 304 || status == 412 => {
-                if let Some(e) = header(resp, "etag") {
-                    set_header(resp, "etag", client_etag(&e, None))?;
-                }
-            }
-            _ => {}
-        }
-        Ok(())
+            CryptoCtx::Read(_) if status == 304 || status == 412 => match header(resp, "etag") {
+                Some(e) => set_header(resp, "etag", client_etag(&e, None)),
+                None => Ok(()),
+            },
+            _ => Ok(()),
+        };
+        ctx.crypto = state;
+        result
     }
 
     fn response_body(&self, body: &mut Option<Bytes>, end: bool, ctx: &mut RequestCtx) -> Result<(), S3Error> {
-        if let Some(replacement) = &ctx.crypto.replacement {
-            *body = if end { Some(replacement.clone()) } else { Some(Bytes::new()) };
-            return Ok(());
-        }
-        let Some(dec) = ctx.crypto.decryptor.as_mut() else { return Ok(()) };
-        let mut plain = match body.take() {
-            Some(b) if !b.is_empty() => {
-                let r = dec.update(&b);
-                r.map_err(|e| crypto_error(ctx, &e))?
+        let CryptoCtx::Read(read) = &mut ctx.crypto else { return Ok(()) };
+        match &read.answer {
+            Answer::AsIs => Ok(()),
+            Answer::Replace(replacement) => {
+                *body = Some(if end { replacement.clone() } else { Bytes::new() });
+                Ok(())
             }
-            _ => Bytes::new(),
-        };
-        if end {
-            // The decryptor checks the segment count of whole objects against its layout.
-            let dec = ctx.crypto.decryptor.take().expect("checked above");
-            let last = dec.finish().map_err(|e| crypto_error(ctx, &e))?;
-            if !last.is_empty() {
-                let mut joined = BytesMut::with_capacity(plain.len() + last.len());
-                joined.extend_from_slice(&plain);
-                joined.extend_from_slice(&last);
-                plain = joined.freeze();
-            }
+            Answer::Decrypt { .. } => match decrypt_piece(&mut read.answer, body.take(), end) {
+                Ok((plain, n)) => {
+                    ctx.bytes_decrypted += n;
+                    *body = Some(plain);
+                    Ok(())
+                }
+                Err(e) => Err(crypto_error(ctx, &e)),
+            },
         }
-        ctx.bytes_decrypted += plain.len() as u64;
-        *body = Some(range::trim(&mut ctx.crypto.skip, &mut ctx.crypto.take, plain));
-        Ok(())
     }
+}
+
+/// One piece of an answer body through the decryptor (at the end, the decryptor finishes:
+/// it checks the segment count of whole objects against its layout). Returns what goes on
+/// and the number of bytes decrypted.
+fn decrypt_piece(answer: &mut Answer, body: Option<Bytes>, end: bool) -> Result<(Bytes, u64), FormatError> {
+    let Answer::Decrypt { decryptor, .. } = answer else { return Ok((body.unwrap_or_default(), 0)) };
+    let mut plain = match body {
+        Some(b) if !b.is_empty() => decryptor.update(&b)?,
+        _ => Bytes::new(),
+    };
+    if end {
+        let Answer::Decrypt { decryptor, mut skip, mut take } = std::mem::replace(answer, Answer::AsIs) else { unreachable!("matched above") };
+        let last = decryptor.finish()?;
+        if !last.is_empty() {
+            let mut joined = BytesMut::with_capacity(plain.len() + last.len());
+            joined.extend_from_slice(&plain);
+            joined.extend_from_slice(&last);
+            plain = joined.freeze();
+        }
+        let n = plain.len() as u64;
+        return Ok((range::trim(&mut skip, &mut take, plain), n));
+    }
+    let Answer::Decrypt { skip, take, .. } = answer else { unreachable!("matched above") };
+    let n = plain.len() as u64;
+    Ok((range::trim(skip, take, plain), n))
 }
 
 impl CryptoFilter {
@@ -497,48 +388,211 @@ impl CryptoFilter {
         }
     }
 
-    /// A chunked body of unknown length: collected, then encrypted whole at its end (the
-    /// segment header needs the length), after the sigv4 filter accepted it.
-    fn spool_body(&self, body: &mut Option<Bytes>, end: bool, ctx: &mut RequestCtx) -> Result<(), S3Error> {
-        let spool = ctx.crypto.spool.as_mut().expect("checked by the caller");
-        if let Some(b) = body.take() {
-            if spool.len() + b.len() > MAX_UNKNOWN_LENGTH {
-                return Err(s3err(
-                    S3ErrorCode::MissingContentLength,
-                    format!("a Transfer-Encoding: chunked upload without Content-Length is limited to {} MiB through the encryption proxy; send Content-Length (or aws-chunked)", MAX_UNKNOWN_LENGTH >> 20),
-                ));
+    /// Plans a GET/HEAD: a whole object, or a Range / `partNumber` read of only the chunks it
+    /// needs (checked against the headers it rests on, before the backend is asked).
+    /// `Err(reply)` is an answer given here (416).
+    async fn plan_read(&self, req: &RequestHeader, s3: &crate::request::S3Request, ring: Arc<KeyRing>, ctx: &mut RequestCtx) -> Result<Result<Read, crate::filter::Reply>, S3Error> {
+        let h = |n: &str| req.headers.get(n).and_then(|v| v.to_str().ok()).map(str::to_string);
+        let range = match h("range") {
+            Some(r) if s3.op == Operation::GetObject => ByteRange::parse(&r),
+            _ => None,
+        };
+        let part = match s3.query_value("partNumber") {
+            Some(p) => Some(p.parse::<u32>().ok().filter(|p| (1..=10_000).contains(p)).ok_or_else(|| {
+                s3err(S3ErrorCode::InvalidArgument, "Part number must be an integer between 1 and 10000, inclusive")
+            })?),
+            None => None,
+        };
+        let want = match (range, part) {
+            (Some(_), Some(_)) => return Err(s3err(S3ErrorCode::InvalidRequest, "Cannot specify both Range header and partNumber query parameter")),
+            (Some(r), None) => Some(Want::Range(r)),
+            (None, Some(n)) => Some(Want::Part(n)),
+            (None, None) => None,
+        };
+        let what = match want {
+            None => ReadWhat::Whole,
+            Some(want) => {
+                // The part's plaintext is computed from the format (segment n is part n):
+                // the backend is asked for ciphertext bytes, never for its own part n.
+                if let Some(s) = ctx.s3.as_mut() {
+                    s.query.retain(|(k, _)| k != "partNumber");
+                }
+                match ranged::prepare(&self.backend, &ring, s3, want).await? {
+                    Prepared::Plan(read) => ReadWhat::Planned { read, part: part.is_some() },
+                    Prepared::Unsatisfiable(len) => {
+                        let e = s3err(S3ErrorCode::InvalidRange, "The requested range is not satisfiable").with_resource(s3.resource());
+                        let mut reply = crate::filter::Reply::xml(416, String::from_utf8_lossy(&e.to_xml(&ctx.request_id)).into_owned());
+                        reply.headers.push(("content-range", format!("bytes */{len}")));
+                        ctx.error = Some(e);
+                        return Ok(Err(reply));
+                    }
+                    Prepared::NoSuchPart => return Err(self.no_such_part(s3, part.unwrap_or(0)).await),
+                    Prepared::Damaged(e) => return Err(crypto_error(ctx, &e)),
+                    Prepared::Fallback => range.map_or(ReadWhat::Whole, ReadWhat::FromWhole),
+                }
             }
-            spool.extend_from_slice(&b);
+        };
+        Ok(Ok(Read {
+            ring,
+            what,
+            if_match: h("if-match"),
+            if_none_match: h("if-none-match"),
+            checksum_mode: h("x-amz-checksum-mode").is_some_and(|v| v.eq_ignore_ascii_case("enabled")),
+            answer: Answer::AsIs,
+        }))
+    }
+
+    /// Shapes the request header of one backend attempt.
+    fn shape_upstream(&self, state: &mut CryptoCtx, up: &mut RequestHeader, ctx: &mut RequestCtx) -> Result<(), S3Error> {
+        let set = |up: &mut RequestHeader, n: &'static str, v: String| {
+            up.insert_header(n, v).map_err(|e| S3Error::internal("setting an upstream header", e))
+        };
+        match state {
+            CryptoCtx::Upload(u) => {
+                let s3 = ctx.s3()?;
+                let obj = ObjectId { bucket: s3.bucket.as_deref().unwrap_or(""), key: s3.key.as_deref().unwrap_or("") };
+                // Made per attempt: a retry replays the body from the start.
+                u.body = match u.plain_len {
+                    Some(plain_len) => {
+                        let enc = SegmentEncryptor::new(u.ring.current(), obj, u.part, plain_len, self.chunk_size).map_err(|e| crypto_error(ctx, &e))?;
+                        set(up, "content-length", enc.cipher_len().to_string())?;
+                        UploadBody::Encrypting(enc)
+                    }
+                    None => {
+                        // The ciphertext goes on chunked too, once the whole body is known.
+                        up.remove_header("content-length");
+                        UploadBody::Collecting(BytesMut::new())
+                    }
+                };
+                ctx.key_id = Some(u.ring.current_id());
+                ctx.body_rewritten = true;
+                for h in PLAINTEXT_BODY_HEADERS.iter().filter(|h| !(u.plain_len.is_none() && **h == "transfer-encoding")) {
+                    up.remove_header(*h);
+                }
+                if let Some(enc) = up.headers.get("content-encoding").and_then(|v| v.to_str().ok()) {
+                    let rest: Vec<&str> = enc.split(',').map(str::trim).filter(|t| !t.eq_ignore_ascii_case("aws-chunked")).collect();
+                    let rest = rest.join(",");
+                    up.remove_header("content-encoding");
+                    if !rest.is_empty() && u.part > 0 {
+                        set(up, "content-encoding", rest)?;
+                    }
+                }
+                if let Some(sealed) = &u.sealed {
+                    seal_headers(up, sealed)?;
+                    // If-Match names an ETag the client was shown: give the backend its own.
+                    if let Some(im) = up.headers.get("if-match").and_then(|v| v.to_str().ok()).map(str::to_string) {
+                        let translated: Vec<String> = im
+                            .split(',')
+                            .map(|t| crate::etag::backend_etag_of(t).unwrap_or_else(|| t.trim().to_string()))
+                            .collect();
+                        set(up, "if-match", translated.join(", "))?;
+                    }
+                }
+            }
+            CryptoCtx::Create { sealed } => {
+                // A checksum algorithm chosen at creation would make the backend demand
+                // plaintext checksums on every part.
+                for h in PLAINTEXT_BODY_HEADERS {
+                    up.remove_header(*h);
+                }
+                seal_headers(up, sealed)?
+            }
+            CryptoCtx::Complete(c) => {
+                // A body sent chunked (no Content-Length) goes on chunked.
+                let chunked = ctx.s3()?.content_length.is_none();
+                for h in PLAINTEXT_BODY_HEADERS.iter().filter(|h| !(chunked && **h == "transfer-encoding")) {
+                    up.remove_header(*h);
+                }
+                ctx.body_rewritten = true;
+                c.restart();
+            }
+            CryptoCtx::Read(read) => {
+                // Ranges and ETag conditions are answered by the proxy: the backend knows
+                // only ciphertext offsets and ciphertext ETags.
+                for h in ["range", "if-range", "if-match", "if-none-match"] {
+                    up.remove_header(h);
+                }
+                if let ReadWhat::Planned { read: rr, .. } = &read.what {
+                    if ctx.s3()?.op == Operation::GetObject {
+                        set(up, "range", format!("bytes={}-{}", rr.plan.cipher_start, rr.plan.cipher_end))?;
+                    }
+                    set(up, "if-match", rr.backend_etag.clone())?;
+                }
+            }
+            CryptoCtx::Idle => {}
         }
-        if !end {
-            *body = Some(Bytes::new());
-            return Ok(());
-        }
-        let plain = ctx.crypto.spool.take().expect("checked by the caller");
-        let Plan::Encrypt { part, .. } = ctx.crypto.plan else { return Err(S3Error::internal("crypto filter", "spool without an upload")) };
-        if part > 0 && plain.is_empty() {
-            return Err(s3err(S3ErrorCode::InvalidRequest, "empty parts cannot be stored encrypted: every part must hold at least one byte"));
-        }
-        let ring = ctx.crypto.ring.clone().expect("set with the plan");
-        let s3 = ctx.s3()?;
-        let obj = ObjectId { bucket: s3.bucket.as_deref().unwrap_or(""), key: s3.key.as_deref().unwrap_or("") };
-        let mut enc = SegmentEncryptor::new(ring.current(), obj, part, plain.len() as u64, self.chunk_size).map_err(|e| crypto_error(ctx, &e))?;
-        let mut out = BytesMut::from(&enc.update(&plain).map_err(|e| crypto_error(ctx, &e))?[..]);
-        out.extend_from_slice(&enc.finish().map_err(|e| crypto_error(ctx, &e))?);
-        ctx.bytes_encrypted += plain.len() as u64;
-        *body = Some(out.freeze());
         Ok(())
     }
 
-    /// Moves the plaintext's descriptive headers into the sealed metadata header.
-    fn seal_headers(&self, up: &mut RequestHeader, ctx: &mut RequestCtx) -> Result<(), S3Error> {
-        metadata::strip_sealed_headers(up);
-        // Kept for a retry of the same request on another backend connection.
-        let sealed = ctx.crypto.sealed_meta.clone().ok_or_else(|| S3Error::internal("crypto filter", "no sealed metadata"))?;
-        up.insert_header("content-type", "application/octet-stream")
-            .and_then(|_| up.insert_header(meta::HEADER, sealed))
-            .map_err(|e| S3Error::internal("setting the sealed metadata", e))?;
-        Ok(())
+    /// One piece of an upload's body: encrypted as it streams, or collected when its length
+    /// is unknown. The final chunk goes on only at the end, after the sigv4 filter (which
+    /// ran first) accepted the whole body.
+    fn upload_body(&self, u: &mut Upload, body: &mut Option<Bytes>, end: bool, ctx: &mut RequestCtx) -> Result<(), S3Error> {
+        match &mut u.body {
+            UploadBody::Encrypting(enc) => {
+                let mut out = match body.take() {
+                    Some(b) if !b.is_empty() => {
+                        ctx.bytes_encrypted += b.len() as u64;
+                        enc.update(&b).map_err(|e| crypto_error(ctx, &e))?
+                    }
+                    _ => Bytes::new(),
+                };
+                if end {
+                    let UploadBody::Encrypting(enc) = std::mem::replace(&mut u.body, UploadBody::Finished) else { unreachable!("matched above") };
+                    let last = enc.finish().map_err(|e| {
+                        if matches!(e, FormatError::InputTooShort) {
+                            s3err(S3ErrorCode::IncompleteBody, "You did not provide the number of bytes specified by the Content-Length HTTP header")
+                        } else {
+                            crypto_error(ctx, &e)
+                        }
+                    })?;
+                    out = if out.is_empty() {
+                        last
+                    } else {
+                        let mut joined = BytesMut::with_capacity(out.len() + last.len());
+                        joined.extend_from_slice(&out);
+                        joined.extend_from_slice(&last);
+                        joined.freeze()
+                    };
+                }
+                *body = Some(out);
+                Ok(())
+            }
+            UploadBody::Collecting(spool) => {
+                if let Some(b) = body.take() {
+                    if spool.len() + b.len() > MAX_UNKNOWN_LENGTH {
+                        return Err(s3err(
+                            S3ErrorCode::MissingContentLength,
+                            format!("a Transfer-Encoding: chunked upload without Content-Length is limited to {} MiB through the encryption proxy; send Content-Length (or aws-chunked)", MAX_UNKNOWN_LENGTH >> 20),
+                        ));
+                    }
+                    spool.extend_from_slice(&b);
+                }
+                if !end {
+                    *body = Some(Bytes::new());
+                    return Ok(());
+                }
+                let UploadBody::Collecting(plain) = std::mem::replace(&mut u.body, UploadBody::Finished) else { unreachable!("matched above") };
+                *body = Some(self.encrypt_collected(u, &plain, ctx)?);
+                Ok(())
+            }
+            UploadBody::NotStarted | UploadBody::Finished => Ok(()),
+        }
+    }
+
+    /// A chunked body of unknown length, complete: encrypted whole (the segment header
+    /// needs the length).
+    fn encrypt_collected(&self, u: &Upload, plain: &[u8], ctx: &mut RequestCtx) -> Result<Bytes, S3Error> {
+        if u.part > 0 && plain.is_empty() {
+            return Err(s3err(S3ErrorCode::InvalidRequest, "empty parts cannot be stored encrypted: every part must hold at least one byte"));
+        }
+        let s3 = ctx.s3()?;
+        let obj = ObjectId { bucket: s3.bucket.as_deref().unwrap_or(""), key: s3.key.as_deref().unwrap_or("") };
+        let mut enc = SegmentEncryptor::new(u.ring.current(), obj, u.part, plain.len() as u64, self.chunk_size).map_err(|e| crypto_error(ctx, &e))?;
+        let mut out = BytesMut::from(&enc.update(plain).map_err(|e| crypto_error(ctx, &e))?[..]);
+        out.extend_from_slice(&enc.finish().map_err(|e| crypto_error(ctx, &e))?);
+        ctx.bytes_encrypted += plain.len() as u64;
+        Ok(out.freeze())
     }
 
     /// A GET/HEAD answer for an object: unseal its metadata, give plaintext length and
@@ -549,7 +603,7 @@ impl CryptoFilter {
     /// with the stored length now; otherwise the decryptor compares every segment header with
     /// the announced layout before releasing any of its bytes, and where no byte would be
     /// held back (HEAD, an empty body) the headers are read and checked here first.
-    async fn read_response(&self, resp: &mut ResponseHeader, ctx: &mut RequestCtx) -> Result<(), S3Error> {
+    async fn read_response(&self, read: &mut Read, resp: &mut ResponseHeader, ctx: &mut RequestCtx) -> Result<(), S3Error> {
         let s3 = ctx.s3()?.clone();
         let Some(sealed) = header(resp, meta::HEADER) else {
             return match self.unencrypted {
@@ -560,15 +614,15 @@ impl CryptoFilter {
                 }
             };
         };
-        let ring = ctx.crypto.ring.clone().expect("set with the plan");
+        let ring = read.ring.clone();
         let obj = ObjectId { bucket: s3.bucket.as_deref().unwrap_or(""), key: s3.key.as_deref().unwrap_or("") };
         let opened = meta::open(&ring, obj, &sealed).map_err(|e| crypto_error(ctx, &e))?;
         ctx.key_id = Some(opened.key_id);
         let backend_etag = header(resp, "etag").unwrap_or_default();
-        let layout = match &ctx.crypto.ranged {
+        let layout = match &read.what {
             // Planned and checked against the headers it rests on before the request.
-            Some(_) => None,
-            None => {
+            ReadWhat::Planned { .. } => None,
+            ReadWhat::Whole | ReadWhat::FromWhole(_) => {
                 let cipher_len = header(resp, "content-length").and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
                 let (layout, verified) = metadata::announced_layout(&opened, cipher_len, &backend_etag).map_err(|e| crypto_error(ctx, &e))?;
                 let nothing_held_back = s3.op == Operation::HeadObject || layout.plain_len == 0;
@@ -582,8 +636,10 @@ impl CryptoFilter {
             }
         };
         let sealed_md5 = metadata::restore(resp, &opened.payload)?;
-        let whole = ctx.crypto.ranged.is_none() && !matches!(ctx.crypto.plan, Plan::Read { range: Some(_) });
-        let sealed_checksum = if ctx.crypto.checksum_mode && whole { metadata::sealed_checksum(&opened.payload) } else { None };
+        let sealed_checksum = match read.what {
+            ReadWhat::Whole if read.checksum_mode => metadata::sealed_checksum(&opened.payload),
+            _ => None,
+        };
         let etag = client_etag(&backend_etag, sealed_md5.as_deref());
         set_header(resp, "etag", etag.clone())?;
         metadata::apply_response_overrides(resp, &s3.query)?;
@@ -593,66 +649,56 @@ impl CryptoFilter {
         let matches = |list: &str| {
             list.split(',').map(str::trim).any(|t| t == "*" || candidates.iter().any(|c| c == t || c.trim_matches('"') == t.trim_matches('"')))
         };
-        if let Some(im) = ctx.crypto.if_match.take() {
+        if let Some(im) = read.if_match.take() {
             if !matches(&im) {
                 return Err(crate::conditional::precondition_failed(&s3.resource()));
             }
         }
-        if let Some(inm) = ctx.crypto.if_none_match.take() {
+        if let Some(inm) = read.if_none_match.take() {
             if matches(&inm) {
                 resp.set_status(304).map_err(|e| S3Error::internal("304", e))?;
                 resp.remove_header("content-length");
-                ctx.crypto.replacement = Some(Bytes::new());
+                read.answer = Answer::Replace(Bytes::new());
                 return Ok(());
             }
         }
 
-        let Some(layout) = layout else {
-            let rr = ctx.crypto.ranged.clone().expect("no layout only for planned reads");
-            resp.set_status(206).map_err(|e| S3Error::internal("status", e))?;
-            set_header(resp, "content-range", format!("bytes {}-{}/{}", rr.first, rr.last, rr.plain_len))?;
-            set_header(resp, "content-length", rr.plan.len.to_string())?;
-            set_header(resp, "accept-ranges", "bytes".to_string())?;
-            strip_checksums(resp);
-            if ctx.crypto.part_requested {
-                if let Some(n) = rr.parts_count {
-                    set_header(resp, "x-amz-mp-parts-count", n.to_string())?;
+        let (status, skip, len) = match (&read.what, layout) {
+            (ReadWhat::Planned { read: rr, part }, _) => {
+                resp.set_status(206).map_err(|e| S3Error::internal("status", e))?;
+                set_header(resp, "content-range", format!("bytes {}-{}/{}", rr.first, rr.last, rr.plain_len))?;
+                set_header(resp, "content-length", rr.plan.len.to_string())?;
+                set_header(resp, "accept-ranges", "bytes".to_string())?;
+                strip_checksums(resp);
+                if *part {
+                    if let Some(n) = rr.parts_count {
+                        set_header(resp, "x-amz-mp-parts-count", n.to_string())?;
+                    }
                 }
-            }
-            if s3.op == Operation::HeadObject {
+                if s3.op == Operation::GetObject {
+                    let decryptor = Decryptor::for_range((*ring).clone(), obj, &rr.header, &rr.plan).map_err(|e| crypto_error(ctx, &e))?;
+                    // The decryptor emits exactly the requested bytes.
+                    read.answer = Answer::Decrypt { decryptor, skip: 0, take: rr.plan.len };
+                }
                 return Ok(());
             }
-            let dec = Decryptor::for_range((*ring).clone(), obj, &rr.header, &rr.plan).map_err(|e| crypto_error(ctx, &e))?;
-            // The decryptor emits exactly the requested bytes.
-            ctx.crypto.skip = 0;
-            ctx.crypto.take = rr.plan.len;
-            ctx.crypto.decryptor = Some(dec);
-            return Ok(());
-        };
-        let plain_len = layout.plain_len;
-        let (status, len) = match ctx.crypto.plan {
-            Plan::Read { range: Some(r) } => match r.resolve(plain_len) {
+            (ReadWhat::FromWhole(r), Some(layout)) => match r.resolve(layout.plain_len) {
                 Some((first, last)) => {
-                    set_header(resp, "content-range", format!("bytes {first}-{last}/{plain_len}"))?;
-                    ctx.crypto.skip = first;
-                    ctx.crypto.take = last - first + 1;
-                    (206, last - first + 1)
+                    set_header(resp, "content-range", format!("bytes {first}-{last}/{}", layout.plain_len))?;
+                    (206, first, last - first + 1)
                 }
                 None => {
                     // The backend's answer holds the whole object (at least one header's
                     // worth of bytes), so its body can carry the error document.
                     let e = s3err(S3ErrorCode::InvalidRange, "The requested range is not satisfiable").with_resource(s3.resource());
-                    self.replace_with_error(resp, ctx, e)?;
-                    set_header(resp, "content-range", format!("bytes */{plain_len}"))?;
+                    read.answer = Answer::Replace(self.error_answer(resp, ctx, e)?);
+                    set_header(resp, "content-range", format!("bytes */{}", layout.plain_len))?;
                     return Ok(());
                 }
             },
-            _ => {
-                ctx.crypto.skip = 0;
-                ctx.crypto.take = plain_len;
-                (200, plain_len)
-            }
+            (_, layout) => (200, 0, layout.map_or(0, |l| l.plain_len)),
         };
+        let layout = layout.expect("unplanned reads have a layout");
         resp.set_status(status).map_err(|e| S3Error::internal("status", e))?;
         set_header(resp, "content-length", len.to_string())?;
         set_header(resp, "accept-ranges", "bytes".to_string())?;
@@ -663,15 +709,15 @@ impl CryptoFilter {
             set_header(resp, "x-amz-checksum-type", "FULL_OBJECT".to_string())?;
         }
         if s3.op == Operation::GetObject {
-            ctx.crypto.decryptor = Some(Decryptor::expecting((*ring).clone(), obj, layout));
+            read.answer = Answer::Decrypt { decryptor: Decryptor::expecting((*ring).clone(), obj, layout), skip, take: len };
         }
         Ok(())
     }
 
-    /// Turns the backend's answer into an S3 error answer; its body is dropped. Only for
-    /// answers that have a body (the error document is sent in its place when it ends):
-    /// elsewhere return the error, and the proxy answers it in full.
-    fn replace_with_error(&self, resp: &mut ResponseHeader, ctx: &mut RequestCtx, e: S3Error) -> Result<(), S3Error> {
+    /// Turns the backend's answer into an S3 error answer and returns the error document to
+    /// send in place of its body. Only for answers that have a body (the document goes out
+    /// when it ends): elsewhere return the error, and the proxy answers it in full.
+    fn error_answer(&self, resp: &mut ResponseHeader, ctx: &mut RequestCtx, e: S3Error) -> Result<Bytes, S3Error> {
         let body = e.to_xml(&ctx.request_id);
         let keep: Vec<_> = ["date", "x-amz-request-id"].iter().filter_map(|h| header(resp, h).map(|v| (*h, v))).collect();
         let mut fresh = ResponseHeader::build(e.status(), None).map_err(|x| S3Error::internal("error answer", x))?;
@@ -681,11 +727,18 @@ impl CryptoFilter {
         set_header(&mut fresh, "content-type", "application/xml".to_string())?;
         set_header(&mut fresh, "content-length", body.len().to_string())?;
         *resp = fresh;
-        ctx.crypto.decryptor = None;
-        ctx.crypto.replacement = Some(if ctx.s3()?.op == Operation::HeadObject { Bytes::new() } else { body });
         ctx.error = Some(e);
-        Ok(())
+        Ok(body)
     }
+}
+
+/// Moves the plaintext's descriptive headers into the sealed metadata header.
+fn seal_headers(up: &mut RequestHeader, sealed: &str) -> Result<(), S3Error> {
+    metadata::strip_sealed_headers(up);
+    up.insert_header("content-type", "application/octet-stream")
+        .and_then(|_| up.insert_header(meta::HEADER, sealed))
+        .map_err(|e| S3Error::internal("setting the sealed metadata", e))?;
+    Ok(())
 }
 
 pub(crate) fn header(resp: &ResponseHeader, name: &str) -> Option<String> {

@@ -115,7 +115,7 @@ impl Layout {
     fn learn_part_len(&mut self, p: u64) -> Result<(), FormatError> {
         let n = u64::from(self.segments);
         let c = u64::from(self.chunk_size);
-        if p == 0 || p % c != 0 || n.checked_mul(p).is_none_or(|all| all < self.plain_len) {
+        if p == 0 || !p.is_multiple_of(c) || n.checked_mul(p).is_none_or(|all| all < self.plain_len) {
             return Err(FormatError::LayoutMismatch);
         }
         if (n - 1) * p >= self.plain_len {

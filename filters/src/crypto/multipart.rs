@@ -7,12 +7,11 @@
 //! sizes from the backend's part list, before the last byte of the body goes on: an upload
 //! that breaks the rule is refused with the rule in the message, and nothing is completed.
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use quick_xml::events::Event;
 use quick_xml::Reader;
 use s3cp_format::object_plain_len;
 
-use super::CryptoCtx;
 use crate::backend::Backend;
 use crate::error::{s3err, S3Error, S3ErrorCode};
 use crate::request::S3Request;
@@ -172,29 +171,42 @@ pub enum UploadState {
     Gone,
 }
 
+/// A CompleteMultipartUpload in progress: the upload's parts as listed before, and its
+/// body as collected so far.
+pub struct Completion {
+    upload: UploadState,
+    body: BytesMut,
+}
+
+impl Completion {
+    /// The upload was unknown to ListParts.
+    pub fn upload_is_gone(&self) -> bool {
+        self.upload == UploadState::Gone
+    }
+
+    /// A new backend attempt collects the body again.
+    pub fn restart(&mut self) {
+        self.body.clear();
+    }
+}
+
 /// Reads the upload's parts (ListParts) before a CompleteMultipartUpload, for the check of
 /// its body; an empty body is refused at once.
-pub(super) async fn before_complete(backend: &Backend, s3: &S3Request, c: &mut CryptoCtx) -> Result<(), S3Error> {
+pub(super) async fn before_complete(backend: &Backend, s3: &S3Request) -> Result<Completion, S3Error> {
     if s3.content_length == Some(0) {
         return Err(xml_body::malformed());
     }
     let upload_id = s3.query_value("uploadId").unwrap_or_default().to_string();
-    let state = match list_parts(backend, s3, &upload_id).await {
+    let upload = match list_parts(backend, s3, &upload_id).await {
         Ok(p) if p.is_empty() => UploadState::NoParts,
-        Ok(p) => UploadState::Parts(p),
+        Ok(mut p) => {
+            p.sort_unstable_by_key(|p| p.number);
+            UploadState::Parts(p)
+        }
         Err(e) if e.code == S3ErrorCode::NoSuchUpload => UploadState::Gone,
         Err(e) => return Err(e),
     };
-    c.complete_without_parts = state == UploadState::NoParts;
-    c.complete_gone = state == UploadState::Gone;
-    c.complete_parts = match state {
-        UploadState::Parts(mut p) => {
-            p.sort_unstable_by_key(|p| p.number);
-            p
-        }
-        _ => Vec::new(),
-    };
-    Ok(())
+    Ok(Completion { upload, body: BytesMut::new() })
 }
 
 /// Largest CompleteMultipartUpload body (10,000 parts with ETags and checksums fit).
@@ -203,24 +215,23 @@ const MAX_COMPLETE_BODY: usize = 4 << 20;
 /// The CompleteMultipartUpload body: collected whole and judged before its last byte goes
 /// on (a refused body leaves the backend's request short, and nothing is completed), then
 /// passed on with the part checksums blanked.
-pub(super) fn complete_body(c: &mut CryptoCtx, body: &mut Option<Bytes>, end: bool, chunk_size: u32) -> Result<(), S3Error> {
+pub(super) fn complete_body(c: &mut Completion, body: &mut Option<Bytes>, end: bool, chunk_size: u32) -> Result<(), S3Error> {
     if let Some(b) = body.take() {
-        if c.complete_body.len() + b.len() > MAX_COMPLETE_BODY {
+        if c.body.len() + b.len() > MAX_COMPLETE_BODY {
             return Err(s3err(S3ErrorCode::MalformedXML, "the CompleteMultipartUpload body is too large"));
         }
-        c.complete_body.extend_from_slice(&b);
+        c.body.extend_from_slice(&b);
     }
     if !end {
         *body = Some(Bytes::new());
         return Ok(());
     }
-    let mut all = std::mem::take(&mut c.complete_body);
+    let mut all = std::mem::take(&mut c.body);
     let named = named_parts(&all)?;
-    if c.complete_without_parts {
-        return Err(invalid_part());
-    }
-    if !c.complete_gone {
-        check_named_parts(&named, &c.complete_parts, chunk_size)?;
+    match &c.upload {
+        UploadState::NoParts => return Err(invalid_part()),
+        UploadState::Parts(listed) => check_named_parts(&named, listed, chunk_size)?,
+        UploadState::Gone => {}
     }
     blank_part_checksums(&mut all);
     *body = Some(all.freeze());

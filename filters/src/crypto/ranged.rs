@@ -54,7 +54,7 @@ pub enum Prepared {
 /// What a header probe found.
 enum Probe {
     /// The object's answer header and the 108 bytes at the probed offset.
-    Header(pingora::http::ResponseHeader, bytes::Bytes),
+    Header(Box<pingora::http::ResponseHeader>, bytes::Bytes),
     /// Anything but a 206 with exactly those bytes (its status).
     Other(u16),
 }
@@ -86,7 +86,7 @@ async fn probe(backend: &Backend, obj: ObjectId<'_>, version: Option<&str>, from
         body.extend_from_slice(&piece);
     }
     ex.release().await;
-    Ok(if body.len() == HEADER_LEN { Probe::Header(resp, body.freeze()) } else { Probe::Other(status) })
+    Ok(if body.len() == HEADER_LEN { Probe::Header(Box::new(resp), body.freeze()) } else { Probe::Other(status) })
 }
 
 /// Parses and authenticates a segment header read under the name `obj`.
