@@ -116,7 +116,12 @@ fn main() {
         Cmd::Check { config } => {
             let cfg = config::load(config.as_deref()).unwrap_or_else(|e| die(e));
             prepare(&cfg, false).unwrap_or_else(|e| die(e));
-            println!("configuration OK: filters {:?}", cfg.filters.iter().map(|f| f.name()).collect::<Vec<_>>());
+            println!(
+                "configuration OK: filters {:?}; upgrade socket {}, PID file {}",
+                cfg.filters.iter().map(|f| f.name()).collect::<Vec<_>>(),
+                cfg.upgrade_sock,
+                cfg.pid_file
+            );
         }
         Cmd::Run { config, upgrade, daemon } => {
             let cfg = config::load(config.as_deref()).unwrap_or_else(|e| die(e));
