@@ -142,7 +142,8 @@ impl Drop for MemoryLock {
 /// user (or root), writable by nobody else. With `create`, a missing directory is created
 /// with mode 0700 first. A socket or PID file in a directory others can write to can be
 /// replaced by them (a local user binding the upgrade socket first receives the proxy's
-/// listening sockets).
+/// listening sockets). Without `create` (a configuration check) run by root, the owner is
+/// not checked: root checks on behalf of the service user, whose directory it is.
 pub fn private_dir(dir: &Path, create: bool) -> Result<(), String> {
     use std::os::unix::fs::{DirBuilderExt, MetadataExt};
     let meta = match std::fs::metadata(dir) {
@@ -170,7 +171,8 @@ pub fn private_dir(dir: &Path, create: bool) -> Result<(), String> {
         ));
     }
     let me = rustix::process::geteuid().as_raw();
-    if meta.uid() != me && meta.uid() != 0 {
+    let checking_for_another_user = !create && me == 0;
+    if meta.uid() != me && meta.uid() != 0 && !checking_for_another_user {
         return Err(format!(
             "directory {} belongs to uid {}, not to this process's user (uid {me})",
             dir.display(),

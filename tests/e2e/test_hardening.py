@@ -162,6 +162,35 @@ def test_proxy_is_not_dumpable(tmp_path):
         subprocess.run(["rm", "-rf", d], check=False)
 
 
+def test_daemonized_proxy_locks_its_keys_again_after_the_fork(hstack, tmp_path):
+    """`run --daemon` loads the key before pingora forks, and memory locks do not survive a
+    fork: the daemon locks its ring again."""
+    cfg = dict(hstack.proxy.config)
+    cfg["listen_addr"] = f"127.0.0.1:{harness.free_port()}"
+    admin_port = harness.free_port()
+    cfg["admin_listen_addr"] = f"127.0.0.1:{admin_port}"
+    cfg["audit_log"] = "off"
+    cfg["server"] = dict(cfg["server"], upgrade_sock=str(tmp_path / "u.sock"), pid_file=str(tmp_path / "daemon.pid"),
+                         grace_period_seconds=0, graceful_shutdown_timeout_seconds=1)
+    conf = tmp_path / "daemon.yaml"
+    conf.write_text(yaml.safe_dump(cfg))
+    with open(tmp_path / "daemon.log", "wb") as log:
+        r = subprocess.run([harness.binary("s3-crypt-proxy"), "run", "--config", str(conf), "--daemon"],
+                           stdout=log, stderr=log, env=clean_env(), timeout=60)
+    assert r.returncode == 0, harness.tail(str(tmp_path / "daemon.log"))
+    wait_for("the PID file", lambda: (tmp_path / "daemon.pid").exists())
+    pid = int((tmp_path / "daemon.pid").read_text())
+    try:
+        harness.wait_port(admin_port)
+        metrics = lambda: urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/metrics", timeout=5).read().decode()
+        wait_for("key memory locked", lambda: "s3_crypt_proxy_key_memory_locked 1" in metrics())
+        assert int(proc_status(pid)["VmLck"].split()[0]) > 0
+        assert core_limit(pid) == ["0", "0"]
+    finally:
+        os.kill(pid, signal.SIGTERM)
+        wait_for("the daemon to stop", lambda: not os.path.exists(f"/proc/{pid}"), 15)
+
+
 # ---------------------------------------------------------------- the runtime directory
 
 def test_default_runtime_files_are_not_in_tmp(tmp_path):
@@ -232,6 +261,10 @@ def test_runtime_directory_of_another_user_is_refused(tmp_path):
     os.chown(theirs, 65534, 65534)
     conf = base_config(tmp_path, server={"upgrade_sock": f"{theirs}/upgrade.sock", "pid_file": f"{theirs}/proxy.pid"})
     one_line_exit_2(proxy_cmd("run", "--config", str(conf)), "server.upgrade_sock", "belongs to uid 65534")
+    # `check` run by root validates for the service user: the owner is theirs to be.
+    assert proxy_cmd("check", "--config", str(conf)).returncode == 0
+    theirs.chmod(0o770)
+    one_line_exit_2(proxy_cmd("check", "--config", str(conf)), "group- or world-writable")
 
 
 # ---------------------------------------------------------------- credentials in logs
