@@ -47,18 +47,9 @@ pub struct Vault {
 /// Whether the key memory is page-locked.
 #[derive(Debug)]
 pub enum LockState {
-    Locked(LockedRegion),
+    Locked(#[allow(dead_code)] crate::harden::MemoryLock),
     /// mlock failed (e.g. RLIMIT_MEMLOCK); the reason is kept for the status log.
     Unlocked(String),
-}
-
-/// Keeps the pages locked while alive.
-pub struct LockedRegion(#[allow(dead_code)] region::LockGuard);
-
-impl std::fmt::Debug for LockedRegion {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("LockedRegion")
-    }
 }
 
 impl Default for Vault {
@@ -73,11 +64,10 @@ impl Vault {
         let slots = Box::new(Slots {
             keys: std::array::from_fn(|_| None),
         });
-        let ptr: *const Slots = &*slots;
-        let lock = match region::lock(ptr, std::mem::size_of::<Slots>()) {
-            Ok(guard) => LockState::Locked(LockedRegion(guard)),
+        let lock = match crate::harden::MemoryLock::of(&*slots) {
+            Ok(lock) => LockState::Locked(lock),
             Err(e) => LockState::Unlocked(format!(
-                "mlock of {} bytes failed: {e} (raise RLIMIT_MEMLOCK, e.g. LimitMEMLOCK= in the systemd unit)",
+                "key memory ({} bytes): {e}",
                 std::mem::size_of::<Slots>()
             )),
         };

@@ -23,6 +23,11 @@ pub struct AdminApi {
     pub started: SystemTime,
     pub filters: Vec<&'static str>,
     pub memkey_endpoint: Option<String>,
+    /// The S3 listener's `allowed_buckets` (empty: every bucket); rewrap obeys it too.
+    pub allowed_buckets: Vec<String>,
+    pub core_dumps_disabled: bool,
+    pub upgrade_sock: String,
+    pub pid_file: String,
 }
 
 fn respond(status: u16, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
@@ -57,8 +62,34 @@ impl AdminApi {
         bool::from(given.as_bytes().ct_eq(token.as_bytes()))
     }
 
+    fn bucket_allowed(&self, bucket: &str) -> bool {
+        self.allowed_buckets.is_empty() || self.allowed_buckets.iter().any(|b| b == bucket)
+    }
+
+    /// Whether the loaded keys are locked in RAM (`null` without keys), and why not.
+    fn memory_lock(&self) -> (Option<bool>, Option<String>) {
+        match self.keys.memory_locked() {
+            None => (None, None),
+            Some(Ok(())) => (Some(true), None),
+            Some(Err(why)) => (Some(false), Some(why)),
+        }
+    }
+
+    /// A refused key delivery (different material under a loaded key id), or `null`.
+    fn key_conflict(&self) -> serde_json::Value {
+        match self.keys.refused() {
+            Some(r) => serde_json::json!({
+                "key_ids": r.key_ids,
+                "since": rfc3339(r.since),
+                "message": "keyd offers different key material under a key id already loaded; refused, the loaded key stays in use. Deliver the original key again, or use a new key id.",
+            }),
+            None => serde_json::Value::Null,
+        }
+    }
+
     fn key_status(&self) -> serde_json::Value {
-        match self.keys.get() {
+        let (locked, lock_error) = self.memory_lock();
+        let mut v = match self.keys.get() {
             Some(ring) => serde_json::json!({
                 "loaded": true,
                 "current_key_id": ring.current_id(),
@@ -66,7 +97,12 @@ impl AdminApi {
                 "loaded_at": self.keys.loaded_at().map(rfc3339),
             }),
             None => serde_json::json!({ "loaded": false, "key_ids": [] }),
-        }
+        };
+        v["memory_locked"] = serde_json::json!(locked);
+        v["memory_lock_error"] = serde_json::json!(lock_error);
+        v["core_dumps_disabled"] = serde_json::json!(self.core_dumps_disabled);
+        v["conflict"] = self.key_conflict();
+        v
     }
 }
 
@@ -102,6 +138,12 @@ impl ServeHttp for AdminApi {
                     let Some(bucket) = get("bucket") else {
                         return json(400, serde_json::json!({ "error": "bucket= is required" }));
                     };
+                    if !self.bucket_allowed(&bucket) {
+                        return json(
+                            403,
+                            serde_json::json!({ "error": format!("bucket {bucket:?} is not in the proxy's allowed_buckets"), "code": "AccessDenied", "bucket": bucket }),
+                        );
+                    }
                     match self.rewrap.start(self.backend.clone(), self.keys.clone(), bucket, get("prefix").unwrap_or_default()) {
                         Ok(status) => json(202, serde_json::to_value(status).expect("json")),
                         Err(e) => json(409, serde_json::json!({ "error": e })),
@@ -121,7 +163,12 @@ impl ServeHttp for AdminApi {
                     "filters": self.filters,
                     "encrypting": self.needs_key,
                     "key_loaded": self.keys.get().is_some(),
+                    "key_memory_locked": self.memory_lock().0,
+                    "key_conflict": self.keys.refused().is_some(),
+                    "core_dumps_disabled": self.core_dumps_disabled,
                     "memkey_endpoint": self.memkey_endpoint,
+                    "upgrade_sock": self.upgrade_sock,
+                    "pid_file": self.pid_file,
                 }),
             ),
             "/" => respond(200, "text/html; charset=utf-8", include_bytes!("dashboard.html").to_vec()),

@@ -6,15 +6,17 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use filters::backend::Backend;
-use filters::keys::KeyState;
+use filters::keys::{KeyState, Offer};
+use s3cp_format::KeyRing;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 
 use crate::metrics::Metrics;
 
-/// Reads the key ring from keyd's Unix socket every `interval`. When keyd has no key (it
-/// was restarted), the proxy keeps the ring it has: data stays readable until an operator
-/// delivers the key again.
+/// Reads the key ring from keyd every `interval`. When keyd has no key (it was restarted),
+/// the proxy keeps the ring it has: data stays readable until an operator delivers the key
+/// again. A ring with different key material under a loaded key id is refused (see
+/// `filters::keys`).
 pub struct KeyPoller {
     pub socket: PathBuf,
     pub interval: Duration,
@@ -22,21 +24,54 @@ pub struct KeyPoller {
     pub metrics: Arc<Metrics>,
 }
 
+/// Offers a ring fetched from keyd to the key state; logs and counts what happened.
+pub fn take_up(keys: &KeyState, metrics: &Metrics, ring: KeyRing) {
+    let ids: Vec<u32> = ring.ids().collect();
+    let current = ring.current_id();
+    match keys.set(ring) {
+        Offer::Loaded => {
+            log::info!("encryption keys loaded from keyd: ids {ids:?}, current {current}");
+            if let Some(Err(why)) = keys.memory_locked() {
+                log::warn!("encryption keys are not locked in RAM: {why}");
+            }
+        }
+        Offer::Unchanged => {}
+        Offer::Refused { key_ids, first } => {
+            if first {
+                metrics.key_conflicts.inc();
+                log::error!(
+                    "REFUSED the keys keyd offers: key id {key_ids:?} comes with key material different from the key this proxy loaded under that id. \
+                     Keeping the loaded keys (objects written with them stay readable; nothing is written with the offered key). \
+                     Deliver the original key again with `memkey-admin key send`, or give a new key a new id"
+                );
+            }
+        }
+    }
+    update_key_metrics(keys, metrics);
+}
+
+pub fn update_key_metrics(keys: &KeyState, metrics: &Metrics) {
+    metrics.key_loaded.set(i64::from(keys.get().is_some()));
+    metrics.key_memory_locked.set(i64::from(matches!(keys.memory_locked(), Some(Ok(())))));
+    metrics.key_conflict.set(i64::from(keys.refused().is_some()));
+}
+
 #[async_trait]
 impl BackgroundService for KeyPoller {
     async fn start(&self, mut shutdown: ShutdownWatch) {
+        // The ring loaded at start-up may predate a fork (`run --daemon`), which drops locks.
+        self.keys.relock();
+        update_key_metrics(&self.keys, &self.metrics);
         let mut last_problem = String::new();
         loop {
             match keyd::client::fetch_keyring(&self.socket).await {
                 Ok(Some(ring)) => {
-                    let ids: Vec<u32> = ring.ids().collect();
-                    let current = ring.current_id();
-                    if self.keys.set(ring) {
-                        log::info!("encryption keys loaded from keyd: ids {ids:?}, current {current}");
-                    }
+                    take_up(&self.keys, &self.metrics, ring);
                     last_problem.clear();
                 }
                 Ok(None) => {
+                    // Whatever keyd offered before, it offers nothing now.
+                    self.keys.clear_refusal();
                     let msg = if self.keys.get().is_some() {
                         "keyd holds no key (restarted?); keeping the keys already loaded"
                     } else {
@@ -55,7 +90,7 @@ impl BackgroundService for KeyPoller {
                     }
                 }
             }
-            self.metrics.key_loaded.set(i64::from(self.keys.get().is_some()));
+            update_key_metrics(&self.keys, &self.metrics);
             tokio::select! {
                 _ = tokio::time::sleep(self.interval) => {}
                 _ = shutdown.changed() => return,

@@ -37,6 +37,9 @@ pub struct RawConfig {
     pub audit_log: Option<String>,
     #[serde(default)]
     pub server: RawServer,
+    /// systemd's `$RUNTIME_DIRECTORY` (the unit's `RuntimeDirectory=`), not a file setting.
+    #[serde(skip)]
+    pub runtime_directory: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -152,7 +155,11 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ("S3CP_VIRTUAL_HOST_SUFFIX", "virtual_host_suffix"),
     ("S3CP_LOG_LEVEL", "log_level"),
     ("S3CP_AUDIT_LOG", "audit_log"),
+    ("RUNTIME_DIRECTORY", "directory of the default server.upgrade_sock and pid_file (systemd sets it)"),
 ];
+
+/// Where the upgrade socket and the PID file go by default, without `$RUNTIME_DIRECTORY`.
+pub const DEFAULT_RUNTIME_DIR: &str = "/run/s3-crypt-proxy";
 
 fn parse_bool(var: &str, v: &str) -> Result<bool, String> {
     match v.to_ascii_lowercase().as_str() {
@@ -206,6 +213,10 @@ impl RawConfig {
         set!("S3CP_VIRTUAL_HOST_SUFFIX", self.virtual_host_suffix);
         set!("S3CP_LOG_LEVEL", self.log_level);
         set!("S3CP_AUDIT_LOG", self.audit_log);
+        if let Some(v) = s("RUNTIME_DIRECTORY") {
+            // systemd separates several directories with ':'; the first is the unit's own.
+            self.runtime_directory = v.split(':').next().filter(|d| !d.is_empty()).map(str::to_string);
+        }
         if let Some(v) = s("S3CP_BACKEND_PATH_STYLE") {
             self.backend.path_style = Some(parse_bool("S3CP_BACKEND_PATH_STYLE", &v)?);
         }
@@ -256,6 +267,12 @@ impl RawConfig {
         };
         let memkey_socket = self.memkey.socket_path.filter(|s| !s.is_empty());
         filters::validate_order(&filters, memkey_socket.is_some())?;
+        let allowed_buckets = self.allowed_buckets.unwrap_or_default();
+        if !allowed_buckets.is_empty() && !filters.contains(&FilterKind::Allowlist) {
+            return Err("allowed_buckets is set but the allowlist filter is not in filters, so every bucket would be reachable: add allowlist after sigv4, or remove allowed_buckets".into());
+        }
+        let runtime_dir = self.runtime_directory.unwrap_or_else(|| DEFAULT_RUNTIME_DIR.into());
+        let in_runtime_dir = |name: &str| Path::new(&runtime_dir).join(name).to_string_lossy().into_owned();
         let chunk_size = self.encryption.chunk_size.unwrap_or(s3cp_format::DEFAULT_CHUNK_SIZE);
         s3cp_format::validate_chunk_size(chunk_size).map_err(|e| format!("encryption.chunk_size: {e}"))?;
         let poll_interval = duration("memkey.poll_interval", self.memkey.poll_interval.as_deref().unwrap_or("5s"))?;
@@ -270,7 +287,7 @@ impl RawConfig {
             backend,
             client,
             chunk_size,
-            allowed_buckets: self.allowed_buckets.unwrap_or_default(),
+            allowed_buckets,
             memkey_socket,
             memkey_endpoint: self.memkey.endpoint,
             poll_interval,
@@ -283,9 +300,22 @@ impl RawConfig {
             threads: self.server.threads.unwrap_or(0),
             grace_period_seconds: self.server.grace_period_seconds.unwrap_or(30),
             graceful_shutdown_timeout_seconds: self.server.graceful_shutdown_timeout_seconds.unwrap_or(30),
-            upgrade_sock: self.server.upgrade_sock.unwrap_or_else(|| "/tmp/s3-crypt-proxy-upgrade.sock".into()),
-            pid_file: self.server.pid_file.unwrap_or_else(|| "/tmp/s3-crypt-proxy.pid".into()),
+            upgrade_sock: self.server.upgrade_sock.filter(|s| !s.is_empty()).unwrap_or_else(|| in_runtime_dir("upgrade.sock")),
+            pid_file: self.server.pid_file.filter(|s| !s.is_empty()).unwrap_or_else(|| in_runtime_dir("proxy.pid")),
         })
+    }
+}
+
+impl Config {
+    /// The directories of the upgrade socket and the PID file, with the setting each is for.
+    pub fn runtime_dirs(&self) -> Vec<(&'static str, &Path)> {
+        fn parent(f: &str) -> &Path {
+            match Path::new(f).parent() {
+                Some(p) if !p.as_os_str().is_empty() => p,
+                _ => Path::new("."),
+            }
+        }
+        vec![("server.upgrade_sock", parent(&self.upgrade_sock)), ("server.pid_file", parent(&self.pid_file))]
     }
 }
 
@@ -314,6 +344,41 @@ mod tests {
         assert_eq!(c.filters, FilterKind::default_chain());
         assert_eq!(c.chunk_size, 65536);
         assert_eq!(c.poll_interval, Duration::from_secs(5));
+        assert_eq!(c.upgrade_sock, "/run/s3-crypt-proxy/upgrade.sock");
+        assert_eq!(c.pid_file, "/run/s3-crypt-proxy/proxy.pid");
+    }
+
+    #[test]
+    fn runtime_files_default_to_systemds_runtime_directory() {
+        let mut c: RawConfig = serde_yaml::from_str(MIN).unwrap();
+        c.apply_env(|k| (k == "RUNTIME_DIRECTORY").then(|| "/run/s3cp-a:/run/other".into())).unwrap();
+        let c = c.finish().unwrap();
+        assert_eq!(c.upgrade_sock, "/run/s3cp-a/upgrade.sock");
+        assert_eq!(c.pid_file, "/run/s3cp-a/proxy.pid");
+        let dirs: Vec<_> = c.runtime_dirs().into_iter().map(|(_, d)| d.to_path_buf()).collect();
+        assert_eq!(dirs, vec![Path::new("/run/s3cp-a"), Path::new("/run/s3cp-a")]);
+        // Explicit paths win.
+        let c: RawConfig = serde_yaml::from_str(&format!("{MIN}server: {{upgrade_sock: /srv/p/u.sock, pid_file: p.pid}}")).unwrap();
+        let c = c.finish().unwrap();
+        assert_eq!(c.upgrade_sock, "/srv/p/u.sock");
+        assert_eq!(c.runtime_dirs()[1].1, Path::new("."));
+    }
+
+    #[test]
+    fn allowed_buckets_without_the_allowlist_filter_is_refused() {
+        let yaml = format!("{MIN}allowed_buckets: [a]\nfilters: [sigv4, crypto, listing, resign]\n");
+        let c: RawConfig = serde_yaml::from_str(&yaml).unwrap();
+        let e = c.finish().unwrap_err();
+        assert!(e.contains("allowed_buckets") && e.contains("allowlist") && !e.contains('\n'), "{e}");
+        // Through the environment too.
+        let mut c: RawConfig = serde_yaml::from_str(&format!("{MIN}filters: [sigv4, crypto, listing, resign]\n")).unwrap();
+        c.apply_env(|k| (k == "S3CP_ALLOWED_BUCKETS").then(|| "a,b".into())).unwrap();
+        assert!(c.finish().unwrap_err().contains("allowlist filter is not in filters"));
+        // An empty list restricts nothing and is fine; with the filter it is the normal case.
+        let c: RawConfig = serde_yaml::from_str(&format!("{MIN}allowed_buckets: []\nfilters: [sigv4, crypto, listing, resign]\n")).unwrap();
+        assert!(c.finish().is_ok());
+        let c: RawConfig = serde_yaml::from_str(&format!("{MIN}allowed_buckets: [a]\n")).unwrap();
+        assert_eq!(c.finish().unwrap().allowed_buckets, vec!["a"]);
     }
 
     #[test]

@@ -5,6 +5,7 @@ mod audit;
 mod background;
 mod config;
 mod metrics;
+mod redact;
 mod rewrap;
 mod service;
 mod tls;
@@ -114,22 +115,41 @@ fn main() {
         }
         Cmd::Check { config } => {
             let cfg = config::load(config.as_deref()).unwrap_or_else(|e| die(e));
-            prepare(&cfg).unwrap_or_else(|e| die(e));
-            println!("configuration OK: filters {:?}", cfg.filters.iter().map(|f| f.name()).collect::<Vec<_>>());
+            prepare(&cfg, false).unwrap_or_else(|e| die(e));
+            println!(
+                "configuration OK: filters {:?}; upgrade socket {}, PID file {}",
+                cfg.filters.iter().map(|f| f.name()).collect::<Vec<_>>(),
+                cfg.upgrade_sock,
+                cfg.pid_file
+            );
         }
         Cmd::Run { config, upgrade, daemon } => {
             let cfg = config::load(config.as_deref()).unwrap_or_else(|e| die(e));
+            // Before any key is fetched.
+            let hardening = keyd::harden::disable_core_dumps();
+            let parts = prepare(&cfg, true).unwrap_or_else(|e| die(e));
             init_logging(&cfg.log_level);
-            let parts = prepare(&cfg).unwrap_or_else(|e| die(e));
-            run(cfg, parts, upgrade, daemon);
+            if !hardening.applied.is_empty() {
+                log::info!("process hardening: {}", hardening.applied.join(", "));
+            }
+            for f in &hardening.failed {
+                log::warn!("process hardening failed: {f}");
+            }
+            run(cfg, parts, hardening.failed.is_empty(), upgrade, daemon);
         }
     }
 }
 
+/// env_logger's line format, with every message passed through [`redact::redact`] (pingora and
+/// the filters log request lines and errors that may quote credentials).
 fn init_logging(level: &str) {
+    use std::io::Write;
     env_logger::Builder::new()
         .parse_filters(&format!("warn,s3_crypt_proxy={level},filters={level},keyd={level},pingora={}", if level == "debug" { "info" } else { "warn" }))
-        .format_timestamp_millis()
+        .format(|buf, record| {
+            let msg = record.args().to_string();
+            writeln!(buf, "[{} {:<5} {}] {}", buf.timestamp_millis(), record.level(), record.target(), redact::redact(&msg))
+        })
         .init();
 }
 
@@ -140,7 +160,11 @@ struct Parts {
     fingerprint: Option<String>,
 }
 
-fn prepare(cfg: &config::Config) -> Result<Parts, String> {
+/// `create`: make a missing runtime directory (`run`); `check` only inspects.
+fn prepare(cfg: &config::Config, create: bool) -> Result<Parts, String> {
+    for (setting, dir) in cfg.runtime_dirs() {
+        keyd::harden::private_dir(dir, create).map_err(|e| format!("{setting}: {e}"))?;
+    }
     let backend = Arc::new(Backend::new(cfg.backend.clone())?);
     let fingerprint = match &cfg.tls {
         Some((cert, key)) => Some(tls::check_pair(cert, key)?),
@@ -170,23 +194,25 @@ fn build_chain(cfg: &config::Config, backend: &Arc<Backend>, keys: &Arc<KeyState
     Chain::new(filters)
 }
 
-fn initial_key_fetch(socket: PathBuf, keys: &KeyState) {
+fn initial_key_fetch(socket: PathBuf, keys: &KeyState, metrics: &metrics::Metrics) {
     let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => return log::warn!("initial key fetch skipped: {e}"),
     };
     match rt.block_on(async { tokio::time::timeout(Duration::from_secs(3), keyd::client::fetch_keyring(&socket)).await }) {
-        Ok(Ok(Some(ring))) => {
-            log::info!("encryption keys loaded from keyd at start-up: current {}", ring.current_id());
-            keys.set(ring);
-        }
+        Ok(Ok(Some(ring))) => background::take_up(keys, metrics, ring),
         Ok(Ok(None)) => log::warn!("keyd holds no key yet: S3 requests get 503 until `memkey-admin key send`"),
         Ok(Err(e)) => log::warn!("cannot reach keyd at {}: {e}", socket.display()),
         Err(_) => log::warn!("keyd at {} did not answer within 3 s", socket.display()),
     }
 }
 
-fn run(cfg: config::Config, parts: Parts, upgrade: bool, daemon: bool) {
+/// Locks a key ring's memory in RAM (see `keyd::harden`).
+fn lock_keyring(ring: &s3cp_format::KeyRing) -> Result<Box<dyn std::any::Any + Send + Sync>, String> {
+    keyd::harden::MemoryLock::of_keyring(ring).map(|l| Box::new(l) as Box<dyn std::any::Any + Send + Sync>)
+}
+
+fn run(cfg: config::Config, parts: Parts, hardened: bool, upgrade: bool, daemon: bool) {
     let opt = Opt { upgrade, daemon, nocapture: false, test: false, conf: None };
     let conf = ServerConf {
         threads: if cfg.threads == 0 { std::thread::available_parallelism().map_or(2, |n| n.get()) } else { cfg.threads },
@@ -199,8 +225,9 @@ fn run(cfg: config::Config, parts: Parts, upgrade: bool, daemon: bool) {
     let mut server = Server::new_with_opt_and_conf(opt, conf);
     server.bootstrap();
 
-    let keys = Arc::new(KeyState::default());
+    let keys = Arc::new(KeyState::with_memory_lock(lock_keyring));
     let metrics = Arc::new(metrics::Metrics::new());
+    metrics.core_dumps_disabled.set(i64::from(hardened));
     let needs_key = cfg.filters.contains(&FilterKind::Crypto);
     let chain = build_chain(&cfg, &parts.backend, &keys);
     let names = chain.names();
@@ -238,6 +265,10 @@ fn run(cfg: config::Config, parts: Parts, upgrade: bool, daemon: bool) {
         started: SystemTime::now(),
         filters: names.clone(),
         memkey_endpoint: cfg.memkey_endpoint.clone(),
+        allowed_buckets: cfg.allowed_buckets.clone(),
+        core_dumps_disabled: hardened,
+        upgrade_sock: cfg.upgrade_sock.clone(),
+        pid_file: cfg.pid_file.clone(),
     };
     let mut admin = Service::new("admin".to_string(), HttpServer::new_app(admin_api));
     match &cfg.tls {
@@ -249,7 +280,7 @@ fn run(cfg: config::Config, parts: Parts, upgrade: bool, daemon: bool) {
     if let Some(sock) = &cfg.memkey_socket {
         // Load the key before the listeners start, so that a process taking over from
         // another one (graceful upgrade) never answers 503 while its poller starts.
-        initial_key_fetch(PathBuf::from(sock), &keys);
+        initial_key_fetch(PathBuf::from(sock), &keys, &metrics);
         server.add_service(background_service(
             "keyd poller",
             background::KeyPoller { socket: PathBuf::from(sock), interval: cfg.poll_interval, keys: keys.clone(), metrics: metrics.clone() },

@@ -18,6 +18,10 @@ pub struct Metrics {
     pub auth_failures: IntCounterVec,
     pub backend_errors: IntCounterVec,
     pub backend_up: IntGauge,
+    pub key_memory_locked: IntGauge,
+    pub core_dumps_disabled: IntGauge,
+    pub key_conflict: IntGauge,
+    pub key_conflicts: IntCounter,
 }
 
 fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
@@ -50,6 +54,10 @@ impl Metrics {
             auth_failures: reg(&r, IntCounterVec::new(Opts::new(format!("{p}auth_failures_total"), "Requests refused by client authentication"), &["reason"]).expect("valid")),
             backend_errors: reg(&r, IntCounterVec::new(Opts::new(format!("{p}backend_errors_total"), "Backend answers with status >= 500, or no answer (status=\"unreachable\")"), &["status"]).expect("valid")),
             backend_up: reg(&r, IntGauge::new(format!("{p}backend_up"), "1 when the last backend probe succeeded").expect("valid")),
+            key_memory_locked: reg(&r, IntGauge::new(format!("{p}key_memory_locked"), "1 when the loaded keys are locked in RAM (mlock), so they are never swapped").expect("valid")),
+            core_dumps_disabled: reg(&r, IntGauge::new(format!("{p}core_dumps_disabled"), "1 when core dumps are off and the process is not dumpable (RLIMIT_CORE=0, PR_SET_DUMPABLE=0)").expect("valid")),
+            key_conflict: reg(&r, IntGauge::new(format!("{p}key_conflict"), "1 while keyd offers different key material under a key id already loaded (refused; the loaded key stays)").expect("valid")),
+            key_conflicts: reg(&r, IntCounter::new(format!("{p}key_conflicts_total"), "Key deliveries refused because a key id came with different key material").expect("valid")),
             registry: r,
         }
     }

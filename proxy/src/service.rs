@@ -227,6 +227,11 @@ impl ProxyHttp for S3Proxy {
         }
     }
 
+    /// pingora's error-log summary of a request, without presigned-URL credentials.
+    fn request_summary(&self, session: &Session, _ctx: &RequestCtx) -> String {
+        crate::redact::request_summary(session.req_header())
+    }
+
     /// Client mistakes (4xx S3 errors) are in the audit log; the error log keeps the rest.
     fn suppress_error_log(&self, _session: &Session, ctx: &RequestCtx, _error: &Error) -> bool {
         ctx.error.as_ref().is_some_and(|e| e.status() < 500)

@@ -47,6 +47,10 @@ EXPORTED = {
     "s3_crypt_proxy_auth_failures_total": {"reason"},
     "s3_crypt_proxy_backend_errors_total": {"status"},
     "s3_crypt_proxy_backend_up": set(),
+    "s3_crypt_proxy_key_memory_locked": set(),
+    "s3_crypt_proxy_core_dumps_disabled": set(),
+    "s3_crypt_proxy_key_conflict": set(),
+    "s3_crypt_proxy_key_conflicts_total": set(),
 }
 HISTOGRAMS = {"s3_crypt_proxy_request_duration_seconds"}
 TARGET_LABELS = {"instance", "job"}  # added by Prometheus at scrape time
