@@ -251,6 +251,62 @@ impl Filter for ConditionalFilter {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::BackendConfig;
+    use crate::sigv4::Credentials;
+    use std::time::Duration;
+
+    fn filter() -> ConditionalFilter {
+        let backend = Backend::new(BackendConfig {
+            endpoint: "http://127.0.0.1:1".into(),
+            region: "garage".into(),
+            credentials: Credentials::new("GK1", "secret"),
+            path_style: true,
+            insecure_skip_verify: false,
+            ca_file: None,
+            connect_timeout: Duration::from_secs(1),
+            io_timeout: Duration::from_secs(1),
+            idle_timeout: Duration::from_secs(1),
+        })
+        .unwrap();
+        ConditionalFilter::new(ConditionalMode::Enforce, Arc::new(backend))
+    }
+
+    #[test]
+    fn the_lock_goes_with_the_backend_answer_or_with_the_request() {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let f = filter();
+            // Released when the backend has answered the write.
+            let mut ctx = RequestCtx::new("r1".into());
+            ctx.conditional.guard = Some(f.locks().lock("b/k".into()).await);
+            assert_eq!(f.locks().len(), 1);
+            let mut resp = ResponseHeader::build(200, None).unwrap();
+            f.upstream_response(&mut resp, &mut ctx).unwrap();
+            assert!(f.locks().is_empty());
+            // Released when the request ends any other way (error, client gone): the
+            // context is dropped.
+            let mut ctx = RequestCtx::new("r2".into());
+            ctx.conditional.guard = Some(f.locks().lock("b/k".into()).await);
+            drop(ctx);
+            assert!(f.locks().is_empty());
+        });
+    }
+
+    #[test]
+    fn if_match_the_proxy_enforced_does_not_reach_the_backend() {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let f = filter();
+            let mut up = RequestHeader::build("PUT", b"/b/k", None).unwrap();
+            up.insert_header("if-match", "\"abc-1\"").unwrap();
+            let mut ctx = RequestCtx::new("r".into());
+            f.upstream_request(&mut up, &mut ctx).await.unwrap();
+            assert!(up.headers.get("if-match").is_some(), "backend mode and unconditional writes leave it");
+            ctx.conditional.if_match_enforced = true;
+            f.upstream_request(&mut up, &mut ctx).await.unwrap();
+            assert!(up.headers.get("if-match").is_none());
+        });
+    }
 
     #[test]
     fn shown_etags_are_the_forms_reads_accept() {

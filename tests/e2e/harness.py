@@ -423,7 +423,7 @@ class HAProxy:
         lines = [line.split() for line in self.command("show servers state s3cp_replicas").splitlines()]
         return {f[3]: int(f[5]) for f in lines if len(f) > 5 and f[0].isdigit()}
 
-    def wait_up(self, names=("proxy-a", "proxy-b"), timeout=20):
+    def wait_up(self, names=("proxy-a", "proxy-b"), timeout=60):
         deadline = time.time() + timeout
         while time.time() < deadline:
             states = self.server_states()
