@@ -6,6 +6,7 @@ use std::time::Instant;
 use s3cp_format::KeyId;
 
 use crate::checksum::{ChecksumAlgorithm, Checksummer};
+use crate::conditional::ConditionalCtx;
 use crate::crypto::CryptoCtx;
 use crate::error::{s3err, S3Error, S3ErrorCode};
 use crate::listing::ListingCtx;
@@ -37,6 +38,8 @@ pub struct RequestCtx {
     pub body_md5: Option<[u8; 16]>,
     /// The crypto filter replaced the body: the upstream payload is not the client's.
     pub body_rewritten: bool,
+    /// The conditional filter's object lock (`enforce` mode), held until the backend answers.
+    pub conditional: ConditionalCtx,
     pub crypto: CryptoCtx,
     /// An XML body held back until it passed its check (`xml_body`), in every chain.
     pub xml_body: Option<crate::xml_body::HeldBody>,
@@ -69,6 +72,7 @@ impl RequestCtx {
             checksum_result: None,
             body_md5: None,
             body_rewritten: false,
+            conditional: ConditionalCtx::default(),
             crypto: CryptoCtx::default(),
             xml_body: None,
             listing: ListingCtx::default(),

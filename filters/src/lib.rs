@@ -16,6 +16,7 @@ pub mod ctx;
 pub mod error;
 pub mod etag;
 pub mod filter;
+pub mod keylock;
 pub mod keys;
 pub mod listing;
 pub mod offload;

@@ -355,3 +355,86 @@ class Proxy:
 
     def stop(self):
         self.proc.stop()
+
+
+# ---------------------------------------------------------------- load balancer
+
+HAPROXY_CFG = os.path.join(os.path.dirname(__file__), "..", "..", "deploy", "haproxy", "haproxy.cfg")
+
+
+class HAProxy:
+    """HAProxy (Debian's 2.6) running the shipped deploy/haproxy/haproxy.cfg unchanged, in
+    front of proxies listening with TLS: its settings come from the environment variables
+    that file names. `replicas` is a list of two Proxy objects (proxy-a, proxy-b)."""
+
+    def __init__(self, workdir, replicas, name="haproxy"):
+        if shutil.which("haproxy") is None:
+            raise RuntimeError("haproxy is missing: scripts/bootstrap.sh installs it (apt-get install haproxy)")
+        a, b = replicas
+        self.dir = os.path.join(workdir, name)
+        os.makedirs(self.dir, exist_ok=True)
+        self.port = free_port()
+        cert, key = self_signed_cert(self.dir, "haproxy")
+        self.pem = os.path.join(self.dir, "haproxy.pem")
+        with open(self.pem, "w") as out:
+            for part in (cert, key):
+                with open(part) as f:
+                    out.write(f.read())
+        self.stats_socket = os.path.join(self.dir, "admin.sock")
+        # Each proxy's certificate comes from the test CA of its own directory.
+        ca_bundle = os.path.join(self.dir, "replicas-ca.pem")
+        with open(ca_bundle, "w") as out:
+            for r in replicas:
+                with open(test_ca(r.dir)[0]) as f:
+                    out.write(f.read())
+        self.env = {
+            "S3CP_LB_LISTEN": f"127.0.0.1:{self.port}",
+            "S3CP_LB_CERT": self.pem,
+            "S3CP_LB_STATS_SOCKET": self.stats_socket,
+            "S3CP_REPLICA_CA": ca_bundle,
+            "S3CP_REPLICA_A": f"127.0.0.1:{a.port}",
+            "S3CP_REPLICA_A_ADMIN_PORT": str(a.admin_port),
+            "S3CP_REPLICA_B": f"127.0.0.1:{b.port}",
+            "S3CP_REPLICA_B_ADMIN_PORT": str(b.admin_port),
+        }
+        check = subprocess.run(["haproxy", "-c", "-f", HAPROXY_CFG], env={**os.environ, **self.env}, capture_output=True, text=True)
+        if check.returncode != 0:
+            raise RuntimeError(f"haproxy -c refused the shipped config:\n{check.stdout}{check.stderr}")
+        # -db: stay in the foreground, so that stop() ends it by its PID.
+        self.proc = Proc(["haproxy", "-db", "-f", HAPROXY_CFG], self.dir, "haproxy", env=self.env)
+        wait_port(self.port, self.proc.p)
+
+    @property
+    def endpoint(self):
+        return f"https://127.0.0.1:{self.port}"
+
+    def command(self, line):
+        """One runtime API command on the stats socket; its answer."""
+        with socket.socket(socket.AF_UNIX) as s:
+            s.connect(self.stats_socket)
+            s.sendall(line.encode() + b"\n")
+            out = b""
+            while chunk := s.recv(65536):
+                out += chunk
+        return out.decode()
+
+    def server_states(self):
+        """{server name: operational state} from `show servers state` (2 = running/up)."""
+        lines = [line.split() for line in self.command("show servers state s3cp_replicas").splitlines()]
+        return {f[3]: int(f[5]) for f in lines if len(f) > 5 and f[0].isdigit()}
+
+    def wait_up(self, names=("proxy-a", "proxy-b"), timeout=60):
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            states = self.server_states()
+            if all(states.get(n) == 2 for n in names):
+                return
+            time.sleep(0.2)
+        raise RuntimeError(f"haproxy servers not up: {self.server_states()}\n{tail(self.proc.log_path)}")
+
+    def set_state(self, server, state):
+        """`ready`, `drain` or `maint` for one replica."""
+        return self.command(f"set server s3cp_replicas/{server} state {state}")
+
+    def stop(self):
+        self.proc.stop()
