@@ -241,7 +241,7 @@ impl Filter for ConditionalFilter {
         Ok(())
     }
 
-    fn upstream_response(&self, _resp: &mut ResponseHeader, ctx: &mut RequestCtx) -> Result<(), S3Error> {
+    async fn upstream_response(&self, _resp: &mut ResponseHeader, ctx: &mut RequestCtx) -> Result<(), S3Error> {
         // The backend has answered the write: the next writer may look.
         ctx.conditional.guard = None;
         Ok(())
@@ -281,7 +281,7 @@ mod tests {
             ctx.conditional.guard = Some(f.locks().lock("b/k".into()).await);
             assert_eq!(f.locks().len(), 1);
             let mut resp = ResponseHeader::build(200, None).unwrap();
-            f.upstream_response(&mut resp, &mut ctx).unwrap();
+            f.upstream_response(&mut resp, &mut ctx).await.unwrap();
             assert!(f.locks().is_empty());
             // Released when the request ends any other way (error, client gone): the
             // context is dropped.

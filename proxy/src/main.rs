@@ -184,7 +184,11 @@ fn build_chain(cfg: &config::Config, backend: &Arc<Backend>, keys: &Arc<KeyState
             match k {
                 FilterKind::Sigv4 => Arc::new(Sigv4Filter::new(cfg.client.clone())),
                 FilterKind::Allowlist => Arc::new(AllowlistFilter::new(cfg.allowed_buckets.clone())),
-                FilterKind::Conditional => Arc::new(ConditionalFilter::new(cfg.conditional_writes, backend.clone())),
+                FilterKind::Conditional => {
+                    let filter = ConditionalFilter::new(cfg.conditional_writes, backend.clone());
+                    // With encryption, If-Match may name the sealed plaintext MD5 a client was shown.
+                    Arc::new(if cfg.filters.contains(&FilterKind::Crypto) { filter.with_keys(keys.clone()) } else { filter })
+                }
                 FilterKind::Crypto => Arc::new(CryptoFilter::new(keys.clone(), backend.clone(), cfg.chunk_size, cfg.unencrypted_objects)),
                 FilterKind::Listing => Arc::new(ListingFilter::new(cfg.chunk_size)),
                 FilterKind::Resign => Arc::new(ResignFilter::new(backend.clone())),

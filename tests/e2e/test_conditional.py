@@ -118,8 +118,6 @@ def test_if_match_stale_and_current(enforce_stack):
     assert enforce_stack.stored("im/missing") is None
 
 
-@pytest.mark.xfail(strict=True, reason="needs the proxy to hand the key ring to the conditional filter: "
-                   "ConditionalFilter::new(..).with_keys(keys.clone()) in proxy/src/main.rs build_chain")
 def test_if_match_with_the_md5_etag(enforce_stack):
     """A client that sent Content-MD5 (PBS, rclone, s3cmd) was shown the plaintext MD5 as ETag."""
     import base64
