@@ -33,27 +33,40 @@ use crate::error::{s3err, S3Error, S3ErrorCode};
 use crate::etag::client_etag;
 use crate::filter::{Filter, Flow};
 use crate::keys::KeyState;
+use crate::passthrough::{self, LegacyObjects};
 use crate::request::Operation;
 use range::ByteRange;
 use ranged::{Prepared, RangedRead, Want};
 
-/// What to do with objects that are not in the proxy's format.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// What to do with objects that have no sealed metadata (`x-amz-meta-s3cp`).
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum UnencryptedPolicy {
-    /// Answer an error (the default: a plaintext object in an encrypted bucket is a
-    /// surprise worth reporting).
+    /// Answer an error (the default: such an object was written around the proxy, or its
+    /// metadata was removed on the backend).
     Refuse,
-    /// Serve them unchanged (migration from an unencrypted bucket).
-    PassThrough,
+    /// Serve the objects that provably predate encryption unchanged (migration from an
+    /// unencrypted bucket); refuse the others.
+    PassThrough(LegacyObjects),
 }
 
-impl std::str::FromStr for UnencryptedPolicy {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "refuse" => Ok(Self::Refuse),
-            "passthrough" => Ok(Self::PassThrough),
-            _ => Err(format!("unencrypted_objects must be `refuse` or `passthrough`, not {s:?}")),
+impl UnencryptedPolicy {
+    /// From `unencrypted_objects` and, for `passthrough`, the legacy objects' declaration
+    /// (`unencrypted_before`, `unencrypted_prefixes`), which is required then and refused
+    /// otherwise.
+    pub fn from_config(mode: &str, before: Option<&str>, prefixes: Vec<String>) -> Result<Self, String> {
+        match mode {
+            "refuse" if before.is_none() && prefixes.is_empty() => Ok(Self::Refuse),
+            "refuse" => Err("unencrypted_before / unencrypted_prefixes take effect only with unencrypted_objects: passthrough".into()),
+            "passthrough" => LegacyObjects::from_config(before, prefixes).map(Self::PassThrough),
+            _ => Err(format!("unencrypted_objects must be `refuse` or `passthrough`, not {mode:?}")),
+        }
+    }
+
+    /// The objects served as plaintext, if any.
+    pub fn legacy(&self) -> Option<&LegacyObjects> {
+        match self {
+            Self::Refuse => None,
+            Self::PassThrough(l) => Some(l),
         }
     }
 }
@@ -552,13 +565,17 @@ impl CryptoFilter {
     async fn read_response(&self, resp: &mut ResponseHeader, ctx: &mut RequestCtx) -> Result<(), S3Error> {
         let s3 = ctx.s3()?.clone();
         let Some(sealed) = header(resp, meta::HEADER) else {
-            return match self.unencrypted {
-                UnencryptedPolicy::PassThrough => Ok(()),
-                UnencryptedPolicy::Refuse => {
-                    ctx.crypto_failure = Some("not_encrypted");
-                    Err(s3err(S3ErrorCode::InvalidObjectState, "This object was not written through the encryption proxy and is not encrypted; set unencrypted_objects: passthrough to read such objects").with_resource(s3.resource()))
-                }
-            };
+            let last_modified = header(resp, "last-modified").and_then(|v| passthrough::http_date(&v));
+            if self.unencrypted.legacy().is_some_and(|l| l.admits(s3.key.as_deref().unwrap_or(""), last_modified)) {
+                return Ok(());
+            }
+            ctx.crypto_failure = Some("not_encrypted");
+            log::warn!("request {}: object {} has no sealed metadata and is refused", ctx.request_id, s3.resource());
+            return Err(s3err(
+                S3ErrorCode::InvalidObjectState,
+                "This object has no valid encryption metadata (x-amz-meta-s3cp): it was written around the proxy, or its metadata was removed on the backend, so it cannot be authenticated and is not served. Objects written before encryption was introduced can be admitted with unencrypted_objects: passthrough and unencrypted_before / unencrypted_prefixes",
+            )
+            .with_resource(s3.resource()));
         };
         let ring = ctx.crypto.ring.clone().expect("set with the plan");
         let obj = ObjectId { bucket: s3.bucket.as_deref().unwrap_or(""), key: s3.key.as_deref().unwrap_or("") };

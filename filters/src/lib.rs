@@ -19,6 +19,7 @@ pub mod filter;
 pub mod keys;
 pub mod listing;
 pub mod offload;
+pub mod passthrough;
 pub mod request;
 pub mod resign;
 pub mod rotation;

@@ -161,8 +161,8 @@ fn build_chain(cfg: &config::Config, backend: &Arc<Backend>, keys: &Arc<KeyState
                 FilterKind::Sigv4 => Arc::new(Sigv4Filter::new(cfg.client.clone())),
                 FilterKind::Allowlist => Arc::new(AllowlistFilter::new(cfg.allowed_buckets.clone())),
                 FilterKind::Conditional => Arc::new(ConditionalFilter::new(cfg.conditional_writes, backend.clone())),
-                FilterKind::Crypto => Arc::new(CryptoFilter::new(keys.clone(), backend.clone(), cfg.chunk_size, cfg.unencrypted_objects)),
-                FilterKind::Listing => Arc::new(ListingFilter::new(cfg.chunk_size)),
+                FilterKind::Crypto => Arc::new(CryptoFilter::new(keys.clone(), backend.clone(), cfg.chunk_size, cfg.unencrypted_objects.clone())),
+                FilterKind::Listing => Arc::new(ListingFilter::new(cfg.chunk_size, cfg.former_chunk_sizes.clone(), cfg.unencrypted_objects.legacy().cloned(), backend.clone())),
                 FilterKind::Resign => Arc::new(ResignFilter::new(backend.clone())),
             }
         })

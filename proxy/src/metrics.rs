@@ -50,7 +50,7 @@ impl Metrics {
             auth_failures: reg(&r, IntCounterVec::new(Opts::new(format!("{p}auth_failures_total"), "Requests refused by client authentication"), &["reason"]).expect("valid")),
             backend_errors: reg(&r, IntCounterVec::new(Opts::new(format!("{p}backend_errors_total"), "Backend answers with status >= 500, or no answer (status=\"unreachable\")"), &["status"]).expect("valid")),
             backend_up: reg(&r, IntGauge::new(format!("{p}backend_up"), "1 when the last backend probe succeeded").expect("valid")),
-            registry: r,
+            registry: { reg(&r, filters::listing::UNDECLARED_CHUNK_SIZE_READS.clone()); r },
         }
     }
 
