@@ -567,13 +567,20 @@ impl CryptoFilter {
         let Some(sealed) = header(resp, meta::HEADER) else {
             let last_modified = header(resp, "last-modified").and_then(|v| passthrough::http_date(&v));
             if self.unencrypted.legacy().is_some_and(|l| l.admits(s3.key.as_deref().unwrap_or(""), last_modified)) {
+                // The backend was asked for the whole object (ranges are planned for the
+                // format): serving it as the answer to a Range or partNumber GET would hand
+                // the client the wrong bytes, so such reads are refused.
+                let partial = matches!(ctx.crypto.plan, Plan::Read { range: Some(_) }) || ctx.crypto.part_requested;
+                if partial && s3.op == Operation::GetObject {
+                    return Err(s3err(S3ErrorCode::NotImplemented, "Range and partNumber reads of objects that predate encryption (unencrypted_objects: passthrough) are not supported; read the whole object").with_resource(s3.resource()));
+                }
                 return Ok(());
             }
             ctx.crypto_failure = Some("not_encrypted");
             log::warn!("request {}: object {} has no sealed metadata and is refused", ctx.request_id, s3.resource());
             return Err(s3err(
                 S3ErrorCode::InvalidObjectState,
-                "This object has no valid encryption metadata (x-amz-meta-s3cp): it was written around the proxy, or its metadata was removed on the backend, so it cannot be authenticated and is not served. Objects written before encryption was introduced can be admitted with unencrypted_objects: passthrough and unencrypted_before / unencrypted_prefixes",
+                "This object has no valid encryption metadata (x-amz-meta-s3cp): it was stored directly on the backend, bypassing the proxy, or its metadata was removed there, so it cannot be authenticated and is not served. Objects written before encryption was introduced can be admitted with unencrypted_objects: passthrough and unencrypted_before / unencrypted_prefixes",
             )
             .with_resource(s3.resource()));
         };
