@@ -14,6 +14,7 @@ import os
 import subprocess
 import tempfile
 import time
+import types
 
 import pytest
 
@@ -50,6 +51,8 @@ def objects(tag):
         f"{tag}/medium": (data(200_000, tag), False),
         f"{tag}/large": (data(3 * 1024 * 1024 + 17, tag), False),
         f"{tag}/multi": (data(2 * PART + 1000, tag), True),
+        # Listings with encoding-type=url (boto3's and aws-cli's default) encode this key.
+        f"{tag}/odd key+plus é": (data(150_000, tag), False),
     }
 
 
@@ -163,3 +166,31 @@ def test_partial_reads_of_passthrough_objects_are_refused_not_wrong(world, query
     r = world.client().request("GET", "legacy/plain", query, headers=headers)
     assert r.status == 501 and b"<Code>NotImplemented</Code>" in r.body, r
     assert world.written["legacy/plain"][:100] not in r.body
+
+
+def test_objects_without_metadata_are_listed_with_their_stored_size(world):
+    """Documented rule: an ambiguous entry without metadata (HEAD) keeps its stored size."""
+    listed = {o["Key"]: o["Size"] for o in world.boto().list_objects_v2(Bucket=BUCKET, Prefix="late/")["Contents"]}
+    stored = world.direct.head_object(Bucket=BUCKET, Key="late/stripped")["ContentLength"]
+    assert listed["late/stripped"] == stored
+
+
+def test_undeclared_chunk_size_is_warned_and_counted(world, tmp_path):
+    """A proxy that does not declare 64 KiB any more warns when it reads such an object."""
+    b = world.backend
+    p = harness.Proxy(str(tmp_path), b, world.keyd, tls=False, name="proxy3", allowed_buckets=[BUCKET],
+                      encryption={"chunk_size": 16384}, conditional_writes="enforce")
+    try:
+        p.wait_ready()
+        s = types.SimpleNamespace(proxy=p)
+        s3 = Stack.boto(s)
+        name = "s3_crypt_proxy_undeclared_chunk_size_reads_total"
+        assert p.metric(name) == 0
+        for _ in range(2):
+            assert s3.get_object(Bucket=BUCKET, Key="old/medium")["Body"].read() == world.written["old/medium"]
+        assert s3.get_object(Bucket=BUCKET, Key="new/medium")["Body"].read() == world.written["new/medium"]
+        assert p.metric(name) == 2
+        log = open(p.proc.log_path).read()
+        assert log.count("add 65536 to former_chunk_sizes") == 1, log[-2000:]
+    finally:
+        p.stop()
