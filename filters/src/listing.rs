@@ -93,7 +93,10 @@ impl ListingFilter {
     async fn list_and_size(&self, ctx: &RequestCtx) -> Result<Reply, S3Error> {
         let s3 = ctx.s3()?;
         let bucket = s3.bucket.as_deref();
-        let req = self.backend.request("GET", bucket, None, &s3.query, &[], None)?;
+        // The client's query, without a presigned URL's authentication (`X-Amz-*`; no
+        // listing parameter starts so).
+        let query: Vec<(String, String)> = s3.query.iter().filter(|(k, _)| !k.starts_with("X-Amz-")).cloned().collect();
+        let req = self.backend.request("GET", bucket, None, &query, &[], None)?;
         let (resp, body) = self.backend.send(bucket, req, None, MAX_LISTING).await?;
         if resp.status.as_u16() != 200 {
             // The backend's error, as it is.
@@ -111,7 +114,9 @@ impl ListingFilter {
         let probes = self.probe_all(bucket.unwrap_or(""), ask).await;
         let out = walk(&body, url_keys, self.rule.current, |e| {
             Some(match probes.get(e.key) {
-                Some(p) => self.rule.size_after(e, *p),
+                // The same object as listed (not replaced since): its metadata decides.
+                Some((p, len)) if *len == Some(e.stored) => self.rule.size_after(e, *p),
+                Some(_) => self.rule.size_after(e, Probe::Failed),
                 None => self.rule.size_without_asking(e),
             })
         })?;
@@ -119,7 +124,7 @@ impl ListingFilter {
     }
 
     /// HEADs the objects, [`HEAD_CONCURRENCY`] at a time.
-    async fn probe_all(&self, bucket: &str, keys: Vec<String>) -> HashMap<String, Probe> {
+    async fn probe_all(&self, bucket: &str, keys: Vec<String>) -> HashMap<String, (Probe, Option<u64>)> {
         let mut out = HashMap::new();
         let mut tasks = tokio::task::JoinSet::new();
         let mut keys = keys.into_iter();
@@ -144,26 +149,29 @@ impl ListingFilter {
     }
 }
 
-/// What the object's own metadata says about its format.
-async fn probe(backend: &Backend, bucket: &str, key: &str) -> Probe {
+/// What the object's own metadata says about its format, and its stored length (to
+/// recognise an object replaced since the listing).
+async fn probe(backend: &Backend, bucket: &str, key: &str) -> (Probe, Option<u64>) {
     let head = match backend.request("HEAD", Some(bucket), Some(key), &[], &[], None) {
         Ok(h) => h,
-        Err(_) => return Probe::Failed,
+        Err(_) => return (Probe::Failed, None),
     };
     match backend.send(Some(bucket), head, None, 0).await {
         Ok((resp, _)) if resp.status.as_u16() == 200 => {
-            match resp.headers.get(meta::HEADER).and_then(|v| v.to_str().ok()) {
+            let len = resp.headers.get("content-length").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
+            let probe = match resp.headers.get(meta::HEADER).and_then(|v| v.to_str().ok()) {
                 Some(v) => meta::peek_chunk_size(v).map_or(Probe::NoMetadata, Probe::Sealed),
                 None => Probe::NoMetadata,
-            }
+            };
+            (probe, len)
         }
         Ok((resp, _)) => {
             log::debug!("listing: HEAD {bucket}/{key} answered {}", resp.status);
-            Probe::Failed
+            (Probe::Failed, None)
         }
         Err(e) => {
             log::warn!("listing: HEAD {bucket}/{key} failed: {}", e.message);
-            Probe::Failed
+            (Probe::Failed, None)
         }
     }
 }
