@@ -33,27 +33,40 @@ use crate::error::{s3err, S3Error, S3ErrorCode};
 use crate::etag::client_etag;
 use crate::filter::{Filter, Flow};
 use crate::keys::KeyState;
+use crate::passthrough::{self, LegacyObjects};
 use crate::request::Operation;
 use range::ByteRange;
 use ranged::{Prepared, RangedRead, Want};
 
-/// What to do with objects that are not in the proxy's format.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// What to do with objects that have no sealed metadata (`x-amz-meta-s3cp`).
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum UnencryptedPolicy {
-    /// Answer an error (the default: a plaintext object in an encrypted bucket is a
-    /// surprise worth reporting).
+    /// Answer an error (the default: such an object was written around the proxy, or its
+    /// metadata was removed on the backend).
     Refuse,
-    /// Serve them unchanged (migration from an unencrypted bucket).
-    PassThrough,
+    /// Serve the objects that provably predate encryption unchanged (migration from an
+    /// unencrypted bucket); refuse the others.
+    PassThrough(LegacyObjects),
 }
 
-impl std::str::FromStr for UnencryptedPolicy {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "refuse" => Ok(Self::Refuse),
-            "passthrough" => Ok(Self::PassThrough),
-            _ => Err(format!("unencrypted_objects must be `refuse` or `passthrough`, not {s:?}")),
+impl UnencryptedPolicy {
+    /// From `unencrypted_objects` and, for `passthrough`, the legacy objects' declaration
+    /// (`unencrypted_before`, `unencrypted_prefixes`), which is required then and refused
+    /// otherwise.
+    pub fn from_config(mode: &str, before: Option<&str>, prefixes: Vec<String>) -> Result<Self, String> {
+        match mode {
+            "refuse" if before.is_none() && prefixes.is_empty() => Ok(Self::Refuse),
+            "refuse" => Err("unencrypted_before / unencrypted_prefixes take effect only with unencrypted_objects: passthrough".into()),
+            "passthrough" => LegacyObjects::from_config(before, prefixes).map(Self::PassThrough),
+            _ => Err(format!("unencrypted_objects must be `refuse` or `passthrough`, not {mode:?}")),
+        }
+    }
+
+    /// The objects served as plaintext, if any.
+    pub fn legacy(&self) -> Option<&LegacyObjects> {
+        match self {
+            Self::Refuse => None,
+            Self::PassThrough(l) => Some(l),
         }
     }
 }
@@ -111,7 +124,9 @@ pub struct Read {
 
 /// What a read returns.
 enum ReadWhat {
-    Whole,
+    /// The whole object; `part` when a `partNumber` read could not be planned (an empty
+    /// object, an object not in the format).
+    Whole { part: Option<u32> },
     /// A Range or `partNumber` read planned to fetch only the chunks it needs.
     Planned { read: RangedRead, part: bool },
     /// A Range that could not be planned, taken from the whole object.
@@ -125,6 +140,9 @@ enum Answer {
     AsIs,
     /// Authenticated and decrypted; `[skip, skip + take)` of the plaintext goes on.
     Decrypt { decryptor: Decryptor, skip: u64, take: u64 },
+    /// An object served unencrypted (it predates encryption): `[skip, skip + take)` of it
+    /// goes on.
+    Slice { skip: u64, take: u64 },
     /// Dropped; this is sent in its place when it ends.
     Replace(Bytes),
 }
@@ -329,6 +347,11 @@ impl Filter for CryptoFilter {
                 *body = Some(if end { replacement.clone() } else { Bytes::new() });
                 Ok(())
             }
+            Answer::Slice { .. } => {
+                let Answer::Slice { skip, take } = &mut read.answer else { unreachable!("matched above") };
+                *body = Some(range::trim(skip, take, body.take().unwrap_or_default()));
+                Ok(())
+            }
             Answer::Decrypt { .. } => match decrypt_piece(&mut read.answer, body.take(), end) {
                 Ok((plain, n)) => {
                     ctx.bytes_decrypted += n;
@@ -410,7 +433,7 @@ impl CryptoFilter {
             (None, None) => None,
         };
         let what = match want {
-            None => ReadWhat::Whole,
+            None => ReadWhat::Whole { part: None },
             Some(want) => {
                 // The part's plaintext is computed from the format (segment n is part n):
                 // the backend is asked for ciphertext bytes, never for its own part n.
@@ -428,7 +451,7 @@ impl CryptoFilter {
                     }
                     Prepared::NoSuchPart => return Err(self.no_such_part(s3, part.unwrap_or(0)).await),
                     Prepared::Damaged(e) => return Err(crypto_error(ctx, &e)),
-                    Prepared::Fallback => range.map_or(ReadWhat::Whole, ReadWhat::FromWhole),
+                    Prepared::Fallback => range.map_or(ReadWhat::Whole { part }, ReadWhat::FromWhole),
                 }
             }
         };
@@ -606,13 +629,23 @@ impl CryptoFilter {
     async fn read_response(&self, read: &mut Read, resp: &mut ResponseHeader, ctx: &mut RequestCtx) -> Result<(), S3Error> {
         let s3 = ctx.s3()?.clone();
         let Some(sealed) = header(resp, meta::HEADER) else {
-            return match self.unencrypted {
-                UnencryptedPolicy::PassThrough => Ok(()),
-                UnencryptedPolicy::Refuse => {
-                    ctx.crypto_failure = Some("not_encrypted");
-                    Err(s3err(S3ErrorCode::InvalidObjectState, "This object was not written through the encryption proxy and is not encrypted; set unencrypted_objects: passthrough to read such objects").with_resource(s3.resource()))
-                }
-            };
+            let last_modified = header(resp, "last-modified").and_then(|v| passthrough::http_date(&v));
+            if self.unencrypted.legacy().is_some_and(|l| l.admits(s3.key.as_deref().unwrap_or(""), last_modified)) {
+                // The backend was asked for the whole object (ranges are planned for the
+                // format): a Range is cut from it here.
+                return match &read.what {
+                    ReadWhat::FromWhole(r) if s3.op == Operation::GetObject => self.slice_unencrypted(read, *r, resp, ctx),
+                    ReadWhat::Whole { part: Some(_) } => Err(s3err(S3ErrorCode::NotImplemented, "partNumber reads of objects that predate encryption (unencrypted_objects: passthrough) are not supported; read the whole object or a Range").with_resource(s3.resource())),
+                    _ => Ok(()),
+                };
+            }
+            ctx.crypto_failure = Some("not_encrypted");
+            log::warn!("request {}: object {} has no sealed metadata and is refused", ctx.request_id, s3.resource());
+            return Err(s3err(
+                S3ErrorCode::InvalidObjectState,
+                "This object has no valid encryption metadata (x-amz-meta-s3cp): it was stored directly on the backend, bypassing the proxy, or its metadata was removed there, so it cannot be authenticated and is not served. Objects written before encryption was introduced can be admitted with unencrypted_objects: passthrough and unencrypted_before / unencrypted_prefixes",
+            )
+            .with_resource(s3.resource()));
         };
         let ring = read.ring.clone();
         let obj = ObjectId { bucket: s3.bucket.as_deref().unwrap_or(""), key: s3.key.as_deref().unwrap_or("") };
@@ -622,7 +655,7 @@ impl CryptoFilter {
         let layout = match &read.what {
             // Planned and checked against the headers it rests on before the request.
             ReadWhat::Planned { .. } => None,
-            ReadWhat::Whole | ReadWhat::FromWhole(_) => {
+            ReadWhat::Whole { .. } | ReadWhat::FromWhole(_) => {
                 let cipher_len = header(resp, "content-length").and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
                 let (layout, verified) = metadata::announced_layout(&opened, cipher_len, &backend_etag).map_err(|e| crypto_error(ctx, &e))?;
                 let nothing_held_back = s3.op == Operation::HeadObject || layout.plain_len == 0;
@@ -637,7 +670,7 @@ impl CryptoFilter {
         };
         let sealed_md5 = metadata::restore(resp, &opened.payload)?;
         let sealed_checksum = match read.what {
-            ReadWhat::Whole if read.checksum_mode => metadata::sealed_checksum(&opened.payload),
+            ReadWhat::Whole { .. } if read.checksum_mode => metadata::sealed_checksum(&opened.payload),
             _ => None,
         };
         let etag = client_etag(&backend_etag, sealed_md5.as_deref());
@@ -710,6 +743,30 @@ impl CryptoFilter {
         }
         if s3.op == Operation::GetObject {
             read.answer = Answer::Decrypt { decryptor: Decryptor::expecting((*ring).clone(), obj, layout), skip, take: len };
+        }
+        Ok(())
+    }
+
+    /// A Range of an object served unencrypted, cut from the whole object the backend sends.
+    fn slice_unencrypted(&self, read: &mut Read, range: ByteRange, resp: &mut ResponseHeader, ctx: &mut RequestCtx) -> Result<(), S3Error> {
+        let len = header(resp, "content-length").and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        match range.resolve(len) {
+            Some((first, last)) => {
+                resp.set_status(206).map_err(|e| S3Error::internal("status", e))?;
+                set_header(resp, "content-range", format!("bytes {first}-{last}/{len}"))?;
+                set_header(resp, "content-length", (last - first + 1).to_string())?;
+                read.answer = Answer::Slice { skip: first, take: last - first + 1 };
+            }
+            None => {
+                let resource = ctx.s3()?.resource();
+                let e = s3err(S3ErrorCode::InvalidRange, "The requested range is not satisfiable").with_resource(resource);
+                if len == 0 {
+                    // No body to carry the error document: the proxy answers it in full.
+                    return Err(e);
+                }
+                read.answer = Answer::Replace(self.error_answer(resp, ctx, e)?);
+                set_header(resp, "content-range", format!("bytes */{len}"))?;
+            }
         }
         Ok(())
     }

@@ -20,6 +20,7 @@ pub mod keylock;
 pub mod keys;
 pub mod listing;
 pub mod offload;
+pub mod passthrough;
 pub mod request;
 pub mod resign;
 pub mod rotation;

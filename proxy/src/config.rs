@@ -32,6 +32,8 @@ pub struct RawConfig {
     pub filters: Option<Vec<String>>,
     pub conditional_writes: Option<String>,
     pub unencrypted_objects: Option<String>,
+    pub unencrypted_before: Option<String>,
+    pub unencrypted_prefixes: Option<Vec<String>>,
     pub virtual_host_suffix: Option<String>,
     pub log_level: Option<String>,
     pub audit_log: Option<String>,
@@ -80,6 +82,7 @@ pub struct RawClient {
 #[serde(deny_unknown_fields)]
 pub struct RawEncryption {
     pub chunk_size: Option<u32>,
+    pub former_chunk_sizes: Option<Vec<u32>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -110,6 +113,8 @@ pub struct Config {
     pub backend: BackendConfig,
     pub client: Credentials,
     pub chunk_size: u32,
+    /// Chunk sizes objects in these buckets were written with before (listings size them).
+    pub former_chunk_sizes: Vec<u32>,
     pub allowed_buckets: Vec<String>,
     pub memkey_socket: Option<String>,
     /// keyd's HTTPS address, shown to operators (the key itself only ever comes over the socket).
@@ -145,6 +150,7 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ("S3CP_CLIENT_ACCESS_KEY", "client.access_key"),
     ("S3CP_CLIENT_SECRET_KEY", "client.secret_key"),
     ("S3CP_CHUNK_SIZE", "encryption.chunk_size"),
+    ("S3CP_FORMER_CHUNK_SIZES", "encryption.former_chunk_sizes (comma-separated)"),
     ("S3CP_ALLOWED_BUCKETS", "allowed_buckets (comma-separated)"),
     ("S3CP_MEMKEY_SOCKET", "memkey.socket_path"),
     ("S3CP_MEMKEY_ENDPOINT", "memkey.endpoint"),
@@ -152,6 +158,8 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ("S3CP_FILTERS", "filters (comma-separated)"),
     ("S3CP_CONDITIONAL_WRITES", "conditional_writes"),
     ("S3CP_UNENCRYPTED_OBJECTS", "unencrypted_objects"),
+    ("S3CP_UNENCRYPTED_BEFORE", "unencrypted_before"),
+    ("S3CP_UNENCRYPTED_PREFIXES", "unencrypted_prefixes (comma-separated)"),
     ("S3CP_VIRTUAL_HOST_SUFFIX", "virtual_host_suffix"),
     ("S3CP_LOG_LEVEL", "log_level"),
     ("S3CP_AUDIT_LOG", "audit_log"),
@@ -210,6 +218,7 @@ impl RawConfig {
         set!("S3CP_MEMKEY_POLL_INTERVAL", self.memkey.poll_interval);
         set!("S3CP_CONDITIONAL_WRITES", self.conditional_writes);
         set!("S3CP_UNENCRYPTED_OBJECTS", self.unencrypted_objects);
+        set!("S3CP_UNENCRYPTED_BEFORE", self.unencrypted_before);
         set!("S3CP_VIRTUAL_HOST_SUFFIX", self.virtual_host_suffix);
         set!("S3CP_LOG_LEVEL", self.log_level);
         set!("S3CP_AUDIT_LOG", self.audit_log);
@@ -225,6 +234,13 @@ impl RawConfig {
         }
         if let Some(v) = s("S3CP_CHUNK_SIZE") {
             self.encryption.chunk_size = Some(v.parse().map_err(|_| format!("S3CP_CHUNK_SIZE={v:?} is not a number"))?);
+        }
+        if let Some(v) = s("S3CP_FORMER_CHUNK_SIZES") {
+            let sizes = list(&v).iter().map(|n| n.parse().map_err(|_| format!("S3CP_FORMER_CHUNK_SIZES={v:?} is not a list of numbers"))).collect::<Result<_, _>>()?;
+            self.encryption.former_chunk_sizes = Some(sizes);
+        }
+        if let Some(v) = s("S3CP_UNENCRYPTED_PREFIXES") {
+            self.unencrypted_prefixes = Some(list(&v));
         }
         if let Some(v) = s("S3CP_ALLOWED_BUCKETS") {
             self.allowed_buckets = Some(list(&v));
@@ -275,6 +291,18 @@ impl RawConfig {
         let in_runtime_dir = |name: &str| Path::new(&runtime_dir).join(name).to_string_lossy().into_owned();
         let chunk_size = self.encryption.chunk_size.unwrap_or(s3cp_format::DEFAULT_CHUNK_SIZE);
         s3cp_format::validate_chunk_size(chunk_size).map_err(|e| format!("encryption.chunk_size: {e}"))?;
+        let mut former_chunk_sizes = Vec::new();
+        for c in self.encryption.former_chunk_sizes.unwrap_or_default() {
+            s3cp_format::validate_chunk_size(c).map_err(|e| format!("encryption.former_chunk_sizes: {e}"))?;
+            if c != chunk_size && !former_chunk_sizes.contains(&c) {
+                former_chunk_sizes.push(c);
+            }
+        }
+        let unencrypted_objects = UnencryptedPolicy::from_config(
+            self.unencrypted_objects.as_deref().unwrap_or("refuse"),
+            self.unencrypted_before.as_deref(),
+            self.unencrypted_prefixes.unwrap_or_default(),
+        )?;
         let poll_interval = duration("memkey.poll_interval", self.memkey.poll_interval.as_deref().unwrap_or("5s"))?;
         if poll_interval < Duration::from_millis(100) {
             return Err("memkey.poll_interval must be at least 100ms".into());
@@ -287,13 +315,14 @@ impl RawConfig {
             backend,
             client,
             chunk_size,
+            former_chunk_sizes,
             allowed_buckets,
             memkey_socket,
             memkey_endpoint: self.memkey.endpoint,
             poll_interval,
             filters,
             conditional_writes: self.conditional_writes.as_deref().unwrap_or("backend").parse()?,
-            unencrypted_objects: self.unencrypted_objects.as_deref().unwrap_or("refuse").parse()?,
+            unencrypted_objects,
             virtual_host_suffix: self.virtual_host_suffix.filter(|s| !s.is_empty()),
             log_level: self.log_level.unwrap_or_else(|| "info".into()),
             audit_log: self.audit_log.filter(|s| s != "off"),
@@ -390,6 +419,35 @@ mod tests {
         assert_eq!(c.allowed_buckets, vec!["a-bkt", "b-bkt"]);
         assert!(c.backend.path_style);
         assert_eq!(c.listen_addr, "127.0.0.1:1");
+    }
+
+    #[test]
+    fn former_chunk_sizes_are_checked() {
+        let c: RawConfig = serde_yaml::from_str(&format!("{MIN}encryption: {{chunk_size: 16384, former_chunk_sizes: [65536, 16384, 65536]}}")).unwrap();
+        let c = c.finish().unwrap();
+        assert_eq!((c.chunk_size, c.former_chunk_sizes), (16384, vec![65536]));
+        let c: RawConfig = serde_yaml::from_str(&format!("{MIN}encryption: {{former_chunk_sizes: [1000]}}")).unwrap();
+        assert!(c.finish().unwrap_err().contains("encryption.former_chunk_sizes"));
+        let mut c: RawConfig = serde_yaml::from_str(MIN).unwrap();
+        c.apply_env(|k| (k == "S3CP_FORMER_CHUNK_SIZES").then(|| "65536, 131072".into())).unwrap();
+        assert_eq!(c.finish().unwrap().former_chunk_sizes, vec![131072]);
+    }
+
+    #[test]
+    fn passthrough_needs_a_cut_off_or_prefixes() {
+        let parse = |extra: &str| serde_yaml::from_str::<RawConfig>(&format!("{MIN}{extra}")).unwrap().finish();
+        let e = parse("unencrypted_objects: passthrough").unwrap_err();
+        assert!(e.contains("unencrypted_before") && !e.contains('\n'), "{e}");
+        assert!(parse("unencrypted_objects: passthrough\nunencrypted_before: soon").unwrap_err().contains("RFC 3339"));
+        assert!(parse("unencrypted_before: '2026-01-01T00:00:00Z'").unwrap_err().contains("only with unencrypted_objects: passthrough"));
+        let c = parse("unencrypted_objects: passthrough\nunencrypted_before: '2026-01-01T00:00:00Z'\nunencrypted_prefixes: [old/]").unwrap();
+        let legacy = c.unencrypted_objects.legacy().unwrap();
+        assert!(legacy.before.is_some() && legacy.prefixes == ["old/"]);
+        assert_eq!(parse("").unwrap().unencrypted_objects, UnencryptedPolicy::Refuse);
+        let mut raw: RawConfig = serde_yaml::from_str(MIN).unwrap();
+        let env: HashMap<&str, &str> = [("S3CP_UNENCRYPTED_OBJECTS", "passthrough"), ("S3CP_UNENCRYPTED_PREFIXES", "a/,b/")].into();
+        raw.apply_env(|k| env.get(k).map(|v| v.to_string())).unwrap();
+        assert_eq!(raw.finish().unwrap().unencrypted_objects.legacy().unwrap().prefixes, ["a/", "b/"]);
     }
 
     #[test]

@@ -189,8 +189,8 @@ fn build_chain(cfg: &config::Config, backend: &Arc<Backend>, keys: &Arc<KeyState
                     // With encryption, If-Match may name the sealed plaintext MD5 a client was shown.
                     Arc::new(if cfg.filters.contains(&FilterKind::Crypto) { filter.with_keys(keys.clone()) } else { filter })
                 }
-                FilterKind::Crypto => Arc::new(CryptoFilter::new(keys.clone(), backend.clone(), cfg.chunk_size, cfg.unencrypted_objects)),
-                FilterKind::Listing => Arc::new(ListingFilter::new(cfg.chunk_size)),
+                FilterKind::Crypto => Arc::new(CryptoFilter::new(keys.clone(), backend.clone(), cfg.chunk_size, cfg.unencrypted_objects.clone())),
+                FilterKind::Listing => Arc::new(ListingFilter::new(cfg.chunk_size, cfg.former_chunk_sizes.clone(), cfg.unencrypted_objects.legacy().cloned(), backend.clone())),
                 FilterKind::Resign => Arc::new(ResignFilter::new(backend.clone())),
             }
         })

@@ -58,7 +58,7 @@ impl Metrics {
             core_dumps_disabled: reg(&r, IntGauge::new(format!("{p}core_dumps_disabled"), "1 when core dumps are off and the process is not dumpable (RLIMIT_CORE=0, PR_SET_DUMPABLE=0)").expect("valid")),
             key_conflict: reg(&r, IntGauge::new(format!("{p}key_conflict"), "1 while keyd offers different key material under a key id already loaded (refused; the loaded key stays)").expect("valid")),
             key_conflicts: reg(&r, IntCounter::new(format!("{p}key_conflicts_total"), "Key deliveries refused because a key id came with different key material").expect("valid")),
-            registry: r,
+            registry: { reg(&r, filters::listing::UNDECLARED_CHUNK_SIZE_READS.clone()); r },
         }
     }
 

@@ -185,7 +185,7 @@ def test_unencrypted_objects_passthrough_mode(workroot):
     """With `unencrypted_objects: passthrough`, objects written around the proxy (before it
     was installed) are served as they are, while new writes are still encrypted."""
     d = tempfile.mkdtemp(prefix="passthrough-", dir=workroot)
-    s = Stack(d, "moto", tls=False, unencrypted_objects="passthrough")
+    s = Stack(d, "moto", tls=False, unencrypted_objects="passthrough", unencrypted_prefixes=["legacy/"])
     try:
         s.direct.put_object(Bucket=BUCKET, Key="legacy/plain.txt", Body=b"written before the proxy", ContentType="text/plain")
         s3 = s.boto()
