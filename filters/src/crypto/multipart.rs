@@ -106,6 +106,9 @@ fn parse_parts(xml: &[u8]) -> Result<PartsPage, quick_xml::Error> {
     Ok(PartsPage { parts, truncated, next_marker })
 }
 
+/// S3's smallest part but the last (5 MiB).
+const MIN_PART_SIZE: u64 = 5 << 20;
+
 /// The rule, checked on stored part sizes.
 pub fn check_layout(parts: &mut [(u32, u64)], chunk_size: u32) -> Result<(), S3Error> {
     parts.sort_unstable();
@@ -117,6 +120,12 @@ pub fn check_layout(parts: &mut [(u32, u64)], chunk_size: u32) -> Result<(), S3E
         .iter()
         .map(|(n, stored)| object_plain_len(*stored, chunk_size, 1).ok_or_else(|| bad(format!("part {n} has an impossible stored size"))))
         .collect::<Result<_, _>>()?;
+    // A size refusal of an upload with a part under S3's minimum is the error S3 gives it.
+    let under_minimum = plain.len() > 1 && plain[..plain.len() - 1].iter().any(|s| *s < MIN_PART_SIZE);
+    let bad_size = |why: String| {
+        let code = if under_minimum { S3ErrorCode::EntityTooSmall } else { S3ErrorCode::InvalidRequest };
+        s3err(code, format!("{why}: {rule}"))
+    };
     for (i, (n, _)) in parts.iter().enumerate() {
         if *n as usize != i + 1 {
             return Err(bad(format!("part {} is missing", i + 1)));
@@ -124,15 +133,15 @@ pub fn check_layout(parts: &mut [(u32, u64)], chunk_size: u32) -> Result<(), S3E
     }
     if let Some((first, rest)) = plain.split_first() {
         if parts.len() > 1 && first % u64::from(chunk_size) != 0 {
-            return Err(bad(format!("part 1 has {first} bytes")));
+            return Err(bad_size(format!("part 1 has {first} bytes")));
         }
         let middle = &rest[..rest.len().saturating_sub(1)];
         if let Some(p) = middle.iter().position(|s| s != first) {
-            return Err(bad(format!("part {} has {} bytes, part 1 has {first}", p + 2, middle[p])));
+            return Err(bad_size(format!("part {} has {} bytes, part 1 has {first}", p + 2, middle[p])));
         }
         if let Some(last) = rest.last() {
             if last > first {
-                return Err(bad(format!("the last part has {last} bytes, more than part 1's {first}")));
+                return Err(bad_size(format!("the last part has {last} bytes, more than part 1's {first}")));
             }
         }
     }
@@ -317,6 +326,14 @@ mod tests {
     }
 
     #[test]
+    fn rule_breakers_under_s3s_minimum_part_size_get_entity_too_small() {
+        let e = check_layout(&mut stored(&[10 << 10, 10 << 10, 100]), C).unwrap_err();
+        assert_eq!(e.code, S3ErrorCode::EntityTooSmall);
+        // Small parts that keep the rule are fine (backends without the minimum).
+        check_layout(&mut stored(&[64 << 10, 64 << 10, 100]), C).unwrap();
+    }
+
+    #[test]
     fn rule_breakers_are_refused_with_the_rule() {
         for (case, why) in [
             (stored(&[5 << 20, 6 << 20, 1000]), "part 2"),
@@ -402,7 +419,8 @@ mod tests {
         let up = listed(&[5 << 20, 1000, 6 << 20]);
         check_named_parts(&named(&[1, 2]), &up, C).unwrap();
         let e = check_named_parts(&named(&[1, 2, 3]), &up, C).unwrap_err();
-        assert_eq!(e.code, S3ErrorCode::InvalidRequest);
+        // Part 2 (1000 bytes) is not the last one: under S3's 5 MiB minimum.
+        assert_eq!(e.code, S3ErrorCode::EntityTooSmall);
         assert!(e.message.contains("same size"), "{}", e.message);
     }
 
