@@ -9,6 +9,8 @@ Targets:
   direct  Garage itself
   pass    s3-crypt-proxy with filters [sigv4, allowlist, conditional, resign], no memkey
   full    s3-crypt-proxy with the default chain and a key delivered by memkey-admin
+  full-before  the same as full with the s3-crypt-proxy of --before-bin-dir (an older build),
+          to compare two versions of the proxy side by side in one run
   rclone  `rclone serve s3` over crypt when this rclone has it, else `rclone serve webdav`
           over the same crypt remote (Debian 12's rclone 1.60 has no `serve s3`)
 
@@ -59,7 +61,7 @@ class Target:
         self.watch = list(watch)  # [(name, pid)]
 
 
-def start_proxy(h, workdir, name, garage, filters, keyd=None):
+def start_proxy(h, workdir, name, garage, filters, keyd=None, binary=None):
     d = os.path.join(workdir, name)
     os.makedirs(d, exist_ok=True)
     port, admin_port = h.free_port(), h.free_port()
@@ -83,7 +85,7 @@ def start_proxy(h, workdir, name, garage, filters, keyd=None):
     conf = os.path.join(d, "config.yaml")
     with open(conf, "w") as f:
         yaml.safe_dump(cfg, f)
-    proc = h.Proc([h.binary("s3-crypt-proxy"), "run", "--config", conf], d, "proxy")
+    proc = h.Proc([binary or h.binary("s3-crypt-proxy"), "run", "--config", conf], d, "proxy")
     h.wait_port(port, proc.p)
     # Ready: key loaded (full) and backend reachable.
     import urllib.request
@@ -160,8 +162,9 @@ def save_logs(src, dest, prefix, skip=None):
 class Stack:
     """Garage, the two proxies and rclone; restarted together (keyd stays)."""
 
-    def __init__(self, h, workdir, wanted, keyd, procs, logs):
+    def __init__(self, h, workdir, wanted, keyd, procs, logs, before_proxy=None):
         self.h, self.workdir, self.wanted, self.keyd, self.procs, self.logs = h, workdir, wanted, keyd, procs, logs
+        self.before_proxy = before_proxy  # s3-crypt-proxy binary of target full-before
         self.generation = 0
         self.garage = None
         self.own = []
@@ -205,11 +208,13 @@ class Stack:
         t = {}
         if "direct" in self.wanted:
             t["direct"] = Target("direct", garage.endpoint, garage.access_key, garage.secret_key, watch=[gw])
-        specs = {"pass": (["sigv4", "allowlist", "conditional", "resign"], None),
-                 "full": (["sigv4", "allowlist", "conditional", "crypto", "listing", "resign"], self.keyd)}
-        for name, (filters, kd) in specs.items():
+        full_chain = ["sigv4", "allowlist", "conditional", "crypto", "listing", "resign"]
+        specs = {"pass": (["sigv4", "allowlist", "conditional", "resign"], None, None),
+                 "full-before": (full_chain, self.keyd, self.before_proxy),
+                 "full": (full_chain, self.keyd, None)}
+        for name, (filters, kd, binary) in specs.items():
             if name in self.wanted:
-                proc, endpoint = start_proxy(h, gdir, name, garage, filters, kd)
+                proc, endpoint = start_proxy(h, gdir, name, garage, filters, kd, binary)
                 self._own(proc)
                 t[name] = Target(name, endpoint, "bench-client", "bench-client-secret", proc=proc,
                                  watch=[("proxy", proc.pid), gw])
@@ -236,13 +241,24 @@ class Stack:
             self.written += min(512 << 20, rep["size"] * 64)
 
 
+def read_set_args(workload, size, args):
+    """s3cp-bench options for the read set and ranges of a cell."""
+    extra = []
+    part = parse_bytes(args.multipart_part_size) if args.multipart_part_size else None
+    if part and workload != "put" and size > part:
+        extra += ["--multipart-part-size", str(part)]
+    if args.range_len and workload == "range":
+        extra += ["--range-len", str(parse_bytes(args.range_len))]
+    return extra
+
+
 def run_cell(bench_bin, t, workload, size, conc, args, extra=(), payload="unsigned"):
     cmd = [bench_bin, "--payload", payload, "--endpoint", t.endpoint, "--access-key", t.ak, "--secret-key", t.sk,
            "--bucket", BUCKET, "--protocol", t.protocol, "--workload", workload, "--size", str(size),
            "--concurrency", str(conc), "--duration", args.duration, "--warmup", args.warmup,
            "--prefix", t.name, "--label", t.name, "--json",
            # A stalled request fails its cell after this instead of holding the matrix.
-           "--request-timeout", f"{max(60, size // (5 << 20))}s", *extra]
+           "--request-timeout", f"{max(60, size // (5 << 20))}s", *read_set_args(workload, size, args), *extra]
     for name, pid in t.watch:
         cmd += ["--watch", f"{name}={pid}"]
     if args.verify:
@@ -269,6 +285,11 @@ def fmt_cell(rep):
     return f"{t['mib_s']:.1f}"
 
 
+def rate(rep):
+    """What a cell is ranked by: requests/s for HEAD (no payload), MiB/s otherwise."""
+    return rep["total"]["req_s"] if rep["workload"] == "head" else rep["total"]["mib_s"]
+
+
 def proxy_proc(rep, name="proxy"):
     for p in rep.get("window", {}).get("procs", []):
         if p["name"] == name:
@@ -286,7 +307,17 @@ def human_size(n):
     for k, v in SIZES.items():
         if v == n:
             return k
+    if n % (1 << 20) == 0:
+        return f"{n >> 20}MiB"
     return str(n)
+
+
+def object_label(rep):
+    """'4MiB', or '15MiB (3×5MiB parts)' for a read set of multipart uploads."""
+    part = rep.get("multipart_part_size")
+    if not part:
+        return human_size(rep["size"])
+    return f"{human_size(rep['size'])} ({-(-rep['size'] // part)}×{human_size(part)} parts)"
 
 
 def main():
@@ -294,8 +325,17 @@ def main():
     ap.add_argument("--quick", action="store_true", help="4 MiB PUT/GET c=8, 64 MiB GET c=1, and the 1 GiB RSS test")
     ap.add_argument("--sizes", default="4KiB,1MiB,4MiB,64MiB")
     ap.add_argument("--concurrency", default="1,8,64")
-    ap.add_argument("--workloads", default="put,get,range,mixed")
-    ap.add_argument("--targets", default="direct,pass,full,rclone")
+    ap.add_argument("--workloads", default="put,get,range,mixed", help="put, get, range, mixed, head")
+    ap.add_argument("--cells", default=None,
+                    help="exactly these cells (workload:size:concurrency, comma-separated, e.g. head:15MiB:1) "
+                         "instead of sizes x concurrency x workloads")
+    ap.add_argument("--targets", default="direct,pass,full,rclone", help="direct, pass, full, full-before, rclone")
+    ap.add_argument("--before-bin-dir", default=None,
+                    help="directory with an older build's s3-crypt-proxy, run as target full-before")
+    ap.add_argument("--multipart-part-size", default=None,
+                    help="upload read sets of objects larger than this as multipart uploads in parts of this size "
+                         "(e.g. 5MiB: a 15MiB object is 3 parts); HEAD, GET and Range then read multipart objects")
+    ap.add_argument("--range-len", default=None, help="bytes per Range GET (s3cp-bench's default: 256KiB)")
     ap.add_argument("--rclone-cells", default="put:4MiB:8,get:4MiB:8,put:64MiB:1,get:64MiB:1",
                     help="cells (workload:size:concurrency) run against rclone in the full matrix; 'all' for every cell")
     ap.add_argument("--duration", default=None, help="measured time per cell (default 8s with --quick, else 5s)")
@@ -331,6 +371,8 @@ def main():
     if args.quick:
         cells = [(4 << 20, 8, "put", "unsigned"), (4 << 20, 8, "get", "unsigned"),
                  (64 << 20, 1, "put", "unsigned"), (64 << 20, 1, "get", "unsigned")]
+    elif args.cells:
+        cells = [(parse_bytes(s), int(c), w, "unsigned") for w, s, c in (x.split(":") for x in args.cells.split(","))]
     else:
         sizes = [SIZES[s] for s in args.sizes.split(",") if s]
         concs = [int(c) for c in args.concurrency.split(",") if c]
@@ -342,6 +384,9 @@ def main():
         cells.append((4 << 20, 8, "put", "signed"))
         cells.append((64 << 20, 1, "put", "signed"))
     targets_wanted = args.targets.split(",")
+    if "full-before" in targets_wanted and not args.before_bin_dir:
+        ap.error("target full-before needs --before-bin-dir")
+    before_proxy = os.path.join(os.path.abspath(args.before_bin_dir), "s3-crypt-proxy") if args.before_bin_dir else None
     rclone_cells = None if args.quick or args.rclone_cells == "all" else {
         (w, SIZES[s], int(c)) for w, s, c in (x.split(":") for x in args.rclone_cells.split(","))}
 
@@ -354,11 +399,11 @@ def main():
     stack = None
     try:
         keyd = None
-        if "full" in targets_wanted:
+        if "full" in targets_wanted or "full-before" in targets_wanted:
             keyd = h.Keyd(workdir)
             procs.append(keyd.proc)
             keyd.send_key(keyd.new_key(1))
-        stack = Stack(h, workdir, targets_wanted, keyd, procs, os.path.join(out, "logs"))
+        stack = Stack(h, workdir, targets_wanted, keyd, procs, os.path.join(out, "logs"), before_proxy)
         if args.garage_block_size:
             stack.garage_block_size = parse_bytes(args.garage_block_size)
         stack.restart()
@@ -367,11 +412,11 @@ def main():
             log(f"bench: rclone {subprocess.run(['rclone', 'version'], capture_output=True, text=True).stdout.splitlines()[0]}: using `rclone {rclone_kind}` over a crypt remote")
         targets = stack.targets
 
-        order = ["direct", "pass", "full", "rclone"]
+        order = ["direct", "pass", "full-before", "full", "rclone"]
         jsonl = open(os.path.join(out, "results.jsonl"), "w")
         last_size = None
         t_start = time.time()
-        for size, conc, wl, payload in sorted(cells, key=lambda x: (x[0], x[1], ["put", "get", "range", "mixed"].index(x[2]), x[3])):
+        for size, conc, wl, payload in sorted(cells, key=lambda x: (x[0], x[1], ["put", "get", "range", "mixed", "head"].index(x[2]), x[3])):
             # A fresh Garage (and proxies, rclone) for every object size, and whenever the
             # uploads since the last start pass --restart-gib: Garage frees overwritten
             # blocks only about 10 minutes later, so this bounds the disk space the run uses.
@@ -419,8 +464,9 @@ def main():
                         extra += f" errors={rep['total']['errors']} ({rep['total']['first_error']})"
                 else:
                     extra += f" {rep.get('error')}"
-                log(f"bench: [{time.time() - t_start:6.0f}s] {name:6} {wl + ('(signed)' if payload == 'signed' else ''):13} {human_size(size):5} c={conc:<2} "
-                    f"{fmt_cell(rep):>7} MiB/s{extra}")
+                shown = f"{rep['total']['req_s']:7.1f} req/s" if wl == "head" and not rep.get("failed") else f"{fmt_cell(rep):>7} MiB/s"
+                log(f"bench: [{time.time() - t_start:6.0f}s] {name:11} {wl + ('(signed)' if payload == 'signed' else ''):13} {human_size(size):5} c={conc:<2} "
+                    f"{shown}{extra}")
 
         # The RSS test: one large object through each proxy, PUT then GET, c=1.
         rss_results = []
@@ -465,14 +511,72 @@ def main():
             shutil.rmtree(workdir, ignore_errors=True)
 
 
+def render_side_by_side(results, by, groups, keys):
+    """Latency, rate and CPU per request of every target, one row per cell."""
+    order = [t for t in ["direct", "pass", "full-before", "full", "rclone"] if any(r["target"] == t for r in results)]
+    label = {(r["workload"], r.get("payload", "unsigned"), r["size"], r["concurrency"]): object_label(r) for r in results}
+
+    def unit(wl):
+        return "req/s" if wl in ("head", "range") else "MiB/s"
+
+    def value(r, wl):
+        return r["total"]["req_s"] if wl in ("head", "range") else r["total"]["mib_s"]
+
+    def cell(k, t):
+        r = by.get((*k, t))
+        if r is None:
+            return ["–", "–", "–"]
+        if r.get("failed"):
+            return ["failed", "–", "–"]
+        runs = [x for x in groups.get((*k, t), []) if not x.get("failed")]
+        v = [value(x, k[0]) for x in runs]
+        spread = f" ({min(v):.0f}–{max(v):.0f})" if len(v) > 1 else ""
+        # CPU milliseconds per request: the server (proxy or rclone) and Garage.
+        ms = []
+        for name in ("proxy", "rclone", "garage"):
+            p = proxy_proc(r, name)
+            if p is not None and r["total"]["req_s"] > 0:
+                ms.append(f"{p['cpu_cores'] / r['total']['req_s'] * 1000:.2f}")
+        return [f"{r['total']['p50_ms']:.2f} / {r['total']['p99_ms']:.2f}", f"{value(r, k[0]):.1f}{spread}", " + ".join(ms) or "–"]
+
+    head = "| workload | object | c | unit |"
+    rule = "|---|---|---|---|"
+    for t in order:
+        head += f" {t} p50 / p99 ms | {t} rate | {t} CPU ms/req |"
+        rule += "--:|--:|--:|"
+    compare = "full-before" in order and "full" in order
+    if compare:
+        head += " full − full-before p50 ms | full / full-before rate |"
+        rule += "--:|--:|"
+    head += " load (1/5/15) |"
+    rule += "---|"
+    L = ["Side by side (median run by rate, range of the runs in brackets; rate is requests/s for HEAD and "
+         "Range, MiB/s otherwise; CPU ms/req is the proxy's (or rclone's) + Garage's CPU time per request):", "", head, rule]
+    for k in keys:
+        wl, payload, size, c = k
+        row = f"| {wl + (' (signed+MD5)' if payload == 'signed' else '')} | {label[k]} | {c} | {unit(wl)} |"
+        for t in order:
+            row += " " + " | ".join(cell(k, t)) + " |"
+        if compare:
+            a, b = by.get((*k, "full")), by.get((*k, "full-before"))
+            if a and b and not a.get("failed") and not b.get("failed") and value(b, wl) > 0:
+                row += f" {a['total']['p50_ms'] - b['total']['p50_ms']:+.2f} | {value(a, wl) / value(b, wl) * 100:.0f} % |"
+            else:
+                row += " – | – |"
+        runs = [by[(*k, t)] for t in order if (*k, t) in by and not by[(*k, t)].get("failed")]
+        row += f" {runs[-1]['load_after'] if runs else '–'} |"
+        L.append(row)
+    return L
+
+
 def render(results, rss_results, rclone_kind, elapsed):
-    wl_order = ["put", "get", "range", "mixed"]
+    wl_order = ["put", "get", "range", "mixed", "head"]
     groups = {}
     for r in results:
         groups.setdefault((r["workload"], r.get("payload", "unsigned"), r["size"], r["concurrency"], r["target"]), []).append(r)
     by = {}
     for k, runs in groups.items():
-        good = sorted((r for r in runs if not r.get("failed")), key=lambda r: r["total"]["mib_s"])
+        good = sorted((r for r in runs if not r.get("failed")), key=rate)
         by[k] = good[(len(good) - 1) // 2] if good else runs[0]
     repeats = max((len(v) for v in groups.values()), default=1)
     keys = sorted({(r["workload"], r.get("payload", "unsigned"), r["size"], r["concurrency"]) for r in results},
@@ -500,6 +604,10 @@ def render(results, rss_results, rclone_kind, elapsed):
     if repeats > 1:
         L.append(f"Each cell ran {repeats} times, targets interleaved; the run with the median throughput is shown.")
         L.append("")
+    L.extend(render_side_by_side(results, by, groups, keys))
+    L.append("")
+    # HEAD moves no payload: it is in the table above only.
+    keys = [k for k in keys if k[0] != "head"]
     L.append("| workload | size | c | direct MiB/s | pass MiB/s | full MiB/s | rclone MiB/s | full/pass | full/direct | full/rclone "
              "| full p50 / p99 ms | pass p50 / p99 ms | full proxy CPU cores (peak 100 ms) | full RSS MiB (budget) | pass RSS MiB | other CPU | load (1/5/15) |")
     L.append("|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|")

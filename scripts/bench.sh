@@ -7,6 +7,10 @@
 #   scripts/bench.sh                     # full matrix: put,get,range,mixed x 4KiB..64MiB x c=1,8,64
 #   scripts/bench.sh --sizes 4MiB --concurrency 8 --workloads put,get --duration 10s
 #   scripts/bench.sh --help              # every option of bench/matrix.py
+#   # two proxy builds side by side (HEAD, Range, GET; multipart read sets above 5 MiB):
+#   S3CP_BENCH_NO_BUILD=1 scripts/bench.sh --bin-dir NEW --before-bin-dir OLD --targets pass,full-before,full \
+#     --cells head:4MiB:1,head:15MiB:1,range:15MiB:8,get:4MiB:8 --multipart-part-size 5MiB --range-len 64KiB \
+#     --no-signed --rss-size ''
 #
 # One cell by hand against any endpoint:
 #   target/release/s3cp-bench --endpoint http://127.0.0.1:8080 --access-key AK --secret-key SK \

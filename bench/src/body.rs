@@ -80,27 +80,40 @@ impl Pool {
         })
     }
 
+    /// Pool slices (offset, length) of bytes `start..start + len` of an object.
+    fn span(seed: u64, size: u64, start: u64, len: u64) -> VecDeque<(usize, usize)> {
+        let (mut skip, mut left) = (start, len);
+        let mut out = VecDeque::new();
+        for (o, n) in Self::layout(seed, size) {
+            if left == 0 {
+                break;
+            }
+            if skip >= n as u64 {
+                skip -= n as u64;
+                continue;
+            }
+            let k = (n as u64 - skip).min(left) as usize;
+            out.push_back((o + skip as usize, k));
+            left -= k as u64;
+            skip = 0;
+        }
+        out
+    }
+
     /// The body of an object, as zero-copy frames.
     pub fn body(&self, seed: u64, size: u64) -> PoolBody {
-        let frames = Self::layout(seed, size).map(|(o, n)| self.bytes.slice(o..o + n)).collect();
-        PoolBody { frames, len: size }
+        self.body_range(seed, size, 0, size)
+    }
+
+    /// Bytes `start..start + len` of an object (a part of a multipart upload), as zero-copy frames.
+    pub fn body_range(&self, seed: u64, size: u64, start: u64, len: u64) -> PoolBody {
+        let frames = Self::span(seed, size, start, len).into_iter().map(|(o, n)| self.bytes.slice(o..o + n)).collect();
+        PoolBody { frames, len }
     }
 
     /// Checks a downloaded byte stream against the object (from byte `start` on).
     pub fn verifier(&self, seed: u64, size: u64, start: u64) -> Verifier {
-        let mut frames: VecDeque<(usize, usize)> = Self::layout(seed, size).collect();
-        // Skip whole frames before `start`, then trim the first one.
-        let mut skip = start;
-        while let Some(&(o, n)) = frames.front() {
-            if skip >= n as u64 {
-                skip -= n as u64;
-                frames.pop_front();
-            } else {
-                frames[0] = (o + skip as usize, n - skip as usize);
-                break;
-            }
-        }
-        Verifier { pool: self.bytes.clone(), frames, ok: true }
+        Verifier { pool: self.bytes.clone(), frames: Self::span(seed, size, start, size - start), ok: true }
     }
 
     /// SHA-256 of a body.
@@ -173,6 +186,12 @@ impl PoolBody {
     pub fn empty() -> Self {
         PoolBody { frames: VecDeque::new(), len: 0 }
     }
+
+    /// A small body built by the generator (e.g. a CompleteMultipartUpload document).
+    pub fn from_bytes(b: Bytes) -> Self {
+        let len = b.len() as u64;
+        PoolBody { frames: VecDeque::from([b]), len }
+    }
 }
 
 impl Body for PoolBody {
@@ -215,5 +234,24 @@ mod tests {
         let mut v = pool.verifier(8, size, 0);
         v.feed(&body);
         assert!(!v.ok());
+    }
+
+    #[test]
+    fn parts_concatenate_to_the_body() {
+        let pool = Pool::new();
+        let size = 3 * FRAME as u64 + 1234;
+        let whole: Vec<u8> = pool.body(7, size).frames.iter().flat_map(|b| b.iter().copied()).collect();
+        for part in [FRAME as u64, FRAME as u64 + 1, 5 * FRAME as u64, 777_777] {
+            let mut joined = Vec::new();
+            let mut start = 0;
+            while start < size {
+                let len = part.min(size - start);
+                let b = pool.body_range(7, size, start, len);
+                assert_eq!(b.len, len);
+                joined.extend(b.frames.iter().flat_map(|f| f.iter().copied()));
+                start += len;
+            }
+            assert!(joined == whole, "part size {part}");
+        }
     }
 }

@@ -1,7 +1,7 @@
 //! s3cp-bench: a native S3 load generator for s3-crypt-proxy benchmarks.
 //!
-//! Signs real S3 requests (SigV4, path-style) and runs one workload (PUT, GET, mixed, Range)
-//! of one object size at one concurrency against one endpoint for a fixed time, then prints
+//! Signs real S3 requests (SigV4, path-style) and runs one workload (PUT, GET, mixed, Range,
+//! HEAD) of one object size at one concurrency against one endpoint for a fixed time, then prints
 //! one line: throughput, latency percentiles and what the watched processes (proxy, backend)
 //! cost meanwhile: CPU (whole process and busiest thread) and peak RSS. `scripts/bench.sh`
 //! runs the matrix over several targets and prints the comparison table.
@@ -39,6 +39,8 @@ enum Workload {
     Mixed,
     /// Range GETs (--range-len bytes at a random offset) of the read set.
     Range,
+    /// HEADs of the read set (Content-Length checked); throughput is requests per second.
+    Head,
     /// The soak test: every client in its own key space, random PUT/GET/Range/LIST/DELETE
     /// with random sizes up to --size (default 8 MiB), every answer checked, RSS of the
     /// --watch processes sampled; exit code 1 on any error, mismatch or RSS growth.
@@ -46,7 +48,7 @@ enum Workload {
 }
 
 #[derive(Parser, Debug)]
-#[command(name = "s3cp-bench", version, about = "Native S3 load generator: signed PUT/GET/mixed/Range workloads, one result line")]
+#[command(name = "s3cp-bench", version, about = "Native S3 load generator: signed PUT/GET/mixed/Range/HEAD workloads, one result line")]
 struct Args {
     /// http://host:port of the S3 endpoint (proxy or backend), or of a WebDAV server with --protocol plain.
     #[arg(long)]
@@ -94,6 +96,11 @@ struct Args {
     /// Upload the read set even when it is already there.
     #[arg(long)]
     force_prefill: bool,
+    /// Upload the read set as multipart uploads in parts of this size (the last part holds
+    /// the rest), e.g. 5MiB with --size 15MiB for 3 parts; its keys are then
+    /// <prefix>/<size>-mp<part>/r<N>. Without it every object is one PUT.
+    #[arg(long, value_parser = parse_size)]
+    multipart_part_size: Option<u64>,
     #[arg(long, value_enum, default_value = "unsigned")]
     payload: Payload,
     /// Compare every downloaded byte with what was uploaded (costs generator CPU).
@@ -172,6 +179,7 @@ enum Op {
     Put,
     Get,
     Range,
+    Head,
 }
 
 #[derive(Default)]
@@ -207,6 +215,8 @@ struct Ctx {
     payload: Payload,
     verify: bool,
     timeout: Duration,
+    /// Read set uploaded in parts of this size.
+    part_size: Option<u64>,
 }
 
 impl Ctx {
@@ -233,6 +243,56 @@ impl Ctx {
             Ok(self.size)
         };
         tokio::time::timeout(self.timeout, fut).await.map_err(|_| format!("PUT {key}: timed out"))?
+    }
+
+    /// Uploads a read-set object as a multipart upload in parts of `part` bytes; its bytes are
+    /// those of a single PUT with the same seed, so --verify checks either.
+    async fn put_multipart(&self, key: &str, seed: u64, part: u64) -> Result<u64, String> {
+        let fut = async {
+            let req = self.target.request_query(Method::POST, key, "uploads", PoolBody::empty(), Some(0), None)?;
+            let (_, text) = self.send(req, "CreateMultipartUpload", key).await?;
+            let upload_id = xml_text(&text, "UploadId").ok_or_else(|| format!("CreateMultipartUpload {key}: no UploadId"))?;
+            let upload_q = format!("uploadId={}", percent_encode(&upload_id));
+            let mut complete = String::from("<CompleteMultipartUpload>");
+            let (mut start, mut number) = (0u64, 1u32);
+            while start < self.size {
+                let len = part.min(self.size - start);
+                let body = self.pool.body_range(seed, self.size, start, len);
+                let digests = match self.payload {
+                    Payload::Signed => Some(Pool::digests(&body)),
+                    Payload::Unsigned => None,
+                };
+                let q = format!("partNumber={number}&{upload_q}");
+                let req = self.target.request_query(Method::PUT, key, &q, body, Some(len), digests)?;
+                let (headers, _) = self.send(req, "UploadPart", key).await?;
+                let etag = headers.get("etag").and_then(|v| v.to_str().ok()).ok_or_else(|| format!("UploadPart {key}: no ETag"))?;
+                complete.push_str(&format!("<Part><PartNumber>{number}</PartNumber><ETag>{etag}</ETag></Part>"));
+                start += len;
+                number += 1;
+            }
+            complete.push_str("</CompleteMultipartUpload>");
+            let len = complete.len() as u64;
+            let body = PoolBody::from_bytes(Bytes::from(complete));
+            let req = self.target.request_query(Method::POST, key, &upload_q, body, Some(len), None)?;
+            let (_, text) = self.send(req, "CompleteMultipartUpload", key).await?;
+            // S3 may answer 200 with an error document once the body has started.
+            if String::from_utf8_lossy(&text).contains("<Error>") {
+                return Err(format!("CompleteMultipartUpload {key}: {}", snippet(&text)));
+            }
+            Ok(self.size)
+        };
+        tokio::time::timeout(self.timeout, fut).await.map_err(|_| format!("multipart upload of {key}: timed out"))?
+    }
+
+    /// Sends a request whose answer is small; Ok((headers, body)) on a 2xx status.
+    async fn send(&self, req: http::Request<PoolBody>, what: &str, key: &str) -> Result<(http::HeaderMap, Bytes), String> {
+        let resp = self.client.request(req).await.map_err(|e| format!("{what} {key}: {}", err_chain(&e)))?;
+        let (parts, body) = resp.into_parts();
+        let text = body.collect().await.map_err(|e| format!("{what} {key}: {e}"))?.to_bytes();
+        if !parts.status.is_success() {
+            return Err(format!("{what} {key}: {} {}", parts.status, snippet(&text)));
+        }
+        Ok((parts.headers, text))
     }
 
     /// Downloads a read-set object (or a range of it); Ok((bytes, matched)).
@@ -268,6 +328,23 @@ impl Ctx {
             Ok((n, verifier.map(|v| v.ok()).unwrap_or(true)))
         };
         tokio::time::timeout(self.timeout, fut).await.map_err(|_| format!("GET {key}: timed out"))?
+    }
+
+    /// HEAD of a read-set object; its Content-Length must be the object's size. Ok((0, true)).
+    async fn head(&self, i: usize) -> Result<(u64, bool), String> {
+        let (key, _) = self.read_key(i);
+        let req = self.target.request(Method::HEAD, Some(&key), None, PoolBody::empty(), None, None)?;
+        let fut = async {
+            let resp = self.client.request(req).await.map_err(|e| format!("HEAD {key}: {}", err_chain(&e)))?;
+            let status = resp.status();
+            let len = resp.headers().get("content-length").and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+            let _ = resp.into_body().collect().await;
+            match (status, len) {
+                (StatusCode::OK, Some(n)) if n == self.size => Ok((0, true)),
+                _ => Err(format!("HEAD {key}: {status}, Content-Length {len:?} instead of {}", self.size)),
+            }
+        };
+        tokio::time::timeout(self.timeout, fut).await.map_err(|_| format!("HEAD {key}: timed out"))?
     }
 
     /// Content-Length of a HEAD, None when absent or not 200.
@@ -308,6 +385,24 @@ fn err_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
+/// The text of the first `<tag>` element of a small XML answer.
+fn xml_text(doc: &[u8], tag: &str) -> Option<String> {
+    let doc = std::str::from_utf8(doc).ok()?;
+    let start = doc.find(&format!("<{tag}>"))? + tag.len() + 2;
+    let len = doc[start..].find(&format!("</{tag}>"))?;
+    Some(doc[start..start + len].to_string())
+}
+
+/// Percent-encodes a query value (everything but RFC 3986 unreserved characters).
+fn percent_encode(v: &str) -> String {
+    v.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
 fn snippet(b: &Bytes) -> String {
     let t = String::from_utf8_lossy(&b[..b.len().min(300)]);
     t.split_whitespace().collect::<Vec<_>>().join(" ")
@@ -342,8 +437,8 @@ impl Budget {
     }
 }
 
-async fn worker(ctx: Arc<Ctx>, wid: usize, workload: Workload, budget: Arc<Budget>, mut rng: Mix) -> [OpStats; 3] {
-    let mut stats: [OpStats; 3] = Default::default();
+async fn worker(ctx: Arc<Ctx>, wid: usize, workload: Workload, budget: Arc<Budget>, mut rng: Mix) -> [OpStats; 4] {
+    let mut stats: [OpStats; 4] = Default::default();
     let mut iter = 0u64;
     let range_len = ctx.range_len.min(ctx.size / 4).max(1);
     loop {
@@ -351,6 +446,7 @@ async fn worker(ctx: Arc<Ctx>, wid: usize, workload: Workload, budget: Arc<Budge
             Workload::Put => Op::Put,
             Workload::Get => Op::Get,
             Workload::Range | Workload::Soak => Op::Range,
+            Workload::Head => Op::Head,
             Workload::Mixed => {
                 if rng.below(2) == 0 {
                     Op::Get
@@ -359,7 +455,11 @@ async fn worker(ctx: Arc<Ctx>, wid: usize, workload: Workload, budget: Arc<Budge
                 }
             }
         };
-        let req_bytes = if op == Op::Range { range_len } else { ctx.size };
+        let req_bytes = match op {
+            Op::Range => range_len,
+            Op::Head => 0,
+            Op::Put | Op::Get => ctx.size,
+        };
         if !budget.claim(req_bytes) {
             break;
         }
@@ -374,6 +474,7 @@ async fn worker(ctx: Arc<Ctx>, wid: usize, workload: Workload, budget: Arc<Budge
                 let a = rng.below(ctx.size - range_len + 1);
                 ctx.get(rng.below(ctx.keys as u64) as usize, Some((a, a + range_len - 1))).await
             }
+            Op::Head => ctx.head(rng.below(ctx.keys as u64) as usize).await,
         };
         let us = t0.elapsed().as_micros() as u64;
         let s = &mut stats[op as usize];
@@ -407,7 +508,7 @@ async fn run_phase(ctx: &Arc<Ctx>, workload: Workload, concurrency: usize, budge
         let rng = Mix(seed ^ (wid as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
         handles.push(tokio::spawn(worker(ctx.clone(), wid, workload, budget.clone(), rng)));
     }
-    let mut out: Vec<OpStats> = (0..3).map(|_| OpStats::default()).collect();
+    let mut out: Vec<OpStats> = (0..4).map(|_| OpStats::default()).collect();
     for h in handles {
         for (i, s) in h.await.expect("worker panicked").into_iter().enumerate() {
             out[i].merge(s);
@@ -439,7 +540,10 @@ async fn prefill(ctx: &Arc<Ctx>, concurrency: usize, force: bool) -> Result<Opti
                 let (key, seed) = ctx.read_key(i);
                 // A loaded backend sometimes answers 503 (Garage: "database is locked"): retry.
                 let mut attempt = 0;
-                while let Err(e) = ctx.put(&key, seed).await {
+                while let Err(e) = match ctx.part_size {
+                    Some(part) => ctx.put_multipart(&key, seed, part).await,
+                    None => ctx.put(&key, seed).await,
+                } {
                     attempt += 1;
                     if attempt >= 5 {
                         return Err(format!("prefill: {e}"));
@@ -501,6 +605,8 @@ struct Report {
     size: u64,
     size_label: String,
     range_len: Option<u64>,
+    /// Part size of the read set's multipart uploads (None: single PUTs).
+    multipart_part_size: Option<u64>,
     concurrency: usize,
     payload: Payload,
     verify: bool,
@@ -583,19 +689,27 @@ async fn run(args: Args) -> Result<(), String> {
     if size == 0 {
         return Err("--size must be positive".into());
     }
+    if args.multipart_part_size == Some(0) {
+        return Err("--multipart-part-size must be positive".into());
+    }
     let default_keys = ((512u64 << 20) / size).clamp(4, 64) as usize;
+    let label = match args.multipart_part_size {
+        Some(p) => format!("{}-mp{}", size_label(size), size_label(p)),
+        None => size_label(size),
+    };
     let ctx = Arc::new(Ctx {
         target,
         client,
         pool: Pool::new(),
         size,
-        label: size_label(size),
+        label,
         range_len: args.range_len,
         prefix: args.prefix.clone(),
         keys: args.keys.unwrap_or(default_keys).max(1),
         payload: args.payload,
         verify: args.verify,
         timeout: args.request_timeout,
+        part_size: args.multipart_part_size,
     });
     if args.create_bucket {
         ctx.create_bucket().await?;
@@ -634,6 +748,7 @@ async fn run(args: Args) -> Result<(), String> {
     let window = window.finish(wall);
     let load_after = procstat::loadavg();
 
+    let head = stats.pop().unwrap_or_default();
     let range = stats.pop().unwrap_or_default();
     let get = stats.pop().unwrap_or_default();
     let put = stats.pop().unwrap_or_default();
@@ -641,6 +756,7 @@ async fn run(args: Args) -> Result<(), String> {
         Workload::Put => (op_report(put, wall), None, None),
         Workload::Get => (op_report(get, wall), None, None),
         Workload::Range | Workload::Soak => (op_report(range, wall), None, None),
+        Workload::Head => (op_report(head, wall), None, None),
         Workload::Mixed => {
             let mut all = OpStats::default();
             all.merge(OpStats {
@@ -668,6 +784,7 @@ async fn run(args: Args) -> Result<(), String> {
         size,
         size_label: size_label(size),
         range_len: (args.workload == Workload::Range).then(|| args.range_len.min(size / 4).max(1)),
+        multipart_part_size: args.multipart_part_size,
         concurrency: args.concurrency,
         payload: args.payload,
         verify: args.verify,
@@ -753,5 +870,13 @@ mod tests {
         assert_eq!(percentile(&v, 50.0), 50.0);
         assert_eq!(percentile(&v, 99.0), 99.0);
         assert_eq!(percentile(&[5000], 99.0), 5.0);
+    }
+
+    #[test]
+    fn multipart_answers() {
+        let doc = b"<InitiateMultipartUploadResult><Bucket>b</Bucket><UploadId>a1/b+c=</UploadId></InitiateMultipartUploadResult>";
+        assert_eq!(xml_text(doc, "UploadId").as_deref(), Some("a1/b+c="));
+        assert_eq!(xml_text(doc, "Key"), None);
+        assert_eq!(percent_encode("a1/b+c=~"), "a1%2Fb%2Bc%3D~");
     }
 }

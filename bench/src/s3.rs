@@ -90,6 +90,28 @@ impl Target {
         self.signed(method, uri, headers, body, content_length, digests)
     }
 
+    /// A request for `key` with a query string (multipart uploads; S3 only). `query` is
+    /// already percent-encoded; `digests` as for [`Target::request`].
+    pub fn request_query(
+        &self,
+        method: Method,
+        key: &str,
+        query: &str,
+        body: PoolBody,
+        content_length: Option<u64>,
+        digests: Option<(String, String)>,
+    ) -> Result<Request<PoolBody>, String> {
+        if self.protocol != Protocol::S3 {
+            return Err("multipart uploads need --protocol s3".into());
+        }
+        let uri = format!("{}?{query}", self.uri(Some(key)));
+        let mut headers = vec![("host", self.authority.clone())];
+        if let Some((_, md5)) = &digests {
+            headers.push(("content-md5", md5.clone()));
+        }
+        self.signed(method, uri, headers, body, content_length, digests)
+    }
+
     /// ListObjectsV2 of `prefix` (S3 only); `prefix` holds only unreserved characters and `/`.
     pub fn list(&self, prefix: &str) -> Result<Request<PoolBody>, String> {
         let uri = format!("{}?list-type=2&prefix={}", self.uri(None), prefix.replace('/', "%2F"));
