@@ -17,12 +17,15 @@
 //!   - all of the (non-empty) original is released only if the stored object is intact up
 //!     to its end (bytes appended after it are refused afterwards);
 //!   - a range read (`plan_range` + `Decryptor::for_range`) of the possibly damaged object
-//!     releases a prefix of the requested plaintext, and all of it when it succeeds.
+//!     releases a prefix of the requested plaintext, and all of it when it succeeds;
+//!   - the proxy's whole-object read (length announced from the stored size with
+//!     `Layout::announced`, then `Decryptor::expecting`) succeeds only with exactly the
+//!     original length and bytes, and when it fails it never released all announced bytes.
 #![no_main]
 
 use arbitrary::{Arbitrary, Unstructured};
 use libfuzzer_sys::fuzz_target;
-use s3cp_format::{plan_range, Decryptor, FormatError, KeyRing, HEADER_LEN};
+use s3cp_format::{plan_range, Decryptor, FormatError, KeyRing, Layout, HEADER_LEN};
 use s3cp_fuzz::object::{self as fx, CHUNK, OBJ};
 use s3cp_fuzz::{apply_mutations, pseudo_bytes, split_cycling, Mutation};
 
@@ -142,6 +145,35 @@ fn structured(s: Structured) {
             out.released == plain,
             "an intact object decrypted to something else"
         );
+    }
+
+    // The proxy's whole-object GET: the length announced from the stored size (before any
+    // byte is read), then every segment header checked against it (reader rule 5.11).
+    if let Ok(layout) = Layout::announced(damaged.len() as u64, CHUNK, segments, None) {
+        let announced = layout.plain_len;
+        let mut d = Decryptor::expecting(ring.clone(), OBJ, layout);
+        let mut released = Vec::new();
+        let result = (|| {
+            for p in split_cycling(&damaged, &sizes) {
+                released.extend_from_slice(&d.update(p)?);
+            }
+            released.extend_from_slice(&d.finish()?);
+            Ok::<(), FormatError>(())
+        })();
+        assert!(
+            plain.starts_with(&released),
+            "an announced read released bytes that are not a prefix of the plaintext"
+        );
+        match result {
+            Ok(()) => assert!(
+                announced == plain.len() as u64 && released == plain,
+                "an announced read succeeded with another length or plaintext"
+            ),
+            Err(_) => assert!(
+                (released.len() as u64) < announced || announced == 0,
+                "a failed announced read released all {announced} announced bytes"
+            ),
+        }
     }
 
     // A range of the (possibly damaged) object, planned from the original layout.
