@@ -51,6 +51,7 @@ EXPORTED = {
     "s3_crypt_proxy_core_dumps_disabled": set(),
     "s3_crypt_proxy_key_conflict": set(),
     "s3_crypt_proxy_key_conflicts_total": set(),
+    "s3_crypt_proxy_undeclared_chunk_size_reads_total": set(),
 }
 HISTOGRAMS = {"s3_crypt_proxy_request_duration_seconds"}
 TARGET_LABELS = {"instance", "job"}  # added by Prometheus at scrape time
