@@ -652,12 +652,13 @@ impl CryptoFilter {
         let opened = meta::open(&ring, obj, &sealed).map_err(|e| crypto_error(ctx, &e))?;
         ctx.key_id = Some(opened.key_id);
         let backend_etag = header(resp, "etag").unwrap_or_default();
+        let payload = metadata::Sealed::parse(&opened.payload).map_err(|e| crypto_error(ctx, &e))?;
         let layout = match &read.what {
             // Planned and checked against the headers it rests on before the request.
             ReadWhat::Planned { .. } => None,
             ReadWhat::Whole { .. } | ReadWhat::FromWhole(_) => {
                 let cipher_len = header(resp, "content-length").and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-                let (layout, verified) = metadata::announced_layout(&opened, cipher_len, &backend_etag).map_err(|e| crypto_error(ctx, &e))?;
+                let (layout, verified) = payload.announced_layout(opened.chunk_size, cipher_len, &backend_etag).map_err(|e| crypto_error(ctx, &e))?;
                 let nothing_held_back = s3.op == Operation::HeadObject || layout.plain_len == 0;
                 let layout = if nothing_held_back && !verified {
                     let version = s3.query_value("versionId");
@@ -668,11 +669,11 @@ impl CryptoFilter {
                 Some(layout)
             }
         };
-        let sealed_md5 = metadata::restore(resp, &opened.payload)?;
         let sealed_checksum = match read.what {
-            ReadWhat::Whole { .. } if read.checksum_mode => metadata::sealed_checksum(&opened.payload),
+            ReadWhat::Whole { .. } if read.checksum_mode => payload.checksum(),
             _ => None,
         };
+        let sealed_md5 = payload.restore(resp)?;
         let etag = client_etag(&backend_etag, sealed_md5.as_deref());
         set_header(resp, "etag", etag.clone())?;
         metadata::apply_response_overrides(resp, &s3.query)?;

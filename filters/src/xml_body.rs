@@ -151,17 +151,23 @@ impl HeldBody {
     /// Takes one piece of the body as it would go upstream; sends nothing until the end,
     /// then the whole body if it passed.
     pub fn hold(&mut self, body: &mut Option<Bytes>, end: bool) -> Result<(), S3Error> {
-        if let Some(b) = body.take() {
-            if self.buf.len() + b.len() > self.limit {
-                return Err(too_large(self.limit));
-            }
-            self.buf.extend_from_slice(&b);
+        let piece = body.take().unwrap_or_default();
+        if self.buf.len() + piece.len() > self.limit {
+            return Err(too_large(self.limit));
         }
         if !end {
+            self.buf.extend_from_slice(&piece);
             *body = Some(Bytes::new());
             return Ok(());
         }
-        let all = std::mem::take(&mut self.buf).freeze();
+        // A body that arrives whole at its end (the crypto filter collects the Complete body
+        // first) is checked as it is, without another copy.
+        let all = if self.buf.is_empty() {
+            piece
+        } else {
+            self.buf.extend_from_slice(&piece);
+            std::mem::take(&mut self.buf).freeze()
+        };
         match self.rule {
             Rule::Generic { .. } if all.iter().all(u8::is_ascii_whitespace) => {}
             rule => check(rule, &all, |_, _| Ok(()))?,

@@ -88,7 +88,9 @@ pub async fn reencrypt_copy(
         format: Some(FormatError::NotEncrypted),
     })?;
     let opened = meta::open(ring, src, &sealed).map_err(format_failure)?;
-    check_source_conditions(conditions, &head, &metadata::sealed_md5(&opened.payload))?;
+    let payload = metadata::Sealed::parse(&opened.payload).map_err(format_failure)?;
+    let sealed_md5 = payload.md5().map(str::to_string);
+    check_source_conditions(conditions, &head, &sealed_md5)?;
     if only_if_not_current && opened.key_id == ring.current_id() {
         source.release_without_body().await;
         return Ok(None);
@@ -99,14 +101,11 @@ pub async fn reencrypt_copy(
 
     let source_etag = hdr("etag").unwrap_or_default();
     // The source as announced, checked against every header the copy reads.
-    let (layout, _) = metadata::announced_layout(&opened, length, &source_etag).map_err(format_failure)?;
+    let (layout, _) = payload.announced_layout(opened.chunk_size, length, &source_etag).map_err(format_failure)?;
 
-    let sealed_md5 = metadata::sealed_md5(&opened.payload);
     let payload = match metadata_change {
         MetadataChange::Keep => opened.payload.clone(),
-        MetadataChange::ReplaceFrom(req) => {
-            metadata::with_checksum(metadata::from_request(req, None, sealed_md5.as_deref()), metadata::sealed_checksum(&opened.payload))
-        }
+        MetadataChange::ReplaceFrom(req) => metadata::with_checksum(metadata::from_request(req, None, sealed_md5.as_deref()), payload.checksum()),
     };
     // The copy is one segment, stored by a single PUT: its length is sealed.
     let payload = metadata::with_plain_len(payload, Some(layout.plain_len));

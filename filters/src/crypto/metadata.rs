@@ -25,8 +25,9 @@ fn is_sealed(name: &str) -> bool {
     SEALED.contains(&name) || (name.starts_with("x-amz-meta-") && name != s3cp_format::meta::HEADER)
 }
 
+/// A sealed payload, parsed once per request.
 #[derive(Serialize, Deserialize, Default)]
-struct Sealed {
+pub struct Sealed {
     h: Vec<(String, String)>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     md5: Option<String>,
@@ -67,14 +68,52 @@ pub fn from_request(req: &RequestHeader, content_md5: Option<[u8; 16]>, known_md
     serde_json::to_vec(&sealed).expect("strings serialize")
 }
 
-/// The plaintext MD5 sealed in a payload, if any.
-pub fn sealed_md5(payload: &[u8]) -> Option<String> {
-    serde_json::from_slice::<Sealed>(payload).ok()?.md5
-}
+impl Sealed {
+    /// Parses an opened payload (`MetadataMalformed` if it is not the proxy's JSON).
+    pub fn parse(payload: &[u8]) -> Result<Self, FormatError> {
+        serde_json::from_slice(payload).map_err(|_| FormatError::MetadataMalformed)
+    }
 
-/// The plaintext checksum sealed in a payload: (header name, base64 value).
-pub fn sealed_checksum(payload: &[u8]) -> Option<(String, String)> {
-    serde_json::from_slice::<Sealed>(payload).ok()?.ck
+    /// The plaintext MD5, if it was known at upload.
+    pub fn md5(&self) -> Option<&str> {
+        self.md5.as_deref()
+    }
+
+    /// The plaintext checksum: (header name, base64 value).
+    pub fn checksum(&self) -> Option<(String, String)> {
+        self.ck.clone()
+    }
+
+    /// The object as every read path announces it: plaintext length, chunk size and segment
+    /// count from the stored length, the sealed chunk size, and the sealed segment count or
+    /// the backend's ETag — checked against the sealed plaintext length when there is one.
+    /// `verified` is true when that check covered the length (nothing more needs reading).
+    pub fn announced_layout(&self, chunk_size: u32, stored_len: u64, backend_etag: &str) -> Result<(Layout, bool), FormatError> {
+        let segments = self.n.unwrap_or_else(|| crate::etag::segments_from_etag(backend_etag));
+        let layout = Layout::announced(stored_len, chunk_size, segments, self.l)?;
+        Ok((layout, self.l.is_some()))
+    }
+
+    /// Replaces the backend's descriptive headers by the unsealed ones; returns the sealed
+    /// MD5.
+    pub fn restore(self, resp: &mut ResponseHeader) -> Result<Option<String>, S3Error> {
+        let names: Vec<String> = resp
+            .headers
+            .keys()
+            .map(|k| k.as_str().to_string())
+            .filter(|n| is_sealed(n) || n == s3cp_format::meta::HEADER)
+            .collect();
+        for n in names {
+            resp.remove_header(&n);
+        }
+        for (n, v) in self.h {
+            resp.append_header(n, v).map_err(|e| S3Error::internal("restoring metadata", e))?;
+        }
+        if !resp.headers.contains_key("content-type") {
+            resp.insert_header("content-type", "binary/octet-stream").map_err(|e| S3Error::internal("restoring metadata", e))?;
+        }
+        Ok(self.md5)
+    }
 }
 
 /// Adds (or replaces) the sealed plaintext checksum of a payload made by [`from_request`].
@@ -102,44 +141,12 @@ fn edit(payload: Vec<u8>, change: impl FnOnce(&mut Sealed)) -> Vec<u8> {
     }
 }
 
-/// The object as every read path announces it: plaintext length, chunk size and segment
-/// count from the stored length, the sealed chunk size, and the sealed segment count or the
-/// backend's ETag — checked against the sealed plaintext length when there is one.
-/// `verified` is true when that check covered the length (nothing more needs reading).
-pub fn announced_layout(opened: &s3cp_format::meta::Opened, stored_len: u64, backend_etag: &str) -> Result<(Layout, bool), FormatError> {
-    let sealed: Sealed = serde_json::from_slice(&opened.payload).map_err(|_| FormatError::MetadataMalformed)?;
-    let segments = sealed.n.unwrap_or_else(|| crate::etag::segments_from_etag(backend_etag));
-    let layout = Layout::announced(stored_len, opened.chunk_size, segments, sealed.l)?;
-    Ok((layout, sealed.l.is_some()))
-}
-
 /// Removes the sealed headers from a request going to the backend.
 pub fn strip_sealed_headers(up: &mut RequestHeader) {
     let names: Vec<String> = up.headers.keys().map(|k| k.as_str().to_string()).filter(|n| is_sealed(n)).collect();
     for n in names {
         up.remove_header(&n);
     }
-}
-
-/// Replaces the backend's descriptive headers by the unsealed ones; returns the sealed MD5.
-pub fn restore(resp: &mut ResponseHeader, payload: &[u8]) -> Result<Option<String>, S3Error> {
-    let sealed: Sealed = serde_json::from_slice(payload).map_err(|e| S3Error::internal("unsealing metadata", e))?;
-    let names: Vec<String> = resp
-        .headers
-        .keys()
-        .map(|k| k.as_str().to_string())
-        .filter(|n| is_sealed(n) || n == s3cp_format::meta::HEADER)
-        .collect();
-    for n in names {
-        resp.remove_header(&n);
-    }
-    for (n, v) in sealed.h {
-        resp.append_header(n, v).map_err(|e| S3Error::internal("restoring metadata", e))?;
-    }
-    if !resp.headers.contains_key("content-type") {
-        resp.insert_header("content-type", "binary/octet-stream").map_err(|e| S3Error::internal("restoring metadata", e))?;
-    }
-    Ok(sealed.md5)
 }
 
 /// `response-content-type` and friends in a GET's query override the stored values.
@@ -166,7 +173,7 @@ mod tests {
         req.insert_header("content-encoding", "gzip, aws-chunked").unwrap();
         req.insert_header("x-amz-date", "x").unwrap();
         let payload = from_request(&req, Some([1; 16]), None);
-        assert_eq!(sealed_md5(&payload).as_deref(), Some("01010101010101010101010101010101"));
+        assert_eq!(Sealed::parse(&payload).unwrap().md5(), Some("01010101010101010101010101010101"));
         strip_sealed_headers(&mut req);
         assert!(req.headers.get("x-amz-meta-color").is_none() && req.headers.get("x-amz-date").is_some());
 
@@ -174,8 +181,8 @@ mod tests {
         resp.insert_header("content-type", "application/octet-stream").unwrap();
         resp.insert_header("x-amz-meta-s3cp", "sealed").unwrap();
         let payload = with_checksum(payload, Some(("x-amz-checksum-crc32".into(), "AAAAAA==".into())));
-        assert_eq!(sealed_checksum(&payload), Some(("x-amz-checksum-crc32".into(), "AAAAAA==".into())));
-        let md5 = restore(&mut resp, &payload).unwrap();
+        assert_eq!(Sealed::parse(&payload).unwrap().checksum(), Some(("x-amz-checksum-crc32".into(), "AAAAAA==".into())));
+        let md5 = Sealed::parse(&payload).unwrap().restore(&mut resp).unwrap();
         assert_eq!(md5.as_deref(), Some("01010101010101010101010101010101"));
         assert_eq!(resp.headers.get("content-type").unwrap(), "text/plain");
         assert_eq!(resp.headers.get("x-amz-meta-color").unwrap(), "blue");

@@ -161,7 +161,8 @@ pub async fn upload_part_copy(
         return Err(s3err(S3ErrorCode::InvalidObjectState, "The copy source was not written through the encryption proxy"));
     };
     let opened = meta::open(ring, src_obj, &sealed).map_err(|e| format_err(ctx, e))?;
-    check_source_conditions(&conditions, &source.head, &metadata::sealed_md5(&opened.payload)).map_err(|e| {
+    let payload = metadata::Sealed::parse(&opened.payload).map_err(|e| format_err(ctx, e))?;
+    check_source_conditions(&conditions, &source.head, &payload.md5().map(str::to_string)).map_err(|e| {
         if e.error.code == S3ErrorCode::PreconditionFailed {
             crate::conditional::precondition_failed(&s3.resource())
         } else {
@@ -171,7 +172,7 @@ pub async fn upload_part_copy(
     if planned.is_none() {
         let etag = hdr("etag").unwrap_or_default();
         let stored = hdr("content-length").and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-        let (layout, _) = metadata::announced_layout(&opened, stored, &etag).map_err(|e| format_err(ctx, e))?;
+        let (layout, _) = payload.announced_layout(opened.chunk_size, stored, &etag).map_err(|e| format_err(ctx, e))?;
         let plain = layout.plain_len;
         // Every source header must agree with the length this part is encrypted for.
         source.decryptor = Decryptor::expecting((**ring).clone(), src_obj, layout);

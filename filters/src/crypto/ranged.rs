@@ -168,7 +168,7 @@ pub async fn prepare_object(backend: &Backend, ring: &KeyRing, obj: ObjectId<'_>
     let Some(total) = content_range.rsplit('/').next().and_then(|t| t.parse::<u64>().ok()) else {
         return Ok(Prepared::Fallback);
     };
-    let mut layout = match super::metadata::announced_layout(&opened, total, &etag) {
+    let mut layout = match super::metadata::Sealed::parse(&opened.payload).and_then(|p| p.announced_layout(opened.chunk_size, total, &etag)) {
         Ok((layout, _)) => layout,
         Err(e) => return Ok(Prepared::Damaged(e)),
     };
