@@ -662,7 +662,7 @@ impl CryptoFilter {
                 let nothing_held_back = s3.op == Operation::HeadObject || layout.plain_len == 0;
                 let layout = if nothing_held_back && !verified {
                     let version = s3.query_value("versionId");
-                    ranged::verify_layout(&self.backend, &ring, obj, version, &backend_etag, layout, None).await?.map_err(|e| crypto_error(ctx, &e))?
+                    ranged::verify_layout(&self.backend, &ring, obj, version, &backend_etag, layout).await?.map_err(|e| crypto_error(ctx, &e))?
                 } else {
                     layout
                 };

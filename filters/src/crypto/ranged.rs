@@ -135,11 +135,11 @@ async fn check_header_at(backend: &Backend, ring: &KeyRing, obj: ObjectId<'_>, v
     Ok(open_header(ring, obj, bytes).and_then(|hdr| layout.check(ordinal, &hdr)))
 }
 
-/// Checks the headers an announced length depends on: segment 0's always (read here unless
-/// the caller has it), and for a multipart object the last segment's too, which holds the
-/// rest of the total. Returns the layout with the part length learned.
-pub async fn verify_layout(backend: &Backend, ring: &KeyRing, obj: ObjectId<'_>, version: Option<&str>, etag: &str, mut layout: Layout, first: Option<&[u8]>) -> Result<Result<Layout, FormatError>, S3Error> {
-    if let Err(e) = check_header_at(backend, ring, obj, version, etag, &mut layout, 0, first).await? {
+/// Checks the headers an announced length depends on: segment 0's always, and for a
+/// multipart object the last segment's too, which holds the rest of the total. Returns the
+/// layout with the part length learned.
+pub async fn verify_layout(backend: &Backend, ring: &KeyRing, obj: ObjectId<'_>, version: Option<&str>, etag: &str, mut layout: Layout) -> Result<Result<Layout, FormatError>, S3Error> {
+    if let Err(e) = check_header_at(backend, ring, obj, version, etag, &mut layout, 0, None).await? {
         return Ok(Err(e));
     }
     let segments = layout.segments;
