@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs everything the tests and the demo need on a fresh Debian machine, once:
-# Debian packages (cmake for pingora, libssl-dev for the chunk cipher, shellcheck, openssl, haproxy for the replica tests), a Python venv with the
+# Debian packages (cmake for pingora, libssl-dev for the chunk cipher, shellcheck, openssl, haproxy for the replica tests, SoftHSM 2 for the PKCS#11 unseal tests), a Python venv with the
 # S3 servers and clients, rclone included (cached under ~/.cache, keyed by tests/requirements.txt) and the
 # Garage binary (cached in cargo's bin folder). Safe to run again: it skips what is there.
 # Prints `export` lines for the caller to eval: VENV and PATH.
@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 log() { echo "bootstrap: $*" >&2; }
 
 need_apt=()
-for pair in cmake:cmake shellcheck:shellcheck openssl:openssl curl:curl chromium:chromium systemd-analyze:systemd kubectl:kubernetes-client haproxy:haproxy; do
+for pair in cmake:cmake shellcheck:shellcheck openssl:openssl curl:curl chromium:chromium systemd-analyze:systemd kubectl:kubernetes-client haproxy:haproxy softhsm2-util:softhsm2; do
   cmd=${pair%%:*}; pkg=${pair##*:}
   command -v "$cmd" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
