@@ -39,6 +39,8 @@ def up():
     with open(STATE, "w") as f:
         json.dump({"pids": [proxy.proc.pid, keyd.proc.pid, backend.proc.pid]}, f)
     env = f"AWS_ACCESS_KEY_ID={proxy.access_key} AWS_SECRET_ACCESS_KEY={proxy.secret_key} AWS_DEFAULT_REGION=us-east-1"
+    # The commands must work as printed, also where no `aws` is on PATH: the venv's, by full path.
+    aws = shutil.which("aws") or "aws"
     print(f"""
 s3-crypt-proxy demo is up (logs in .demo/):
   S3 endpoint (proxy)   {proxy.endpoint}   bucket: {BUCKET}
@@ -50,11 +52,11 @@ s3-crypt-proxy demo is up (logs in .demo/):
 Try:
   export {env}
   echo 'hello, encrypted world' > /tmp/hello.txt
-  aws --endpoint-url {proxy.endpoint} s3 cp /tmp/hello.txt s3://{BUCKET}/hello.txt
-  aws --endpoint-url {proxy.endpoint} s3 ls s3://{BUCKET}/
-  aws --endpoint-url {proxy.endpoint} s3 cp s3://{BUCKET}/hello.txt -
+  {aws} --endpoint-url {proxy.endpoint} s3 cp /tmp/hello.txt s3://{BUCKET}/hello.txt
+  {aws} --endpoint-url {proxy.endpoint} s3 ls s3://{BUCKET}/
+  {aws} --endpoint-url {proxy.endpoint} s3 cp s3://{BUCKET}/hello.txt -
   # the backend's view: ciphertext
-  AWS_ACCESS_KEY_ID=x AWS_SECRET_ACCESS_KEY=x aws --endpoint-url {backend.endpoint} s3 cp s3://{BUCKET}/hello.txt - | head -c 200 | xxd | head
+  AWS_ACCESS_KEY_ID=x AWS_SECRET_ACCESS_KEY=x {aws} --endpoint-url {backend.endpoint} s3 cp s3://{BUCKET}/hello.txt - | od -A d -c | head -4
 
 Stop it with: scripts/demo.sh down
 """)

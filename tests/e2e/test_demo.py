@@ -1,4 +1,5 @@
-"""The README's demo command brings the stack up (aws-cli works against it) and down."""
+"""The README's demo command brings the stack up and down, and the commands it prints work as
+printed, in a shell that has nothing of the project's venv on its PATH."""
 
 import os
 import re
@@ -24,6 +25,13 @@ def test_demo_up_and_down(tmp_path):
         subprocess.run(aws + ["s3", "cp", str(src), "s3://demo-bucket/hello.txt"], env=env, check=True, capture_output=True)
         out = subprocess.run(aws + ["s3", "cp", "s3://demo-bucket/hello.txt", "-"], env=env, check=True, capture_output=True).stdout
         assert out == b"hello, encrypted world\n"
+        # The "Try:" block, run as a user pastes it: a plain shell, system PATH only.
+        block = up.stdout.split("Try:\n", 1)[1].split("\nStop it with", 1)[0]
+        plain = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "LANG": "C.UTF-8"}
+        run = subprocess.run(["bash", "-eu", "-c", block], env=plain, capture_output=True, text=True, timeout=120)
+        assert run.returncode == 0, run.stdout + run.stderr
+        assert run.stdout.count("hello, encrypted world") == 1, run.stdout  # through the proxy only
+        assert "hello.txt" in run.stdout  # the listing
     finally:
         down = subprocess.run(demo + ["down"], capture_output=True, text=True, timeout=60)
     assert down.returncode == 0 and "stopped 3 processes" in down.stdout, down.stdout + down.stderr
