@@ -19,6 +19,7 @@ pub mod filter;
 pub mod keylock;
 pub mod keys;
 pub mod listing;
+pub mod md5_lanes;
 pub mod offload;
 pub mod passthrough;
 pub mod request;

@@ -32,7 +32,7 @@ static STREAMS: AtomicUsize = AtomicUsize::new(0);
 /// The pool: one thread per core, named `crypto-N` (so per-thread CPU figures show the
 /// offloaded work), created on first use: after pingora has daemonized, since a fork keeps
 /// no threads.
-fn pool() -> &'static rayon::ThreadPool {
+pub(crate) fn pool() -> &'static rayon::ThreadPool {
     static POOL: OnceLock<rayon::ThreadPool> = OnceLock::new();
     POOL.get_or_init(|| {
         rayon::ThreadPoolBuilder::new()

@@ -4,16 +4,17 @@
 //! last ciphertext chunk.
 //!
 //! Hashing is the most expensive work on a PBS upload (SHA-256 ≈ 1.8 GB/s and MD5 ≈ 0.6 GB/s
-//! per core against ≈ 4 GB/s for the encryption), so each digest runs as its own
-//! [`Behind`] stream: with idle cores, SHA-256 and MD5 of piece N run on two pool threads
-//! while this request encrypts and forwards piece N and reads piece N+1.
+//! per core against ≈ 4 GB/s for the encryption), so neither runs on the request's thread:
+//! SHA-256 is a [`Behind`] stream (with idle cores, piece N is hashed on the pool while this
+//! request encrypts and forwards piece N and reads piece N+1), and MD5 an [`Md5Stream`],
+//! hashed in SIMD lanes beside the other uploads' (see `md5_lanes`).
 
 use bytes::Bytes;
-use md5::Md5;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::error::{s3err, S3Error, S3ErrorCode};
+use crate::md5_lanes::Md5Stream;
 use crate::offload::Behind;
 
 fn hash_piece<H: Digest>(h: &mut H, piece: &[u8]) {
@@ -26,7 +27,7 @@ fn hasher<H: Digest + Send + 'static>() -> Behind<H> {
 
 pub struct PayloadVerifier {
     sha256: Option<Behind<Sha256>>,
-    md5: Option<Behind<Md5>>,
+    md5: Option<Md5Stream>,
     expected_sha256: Option<[u8; 32]>,
     expected_md5: Option<[u8; 16]>,
     received: u64,
@@ -37,7 +38,7 @@ impl PayloadVerifier {
     pub fn new(signed_sha256: Option<[u8; 32]>, content_md5: Option<[u8; 16]>) -> Self {
         Self {
             sha256: signed_sha256.map(|_| hasher()),
-            md5: content_md5.map(|_| hasher()),
+            md5: content_md5.map(|_| Md5Stream::new()),
             expected_sha256: signed_sha256,
             expected_md5: content_md5,
             received: 0,
@@ -61,7 +62,7 @@ impl PayloadVerifier {
     /// Checks the digests; returns the body's MD5 when it was computed.
     pub fn finish(self) -> Result<Option<[u8; 16]>, S3Error> {
         let sha256 = self.sha256.map(Behind::finish);
-        let md5 = self.md5.map(|m| -> [u8; 16] { m.finish().finalize().into() });
+        let md5 = self.md5.map(Md5Stream::finish);
         if let (Some(h), Some(expected)) = (sha256, self.expected_sha256) {
             let got: [u8; 32] = h.finalize().into();
             if !bool::from(got.ct_eq(&expected)) {
@@ -80,6 +81,7 @@ impl PayloadVerifier {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use md5::Md5;
 
     fn verify_in_pieces(body: &[u8], sha: Option<[u8; 32]>, md5: Option<[u8; 16]>, piece: usize) -> Result<Option<[u8; 16]>, S3Error> {
         let mut v = PayloadVerifier::new(sha, md5);
