@@ -6,6 +6,7 @@
 //! the verdict, so a bad body never reaches the backend whole; when the crypto filter
 //! rewrites the body it holds back its own final chunk instead.
 
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use async_trait::async_trait;
@@ -18,7 +19,8 @@ use crate::error::{s3err, S3Error, S3ErrorCode};
 use crate::filter::{Filter, Flow};
 use crate::request::PayloadMode;
 use crate::sigv4::chunked::{ChunkSigning, ChunkedDecoder};
-use crate::sigv4::{verify, Credentials, PayloadVerifier};
+use crate::clients::{Client, Clients};
+use crate::sigv4::{verify_with, Credentials, PayloadVerifier};
 
 /// SHA-256 of the empty string.
 const EMPTY_SHA256: [u8; 32] = [
@@ -27,13 +29,28 @@ const EMPTY_SHA256: [u8; 32] = [
 ];
 
 pub struct Sigv4Filter {
-    creds: Credentials,
+    clients: Arc<Clients>,
 }
 
 impl Sigv4Filter {
+    /// One read-write client.
     pub fn new(creds: Credentials) -> Self {
-        Self { creds }
+        Self::with_clients(Arc::new(Clients::single(creds)))
     }
+
+    pub fn with_clients(clients: Arc<Clients>) -> Self {
+        Self { clients }
+    }
+}
+
+/// Admits the request under the client's rate limits, or answers 503 SlowDown with the
+/// wait in Retry-After (S3's answer to a client going too fast; SDKs and PBS retry it).
+fn admit(client: &Client, s3: &crate::request::S3Request) -> Result<(), S3Error> {
+    let upload = s3.plaintext_length().unwrap_or(0);
+    client.admit(upload).map_err(|wait| {
+        s3err(S3ErrorCode::SlowDown, "Please reduce your request rate: this client is over its configured rate limit.")
+            .with_retry_after(wait.as_secs_f64().ceil().max(1.0) as u32)
+    })
 }
 
 /// The `reason` label of `s3_crypt_proxy_auth_failures_total`.
@@ -57,7 +74,8 @@ impl Filter for Sigv4Filter {
 
     async fn request(&self, req: &RequestHeader, ctx: &mut RequestCtx) -> Result<Flow, S3Error> {
         let s3 = ctx.s3()?;
-        let verified = match verify(req, s3, &self.creds, SystemTime::now()) {
+        let clients = &self.clients;
+        let verified = match verify_with(req, s3, |key| clients.get(key).map(|c| c.secrets.as_slice()), SystemTime::now()) {
             Ok(v) => v,
             Err(e) => {
                 let unsigned = e.details.iter().any(|(name, _)| *name == "HeadersNotSigned");
@@ -90,8 +108,17 @@ impl Filter for Sigv4Filter {
                 return Err(s3err(S3ErrorCode::XAmzContentSHA256Mismatch, "The provided 'x-amz-content-sha256' header does not match what was computed."));
             }
         }
+        let client = self.clients.get(&verified.access_key).cloned();
+        let admitted = client.as_deref().map_or(Ok(()), |c| admit(c, s3));
+        // Set before the verdict, so that a throttled request is counted and audited under its
+        // (authenticated) access key.
+        ctx.client = client;
         ctx.checksum_spec = checksum_spec;
         ctx.verified = Some(verified);
+        if let Err(e) = admitted {
+            ctx.throttled = true;
+            return Err(e);
+        }
         Ok(Flow::Continue)
     }
 
@@ -123,6 +150,13 @@ impl Filter for Sigv4Filter {
     }
 
     async fn upstream_response(&self, resp: &mut ResponseHeader, ctx: &mut RequestCtx) -> Result<(), S3Error> {
+        // A download's size is known now: the client's byte budget pays for it.
+        if let (Some(client), true) = (&ctx.client, ctx.s3.as_ref().is_some_and(|s| s.method == http::Method::GET)) {
+            if resp.status.is_success() {
+                let len = resp.headers.get("content-length").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
+                client.charge_bytes(len.unwrap_or(0));
+            }
+        }
         // Echo the verified plaintext checksum, as S3 does (runs after the crypto filter
         // removed the backend's ciphertext checksums).
         if let Some((alg, value)) = &ctx.checksum_result {

@@ -141,7 +141,15 @@ impl Chain {
         }
         // Whatever the filters, an XML body reaches the backend only once it was checked
         // (after the filters: the client is authenticated and the body is what goes on).
-        ctx.xml_body = HeldBody::for_request(ctx.s3()?)?;
+        let s3 = ctx.s3()?;
+        let grant = match (&ctx.client, &s3.bucket) {
+            (Some(c), Some(b)) => c.grant(b).cloned(),
+            _ => None,
+        };
+        ctx.xml_body = HeldBody::for_request(s3)?.map(|h| match grant {
+            Some(g) => h.keys_within(g),
+            None => h,
+        });
         Ok(Flow::Continue)
     }
 

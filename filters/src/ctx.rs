@@ -23,6 +23,10 @@ pub struct RequestCtx {
     pub s3: Option<S3Request>,
     /// Set by the sigv4 filter once the signature checked out.
     pub verified: Option<VerifiedRequest>,
+    /// The configured client that signed the request (its role, grants and limits).
+    pub client: Option<std::sync::Arc<crate::clients::Client>>,
+    /// The request was refused by the client's rate limit.
+    pub throttled: bool,
     /// The sigv4 filter's body check, and the piece it holds back until the check passes.
     pub payload: Option<PayloadVerifier>,
     pub held_piece: Option<bytes::Bytes>,
@@ -64,6 +68,8 @@ impl RequestCtx {
             upstream_fd: None,
             s3: None,
             verified: None,
+            client: None,
+            throttled: false,
             payload: None,
             held_piece: None,
             chunked: None,

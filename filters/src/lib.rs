@@ -9,6 +9,7 @@ pub mod allowlist;
 pub mod auth;
 pub mod backend;
 pub mod chain;
+pub mod clients;
 pub mod checksum;
 pub mod conditional;
 pub mod crypto;

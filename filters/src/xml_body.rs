@@ -19,6 +19,7 @@ use http::Method;
 use quick_xml::events::Event;
 use quick_xml::Reader;
 
+use crate::clients::Grant;
 use crate::error::{s3err, S3Error, S3ErrorCode};
 use crate::request::{Operation, S3Request};
 
@@ -98,6 +99,8 @@ pub struct HeldBody {
     rule: Rule,
     limit: usize,
     buf: BytesMut,
+    /// A client limited to key prefixes: every key a DeleteObjects names must be in them.
+    keys_within: Option<Grant>,
 }
 
 /// Largest bodies collected. DeleteObjects: 1,000 keys of up to 1,024 bytes, escaped, with
@@ -140,7 +143,13 @@ impl HeldBody {
         if s3.plaintext_length().is_some_and(|n| n > limit as u64) {
             return Err(too_large(limit));
         }
-        Ok(Some(HeldBody { rule, limit, buf: BytesMut::new() }))
+        Ok(Some(HeldBody { rule, limit, buf: BytesMut::new(), keys_within: None }))
+    }
+
+    /// Refuses (AccessDenied) a DeleteObjects that names a key outside `grant`'s prefixes.
+    pub fn keys_within(mut self, grant: Grant) -> Self {
+        self.keys_within = Some(grant).filter(|g| !g.prefixes.is_empty());
+        self
     }
 
     /// A new backend attempt replays the body from its start.
@@ -170,7 +179,14 @@ impl HeldBody {
         };
         match self.rule {
             Rule::Generic { .. } if all.iter().all(u8::is_ascii_whitespace) => {}
-            rule => check(rule, &all, |_, _| Ok(()))?,
+            rule => check(rule, &all, |path, text| match &self.keys_within {
+                Some(grant) if path.ends_with(&["Object", "Key"]) && !grant.allows_key(text) => Err(s3err(
+                    S3ErrorCode::AccessDenied,
+                    "Access Denied: this client may not reach that key",
+                )
+                .with_resource(format!("{}/{text}", grant.bucket))),
+                _ => Ok(()),
+            })?,
         }
         // A bodyless request stays bodyless (`None` ends the upstream body).
         *body = (!all.is_empty()).then_some(all);
@@ -395,9 +411,32 @@ mod tests {
         assert!(!ok(g, "{\"json\": 1}"));
     }
 
+    /// A client limited to a prefix may batch-delete its own keys, not a single other one
+    /// (escaped names are compared as decoded).
+    #[test]
+    fn delete_objects_keys_must_lie_in_the_grant() {
+        let grant = Grant::parse("b/host-a/").unwrap();
+        let body = |keys: &[&str]| {
+            let objs: String = keys.iter().map(|k| format!("<Object><Key>{k}</Key></Object>")).collect();
+            Bytes::from(format!("<Delete>{objs}</Delete>"))
+        };
+        let run = |keys: &[&str]| {
+            let s3_ok = HeldBody { rule: Rule::Schema(&DELETE), limit: 1 << 20, buf: BytesMut::new(), keys_within: None };
+            let mut h = s3_ok.keys_within(grant.clone());
+            h.hold(&mut Some(body(keys)), true)
+        };
+        assert!(run(&["host-a/1", "host-a/x/2"]).is_ok());
+        assert_eq!(run(&["host-a/1", "host-b/2"]).unwrap_err().code, S3ErrorCode::AccessDenied);
+        assert_eq!(run(&["host-&#97;/1"]).map_err(|e| e.code), Ok(()));
+        assert_eq!(run(&["host-&#98;/1"]).unwrap_err().code, S3ErrorCode::AccessDenied);
+        // A whole-bucket grant checks nothing.
+        let mut h = HeldBody { rule: Rule::Schema(&DELETE), limit: 1 << 20, buf: BytesMut::new(), keys_within: None }.keys_within(Grant::parse("b").unwrap());
+        assert!(h.hold(&mut Some(body(&["anything"])), true).is_ok());
+    }
+
     #[test]
     fn held_bodies_go_on_whole_or_not_at_all() {
-        let mut h = HeldBody { rule: Rule::Schema(&DELETE), limit: 1 << 20, buf: BytesMut::new() };
+        let mut h = HeldBody { rule: Rule::Schema(&DELETE), limit: 1 << 20, buf: BytesMut::new(), keys_within: None };
         let xml = delete(3);
         let (a, b) = xml.split_at(20);
         let mut piece = Some(Bytes::copy_from_slice(a.as_bytes()));
@@ -409,11 +448,11 @@ mod tests {
 
         let mut piece = Some(Bytes::from(nested("Object", 1000)));
         assert_eq!(h.hold(&mut piece, true).unwrap_err().code, S3ErrorCode::MalformedXML);
-        let mut small = HeldBody { rule: Rule::Generic { max_depth: 4 }, limit: 10, buf: BytesMut::new() };
+        let mut small = HeldBody { rule: Rule::Generic { max_depth: 4 }, limit: 10, buf: BytesMut::new(), keys_within: None };
         let mut piece = Some(Bytes::from_static(b"<Tagging></Tagging>"));
         assert_eq!(small.hold(&mut piece, false).unwrap_err().code, S3ErrorCode::MalformedXML);
         // No body at all (CreateBucket without a configuration) passes.
-        let mut empty = HeldBody { rule: Rule::Generic { max_depth: 4 }, limit: 10, buf: BytesMut::new() };
+        let mut empty = HeldBody { rule: Rule::Generic { max_depth: 4 }, limit: 10, buf: BytesMut::new(), keys_within: None };
         let mut none = None;
         empty.hold(&mut none, true).unwrap();
         assert!(none.is_none());

@@ -2,9 +2,11 @@
 //! Any problem is one clear line and exit code 2 (see `main`).
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use filters::backend::BackendConfig;
+use filters::clients::{Client, Clients, Grant, RateLimit, Role};
 use filters::conditional::ConditionalMode;
 use filters::crypto::UnencryptedPolicy;
 use filters::sigv4::Credentials;
@@ -24,6 +26,8 @@ pub struct RawConfig {
     pub backend: RawBackend,
     #[serde(default)]
     pub client: RawClient,
+    /// Several clients, each with its own secret(s), role, buckets and rate limits.
+    pub clients: Option<Vec<RawClientEntry>>,
     #[serde(default)]
     pub encryption: RawEncryption,
     pub allowed_buckets: Option<Vec<String>>,
@@ -80,6 +84,104 @@ pub struct RawClient {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
+pub struct RawClientEntry {
+    pub access_key: Option<String>,
+    /// The secret itself, or where to read it: a file (first line) or an environment variable.
+    pub secret_key: Option<String>,
+    pub secret_key_file: Option<String>,
+    pub secret_key_env: Option<String>,
+    /// Secrets still accepted during a rotation, after the current one.
+    pub previous_secret_keys: Option<Vec<String>>,
+    /// read-only, read-write (default) or admin.
+    pub role: Option<String>,
+    /// `bucket` or `bucket/prefix`; none: the proxy-wide allowed_buckets apply.
+    pub buckets: Option<Vec<String>>,
+    pub rate_limit: Option<RawRateLimit>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRateLimit {
+    pub requests_per_second: Option<f64>,
+    /// A number of bytes, or a size such as `100MiB` / `50MB`.
+    pub bytes_per_second: Option<serde_yaml::Value>,
+}
+
+/// `123`, `64KiB`, `100MiB`, `1GiB`, `50MB`, `1GB`.
+fn byte_rate(name: &str, v: &serde_yaml::Value) -> Result<f64, String> {
+    let bad = || format!("{name}: {v:?} is not a size like 104857600 or 100MiB");
+    let n = match v {
+        serde_yaml::Value::Number(n) => n.as_f64().ok_or_else(bad)?,
+        serde_yaml::Value::String(t) => {
+            let t = t.trim();
+            let split = t.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(t.len());
+            let (num, unit) = t.split_at(split);
+            let mult = match unit.trim() {
+                "" | "B" => 1.0,
+                "KiB" => 1024.0,
+                "MiB" => 1024.0 * 1024.0,
+                "GiB" => 1024.0 * 1024.0 * 1024.0,
+                "KB" | "kB" => 1e3,
+                "MB" => 1e6,
+                "GB" => 1e9,
+                _ => return Err(bad()),
+            };
+            num.trim().parse::<f64>().map_err(|_| bad())? * mult
+        }
+        _ => return Err(bad()),
+    };
+    if n > 0.0 && n.is_finite() {
+        Ok(n)
+    } else {
+        Err(bad())
+    }
+}
+
+impl RawClientEntry {
+    fn finish(self, i: usize, env: &dyn Fn(&str) -> Option<String>) -> Result<Client, String> {
+        let access_key = self.access_key.filter(|k| !k.is_empty()).ok_or_else(|| format!("clients[{i}].access_key is required"))?;
+        let at = |field: &str| format!("clients[{i}] ({access_key}).{field}");
+        let secret = match (self.secret_key, self.secret_key_file, self.secret_key_env) {
+            (Some(s), None, None) => s,
+            (None, Some(f), None) => std::fs::read_to_string(&f)
+                .map_err(|e| format!("{}: cannot read {f}: {e}", at("secret_key_file")))?
+                .lines()
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_string(),
+            (None, None, Some(var)) => env(&var).ok_or_else(|| format!("{}: the variable {var} is not set", at("secret_key_env")))?,
+            _ => return Err(format!("{}: set exactly one of secret_key, secret_key_file, secret_key_env", at("secret_key"))),
+        };
+        if secret.is_empty() {
+            return Err(format!("{} is empty", at("secret_key")));
+        }
+        let mut secrets = vec![secret];
+        secrets.extend(self.previous_secret_keys.unwrap_or_default().into_iter().filter(|s| !s.is_empty()));
+        let role: Role = self.role.as_deref().unwrap_or("read-write").parse().map_err(|e| format!("{}: {e}", at("role")))?;
+        let grants = self
+            .buckets
+            .unwrap_or_default()
+            .iter()
+            .map(|b| Grant::parse(b).map_err(|e| format!("{}: {e}", at("buckets"))))
+            .collect::<Result<Vec<_>, _>>()?;
+        let rate = match self.rate_limit {
+            Some(r) => RateLimit {
+                requests_per_second: match r.requests_per_second {
+                    Some(n) if n > 0.0 && n.is_finite() => Some(n),
+                    Some(n) => return Err(format!("{}: {n} must be a positive number", at("rate_limit.requests_per_second"))),
+                    None => None,
+                },
+                bytes_per_second: r.bytes_per_second.as_ref().map(|v| byte_rate(&at("rate_limit.bytes_per_second"), v)).transpose()?,
+            },
+            None => RateLimit::default(),
+        };
+        Ok(Client::new(access_key, secrets, role, grants, rate))
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct RawEncryption {
     pub chunk_size: Option<u32>,
     pub former_chunk_sizes: Option<Vec<u32>>,
@@ -111,7 +213,8 @@ pub struct Config {
     pub tls: Option<(String, String)>,
     pub admin_token: Option<String>,
     pub backend: BackendConfig,
-    pub client: Credentials,
+    /// Every client (the single `client:` included), by access key.
+    pub clients: Arc<Clients>,
     pub chunk_size: u32,
     /// Chunk sizes objects in these buckets were written with before (listings size them).
     pub former_chunk_sizes: Vec<u32>,
@@ -273,10 +376,22 @@ impl RawConfig {
             io_timeout: duration("backend.timeout", self.backend.timeout.as_deref().unwrap_or("5m"))?,
             idle_timeout: Duration::from_secs(60),
         };
-        let client = Credentials::new(
-            need(self.client.access_key, "client.access_key (S3CP_CLIENT_ACCESS_KEY)")?,
-            need(self.client.secret_key, "client.secret_key (S3CP_CLIENT_SECRET_KEY)")?,
-        );
+        let clients = match self.clients {
+            Some(entries) => {
+                let env = |k: &str| std::env::var(k).ok();
+                let mut list = entries.into_iter().enumerate().map(|(i, c)| c.finish(i, &env)).collect::<Result<Vec<_>, _>>()?;
+                // The single `client:` (or S3CP_CLIENT_*) joins the list as a read-write client.
+                if let (Some(k), Some(s)) = (self.client.access_key.filter(|k| !k.is_empty()), self.client.secret_key.filter(|s| !s.is_empty())) {
+                    list.push(Client::new(k, vec![s], Role::ReadWrite, Vec::new(), RateLimit::default()));
+                }
+                Clients::new(list)?
+            }
+            None => Clients::single(Credentials::new(
+                need(self.client.access_key, "client.access_key (S3CP_CLIENT_ACCESS_KEY) or clients")?,
+                need(self.client.secret_key, "client.secret_key (S3CP_CLIENT_SECRET_KEY)")?,
+            )),
+        };
+        let clients = Arc::new(clients);
         let filters: Vec<FilterKind> = match self.filters {
             Some(names) => names.iter().map(|n| n.parse()).collect::<Result<_, _>>()?,
             None => FilterKind::default_chain(),
@@ -313,7 +428,7 @@ impl RawConfig {
             tls,
             admin_token: self.admin.token.filter(|t| !t.is_empty()),
             backend,
-            client,
+            clients,
             chunk_size,
             former_chunk_sizes,
             allowed_buckets,
@@ -391,6 +506,43 @@ mod tests {
         let c = c.finish().unwrap();
         assert_eq!(c.upgrade_sock, "/srv/p/u.sock");
         assert_eq!(c.runtime_dirs()[1].1, Path::new("."));
+    }
+
+    #[test]
+    fn clients_list_with_secrets_from_value_file_and_environment() {
+        let dir = std::env::temp_dir().join(format!("s3cp-clients-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("secret");
+        std::fs::write(&file, "from-file\nignored second line\n").unwrap();
+        let entry = |yaml: &str| serde_yaml::from_str::<RawClientEntry>(yaml).unwrap();
+        let env = |k: &str| (k == "PBS_SECRET").then(|| "from-env".to_string());
+        let c = entry(&format!("{{access_key: a, secret_key_file: {}, role: read-only, buckets: [b, 'c/p/'], rate_limit: {{requests_per_second: 5, bytes_per_second: 2MiB}}}}", file.display()))
+            .finish(0, &env)
+            .unwrap();
+        assert_eq!((c.secrets[0].secret(), c.role), ("from-file", Role::ReadOnly));
+        assert_eq!(c.grant("c").unwrap().prefixes, vec!["p/".to_string()]);
+        assert!(c.limited());
+        let c = entry("{access_key: b, secret_key_env: PBS_SECRET, previous_secret_keys: [old]}").finish(1, &env).unwrap();
+        assert_eq!(c.secrets.iter().map(|s| s.secret()).collect::<Vec<_>>(), vec!["from-env", "old"]);
+        assert_eq!(c.role, Role::ReadWrite);
+        for (yaml, needle) in [
+            ("{access_key: a}", "exactly one of"),
+            ("{access_key: a, secret_key: s, secret_key_env: X}", "exactly one of"),
+            ("{access_key: a, secret_key_env: MISSING}", "MISSING is not set"),
+            ("{access_key: a, secret_key: s, role: root}", "unknown role"),
+            ("{access_key: a, secret_key: s, buckets: ['/x']}", "no bucket"),
+            ("{access_key: a, secret_key: s, rate_limit: {bytes_per_second: lots}}", "not a size"),
+            ("{secret_key: s}", "access_key is required"),
+        ] {
+            let e = entry(yaml).finish(3, &env).unwrap_err();
+            assert!(e.contains(needle) && !e.contains('\n'), "{yaml}: {e}");
+        }
+        // The single `client:` joins a `clients:` list; a key configured twice is refused.
+        let cfg = |extra: &str| serde_yaml::from_str::<RawConfig>(&format!("{MIN}{extra}")).unwrap().finish();
+        let c = cfg("clients: [{access_key: r, secret_key: s, role: read-only}]\n").unwrap();
+        assert!(c.clients.get("r").is_some() && c.clients.get("c").is_some());
+        assert!(cfg("clients: [{access_key: c, secret_key: s}]\n").unwrap_err().contains("twice"));
+        std::fs::remove_dir_all(&dir).ok();
     }
 
     #[test]

@@ -182,7 +182,7 @@ fn build_chain(cfg: &config::Config, backend: &Arc<Backend>, keys: &Arc<KeyState
         .iter()
         .map(|k| -> Arc<dyn Filter> {
             match k {
-                FilterKind::Sigv4 => Arc::new(Sigv4Filter::new(cfg.client.clone())),
+                FilterKind::Sigv4 => Arc::new(Sigv4Filter::with_clients(cfg.clients.clone())),
                 FilterKind::Allowlist => Arc::new(AllowlistFilter::new(cfg.allowed_buckets.clone())),
                 FilterKind::Conditional => {
                     let filter = ConditionalFilter::new(cfg.conditional_writes, backend.clone());
@@ -265,6 +265,7 @@ fn run(cfg: config::Config, parts: Parts, hardened: bool, upgrade: bool, daemon:
         keys: keys.clone(),
         metrics: metrics.clone(),
         token: cfg.admin_token.clone(),
+        clients: cfg.clients.clone(),
         needs_key,
         started: SystemTime::now(),
         filters: names.clone(),

@@ -301,6 +301,16 @@ impl ProxyHttp for S3Proxy {
         let (bytes_in, bytes_out) = (session.body_bytes_read() as u64, session.body_bytes_sent() as u64);
         m.bytes_received.inc_by(bytes_in);
         m.bytes_sent.inc_by(bytes_out);
+        if let Some(client) = &ctx.client {
+            let key = client.access_key.as_str();
+            let class = format!("{}xx", status / 100);
+            m.client_requests.with_label_values(&[key, &class]).inc();
+            m.client_bytes.with_label_values(&[key, "in"]).inc_by(bytes_in);
+            m.client_bytes.with_label_values(&[key, "out"]).inc_by(bytes_out);
+            if ctx.throttled {
+                m.client_throttled.with_label_values(&[key]).inc();
+            }
+        }
         if let Some(kind) = ctx.crypto_failure {
             m.encryption_errors.with_label_values(&[kind]).inc();
         }

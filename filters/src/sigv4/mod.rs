@@ -182,10 +182,27 @@ pub fn verify(
     creds: &Credentials,
     now: SystemTime,
 ) -> Result<VerifiedRequest, S3Error> {
+    verify_with(
+        req,
+        s3,
+        |key| bool::from(key.as_bytes().ct_eq(creds.access_key.as_bytes())).then_some(std::slice::from_ref(creds)),
+        now,
+    )
+}
+
+/// Checks the signature against the secrets `secrets_of` gives for the request's access key
+/// (several during a rotation: the first that matches wins; none → `InvalidAccessKeyId`).
+pub fn verify_with<'c>(
+    req: &RequestHeader,
+    s3: &S3Request,
+    secrets_of: impl FnOnce(&str) -> Option<&'c [Credentials]>,
+    now: SystemTime,
+) -> Result<VerifiedRequest, S3Error> {
     let p = auth_params(req, s3)?;
-    if !bool::from(p.access_key.as_bytes().ct_eq(creds.access_key.as_bytes())) {
-        return Err(s3err(S3ErrorCode::InvalidAccessKeyId, "The AWS Access Key Id you provided does not exist in our records."));
-    }
+    let candidates = match secrets_of(&p.access_key) {
+        Some(c) if !c.is_empty() => c,
+        _ => return Err(s3err(S3ErrorCode::InvalidAccessKeyId, "The AWS Access Key Id you provided does not exist in our records.")),
+    };
     if p.service != "s3" {
         return Err(s3err(S3ErrorCode::SignatureDoesNotMatch, "the credential scope must name the s3 service"));
     }
@@ -227,12 +244,14 @@ pub fn verify(
     let headers = canonical::canonical_headers(req, &signed)?;
     let query = canonical_query(&s3.query, p.presigned);
     let scope = format!("{}/{}/{}/aws4_request", p.date, p.region, p.service);
-    let signing_key = Zeroizing::new(
-        aws_sigv4::sign::v4::generate_signing_key(creds.secret(), signed_at, &p.region, &p.service)
-            .as_ref()
-            .to_vec(),
-    );
-    let expected_sig = |path: &str| {
+    let signing_key_of = |creds: &Credentials| {
+        Zeroizing::new(
+            aws_sigv4::sign::v4::generate_signing_key(creds.secret(), signed_at, &p.region, &p.service)
+                .as_ref()
+                .to_vec(),
+        )
+    };
+    let expected_sig = |signing_key: &[u8], path: &str| {
         let creq = format!(
             "{}\n{}\n{}\n{}\n{}\n{}",
             req.method.as_str(),
@@ -243,22 +262,22 @@ pub fn verify(
             payload_str
         );
         let sts = canonical::string_to_sign(&p.amz_date, &scope, &creq);
-        aws_sigv4::sign::v4::calculate_signature(&signing_key[..], sts.as_bytes())
+        aws_sigv4::sign::v4::calculate_signature(signing_key, sts.as_bytes())
     };
     let provided = p.signature.to_ascii_lowercase();
-    let mut ok = bool::from(expected_sig(&s3.raw_path).as_bytes().ct_eq(provided.as_bytes()));
-    if !ok {
-        // Some clients send a character raw that they encoded when signing (or the other
-        // way round); both forms name the same key, so accept the canonical encoding too.
-        let decoded = percent_encoding::percent_decode_str(&s3.raw_path).decode_utf8_lossy();
-        let canonical_path = aws_uri_encode(&decoded, false);
-        if canonical_path != s3.raw_path {
-            ok = bool::from(expected_sig(&canonical_path).as_bytes().ct_eq(provided.as_bytes()));
-        }
+    // Some clients send a character raw that they encoded when signing (or the other way
+    // round); both forms name the same key, so the canonical encoding is accepted too.
+    let decoded = percent_encoding::percent_decode_str(&s3.raw_path).decode_utf8_lossy();
+    let canonical_path = aws_uri_encode(&decoded, false);
+    let mut paths = vec![s3.raw_path.as_str()];
+    if canonical_path != s3.raw_path {
+        paths.push(&canonical_path);
     }
-    if !ok {
+    let matches = |key: &[u8]| paths.iter().any(|path| bool::from(expected_sig(key, path).as_bytes().ct_eq(provided.as_bytes())));
+    let signing_key = candidates.iter().map(signing_key_of).find(|key| matches(key));
+    let Some(signing_key) = signing_key else {
         return Err(s3err(S3ErrorCode::SignatureDoesNotMatch, "The request signature we calculated does not match the signature you provided. Check your key and signing method."));
-    }
+    };
     coverage::require_signed_amz_headers(req, &signed, p.presigned)?;
     Ok(VerifiedRequest {
         access_key: p.access_key,
