@@ -37,6 +37,8 @@ pub struct BackendConfig {
     pub connect_timeout: Duration,
     pub io_timeout: Duration,
     pub idle_timeout: Duration,
+    /// `false` for providers that reject `If-None-Match` on PUT (the proxy enforces it then).
+    pub send_if_none_match: bool,
 }
 
 /// A resolved, ready-to-use backend.
@@ -105,6 +107,10 @@ impl Backend {
             connector: Connector::new(None),
             cfg,
         })
+    }
+
+    pub fn sends_if_none_match(&self) -> bool {
+        self.cfg.send_if_none_match
     }
 
     pub fn region(&self) -> &str {
@@ -396,6 +402,7 @@ mod tests {
             connect_timeout: Duration::from_secs(10),
             io_timeout: Duration::from_secs(60),
             idle_timeout: Duration::from_secs(60),
+            send_if_none_match: true,
         })
         .unwrap()
     }

@@ -23,6 +23,7 @@ pub mod listing;
 pub mod md5_lanes;
 pub mod offload;
 pub mod passthrough;
+pub mod profile;
 pub mod request;
 pub mod resign;
 pub mod rotation;

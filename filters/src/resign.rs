@@ -53,6 +53,10 @@ impl Filter for ResignFilter {
         up.set_uri(uri);
         // 100-continue is answered by the proxy itself after authentication.
         up.remove_header("expect");
+        // A provider that rejects the header (profile b2): the conditional filter enforces it.
+        if !self.backend.sends_if_none_match() {
+            up.remove_header("if-none-match");
+        }
         up.insert_header("host", self.backend.host_for(bucket))
             .map_err(|e| S3Error::internal("setting the upstream host", e))?;
         self.backend.sign(up, payload.as_deref())

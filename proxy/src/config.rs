@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use filters::backend::BackendConfig;
 use filters::clients::{Client, Clients, Grant, RateLimit, Role};
+use filters::profile::Profile;
 use filters::conditional::ConditionalMode;
 use filters::crypto::UnencryptedPolicy;
 use filters::sigv4::Credentials;
@@ -73,6 +74,10 @@ pub struct RawBackend {
     pub ca_file: Option<String>,
     pub connect_timeout: Option<String>,
     pub timeout: Option<String>,
+    /// aws, minio, garage, b2, wasabi, hetzner, r2, gcs, ceph or generic (filters/src/profile.rs).
+    pub profile: Option<String>,
+    /// Whether `If-None-Match` reaches the backend on writes (default: the profile's).
+    pub send_if_none_match: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -250,6 +255,7 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ("S3CP_BACKEND_PATH_STYLE", "backend.path_style"),
     ("S3CP_BACKEND_INSECURE", "backend.insecure_skip_verify"),
     ("S3CP_BACKEND_CA_FILE", "backend.ca_file"),
+    ("S3CP_BACKEND_PROFILE", "backend.profile"),
     ("S3CP_CLIENT_ACCESS_KEY", "client.access_key"),
     ("S3CP_CLIENT_SECRET_KEY", "client.secret_key"),
     ("S3CP_CHUNK_SIZE", "encryption.chunk_size"),
@@ -314,6 +320,7 @@ impl RawConfig {
         set!("S3CP_BACKEND_ACCESS_KEY", self.backend.access_key);
         set!("S3CP_BACKEND_SECRET_KEY", self.backend.secret_key);
         set!("S3CP_BACKEND_CA_FILE", self.backend.ca_file);
+        set!("S3CP_BACKEND_PROFILE", self.backend.profile);
         set!("S3CP_CLIENT_ACCESS_KEY", self.client.access_key);
         set!("S3CP_CLIENT_SECRET_KEY", self.client.secret_key);
         set!("S3CP_MEMKEY_SOCKET", self.memkey.socket_path);
@@ -362,6 +369,20 @@ impl RawConfig {
             (None, None) => None,
             _ => return Err("tls.cert_file and tls.key_file must be set together".into()),
         };
+        // Without a profile: the defaults of the proxy's first releases (conditions left to
+        // the backend, headers sent as they came).
+        let profile: Profile = match self.backend.profile.as_deref() {
+            Some(name) => name.parse()?,
+            None => Profile { name: "none", conditional_writes: ConditionalMode::Backend, send_if_none_match: true },
+        };
+        let conditional_writes: ConditionalMode = match self.conditional_writes.as_deref() {
+            Some(mode) => mode.parse()?,
+            None => profile.conditional_writes,
+        };
+        let send_if_none_match = self.backend.send_if_none_match.unwrap_or(profile.send_if_none_match);
+        if !send_if_none_match && conditional_writes != ConditionalMode::Enforce {
+            return Err(format!("backend.send_if_none_match is false (profile {}) but conditional_writes is backend: If-None-Match: * would silently overwrite; use conditional_writes: enforce", profile.name));
+        }
         let backend = BackendConfig {
             endpoint: need(self.backend.endpoint, "backend.endpoint (S3CP_BACKEND_ENDPOINT)")?,
             region: self.backend.region.unwrap_or_else(|| "us-east-1".into()),
@@ -375,6 +396,7 @@ impl RawConfig {
             connect_timeout: duration("backend.connect_timeout", self.backend.connect_timeout.as_deref().unwrap_or("10s"))?,
             io_timeout: duration("backend.timeout", self.backend.timeout.as_deref().unwrap_or("5m"))?,
             idle_timeout: Duration::from_secs(60),
+            send_if_none_match,
         };
         let clients = match self.clients {
             Some(entries) => {
@@ -436,7 +458,7 @@ impl RawConfig {
             memkey_endpoint: self.memkey.endpoint,
             poll_interval,
             filters,
-            conditional_writes: self.conditional_writes.as_deref().unwrap_or("backend").parse()?,
+            conditional_writes,
             unencrypted_objects,
             virtual_host_suffix: self.virtual_host_suffix.filter(|s| !s.is_empty()),
             log_level: self.log_level.unwrap_or_else(|| "info".into()),
@@ -543,6 +565,25 @@ mod tests {
         assert!(c.clients.get("r").is_some() && c.clients.get("c").is_some());
         assert!(cfg("clients: [{access_key: c, secret_key: s}]\n").unwrap_err().contains("twice"));
         std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn backend_profiles_set_defaults_that_single_settings_override() {
+        let cfg = |extra: &str| serde_yaml::from_str::<RawConfig>(&MIN.replace("backend: {", &format!("backend: {{{extra}"))).unwrap().finish();
+        let c = cfg("profile: b2, ").unwrap();
+        assert_eq!(c.conditional_writes, ConditionalMode::Enforce);
+        assert!(!c.backend.send_if_none_match);
+        let c = cfg("profile: aws, ").unwrap();
+        assert_eq!(c.conditional_writes, ConditionalMode::Backend);
+        assert!(c.backend.send_if_none_match);
+        let c = cfg("profile: b2, send_if_none_match: true, ").unwrap();
+        assert!(c.backend.send_if_none_match);
+        let c = cfg("").unwrap();
+        assert_eq!(c.conditional_writes, ConditionalMode::Backend);
+        assert!(cfg("profile: s3, ").unwrap_err().contains("unknown"));
+        // Dropping the header while nobody enforces the condition would overwrite silently.
+        let e = serde_yaml::from_str::<RawConfig>(&format!("{}conditional_writes: backend\n", MIN.replace("backend: {", "backend: {profile: b2, "))).unwrap().finish().unwrap_err();
+        assert!(e.contains("enforce") && !e.contains('\n'), "{e}");
     }
 
     #[test]

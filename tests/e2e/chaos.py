@@ -18,6 +18,8 @@ requests it matches:
   empty_body
            with `status`: answer with no body at all (Content-Length: 0), as Garage does
            for some errors
+  header   only requests that carry this header (lowercase name) match: a provider quirk
+           such as B2 refusing PUTs with If-None-Match
 
 With `keepalive = True` the relay keeps the proxy's connections open between requests (the
 proxy then pools them), and `stale_next = True` closes the next reused connection as soon
@@ -36,16 +38,18 @@ from harness import free_port
 
 class Fault:
     def __init__(self, method=None, path_contains=None, times=1, status=None, code="InternalError",
-                 delay=None, reset_response_after=None, reset_request_after=None, skip=0, empty_body=False):
+                 delay=None, reset_response_after=None, reset_request_after=None, skip=0, empty_body=False,
+                 header=None):
         self.method, self.path_contains, self.times = method, path_contains, times
         self.status, self.code, self.delay = status, code, delay
         self.reset_response_after, self.reset_request_after = reset_response_after, reset_request_after
-        self.skip, self.empty_body = skip, empty_body
+        self.skip, self.empty_body, self.header = skip, empty_body, header
         self.fired = 0
 
-    def matches(self, method, target):
+    def matches(self, method, target, header_names=()):
         if (self.fired >= self.times or (self.method is not None and self.method != method)
-                or (self.path_contains is not None and self.path_contains not in target)):
+                or (self.path_contains is not None and self.path_contains not in target)
+                or (self.header is not None and self.header not in header_names)):
             return False
         if self.skip > 0:
             self.skip -= 1
@@ -127,11 +131,11 @@ class Relay:
                 return
             threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
 
-    def _take_fault(self, method, target):
+    def _take_fault(self, method, target, header_names=()):
         with self.lock:
             self.seen.append((method, target))
             for f in self.faults:
-                if f.matches(method, target):
+                if f.matches(method, target, header_names):
                     f.fired += 1
                     return f
         return None
@@ -148,7 +152,8 @@ class Relay:
         method, target = lines[0].decode("latin-1").split(" ")[:2]
         headers = [l for l in lines[1:] if not l.lower().startswith(b"connection:")]
         length = next((int(l.split(b":", 1)[1]) for l in headers if l.lower().startswith(b"content-length:")), None)
-        fault = self._take_fault(method, target)
+        names = {l.split(b":", 1)[0].strip().lower().decode("latin-1") for l in headers}
+        fault = self._take_fault(method, target, names)
 
         if fault and fault.status:
             self._answer_status(down, fault, rest, length)
