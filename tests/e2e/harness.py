@@ -95,13 +95,15 @@ def test_ca(workdir):
     return ca_cert, ca_key
 
 
-def self_signed_cert(workdir, name):
-    """A server certificate for 127.0.0.1/localhost issued by the test CA (`ca_file(workdir)`)."""
+def self_signed_cert(workdir, name, dns_names=()):
+    """A server certificate for 127.0.0.1/localhost (and `dns_names`, e.g. a wildcard for virtual-host
+    buckets) issued by the test CA (`ca_file(workdir)`)."""
     ca_cert, ca_key = test_ca(workdir)
     cert, key, csr = (os.path.join(workdir, f"{name}.{ext}") for ext in ("crt", "key", "csr"))
     ext = os.path.join(workdir, f"{name}.ext")
     with open(ext, "w") as f:
-        f.write("basicConstraints=critical,CA:FALSE\nsubjectAltName=IP:127.0.0.1,DNS:localhost\n"
+        sans = ",".join(["IP:127.0.0.1", "DNS:localhost"] + [f"DNS:{n}" for n in dns_names])
+        f.write(f"basicConstraints=critical,CA:FALSE\nsubjectAltName={sans}\n"
                 "keyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n")
     run(["openssl", "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
          "-subj", "/CN=localhost", "-keyout", key, "-out", csr])
@@ -267,8 +269,10 @@ class Keyd:
 # ---------------------------------------------------------------- the proxy
 
 class Proxy:
-    def __init__(self, workdir, backend_server, keyd=None, tls=True, name="proxy", backend_options=None, **overrides):
-        """backend_options: extra keys of the `backend:` section (e.g. timeout); other overrides replace top-level keys."""
+    def __init__(self, workdir, backend_server, keyd=None, tls=True, name="proxy", backend_options=None, cert_names=(),
+                 **overrides):
+        """backend_options: extra keys of the `backend:` section (e.g. timeout); cert_names: more DNS names in the
+        TLS certificate; other overrides replace top-level keys."""
         backend = backend_server
         self.dir = os.path.join(workdir, name)
         os.makedirs(self.dir, exist_ok=True)
@@ -293,7 +297,7 @@ class Proxy:
         if keyd is not None:
             cfg["memkey"]["socket_path"] = keyd.socket
         if tls:
-            self.cert, self.key = self_signed_cert(self.dir, "proxy")
+            self.cert, self.key = self_signed_cert(self.dir, "proxy", cert_names)
             cfg["tls"] = {"cert_file": self.cert, "key_file": self.key}
         for k, v in overrides.items():
             cfg[k] = v

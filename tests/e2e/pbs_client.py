@@ -34,8 +34,12 @@ class Response:
 
 
 class PbsClient:
-    def __init__(self, host, port, bucket, access_key, secret_key, fingerprint=None, region="us-west-1", tls=True):
+    def __init__(self, host, port, bucket, access_key, secret_key, fingerprint=None, region="us-west-1", tls=True,
+                 vhost_suffix=None):
+        """vhost_suffix: virtual-host addressing as PBS's default endpoint template `{{bucket}}.<suffix>`
+        (the connection still goes to `host`; the Host header names the bucket)."""
         self.host, self.port, self.bucket = host, port, bucket
+        self.vhost_suffix = vhost_suffix
         self.access_key, self.secret_key, self.region = access_key, secret_key, region
         self.fingerprint, self.tls = fingerprint, tls
         self.conn = None
@@ -62,7 +66,7 @@ class PbsClient:
         now = datetime.datetime.now(datetime.timezone.utc)
         amz_date = now.strftime("%Y%m%dT%H%M%SZ")
         headers = {k.lower(): v for k, v in headers.items()}
-        headers["host"] = f"{self.host}:{self.port}"
+        headers["host"] = self.host_header
         headers["x-amz-date"] = amz_date
         headers["x-amz-content-sha256"] = payload_hash or hashlib.sha256(body).hexdigest()
         if body and not headers["x-amz-content-sha256"].startswith("STREAMING"):
@@ -87,7 +91,12 @@ class PbsClient:
 
     def request(self, method, key=None, query=(), headers=None, body=b"", payload_hash=None, bucket=None, send_body=None):
         bucket = bucket or self.bucket
-        path = f"/{bucket}/" + (quote_key(key) if key else "")
+        if self.vhost_suffix:
+            self.host_header = f"{bucket}.{self.vhost_suffix}:{self.port}"
+            path = "/" + (quote_key(key) if key else "")
+        else:
+            self.host_header = f"{self.host}:{self.port}"
+            path = f"/{bucket}/" + (quote_key(key) if key else "")
         query = list(query)
         hdrs = self.sign(method, path, query, headers or {}, body, payload_hash)
         qs = "&".join(k if v == "" and k == "delete" else f"{aws_quote(k)}={aws_quote(v)}" for k, v in query)
