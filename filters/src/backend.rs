@@ -39,6 +39,8 @@ pub struct BackendConfig {
     pub idle_timeout: Duration,
     /// `false` for providers that reject `If-None-Match` on PUT (the proxy enforces it then).
     pub send_if_none_match: bool,
+    /// `Emulate` for providers without DeleteObjects (`delete_emulation`).
+    pub delete_objects: crate::delete_emulation::DeleteObjectsMode,
 }
 
 /// A resolved, ready-to-use backend.
@@ -111,6 +113,10 @@ impl Backend {
 
     pub fn sends_if_none_match(&self) -> bool {
         self.cfg.send_if_none_match
+    }
+
+    pub fn delete_objects(&self) -> crate::delete_emulation::DeleteObjectsMode {
+        self.cfg.delete_objects
     }
 
     pub fn region(&self) -> &str {
@@ -403,6 +409,7 @@ mod tests {
             io_timeout: Duration::from_secs(60),
             idle_timeout: Duration::from_secs(60),
             send_if_none_match: true,
+            delete_objects: crate::delete_emulation::DeleteObjectsMode::Native,
         })
         .unwrap()
     }

@@ -267,6 +267,7 @@ mod tests {
             io_timeout: Duration::from_secs(1),
             idle_timeout: Duration::from_secs(1),
             send_if_none_match: true,
+            delete_objects: crate::delete_emulation::DeleteObjectsMode::Native,
         })
         .unwrap();
         ConditionalFilter::new(ConditionalMode::Enforce, Arc::new(backend))

@@ -13,6 +13,7 @@ pub mod clients;
 pub mod checksum;
 pub mod conditional;
 pub mod crypto;
+pub mod delete_emulation;
 pub mod ctx;
 pub mod error;
 pub mod etag;

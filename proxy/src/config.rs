@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use filters::backend::BackendConfig;
 use filters::clients::{Client, Clients, Grant, RateLimit, Role};
+use filters::delete_emulation::DeleteObjectsMode;
 use filters::profile::Profile;
 use filters::conditional::ConditionalMode;
 use filters::crypto::UnencryptedPolicy;
@@ -78,6 +79,8 @@ pub struct RawBackend {
     pub profile: Option<String>,
     /// Whether `If-None-Match` reaches the backend on writes (default: the profile's).
     pub send_if_none_match: Option<bool>,
+    /// `native` or `emulate` (one DELETE per object; default: the profile's).
+    pub delete_objects: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -373,7 +376,12 @@ impl RawConfig {
         // the backend, headers sent as they came).
         let profile: Profile = match self.backend.profile.as_deref() {
             Some(name) => name.parse()?,
-            None => Profile { name: "none", conditional_writes: ConditionalMode::Backend, send_if_none_match: true },
+            None => Profile {
+                name: "none",
+                conditional_writes: ConditionalMode::Backend,
+                send_if_none_match: true,
+                delete_objects: DeleteObjectsMode::Native,
+            },
         };
         let conditional_writes: ConditionalMode = match self.conditional_writes.as_deref() {
             Some(mode) => mode.parse()?,
@@ -397,6 +405,10 @@ impl RawConfig {
             io_timeout: duration("backend.timeout", self.backend.timeout.as_deref().unwrap_or("5m"))?,
             idle_timeout: Duration::from_secs(60),
             send_if_none_match,
+            delete_objects: match self.backend.delete_objects.as_deref() {
+                Some(mode) => mode.parse()?,
+                None => profile.delete_objects,
+            },
         };
         let clients = match self.clients {
             Some(entries) => {

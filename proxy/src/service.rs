@@ -119,6 +119,30 @@ impl S3Proxy {
     }
 }
 
+impl S3Proxy {
+    /// DeleteObjects for a backend without it (`backend.delete_objects: emulate`): the body
+    /// goes through the chain's checks as it would upstream (signature, Content-MD5, XML
+    /// schema, the client's key grants), then one DELETE per object, and the DeleteResult.
+    async fn emulate_delete_objects(&self, session: &mut Session, req: &RequestHeader, ctx: &mut RequestCtx) -> Result<Reply, S3Error> {
+        // The body checks start as for a backend attempt (the header copy goes nowhere).
+        let mut unused = req.clone();
+        self.chain.upstream_request(&mut unused, ctx).await?;
+        let mut pieces = Vec::new();
+        loop {
+            let mut body = session.read_request_body().await.map_err(|e| S3Error::internal("reading the request body", e))?;
+            let end = body.is_none();
+            // The held XML body (at most 8 MiB) comes out whole at the end, once checked.
+            self.chain.request_body(&mut body, end, ctx)?;
+            pieces.extend(body.filter(|b| !b.is_empty()));
+            if end {
+                break;
+            }
+        }
+        let bucket = ctx.s3()?.bucket.clone().ok_or_else(|| s3err(S3ErrorCode::InvalidRequest, "DeleteObjects needs a bucket"))?;
+        filters::delete_emulation::run(&self.backend, &bucket, &filters::delete_emulation::collected(pieces)).await
+    }
+}
+
 #[async_trait]
 impl ProxyHttp for S3Proxy {
     type CTX = RequestCtx;
@@ -149,6 +173,15 @@ impl ProxyHttp for S3Proxy {
                 let expects = req.headers.get("expect").is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
                 if expects {
                     session.write_continue_response().await?;
+                }
+                if ctx.s3.as_ref().is_some_and(|s| s.op == filters::request::Operation::DeleteObjects)
+                    && self.backend.delete_objects() == filters::delete_emulation::DeleteObjectsMode::Emulate
+                {
+                    match self.emulate_delete_objects(session, &req, ctx).await {
+                        Ok(reply) => self.write_reply(session, ctx, reply, Closing::IfBodyUnread).await?,
+                        Err(e) => self.write_error(session, ctx, e, Closing::IfBodyUnread).await?,
+                    }
+                    return Ok(true);
                 }
                 Ok(false)
             }

@@ -10,7 +10,7 @@ import tempfile
 
 import pytest
 
-from conftest import Stack
+from conftest import BUCKET, Stack
 
 
 @pytest.fixture(scope="module")
@@ -50,3 +50,44 @@ def test_without_the_profile_the_quirk_reaches_the_client(plain_stack):
     pbs = plain_stack.client()
     r = pbs.put_object("store/.chunks/abcd/" + "cd" * 32, b"chunk bytes")
     assert r.status == 501 and plain_stack.relay.faults[0].fired >= 1, r
+
+
+@pytest.fixture(scope="module")
+def gcs_stack(workroot):
+    """A backend without DeleteObjects (Google Cloud Storage's XML API), imitated in front of Garage."""
+    d = tempfile.mkdtemp(prefix="profile-gcs-", dir=workroot)
+    s = Stack(d, "garage", tls=False, relay=True, backend_options={"profile": "gcs"})
+    s.relay.arm(method="POST", path_contains="delete", status=501, code="NotImplemented", times=10_000)
+    yield s
+    s.stop()
+
+
+def test_gcs_profile_emulates_delete_objects(gcs_stack):
+    s3 = gcs_stack.boto()
+    keys = [f"gc/{i:03d}" for i in range(20)] + ["gc/with space & amp", "gc/keep-me"]
+    for k in keys:
+        s3.put_object(Bucket=BUCKET, Key=k, Body=k.encode())
+    # One DELETE refused by the backend: reported as an <Error> for that key only.
+    gcs_stack.relay.arm(method="DELETE", path_contains="keep-me", status=403, code="AccessDenied")
+    r = s3.delete_objects(Bucket=BUCKET, Delete={"Objects": [{"Key": k} for k in keys + ["gc/never-existed"]]})
+    deleted = sorted(d["Key"] for d in r.get("Deleted", []))
+    assert deleted == sorted([k for k in keys if k != "gc/keep-me"] + ["gc/never-existed"])
+    assert [(e["Key"], e["Code"]) for e in r.get("Errors", [])] == [("gc/keep-me", "AccessDenied")]
+    left = [o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET, Prefix="gc/").get("Contents", [])]
+    assert left == ["gc/keep-me"]
+    # The PBS-faithful client's garbage collection (Content-MD5, no Quiet) gets a clean result.
+    pbs = gcs_stack.client()
+    r = pbs.delete_objects(["gc/keep-me"])
+    assert r.status == 200 and b"<Deleted><Key>gc/keep-me</Key></Deleted>" in r.body and b"<Error>" not in r.body
+    # Quiet: only errors are listed.
+    s3.put_object(Bucket=BUCKET, Key="gc/quiet", Body=b"q")
+    r = s3.delete_objects(Bucket=BUCKET, Delete={"Objects": [{"Key": "gc/quiet"}], "Quiet": True})
+    assert not r.get("Deleted") and not r.get("Errors")
+    # The imitated backend never saw a DeleteObjects.
+    assert gcs_stack.relay.faults[0].fired == 0
+    assert not any(m == "POST" for m, _ in gcs_stack.relay.seen)
+    # A malformed body is refused before anything is deleted.
+    s3.put_object(Bucket=BUCKET, Key="gc/survivor", Body=b"s")
+    bad = pbs.request("POST", None, [("delete", "")], body=b"<Delete><Object></Object></Delete>")
+    assert bad.status == 400 and b"MalformedXML" in bad.body
+    assert s3.get_object(Bucket=BUCKET, Key="gc/survivor")["Body"].read() == b"s"
