@@ -68,6 +68,8 @@ pub struct Config {
     pub max_pending_challenges: usize,
     /// Outstanding challenges kept at most per source IP.
     pub max_pending_per_ip: usize,
+    /// Audit log file (JSON lines); `None` writes audit lines to stderr.
+    pub audit_path: Option<PathBuf>,
 }
 
 impl fmt::Debug for Config {
@@ -81,6 +83,7 @@ impl fmt::Debug for Config {
                 &fingerprint_hex(&self.identity.verifying_key()),
             )
             .field("challenge_timeout", &self.challenge_timeout)
+            .field("audit_path", &self.audit_path)
             .field("max_failed_attempts", &self.max_failed_attempts)
             .field("lockout_duration", &self.lockout_duration)
             .field(
@@ -110,6 +113,7 @@ impl Config {
             admins: Vec::new(),
             max_pending_challenges: 16_384,
             max_pending_per_ip: 64,
+            audit_path: None,
         }
     }
 
@@ -158,6 +162,14 @@ struct RawConfig {
     security: RawSecurity,
     #[serde(default)]
     admins: Option<Vec<String>>,
+    #[serde(default)]
+    audit: RawAudit,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAudit {
+    path: Option<String>,
 }
 
 #[derive(Default, Deserialize)]
@@ -228,6 +240,9 @@ impl RawConfig {
         }
         if let Some(v) = env("MEMKEY_LOCKOUT_DURATION") {
             self.security.lockout_duration = Some(v);
+        }
+        if let Some(v) = env("MEMKEY_AUDIT_PATH") {
+            self.audit.path = Some(v);
         }
         if let Some(v) = env("MEMKEY_ADMINS") {
             self.admins = Some(
@@ -331,7 +346,20 @@ impl RawConfig {
             }
         }
 
+        let audit_path = match self.audit.path {
+            None => None,
+            Some(s) if s.trim().is_empty() => None,
+            Some(s) => {
+                let p = PathBuf::from(s.trim());
+                if !p.is_absolute() {
+                    return Err(err(format!("audit.path {s:?} must be an absolute path")));
+                }
+                Some(p)
+            }
+        };
+
         let mut cfg = Config::new(identity);
+        cfg.audit_path = audit_path;
         cfg.listen_addr = listen_addr;
         cfg.tls = tls;
         cfg.unix_socket_path = unix_socket_path;
@@ -425,10 +453,15 @@ mod tests {
                 ("MEMKEY_MAX_FAILED_ATTEMPTS", "7"),
                 ("MEMKEY_LOCKOUT_DURATION", "1h"),
                 ("MEMKEY_ADMINS", &format!("{a1}, {a2},")),
+                ("MEMKEY_AUDIT_PATH", "/var/log/memkey/audit.jsonl"),
             ]),
         )
         .unwrap();
         assert_eq!(c.listen_addr.port(), 9999);
+        assert_eq!(
+            c.audit_path,
+            Some(PathBuf::from("/var/log/memkey/audit.jsonl"))
+        );
         assert!(c.tls.is_none());
         assert!(c.unix_socket_path.is_none());
         assert_eq!(c.challenge_timeout, Duration::from_secs(5));

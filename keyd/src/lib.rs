@@ -4,8 +4,10 @@
 //!
 //! * [`client`]: what the proxy calls (`fetch_keyring`, `fetch_status`).
 //! * [`server`]: run the server in-process (`Server::start`).
+//! * [`audit`]: the JSON-lines audit log of key events.
 //! * [`protocol`]: message formats and cryptography shared with `memkey-admin`.
 
+pub mod audit;
 pub mod client;
 pub mod config;
 pub mod harden;

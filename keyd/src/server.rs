@@ -115,7 +115,18 @@ impl Server {
             None => None,
         };
 
-        let service = Arc::new(KeyService::new(&config));
+        let audit =
+            crate::audit::AuditLog::from_config(config.audit_path.as_deref()).map_err(|e| {
+                StartError::Io(format!(
+                    "cannot open the audit log {}: {e}",
+                    config
+                        .audit_path
+                        .as_deref()
+                        .unwrap_or(Path::new("-"))
+                        .display()
+                ))
+            })?;
+        let service = Arc::new(KeyService::with_audit(&config, audit));
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let mut tasks = Vec::new();
         let is_tls = tls.is_some();

@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use subtle::{Choice, ConditionallySelectable, ConstantTimeEq};
 use zeroize::{Zeroize, Zeroizing};
 
+use crate::audit::{AuditEvent, AuditLog};
 use crate::config::Config;
 use crate::protocol::{
     fingerprint_hex, open_delivery, ChallengeMsg, Delivery, DeliveryAck, ErrorBody,
@@ -220,6 +221,7 @@ pub struct KeyService {
     challenges: Mutex<Challenges>,
     failures: Mutex<Failures>,
     vault: Mutex<Vault>,
+    audit: AuditLog,
     pub stats: Stats,
 }
 
@@ -241,7 +243,13 @@ fn locked_out(remaining: Duration) -> ApiError {
 }
 
 impl KeyService {
+    /// A service whose audit lines go to stderr; see [`KeyService::with_audit`].
     pub fn new(config: &Config) -> Self {
+        Self::with_audit(config, AuditLog::stderr())
+    }
+
+    /// A service writing its key events to `audit`.
+    pub fn with_audit(config: &Config, audit: AuditLog) -> Self {
         let public = config.identity.verifying_key();
         let vault = Vault::new();
         Self {
@@ -258,8 +266,14 @@ impl KeyService {
             challenges: Mutex::new(Challenges::default()),
             failures: Mutex::new(Failures::default()),
             vault: Mutex::new(vault),
+            audit,
             stats: Stats::default(),
         }
+    }
+
+    /// The audit log (key sources record `unsealed` / `refused` here).
+    pub fn audit(&self) -> &AuditLog {
+        &self.audit
     }
 
     /// Hex SHA-256 of the identity public key.
@@ -360,7 +374,31 @@ impl KeyService {
     /// Malformed bodies are rejected without touching any state. A well-formed delivery always
     /// consumes the challenge it names (one attempt per challenge), and every authentication
     /// failure counts toward the source address's lockout.
+    ///
+    /// Every outcome is audited: `delivered` on success, `refused` (with the error code as the
+    /// reason and the *claimed* admin key when the body named one) otherwise.
     pub fn deliver(&self, ip: IpAddr, body: &[u8]) -> Result<DeliveryAck, ApiError> {
+        let mut claimed_admin = None;
+        let result = self.deliver_audited(ip, body, &mut claimed_admin);
+        if let Err(e) = &result {
+            self.audit.record(AuditEvent::Refused {
+                reason: e.code,
+                detail: &e.message,
+                key_id: None,
+                admin: claimed_admin.as_ref(),
+                ip: Some(ip),
+                source: None,
+            });
+        }
+        result
+    }
+
+    fn deliver_audited(
+        &self,
+        ip: IpAddr,
+        body: &[u8],
+        claimed_admin: &mut Option<VerifyingKey>,
+    ) -> Result<DeliveryAck, ApiError> {
         self.check_lockout(ip)?;
         self.stats
             .deliveries_received
@@ -376,6 +414,7 @@ impl KeyService {
             }
             Err(e) => return Err(ApiError::new(400, "malformed", e.to_string())),
         };
+        *claimed_admin = VerifyingKey::from_bytes(&delivery.admin_public_key).ok();
         let result = self.authenticate_and_store(ip, &delivery);
         if let Err(e) = &result {
             if !matches!(e.code, "key_id_conflict" | "key_store_full") {
@@ -464,6 +503,13 @@ impl KeyService {
         self.stats
             .deliveries_accepted
             .fetch_add(1, Ordering::Relaxed);
+        self.audit.record(AuditEvent::Delivered {
+            key_id,
+            admin: &admin,
+            ip,
+            current: inserted.is_current,
+            already_loaded: inserted.already_loaded,
+        });
         log::info!(
             "key id {key_id} {} by admin {} from {ip}; current key id {:?}, loaded ids {key_ids:?}",
             if inserted.already_loaded {
@@ -542,9 +588,18 @@ impl KeyService {
         Some(out)
     }
 
-    /// Wipes every key (shutdown).
+    /// Wipes every key (shutdown); each key id leaving memory is audited as `key_retired`.
     pub fn wipe(&self) {
-        self.vault.lock().expect("vault lock").clear();
+        let mut v = self.vault.lock().expect("vault lock");
+        let ids = v.ids();
+        v.clear();
+        drop(v);
+        for key_id in ids {
+            self.audit.record(AuditEvent::KeyRetired {
+                key_id,
+                reason: "shutdown",
+            });
+        }
     }
 
     /// Current challenge timeout.
@@ -627,6 +682,41 @@ mod tests {
         assert!(!serde_json::to_string(&st)
             .unwrap()
             .contains(&hex::encode(key.expose())));
+    }
+
+    #[test]
+    fn deliveries_and_refusals_are_audited_without_key_material() {
+        let admin = generate_identity();
+        let mut cfg = Config::new(generate_identity());
+        cfg.admins = vec![admin.verifying_key()];
+        let fp = fingerprint(&cfg.identity.verifying_key());
+        let svc = KeyService::with_audit(&cfg, AuditLog::memory());
+        let key = MasterKey::generate(5);
+        let body = serde_json::to_vec(&delivery(&svc, ip(1), &admin, &fp, &key, true)).unwrap();
+        svc.deliver(ip(1), &body).unwrap();
+        let intruder = generate_identity();
+        let body = serde_json::to_vec(&delivery(&svc, ip(2), &intruder, &fp, &key, true)).unwrap();
+        svc.deliver(ip(2), &body).unwrap_err();
+        svc.wipe();
+        let lines = svc.audit().lines();
+        let events: Vec<serde_json::Value> = lines
+            .iter()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(events.len(), 3, "{lines:?}");
+        assert_eq!(events[0]["event"], "delivered");
+        assert_eq!(events[0]["key_id"], 5);
+        assert_eq!(events[0]["admin"], fingerprint_hex(&admin.verifying_key()));
+        assert_eq!(events[0]["ip"], "10.0.0.1");
+        assert_eq!(events[1]["event"], "refused");
+        assert_eq!(events[1]["reason"], "unknown_admin");
+        assert_eq!(
+            events[1]["admin"],
+            fingerprint_hex(&intruder.verifying_key())
+        );
+        assert_eq!(events[2]["event"], "key_retired");
+        let secret = hex::encode(key.expose());
+        assert!(lines.iter().all(|l| !l.contains(&secret)));
     }
 
     #[test]
