@@ -14,6 +14,8 @@ pub mod harden;
 pub mod protocol;
 pub mod server;
 pub mod service;
+pub mod shamir;
+pub mod share_quorum;
 pub mod util;
 pub mod vault;
 
