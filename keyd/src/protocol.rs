@@ -892,6 +892,49 @@ mod tests {
     }
 
     #[test]
+    fn share_payload_layout_and_round_trip() {
+        let f = fixture();
+        let key = MasterKey::generate(0x0102_0304);
+        let share = crate::shamir::split(&key, 2, 3).unwrap().remove(1);
+        // The documented layout: id ‖ flags ‖ index ‖ threshold ‖ kcv ‖ share (47 bytes).
+        let p = share_payload_bytes(&share, true);
+        assert_eq!(p.len(), SHARE_PAYLOAD_LEN);
+        assert_eq!(SHARE_PAYLOAD_LEN, 47);
+        assert_eq!(&p[..4], &[1, 2, 3, 4]);
+        assert_eq!(p[4], FLAG_SHARE | FLAG_MAKE_CURRENT);
+        assert_eq!((p[5], p[6]), (2, 2));
+        assert_eq!(&p[7..15], &share.kcv);
+        assert_eq!(&p[15..], &share.value[..]);
+
+        let sealed = seal_share_delivery(&f.verified, &f.admin, &share, true).unwrap();
+        let msg = sealed.delivery.to_message();
+        assert_eq!(msg.ciphertext.len(), 2 * SHARE_CIPHERTEXT_LEN);
+        assert_eq!(msg.ciphertext.len(), 126);
+        let parsed = Delivery::from_json(&serde_json::to_vec(&msg).unwrap()).unwrap();
+        let (server_pk, admin_pk) = (f.server.verifying_key(), f.admin.verifying_key());
+        match open_any_delivery(&parsed, &f.issued, &server_pk, &admin_pk).unwrap() {
+            OpenedPayload::Share(o) => {
+                assert_eq!((o.share.key_id, o.share.index, o.share.threshold), (0x0102_0304, 2, 2));
+                assert_eq!(o.share.value[..], share.value[..]);
+                assert!(o.make_current);
+            }
+            other => panic!("{other:?}"),
+        }
+        // A share is never taken for a whole key by the key-only entry point.
+        assert_eq!(
+            open_delivery(&parsed, &f.issued, &server_pk, &admin_pk).unwrap_err(),
+            ProtocolError::BadPayload
+        );
+        // Other ciphertext lengths are malformed.
+        let mut bad = msg.clone();
+        bad.ciphertext.push_str("00");
+        assert!(matches!(
+            Delivery::from_message(&bad),
+            Err(ProtocolError::Malformed(_))
+        ));
+    }
+
+    #[test]
     fn round_trip_and_confirmation() {
         let f = fixture();
         let key = MasterKey::generate(42);
