@@ -219,3 +219,25 @@ def test_key_verify_offline_on_a_raw_object(mofn):
     assert r.returncode == 0 and "MATCH" in r.stdout, r.stdout + r.stderr
     r = verify(mofn, "--key-file", os.path.join(mofn.workdir, "wrong-1.key"), "--object", raw)
     assert r.returncode == 6 and "MISMATCH" in r.stderr, r.stdout + r.stderr
+
+
+def test_a_wrong_reconstruction_is_refused_audited_and_wiped(mofn):
+    # alice's share file corrupted on disk (one hex digit of the share value changed).
+    text = open(mofn.shares[0]).read()
+    head, value = text.rstrip("\n").rsplit(" ", 1)
+    bad_value = ("0" if value[0] != "0" else "1") + value[1:]
+    bad = os.path.join(mofn.workdir, "corrupted-share.key")
+    with open(os.open(bad, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
+        f.write(f"{head} {bad_value}\n")
+    r = mofn.admins[0].send_share(bad)
+    assert r.returncode == 0 and "1 of 2 admins" in r.stdout, r.stdout + r.stderr
+    r = mofn.admins[1].send_share(mofn.shares[1])
+    assert r.returncode == 6, r.stdout + r.stderr
+    assert "share_reconstruction_failed" in r.stderr and "discarded" in r.stderr
+    refused = [e for e in audit_events(mofn) if e["event"] == "refused" and e["reason"] == "share_reconstruction_failed"]
+    assert refused, audit_events(mofn)
+    # The shares were wiped: bob's next share starts a new round (1 of 2), not a second failure.
+    r = mofn.admins[1].send_share(mofn.shares[1])
+    assert r.returncode == 0 and "1 of 2 admins" in r.stdout, r.stdout + r.stderr
+    # The key loaded before is still served.
+    assert mofn.boto().get_object(Bucket=BUCKET, Key="shares/obj-3")["Body"].read() == mofn.objects["shares/obj-3"]
