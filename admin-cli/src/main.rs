@@ -1,8 +1,10 @@
 //! memkey-admin: the administrator's tool for memkey-server.
 
 mod object;
+mod shares;
 mod store;
 mod transport;
+mod verify;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -203,6 +205,118 @@ enum KeyCommand {
         #[arg(long, verbatim_doc_comment)]
         no_make_current: bool,
     },
+    /// Split a master key into N share files, any M of which rebuild it (m-of-n delivery).
+    ///
+    /// Give each administrator one share file; fewer than M shares reveal nothing about the key.
+    /// memkey-server with `shares: {threshold: M}` loads the key once M distinct admins have sent
+    /// their shares with `key send-share`. Keep the original key file offline (backup).
+    /// Example: memkey-admin key split --shares 3 --threshold 2 --in master.key --out-dir shares/
+    /// Example: ... --admin <alice public key> --admin <bob public key> --admin <carol public key>
+    #[command(verbatim_doc_comment)]
+    Split {
+        /// N: how many shares to write (2..=255).
+        /// Example: --shares 3
+        #[arg(long, value_name = "N", verbatim_doc_comment)]
+        shares: u8,
+        /// M: how many distinct shares rebuild the key (2..=N); must equal the server's shares.threshold.
+        /// Example: --threshold 2
+        #[arg(long, value_name = "M", verbatim_doc_comment)]
+        threshold: u8,
+        /// Master key file to split (default: <config-dir>/master.key).
+        /// Example: --in master.key
+        #[arg(long = "in", value_name = "FILE", verbatim_doc_comment)]
+        input: Option<PathBuf>,
+        /// Directory for the share files (created with mode 0700; files are 0600, never overwritten).
+        /// Example: --out-dir shares/
+        #[arg(long, value_name = "DIR", verbatim_doc_comment)]
+        out_dir: PathBuf,
+        /// Label share i for admin i (public key from `memkey-admin identity`); repeat N times.
+        /// Example: --admin 29acbae1…6dd7
+        #[arg(long = "admin", value_name = "HEX", verbatim_doc_comment)]
+        admins: Vec<String>,
+    },
+    /// Deliver one m-of-n share (from `key split`) to memkey-servers, over the same protocol as `key send`.
+    ///
+    /// The server counts one share per distinct admin identity and loads the key when
+    /// shares.threshold admins have delivered within the window.
+    /// Example: memkey-admin key send-share --share share-2-of-3.key
+    #[command(verbatim_doc_comment)]
+    SendShare {
+        #[command(flatten)]
+        servers: ServerSelection,
+        /// Share file written by `key split`.
+        /// Example: --share share-2-of-3.key
+        #[arg(long, value_name = "FILE", verbatim_doc_comment)]
+        share: PathBuf,
+        /// Load the rebuilt key without making it the current key (the first share of a round decides).
+        /// Example: --no-make-current
+        #[arg(long, verbatim_doc_comment)]
+        no_make_current: bool,
+    },
+    /// Check that a key file (or a share) is the key of a bucket's objects, before sending it.
+    ///
+    /// Compares the key id and key-check value (never the key) with the objects' headers:
+    /// through the proxy's admin API (--proxy-admin URL, bearer token from --token or
+    /// S3CP_ADMIN_TOKEN), or offline on a raw object file (--object FILE, as fetched from the backend).
+    /// Exit status 0 on a match, 6 on a mismatch or when no object uses the key id.
+    /// Example: memkey-admin key verify --bucket backups --proxy-admin http://127.0.0.1:9090 --token T
+    /// Example: memkey-admin key verify --bucket backups --key-file old.key --object raw-object.bin
+    #[command(verbatim_doc_comment)]
+    Verify {
+        /// Bucket whose objects to compare with.
+        /// Example: --bucket backups
+        #[arg(long, value_name = "BUCKET", verbatim_doc_comment)]
+        bucket: String,
+        /// Key file to check (default: <config-dir>/master.key).
+        /// Example: --key-file master-2.key
+        #[arg(
+            long,
+            value_name = "FILE",
+            verbatim_doc_comment,
+            conflicts_with = "share"
+        )]
+        key_file: Option<PathBuf>,
+        /// Check a share file instead of a key file (its key id and key-check value).
+        /// Example: --share share-1-of-3.key
+        #[arg(long, value_name = "FILE", verbatim_doc_comment)]
+        share: Option<PathBuf>,
+        /// The proxy's admin listener.
+        /// Example: --proxy-admin http://127.0.0.1:9090
+        #[arg(
+            long,
+            value_name = "URL",
+            verbatim_doc_comment,
+            required_unless_present = "object"
+        )]
+        proxy_admin: Option<String>,
+        /// Admin API bearer token (admin.token of the proxy).
+        /// Example: --token "$S3CP_ADMIN_TOKEN"
+        #[arg(
+            long,
+            value_name = "TOKEN",
+            env = "S3CP_ADMIN_TOKEN",
+            hide_env_values = true,
+            verbatim_doc_comment
+        )]
+        token: Option<String>,
+        /// Only objects under this prefix (admin API).
+        /// Example: --prefix pbs/
+        #[arg(long, value_name = "PREFIX", default_value = "", verbatim_doc_comment)]
+        prefix: String,
+        /// How many objects to examine (admin API, 1..=100).
+        /// Example: --limit 20
+        #[arg(long, value_name = "N", default_value_t = 5, verbatim_doc_comment)]
+        limit: usize,
+        /// Offline: a raw object file as stored in the backend.
+        /// Example: --object raw-object.bin
+        #[arg(
+            long,
+            value_name = "FILE",
+            verbatim_doc_comment,
+            conflicts_with = "proxy_admin"
+        )]
+        object: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -334,6 +448,70 @@ fn run(cli: Cli) -> Result<(), Fail> {
             key_file,
             no_make_current,
         }) => key_send(&store, &servers, key_file, !no_make_current, timeout),
+        Command::Key(KeyCommand::Split {
+            shares,
+            threshold,
+            input,
+            out_dir,
+            admins,
+        }) => {
+            let input = input.unwrap_or_else(|| store.path(MASTER_KEY_FILE));
+            let written = shares::key_split(&input, threshold, shares, &out_dir, &admins)?;
+            for p in &written {
+                println!("wrote {}", p.display());
+            }
+            println!(
+                "{} shares of the key in {}; any {threshold} of them rebuild it, fewer reveal nothing. Give each administrator one share file; configure memkey-server with shares: {{threshold: {threshold}}}.",
+                written.len(),
+                input.display()
+            );
+            Ok(())
+        }
+        Command::Key(KeyCommand::SendShare {
+            servers,
+            share,
+            no_make_current,
+        }) => key_send_share(&store, &servers, &share, !no_make_current, timeout),
+        Command::Key(KeyCommand::Verify {
+            bucket,
+            key_file,
+            share,
+            proxy_admin,
+            token,
+            prefix,
+            limit,
+            object,
+        }) => {
+            let candidate = match share {
+                Some(p) => {
+                    let s = shares::read_share(&p)?;
+                    verify::Candidate {
+                        key_id: s.key_id,
+                        kcv: s.kcv,
+                        source: format!("share file {}", p.display()),
+                    }
+                }
+                None => {
+                    let p = key_file.unwrap_or_else(|| store.path(MASTER_KEY_FILE));
+                    let k = read_master_key(&p)?;
+                    verify::Candidate {
+                        key_id: k.id(),
+                        kcv: keyd::shamir::key_check_value(&k),
+                        source: format!("key file {}", p.display()),
+                    }
+                }
+            };
+            match (object, proxy_admin) {
+                (Some(obj), _) => verify::offline(&candidate, &obj, &bucket),
+                (None, Some(url)) => {
+                    let token = token.ok_or_else(|| {
+                        Fail::usage("--token (or S3CP_ADMIN_TOKEN) is required with --proxy-admin")
+                    })?;
+                    verify::via_proxy(&candidate, &url, &token, &bucket, &prefix, limit, timeout)
+                }
+                (None, None) => Err(Fail::usage("give --proxy-admin URL or --object FILE")),
+            }
+        }
         Command::Status(sel) => status(&store, &sel, timeout),
         Command::Object(ObjectCommand::Decrypt {
             key_files,
@@ -628,11 +806,18 @@ If the server identity was changed on purpose, read the new fingerprint from the
 }
 
 /// One complete delivery to one server.
+/// What one delivery carries.
+#[derive(Clone, Copy)]
+enum Payload<'a> {
+    Key(&'a MasterKey),
+    Share(&'a keyd::shamir::KeyShare),
+}
+
 fn send_one(
     target: &Target,
     timeout: Duration,
     admin: &SigningKey,
-    key: &MasterKey,
+    payload: Payload<'_>,
     make_current: bool,
 ) -> Result<DeliveryAck, Fail> {
     let client = Client::new(target, timeout)?;
@@ -652,8 +837,13 @@ fn send_one(
     let verified = msg
         .verify(&target.fingerprint)
         .map_err(|e| identity_failure(target, e))?;
-    let sealed = protocol::seal_delivery(&verified, admin, key, make_current)
-        .map_err(|e| identity_failure(target, e))?;
+    let sealed = match payload {
+        Payload::Key(key) => protocol::seal_delivery(&verified, admin, key, make_current),
+        Payload::Share(share) => {
+            protocol::seal_share_delivery(&verified, admin, share, make_current)
+        }
+    }
+    .map_err(|e| identity_failure(target, e))?;
     let body = serde_json::to_vec(&sealed.delivery.to_message())
         .map_err(|e| Fail::error(e.to_string()))?;
     let a = client.post_json("/key", &body)?;
@@ -696,7 +886,7 @@ fn key_send(
     let mut first_failure: Option<Fail> = None;
     let total = targets.len();
     for t in &targets {
-        match send_one(t, timeout, &admin, &key, make_current) {
+        match send_one(t, timeout, &admin, Payload::Key(&key), make_current) {
             Ok(ack) => println!(
                 "{}: key id {} {}{}; loaded ids {:?}, current {} (confirmed by server {})",
                 t.url,
@@ -731,6 +921,57 @@ fn key_send(
             }
             Err(f)
         }
+    }
+}
+
+fn key_send_share(
+    store: &Store,
+    sel: &ServerSelection,
+    share_path: &std::path::Path,
+    make_current: bool,
+    timeout: Duration,
+) -> Result<(), Fail> {
+    let cfg = store.load_config()?;
+    let targets = targets(&cfg, sel)?;
+    let admin = store.identity()?;
+    let share = shares::read_share(share_path)?;
+    let mut first_failure: Option<Fail> = None;
+    for t in &targets {
+        match send_one(t, timeout, &admin, Payload::Share(&share), make_current) {
+            Ok(ack) if ack.status == "ok" => println!(
+                "{}: share {} accepted; key id {} reconstructed from {} admins' shares and {}{}; loaded ids {:?} (confirmed by server {})",
+                t.url,
+                share.index,
+                ack.key_id,
+                ack.shares_received.unwrap_or(0),
+                if ack.already_loaded { "was already loaded" } else { "loaded" },
+                if ack.current { ", current" } else { "" },
+                ack.key_ids,
+                &hex::encode(t.fingerprint)[..16],
+            ),
+            Ok(ack) => println!(
+                "{}: share {} of key id {} {}; {} of {} admins have delivered; key not loaded yet (confirmed by server {})",
+                t.url,
+                share.index,
+                ack.key_id,
+                if ack.status == "share_already_counted" {
+                    "received again: this admin was already counted"
+                } else {
+                    "received"
+                },
+                ack.shares_received.unwrap_or(0),
+                ack.threshold.unwrap_or(share.threshold),
+                &hex::encode(t.fingerprint)[..16],
+            ),
+            Err(f) => {
+                eprintln!("memkey-admin: {}", f.message);
+                first_failure.get_or_insert(Fail::new(f.code, String::new()));
+            }
+        }
+    }
+    match first_failure {
+        None => Ok(()),
+        Some(f) => Err(f),
     }
 }
 

@@ -68,6 +68,10 @@ pub struct Config {
     pub max_pending_challenges: usize,
     /// Outstanding challenges kept at most per source IP.
     pub max_pending_per_ip: usize,
+    /// Audit log file (JSON lines); `None` writes audit lines to stderr.
+    pub audit_path: Option<PathBuf>,
+    /// m-of-n delivery (`shares:`): when set, keys are loaded only from M admins' shares.
+    pub shares: Option<crate::share_quorum::ShareSettings>,
 }
 
 impl fmt::Debug for Config {
@@ -81,6 +85,8 @@ impl fmt::Debug for Config {
                 &fingerprint_hex(&self.identity.verifying_key()),
             )
             .field("challenge_timeout", &self.challenge_timeout)
+            .field("audit_path", &self.audit_path)
+            .field("shares", &self.shares)
             .field("max_failed_attempts", &self.max_failed_attempts)
             .field("lockout_duration", &self.lockout_duration)
             .field(
@@ -110,6 +116,8 @@ impl Config {
             admins: Vec::new(),
             max_pending_challenges: 16_384,
             max_pending_per_ip: 64,
+            audit_path: None,
+            shares: None,
         }
     }
 
@@ -158,6 +166,23 @@ struct RawConfig {
     security: RawSecurity,
     #[serde(default)]
     admins: Option<Vec<String>>,
+    #[serde(default)]
+    audit: RawAudit,
+    #[serde(default)]
+    shares: Option<RawShares>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawShares {
+    threshold: Option<u8>,
+    window: Option<String>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAudit {
+    path: Option<String>,
 }
 
 #[derive(Default, Deserialize)]
@@ -228,6 +253,20 @@ impl RawConfig {
         }
         if let Some(v) = env("MEMKEY_LOCKOUT_DURATION") {
             self.security.lockout_duration = Some(v);
+        }
+        if let Some(v) = env("MEMKEY_SHARES_THRESHOLD") {
+            let n = v.trim().parse().map_err(|_| {
+                err(format!(
+                    "MEMKEY_SHARES_THRESHOLD={v:?} is not a number between 2 and 255"
+                ))
+            })?;
+            self.shares.get_or_insert_with(RawShares::default).threshold = Some(n);
+        }
+        if let Some(v) = env("MEMKEY_SHARES_WINDOW") {
+            self.shares.get_or_insert_with(RawShares::default).window = Some(v);
+        }
+        if let Some(v) = env("MEMKEY_AUDIT_PATH") {
+            self.audit.path = Some(v);
         }
         if let Some(v) = env("MEMKEY_ADMINS") {
             self.admins = Some(
@@ -331,7 +370,51 @@ impl RawConfig {
             }
         }
 
+        let audit_path = match self.audit.path {
+            None => None,
+            Some(s) if s.trim().is_empty() => None,
+            Some(s) => {
+                let p = PathBuf::from(s.trim());
+                if !p.is_absolute() {
+                    return Err(err(format!("audit.path {s:?} must be an absolute path")));
+                }
+                Some(p)
+            }
+        };
+
+        let shares = match self.shares {
+            None => None,
+            Some(s) => {
+                let threshold = s.threshold.ok_or_else(|| {
+                    err("shares.threshold (MEMKEY_SHARES_THRESHOLD) is required when shares: is set")
+                })?;
+                if threshold < 2 {
+                    return Err(err(
+                        "shares.threshold must be at least 2 (with 1, a single admin could load a key)",
+                    ));
+                }
+                if usize::from(threshold) > admins.len() {
+                    return Err(err(format!(
+                        "shares.threshold is {threshold} but only {} admins are configured; no key could ever be loaded",
+                        admins.len()
+                    )));
+                }
+                let window = match s.window {
+                    Some(w) => {
+                        parse_duration(&w).map_err(|e| err(format!("shares.window: {e}")))?
+                    }
+                    None => Duration::from_secs(600),
+                };
+                if window < Duration::from_secs(1) || window > Duration::from_secs(86_400) {
+                    return Err(err("shares.window must be between 1s and 24h"));
+                }
+                Some(crate::share_quorum::ShareSettings { threshold, window })
+            }
+        };
+
         let mut cfg = Config::new(identity);
+        cfg.audit_path = audit_path;
+        cfg.shares = shares;
         cfg.listen_addr = listen_addr;
         cfg.tls = tls;
         cfg.unix_socket_path = unix_socket_path;
@@ -401,6 +484,41 @@ mod tests {
     }
 
     #[test]
+    fn shares_section() {
+        let a: Vec<String> = (0..3)
+            .map(|_| {
+                hex::encode(
+                    crate::protocol::generate_identity()
+                        .verifying_key()
+                        .as_bytes(),
+                )
+            })
+            .collect();
+        let base = format!(
+            "identity:\n  private_key: \"{SEED}\"\nserver:\n  tls_enabled: false\nadmins: [{}]\n",
+            a.join(", ")
+        );
+        let f = yaml(&format!("{base}shares:\n  threshold: 2\n  window: 3s\n"));
+        let c = Config::load(Some(f.path()), env_of(&[])).unwrap();
+        let s = c.shares.unwrap();
+        assert_eq!((s.threshold, s.window), (2, Duration::from_secs(3)));
+        let f = yaml(&base);
+        let c = Config::load(Some(f.path()), env_of(&[("MEMKEY_SHARES_THRESHOLD", "3")])).unwrap();
+        assert_eq!(c.shares.unwrap().window, Duration::from_secs(600));
+        for (text, want) in [
+            ("shares:\n  threshold: 1\n", "at least 2"),
+            ("shares:\n  threshold: 4\n", "only 3 admins"),
+            ("shares:\n  window: 10m\n", "threshold"),
+        ] {
+            let f = yaml(&format!("{base}{text}"));
+            let e = Config::load(Some(f.path()), env_of(&[]))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(want), "{e}");
+        }
+    }
+
+    #[test]
     fn env_overrides_file() {
         let a1 = hex::encode(
             crate::protocol::generate_identity()
@@ -425,10 +543,15 @@ mod tests {
                 ("MEMKEY_MAX_FAILED_ATTEMPTS", "7"),
                 ("MEMKEY_LOCKOUT_DURATION", "1h"),
                 ("MEMKEY_ADMINS", &format!("{a1}, {a2},")),
+                ("MEMKEY_AUDIT_PATH", "/var/log/memkey/audit.jsonl"),
             ]),
         )
         .unwrap();
         assert_eq!(c.listen_addr.port(), 9999);
+        assert_eq!(
+            c.audit_path,
+            Some(PathBuf::from("/var/log/memkey/audit.jsonl"))
+        );
         assert!(c.tls.is_none());
         assert!(c.unix_socket_path.is_none());
         assert_eq!(c.challenge_timeout, Duration::from_secs(5));

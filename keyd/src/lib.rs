@@ -4,14 +4,18 @@
 //!
 //! * [`client`]: what the proxy calls (`fetch_keyring`, `fetch_status`).
 //! * [`server`]: run the server in-process (`Server::start`).
+//! * [`audit`]: the JSON-lines audit log of key events.
 //! * [`protocol`]: message formats and cryptography shared with `memkey-admin`.
 
+pub mod audit;
 pub mod client;
 pub mod config;
 pub mod harden;
 pub mod protocol;
 pub mod server;
 pub mod service;
+pub mod shamir;
+pub mod share_quorum;
 pub mod util;
 pub mod vault;
 

@@ -10,6 +10,8 @@
 //! Z    = X25519(ea, Es_pub) = X25519(es, Ea_pub)
 //! K    = HKDF-SHA256(salt = TH, ikm = Z, info = "memkey v1 key-wrap", L = 32)
 //! P    = key_id (u32 BE) ‖ flags (u8, bit 0 = make current) ‖ master key (32)
+//!   or, for an m-of-n share (flags bit 1):
+//!        key_id ‖ flags ‖ index (u8) ‖ threshold (u8) ‖ kcv (8) ‖ share (32)
 //! CT   = XChaCha20-Poly1305(K, N, P, aad = TH)
 //! sigA = Ed25519(A, "memkey v1 delivery" ‖ TH ‖ N ‖ CT)
 //! ACK  = HKDF-SHA256(salt = TH, ikm = Z, info = "memkey v1 confirm" ‖ key_id ‖ is_current, L = 32)
@@ -25,7 +27,7 @@ use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use hkdf::Hkdf;
 use rand::rngs::OsRng;
 use rand::RngCore;
-use s3cp_format::keys::{KeyId, MasterKey, KEY_LEN};
+use s3cp_format::keys::{KeyId, MasterKey, KCV_LEN, KEY_LEN};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -46,6 +48,12 @@ pub const TAG_LEN: usize = 16;
 pub const CIPHERTEXT_LEN: usize = PAYLOAD_LEN + TAG_LEN;
 /// Flag bit: the delivered key becomes the current key.
 pub const FLAG_MAKE_CURRENT: u8 = 0x01;
+/// Flag bit: the payload is one m-of-n share, not a whole key (`docs/key-protocol.md` §11).
+pub const FLAG_SHARE: u8 = 0x02;
+/// Sealed share payload: key id (4) ‖ flags (1) ‖ index (1) ‖ threshold (1) ‖ kcv (8) ‖ share (32).
+pub const SHARE_PAYLOAD_LEN: usize = 4 + 1 + 1 + 1 + KCV_LEN + KEY_LEN;
+/// Share ciphertext length including the tag.
+pub const SHARE_CIPHERTEXT_LEN: usize = SHARE_PAYLOAD_LEN + TAG_LEN;
 
 const LABEL_CHALLENGE: &[u8] = b"memkey v1 challenge";
 const LABEL_TRANSCRIPT: &[u8] = b"memkey v1 transcript";
@@ -169,6 +177,13 @@ pub struct DeliveryAck {
     pub current_key_id: Option<KeyId>,
     /// Key confirmation (hex): proves the responder derived the shared secret.
     pub confirmation: String,
+    /// Share deliveries only: distinct admins counted in this round (M when this share
+    /// completed it and the key was reconstructed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shares_received: Option<usize>,
+    /// Share deliveries only: shares needed (M).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub threshold: Option<u8>,
 }
 
 /// Error body of every 4xx/5xx answer.
@@ -344,7 +359,8 @@ pub struct Delivery {
     pub admin_public_key: [u8; 32],
     pub admin_ephemeral: [u8; 32],
     pub nonce: [u8; NONCE_LEN],
-    pub ciphertext: [u8; CIPHERTEXT_LEN],
+    /// [`CIPHERTEXT_LEN`] bytes (a whole key) or [`SHARE_CIPHERTEXT_LEN`] (one share).
+    pub ciphertext: Vec<u8>,
     pub signature: [u8; 64],
 }
 
@@ -372,9 +388,12 @@ impl Delivery {
             )?,
             nonce: decode_hex_array(&msg.nonce)
                 .ok_or(ProtocolError::Malformed("nonce must be 48 hex characters"))?,
-            ciphertext: decode_hex_array(&msg.ciphertext).ok_or(ProtocolError::Malformed(
-                "ciphertext must be 106 hex characters",
-            ))?,
+            ciphertext: hex::decode(msg.ciphertext.trim())
+                .ok()
+                .filter(|c| c.len() == CIPHERTEXT_LEN || c.len() == SHARE_CIPHERTEXT_LEN)
+                .ok_or(ProtocolError::Malformed(
+                    "ciphertext must be 106 hex characters (a key) or 126 (a share)",
+                ))?,
             signature: decode_hex_array(&msg.signature).ok_or(ProtocolError::Malformed(
                 "signature must be 128 hex characters",
             ))?,
@@ -388,7 +407,7 @@ impl Delivery {
             admin_public_key: hex::encode(self.admin_public_key),
             admin_ephemeral: hex::encode(self.admin_ephemeral),
             nonce: hex::encode(self.nonce),
-            ciphertext: hex::encode(self.ciphertext),
+            ciphertext: hex::encode(&self.ciphertext),
             signature: hex::encode(self.signature),
         }
     }
@@ -419,14 +438,61 @@ impl OpenedDelivery {
     }
 }
 
+/// A share delivery the server authenticated and decrypted.
+pub struct OpenedShare {
+    pub share: crate::shamir::KeyShare,
+    pub make_current: bool,
+    transcript: [u8; 32],
+    shared: Zeroizing<[u8; 32]>,
+}
+
+impl fmt::Debug for OpenedShare {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "OpenedShare {{ share: {:?} }}", self.share)
+    }
+}
+
+impl OpenedShare {
+    /// The acknowledgement: ACK over the share's key id and whether that key is now current.
+    pub fn confirmation(&self, is_current: bool) -> [u8; 32] {
+        confirmation(
+            &self.transcript,
+            &self.shared,
+            self.share.key_id,
+            is_current,
+        )
+    }
+}
+
+/// What a delivery carried: a whole key or one m-of-n share.
+#[derive(Debug)]
+pub enum OpenedPayload {
+    Key(OpenedDelivery),
+    Share(OpenedShare),
+}
+
 /// Server side: authenticates a delivery from `admin` (already checked against the allow list)
-/// for the challenge `issued`, then decrypts the master key.
+/// for the challenge `issued`, then decrypts the master key. A share payload is
+/// [`ProtocolError::BadPayload`] here; see [`open_any_delivery`].
 pub fn open_delivery(
     delivery: &Delivery,
     issued: &IssuedChallenge,
     server_public: &VerifyingKey,
     admin: &VerifyingKey,
 ) -> Result<OpenedDelivery, ProtocolError> {
+    match open_any_delivery(delivery, issued, server_public, admin)? {
+        OpenedPayload::Key(k) => Ok(k),
+        OpenedPayload::Share(_) => Err(ProtocolError::BadPayload),
+    }
+}
+
+/// Server side: [`open_delivery`] for both payload kinds.
+pub fn open_any_delivery(
+    delivery: &Delivery,
+    issued: &IssuedChallenge,
+    server_public: &VerifyingKey,
+    admin: &VerifyingKey,
+) -> Result<OpenedPayload, ProtocolError> {
     let th = transcript_hash(
         &issued.challenge,
         issued.timestamp,
@@ -445,24 +511,70 @@ pub fn open_delivery(
     let shared = diffie_hellman(&issued.ephemeral_secret, &delivery.admin_ephemeral)?;
     let k = wrap_key(&th, &shared);
     let cipher = XChaCha20Poly1305::new((&*k).into());
-    let mut buf = Zeroizing::new(Vec::with_capacity(CIPHERTEXT_LEN));
+    let mut buf = Zeroizing::new(Vec::with_capacity(SHARE_CIPHERTEXT_LEN));
     buf.extend_from_slice(&delivery.ciphertext);
     cipher
         .decrypt_in_place(XNonce::from_slice(&delivery.nonce), &th, &mut *buf)
         .map_err(|_| ProtocolError::DecryptionFailed)?;
-    if buf.len() != PAYLOAD_LEN || buf[4] & !FLAG_MAKE_CURRENT != 0 {
+    if buf.len() < 5 {
         return Err(ProtocolError::BadPayload);
     }
     let id = KeyId::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]);
-    let make_current = buf[4] & FLAG_MAKE_CURRENT != 0;
-    let mut bytes = Zeroizing::new([0u8; KEY_LEN]);
-    bytes.copy_from_slice(&buf[5..]);
-    Ok(OpenedDelivery {
-        key: MasterKey::new(id, *bytes),
-        make_current,
-        transcript: th,
-        shared,
-    })
+    let flags = buf[4];
+    let make_current = flags & FLAG_MAKE_CURRENT != 0;
+    if buf.len() == PAYLOAD_LEN && flags & !FLAG_MAKE_CURRENT == 0 {
+        let mut bytes = Zeroizing::new([0u8; KEY_LEN]);
+        bytes.copy_from_slice(&buf[5..]);
+        return Ok(OpenedPayload::Key(OpenedDelivery {
+            key: MasterKey::new(id, *bytes),
+            make_current,
+            transcript: th,
+            shared,
+        }));
+    }
+    if buf.len() == SHARE_PAYLOAD_LEN
+        && flags & !(FLAG_MAKE_CURRENT | FLAG_SHARE) == 0
+        && flags & FLAG_SHARE != 0
+    {
+        let (index, threshold) = (buf[5], buf[6]);
+        if index == 0 || threshold < 2 {
+            return Err(ProtocolError::BadPayload);
+        }
+        let mut kcv = [0u8; KCV_LEN];
+        kcv.copy_from_slice(&buf[7..7 + KCV_LEN]);
+        let mut value = Zeroizing::new([0u8; KEY_LEN]);
+        value.copy_from_slice(&buf[7 + KCV_LEN..]);
+        return Ok(OpenedPayload::Share(OpenedShare {
+            share: crate::shamir::KeyShare {
+                key_id: id,
+                index,
+                // The total number of shares is not sent: the server does not need it.
+                count: 0,
+                threshold,
+                kcv,
+                value,
+            },
+            make_current,
+            transcript: th,
+            shared,
+        }));
+    }
+    Err(ProtocolError::BadPayload)
+}
+
+/// Share payload P for one share (documentation and tests).
+pub fn share_payload_bytes(
+    share: &crate::shamir::KeyShare,
+    make_current: bool,
+) -> Zeroizing<Vec<u8>> {
+    let mut p = Zeroizing::new(Vec::with_capacity(SHARE_CIPHERTEXT_LEN));
+    p.extend_from_slice(&share.key_id.to_be_bytes());
+    p.push(FLAG_SHARE | if make_current { FLAG_MAKE_CURRENT } else { 0 });
+    p.push(share.index);
+    p.push(share.threshold);
+    p.extend_from_slice(&share.kcv);
+    p.extend_from_slice(&share.value[..]);
+    p
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -584,6 +696,37 @@ pub fn seal_delivery_with(
     ephemeral: StaticSecret,
     nonce: [u8; NONCE_LEN],
 ) -> Result<SealedDelivery, ProtocolError> {
+    let payload = encode_payload(key, make_current);
+    seal_payload_with(challenge, admin, key.id(), payload, ephemeral, nonce)
+}
+
+/// Admin side: seals one m-of-n share to the verified server (same protocol, share payload).
+pub fn seal_share_delivery(
+    challenge: &VerifiedChallenge,
+    admin: &SigningKey,
+    share: &crate::shamir::KeyShare,
+    make_current: bool,
+) -> Result<SealedDelivery, ProtocolError> {
+    let mut nonce = [0u8; NONCE_LEN];
+    OsRng.fill_bytes(&mut nonce);
+    seal_payload_with(
+        challenge,
+        admin,
+        share.key_id,
+        share_payload_bytes(share, make_current),
+        StaticSecret::random_from_rng(OsRng),
+        nonce,
+    )
+}
+
+fn seal_payload_with(
+    challenge: &VerifiedChallenge,
+    admin: &SigningKey,
+    key_id: KeyId,
+    payload: Zeroizing<Vec<u8>>,
+    ephemeral: StaticSecret,
+    nonce: [u8; NONCE_LEN],
+) -> Result<SealedDelivery, ProtocolError> {
     let admin_ephemeral = XPublic::from(&ephemeral).to_bytes();
     let admin_public = admin.verifying_key().to_bytes();
     let th = transcript_hash(
@@ -598,12 +741,11 @@ pub fn seal_delivery_with(
     drop(ephemeral);
     let k = wrap_key(&th, &shared);
     let cipher = XChaCha20Poly1305::new((&*k).into());
-    let mut buf = encode_payload(key, make_current);
+    let mut buf = payload;
     cipher
         .encrypt_in_place(XNonce::from_slice(&nonce), &th, &mut *buf)
         .map_err(|_| ProtocolError::Malformed("encryption failed"))?;
-    let mut ciphertext = [0u8; CIPHERTEXT_LEN];
-    ciphertext.copy_from_slice(&buf);
+    let ciphertext = buf.to_vec();
     let signature = admin
         .sign(&delivery_signed_bytes(&th, &nonce, &ciphertext))
         .to_bytes();
@@ -616,7 +758,7 @@ pub fn seal_delivery_with(
             ciphertext,
             signature,
         },
-        key_id: key.id(),
+        key_id,
         transcript: th,
         shared,
     })
@@ -750,6 +892,49 @@ mod tests {
     }
 
     #[test]
+    fn share_payload_layout_and_round_trip() {
+        let f = fixture();
+        let key = MasterKey::generate(0x0102_0304);
+        let share = crate::shamir::split(&key, 2, 3).unwrap().remove(1);
+        // The documented layout: id ‖ flags ‖ index ‖ threshold ‖ kcv ‖ share (47 bytes).
+        let p = share_payload_bytes(&share, true);
+        assert_eq!(p.len(), SHARE_PAYLOAD_LEN);
+        assert_eq!(SHARE_PAYLOAD_LEN, 47);
+        assert_eq!(&p[..4], &[1, 2, 3, 4]);
+        assert_eq!(p[4], FLAG_SHARE | FLAG_MAKE_CURRENT);
+        assert_eq!((p[5], p[6]), (2, 2));
+        assert_eq!(&p[7..15], &share.kcv);
+        assert_eq!(&p[15..], &share.value[..]);
+
+        let sealed = seal_share_delivery(&f.verified, &f.admin, &share, true).unwrap();
+        let msg = sealed.delivery.to_message();
+        assert_eq!(msg.ciphertext.len(), 2 * SHARE_CIPHERTEXT_LEN);
+        assert_eq!(msg.ciphertext.len(), 126);
+        let parsed = Delivery::from_json(&serde_json::to_vec(&msg).unwrap()).unwrap();
+        let (server_pk, admin_pk) = (f.server.verifying_key(), f.admin.verifying_key());
+        match open_any_delivery(&parsed, &f.issued, &server_pk, &admin_pk).unwrap() {
+            OpenedPayload::Share(o) => {
+                assert_eq!((o.share.key_id, o.share.index, o.share.threshold), (0x0102_0304, 2, 2));
+                assert_eq!(o.share.value[..], share.value[..]);
+                assert!(o.make_current);
+            }
+            other => panic!("{other:?}"),
+        }
+        // A share is never taken for a whole key by the key-only entry point.
+        assert_eq!(
+            open_delivery(&parsed, &f.issued, &server_pk, &admin_pk).unwrap_err(),
+            ProtocolError::BadPayload
+        );
+        // Other ciphertext lengths are malformed.
+        let mut bad = msg.clone();
+        bad.ciphertext.push_str("00");
+        assert!(matches!(
+            Delivery::from_message(&bad),
+            Err(ProtocolError::Malformed(_))
+        ));
+    }
+
+    #[test]
     fn round_trip_and_confirmation() {
         let f = fixture();
         let key = MasterKey::generate(42);
@@ -774,6 +959,8 @@ mod tests {
             key_ids: vec![42],
             current_key_id: Some(42),
             confirmation: hex::encode(opened.confirmation(true)),
+            shares_received: None,
+            threshold: None,
         };
         sealed.check_confirmation(&ack).unwrap();
         let lying = DeliveryAck {

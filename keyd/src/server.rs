@@ -115,10 +115,27 @@ impl Server {
             None => None,
         };
 
-        let service = Arc::new(KeyService::new(&config));
+        let audit =
+            crate::audit::AuditLog::from_config(config.audit_path.as_deref()).map_err(|e| {
+                StartError::Io(format!(
+                    "cannot open the audit log {}: {e}",
+                    config
+                        .audit_path
+                        .as_deref()
+                        .unwrap_or(Path::new("-"))
+                        .display()
+                ))
+            })?;
+        let service = Arc::new(KeyService::with_audit(&config, audit));
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let mut tasks = Vec::new();
         let is_tls = tls.is_some();
+        if config.shares.is_some() {
+            tasks.push(tokio::spawn(share_expiry_loop(
+                service.clone(),
+                shutdown_rx.clone(),
+            )));
+        }
         tasks.push(tokio::spawn(tcp_loop(
             tcp,
             tls,
@@ -160,6 +177,17 @@ impl Server {
             shutdown_tx,
             tasks,
         })
+    }
+}
+
+/// Discards m-of-n shares whose window elapsed even when no further share arrives.
+async fn share_expiry_loop(service: Arc<KeyService>, mut shutdown: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => service.expire_shares(),
+            _ = shutdown.changed() => return,
+        }
     }
 }
 

@@ -14,11 +14,13 @@ use serde::{Deserialize, Serialize};
 use subtle::{Choice, ConditionallySelectable, ConstantTimeEq};
 use zeroize::{Zeroize, Zeroizing};
 
+use crate::audit::{AuditEvent, AuditLog};
 use crate::config::Config;
 use crate::protocol::{
-    fingerprint_hex, open_delivery, ChallengeMsg, Delivery, DeliveryAck, ErrorBody,
-    IssuedChallenge, ProtocolError, CHALLENGE_LEN,
+    fingerprint_hex, open_any_delivery, ChallengeMsg, Delivery, DeliveryAck, ErrorBody,
+    IssuedChallenge, OpenedDelivery, OpenedPayload, OpenedShare, ProtocolError, CHALLENGE_LEN,
 };
+use crate::share_quorum::{Offered, Refusal, ShareQuorum};
 use crate::util::{rfc3339, unix_now};
 use crate::vault::{Vault, VaultError};
 use s3cp_format::keys::KeyId;
@@ -220,6 +222,9 @@ pub struct KeyService {
     challenges: Mutex<Challenges>,
     failures: Mutex<Failures>,
     vault: Mutex<Vault>,
+    /// m-of-n collector; `Some` means single-admin key deliveries are refused.
+    quorum: Option<Mutex<ShareQuorum>>,
+    audit: AuditLog,
     pub stats: Stats,
 }
 
@@ -241,7 +246,13 @@ fn locked_out(remaining: Duration) -> ApiError {
 }
 
 impl KeyService {
+    /// A service whose audit lines go to stderr; see [`KeyService::with_audit`].
     pub fn new(config: &Config) -> Self {
+        Self::with_audit(config, AuditLog::stderr())
+    }
+
+    /// A service writing its key events to `audit`.
+    pub fn with_audit(config: &Config, audit: AuditLog) -> Self {
         let public = config.identity.verifying_key();
         let vault = Vault::new();
         Self {
@@ -258,8 +269,15 @@ impl KeyService {
             challenges: Mutex::new(Challenges::default()),
             failures: Mutex::new(Failures::default()),
             vault: Mutex::new(vault),
+            quorum: config.shares.map(|s| Mutex::new(ShareQuorum::new(s))),
+            audit,
             stats: Stats::default(),
         }
+    }
+
+    /// The audit log (key sources record `unsealed` / `refused` here).
+    pub fn audit(&self) -> &AuditLog {
+        &self.audit
     }
 
     /// Hex SHA-256 of the identity public key.
@@ -360,7 +378,31 @@ impl KeyService {
     /// Malformed bodies are rejected without touching any state. A well-formed delivery always
     /// consumes the challenge it names (one attempt per challenge), and every authentication
     /// failure counts toward the source address's lockout.
+    ///
+    /// Every outcome is audited: `delivered` on success, `refused` (with the error code as the
+    /// reason and the *claimed* admin key when the body named one) otherwise.
     pub fn deliver(&self, ip: IpAddr, body: &[u8]) -> Result<DeliveryAck, ApiError> {
+        let mut claimed_admin = None;
+        let result = self.deliver_audited(ip, body, &mut claimed_admin);
+        if let Err(e) = &result {
+            self.audit.record(AuditEvent::Refused {
+                reason: e.code,
+                detail: &e.message,
+                key_id: None,
+                admin: claimed_admin.as_ref(),
+                ip: Some(ip),
+                source: None,
+            });
+        }
+        result
+    }
+
+    fn deliver_audited(
+        &self,
+        ip: IpAddr,
+        body: &[u8],
+        claimed_admin: &mut Option<VerifyingKey>,
+    ) -> Result<DeliveryAck, ApiError> {
         self.check_lockout(ip)?;
         self.stats
             .deliveries_received
@@ -376,9 +418,21 @@ impl KeyService {
             }
             Err(e) => return Err(ApiError::new(400, "malformed", e.to_string())),
         };
+        *claimed_admin = VerifyingKey::from_bytes(&delivery.admin_public_key).ok();
         let result = self.authenticate_and_store(ip, &delivery);
         if let Err(e) = &result {
-            if !matches!(e.code, "key_id_conflict" | "key_store_full") {
+            // Refusals of an authenticated admin's payload are not authentication failures.
+            if !matches!(
+                e.code,
+                "key_id_conflict"
+                    | "key_store_full"
+                    | "shares_required"
+                    | "shares_not_configured"
+                    | "share_threshold_mismatch"
+                    | "share_round_busy"
+                    | "share_index_taken"
+                    | "share_reconstruction_failed"
+            ) {
                 self.record_failure(ip, e);
             }
         }
@@ -431,7 +485,7 @@ impl KeyService {
             )
         })?;
         let opened =
-            open_delivery(d, &pending.issued, &self.public, &admin).map_err(|e| match e {
+            open_any_delivery(d, &pending.issued, &self.public, &admin).map_err(|e| match e {
                 ProtocolError::BadAdminSignature => {
                     ApiError::new(401, "bad_signature", "the admin signature does not verify")
                 }
@@ -449,6 +503,29 @@ impl KeyService {
                 other => ApiError::new(400, "malformed", other.to_string()),
             })?;
         drop(pending);
+        let opened = match opened {
+            OpenedPayload::Key(k) => k,
+            OpenedPayload::Share(share) => return self.accept_share(ip, &admin, share),
+        };
+        if let Some(q) = &self.quorum {
+            let m = q.lock().expect("quorum lock").settings().threshold;
+            return Err(ApiError::new(
+                403,
+                "shares_required",
+                format!(
+                    "this server loads keys only from {m} administrators' shares (m-of-n); a single admin cannot load or replace a key: use `memkey-admin key send-share`"
+                ),
+            ));
+        }
+        self.store_whole_key(ip, &admin, opened)
+    }
+
+    fn store_whole_key(
+        &self,
+        ip: IpAddr,
+        admin: &VerifyingKey,
+        opened: OpenedDelivery,
+    ) -> Result<DeliveryAck, ApiError> {
         let key_id = opened.key.id();
         let (inserted, key_ids, current) = {
             let mut v = self.vault.lock().expect("vault lock");
@@ -464,6 +541,13 @@ impl KeyService {
         self.stats
             .deliveries_accepted
             .fetch_add(1, Ordering::Relaxed);
+        self.audit.record(AuditEvent::Delivered {
+            key_id,
+            admin,
+            ip,
+            current: inserted.is_current,
+            already_loaded: inserted.already_loaded,
+        });
         log::info!(
             "key id {key_id} {} by admin {} from {ip}; current key id {:?}, loaded ids {key_ids:?}",
             if inserted.already_loaded {
@@ -482,7 +566,173 @@ impl KeyService {
             key_ids,
             current_key_id: current,
             confirmation: hex::encode(opened.confirmation(inserted.is_current)),
+            shares_received: None,
+            threshold: None,
         })
+    }
+
+    /// One authenticated m-of-n share: counted per distinct admin; the M-th reconstructs the key.
+    fn accept_share(
+        &self,
+        ip: IpAddr,
+        admin: &VerifyingKey,
+        opened: OpenedShare,
+    ) -> Result<DeliveryAck, ApiError> {
+        let Some(quorum) = &self.quorum else {
+            return Err(ApiError::new(
+                409,
+                "shares_not_configured",
+                "this server is not configured for m-of-n delivery (no shares: section); send the whole key with `memkey-admin key send`",
+            ));
+        };
+        let key_id = opened.share.key_id;
+        let index = opened.share.index;
+        let mut q = quorum.lock().expect("quorum lock");
+        self.record_expiry(&mut q);
+        let outcome = q.offer(
+            Instant::now(),
+            *admin,
+            opened.share.clone(),
+            opened.make_current,
+        );
+        drop(q);
+        let (key_ids, current_key_id) = {
+            let v = self.vault.lock().expect("vault lock");
+            (v.ids(), v.current())
+        };
+        match outcome {
+            Ok(Offered::Held {
+                distinct_admins,
+                threshold,
+                counted,
+                ..
+            }) => {
+                self.audit.record(AuditEvent::ShareReceived {
+                    key_id,
+                    admin,
+                    ip,
+                    share_index: index,
+                    distinct_admins,
+                    threshold,
+                });
+                log::info!(
+                    "share {index} of key id {key_id} {} from admin {} ({ip}); {distinct_admins} of {threshold} admins",
+                    if counted { "received" } else { "repeated (an admin counts once)" },
+                    &hex::encode(admin.as_bytes())[..16],
+                );
+                self.failures.lock().expect("failures lock").success(ip);
+                Ok(DeliveryAck {
+                    status: if counted { "share_received" } else { "share_already_counted" }.into(),
+                    key_id,
+                    current: false,
+                    already_loaded: false,
+                    key_ids,
+                    current_key_id,
+                    confirmation: hex::encode(opened.confirmation(false)),
+                    shares_received: Some(distinct_admins),
+                    threshold: Some(threshold),
+                })
+            }
+            Ok(Offered::Reconstructed {
+                key,
+                admins,
+                make_current,
+            }) => {
+                let threshold = admins.len();
+                self.audit.record(AuditEvent::ShareReceived {
+                    key_id,
+                    admin,
+                    ip,
+                    share_index: index,
+                    distinct_admins: threshold,
+                    threshold: threshold as u8,
+                });
+                let (inserted, key_ids, current) = {
+                    let mut v = self.vault.lock().expect("vault lock");
+                    let r = v.insert(&key, make_current).map_err(|e| match e {
+                        VaultError::Conflict(_) => {
+                            ApiError::new(409, "key_id_conflict", e.to_string())
+                        }
+                        VaultError::Full => ApiError::new(507, "key_store_full", e.to_string()),
+                    })?;
+                    (r, v.ids(), v.current())
+                };
+                drop(key);
+                self.failures.lock().expect("failures lock").success(ip);
+                self.stats
+                    .deliveries_accepted
+                    .fetch_add(1, Ordering::Relaxed);
+                self.audit.record(AuditEvent::KeyReconstructed {
+                    key_id,
+                    admins: &admins,
+                    current: inserted.is_current,
+                    already_loaded: inserted.already_loaded,
+                });
+                log::info!(
+                    "key id {key_id} reconstructed from {threshold} admins' shares and {}; current key id {current:?}, loaded ids {key_ids:?}",
+                    if inserted.already_loaded { "was already loaded" } else { "loaded" },
+                );
+                Ok(DeliveryAck {
+                    status: "ok".into(),
+                    key_id,
+                    current: inserted.is_current,
+                    already_loaded: inserted.already_loaded,
+                    key_ids,
+                    current_key_id: current,
+                    confirmation: hex::encode(opened.confirmation(inserted.is_current)),
+                    shares_received: Some(threshold),
+                    threshold: Some(threshold as u8),
+                })
+            }
+            Err(Refusal::ThresholdMismatch { got, want }) => Err(ApiError::new(
+                400,
+                "share_threshold_mismatch",
+                format!("this share was made for a threshold of {got}; the server needs {want} (shares.threshold)"),
+            )),
+            Err(Refusal::OtherRoundInProgress { key_id: other }) => Err(ApiError::new(
+                409,
+                "share_round_busy",
+                format!("shares of key id {other} (another split) are being collected; retry when that window ends"),
+            )),
+            Err(Refusal::IndexTaken { index }) => Err(ApiError::new(
+                409,
+                "share_index_taken",
+                format!("another admin already delivered share {index} in this round"),
+            )),
+            Err(Refusal::Reconstruction { why, admins, .. }) => Err(ApiError::new(
+                422,
+                "share_reconstruction_failed",
+                format!(
+                    "the shares of {} admins did not reconstruct key id {key_id}: {why}; all shares were discarded",
+                    admins.len()
+                ),
+            )),
+        }
+    }
+
+    /// Discards shares whose window elapsed (the server calls this periodically).
+    pub fn expire_shares(&self) {
+        if let Some(q) = &self.quorum {
+            let mut q = q.lock().expect("quorum lock");
+            self.record_expiry(&mut q);
+        }
+    }
+
+    fn record_expiry(&self, q: &mut ShareQuorum) {
+        if let Some(e) = q.expire(Instant::now()) {
+            let threshold = q.settings().threshold;
+            self.audit.record(AuditEvent::SharesExpired {
+                key_id: e.key_id,
+                discarded: e.discarded,
+                threshold,
+            });
+            log::warn!(
+                "m-of-n window of {}s ended with {} of {threshold} shares for key id {}; shares discarded",
+                q.settings().window.as_secs(),
+                e.discarded,
+                e.key_id
+            );
+        }
     }
 
     /// Constant-time membership test over the whole admin list.
@@ -542,9 +792,21 @@ impl KeyService {
         Some(out)
     }
 
-    /// Wipes every key (shutdown).
+    /// Wipes every key (shutdown); each key id leaving memory is audited as `key_retired`.
     pub fn wipe(&self) {
-        self.vault.lock().expect("vault lock").clear();
+        if let Some(q) = &self.quorum {
+            q.lock().expect("quorum lock").wipe();
+        }
+        let mut v = self.vault.lock().expect("vault lock");
+        let ids = v.ids();
+        v.clear();
+        drop(v);
+        for key_id in ids {
+            self.audit.record(AuditEvent::KeyRetired {
+                key_id,
+                reason: "shutdown",
+            });
+        }
     }
 
     /// Current challenge timeout.
@@ -627,6 +889,115 @@ mod tests {
         assert!(!serde_json::to_string(&st)
             .unwrap()
             .contains(&hex::encode(key.expose())));
+    }
+
+    #[test]
+    fn deliveries_and_refusals_are_audited_without_key_material() {
+        let admin = generate_identity();
+        let mut cfg = Config::new(generate_identity());
+        cfg.admins = vec![admin.verifying_key()];
+        let fp = fingerprint(&cfg.identity.verifying_key());
+        let svc = KeyService::with_audit(&cfg, AuditLog::memory());
+        let key = MasterKey::generate(5);
+        let body = serde_json::to_vec(&delivery(&svc, ip(1), &admin, &fp, &key, true)).unwrap();
+        svc.deliver(ip(1), &body).unwrap();
+        let intruder = generate_identity();
+        let body = serde_json::to_vec(&delivery(&svc, ip(2), &intruder, &fp, &key, true)).unwrap();
+        svc.deliver(ip(2), &body).unwrap_err();
+        svc.wipe();
+        let lines = svc.audit().lines();
+        let events: Vec<serde_json::Value> = lines
+            .iter()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(events.len(), 3, "{lines:?}");
+        assert_eq!(events[0]["event"], "delivered");
+        assert_eq!(events[0]["key_id"], 5);
+        assert_eq!(events[0]["admin"], fingerprint_hex(&admin.verifying_key()));
+        assert_eq!(events[0]["ip"], "10.0.0.1");
+        assert_eq!(events[1]["event"], "refused");
+        assert_eq!(events[1]["reason"], "unknown_admin");
+        assert_eq!(
+            events[1]["admin"],
+            fingerprint_hex(&intruder.verifying_key())
+        );
+        assert_eq!(events[2]["event"], "key_retired");
+        let secret = hex::encode(key.expose());
+        assert!(lines.iter().all(|l| !l.contains(&secret)));
+    }
+
+    #[test]
+    fn m_of_n_through_deliver() {
+        use crate::protocol::seal_share_delivery;
+        use crate::share_quorum::ShareSettings;
+        let admins: Vec<SigningKey> = (0..3).map(|_| generate_identity()).collect();
+        let mut cfg = Config::new(generate_identity());
+        cfg.admins = admins.iter().map(|a| a.verifying_key()).collect();
+        cfg.shares = Some(ShareSettings {
+            threshold: 2,
+            window: Duration::from_secs(60),
+        });
+        let fp = fingerprint(&cfg.identity.verifying_key());
+        let svc = KeyService::with_audit(&cfg, AuditLog::memory());
+        let key = MasterKey::generate(6);
+        // A whole key from one admin is refused.
+        let body = serde_json::to_vec(&delivery(&svc, ip(1), &admins[0], &fp, &key, true)).unwrap();
+        assert_eq!(
+            svc.deliver(ip(1), &body).unwrap_err().code,
+            "shares_required"
+        );
+        assert!(svc.raw_keys().is_none());
+        let shares = crate::shamir::split(&key, 2, 3).unwrap();
+        let send = |who: &SigningKey, i: usize| {
+            let ch = svc.issue_challenge(ip(1)).unwrap().verify(&fp).unwrap();
+            let sealed = seal_share_delivery(&ch, who, &shares[i], true).unwrap();
+            let body = serde_json::to_vec(&sealed.delivery.to_message()).unwrap();
+            let r = svc.deliver(ip(1), &body);
+            if let Ok(ack) = &r {
+                sealed.check_confirmation(ack).unwrap();
+            }
+            r
+        };
+        let ack = send(&admins[0], 0).unwrap();
+        assert_eq!(
+            (ack.status.as_str(), ack.shares_received),
+            ("share_received", Some(1))
+        );
+        let ack = send(&admins[0], 1).unwrap();
+        assert_eq!(ack.status, "share_already_counted");
+        assert!(svc.raw_keys().is_none());
+        let ack = send(&admins[1], 2).unwrap();
+        assert_eq!((ack.status.as_str(), ack.current), ("ok", true));
+        let raw = svc.raw_keys().unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&raw).unwrap();
+        assert_eq!(v["keys"][0]["key"], hex::encode(key.expose()));
+        let lines = svc.audit().lines();
+        let events: Vec<String> = lines
+            .iter()
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).unwrap()["event"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned()
+            })
+            .collect();
+        assert_eq!(
+            events,
+            [
+                "refused",
+                "share_received",
+                "share_received",
+                "share_received",
+                "key_reconstructed"
+            ]
+        );
+        for s in &shares {
+            let secret = hex::encode(&s.value[..]);
+            assert!(lines.iter().all(|l| !l.contains(&secret)));
+        }
+        assert!(lines
+            .iter()
+            .all(|l| !l.contains(&hex::encode(key.expose()))));
     }
 
     #[test]

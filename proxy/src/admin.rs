@@ -124,6 +124,36 @@ impl AdminApi {
     }
 }
 
+impl AdminApi {
+    /// `GET /api/v1/key/verify?bucket=B&key_id=N&kcv=HEX[&prefix=P][&limit=N]`: the key ids and
+    /// key-check values of a bucket's objects against a key the admin is about to send.
+    async fn key_verify(&self, session: &ServerSession) -> Response<Vec<u8>> {
+        let q = filters::request::parse_query(session.req_header().uri.query().unwrap_or(""));
+        let get = |n: &str| q.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone());
+        let Some(bucket) = get("bucket") else {
+            return json(400, serde_json::json!({ "error": "bucket= is required" }));
+        };
+        if !self.bucket_allowed(&bucket) {
+            return json(
+                403,
+                serde_json::json!({ "error": format!("bucket {bucket:?} is not in the proxy's allowed_buckets"), "code": "AccessDenied", "bucket": bucket }),
+            );
+        }
+        let Some(key_id) = get("key_id").and_then(|v| v.parse::<u32>().ok()) else {
+            return json(400, serde_json::json!({ "error": "key_id= (a number) is required" }));
+        };
+        let Some(kcv) = get("kcv").and_then(|v| keyd::protocol::decode_hex_array::<8>(&v)) else {
+            return json(400, serde_json::json!({ "error": "kcv= (16 hex characters, the key-check value) is required" }));
+        };
+        let limit = get("limit").and_then(|v| v.parse::<usize>().ok()).unwrap_or(5).clamp(1, crate::key_verify::MAX_LIMIT);
+        let prefix = get("prefix").unwrap_or_default();
+        match crate::key_verify::survey(&self.backend, &bucket, &prefix, limit, key_id, &kcv).await {
+            Ok(report) => json(200, serde_json::to_value(report).expect("json")),
+            Err(e) => json(502, serde_json::json!({ "error": e })),
+        }
+    }
+}
+
 #[async_trait]
 impl ServeHttp for AdminApi {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
@@ -145,6 +175,12 @@ impl ServeHttp for AdminApi {
                 } else {
                     json(200, self.key_status())
                 }
+            }
+            "/api/v1/key/verify" => {
+                if self.token.is_none() || !self.authorized(session) {
+                    return json(401, serde_json::json!({ "error": "missing or wrong bearer token" }));
+                }
+                self.key_verify(session).await
             }
             "/api/v1/rewrap" => {
                 if !self.authorized(session) {

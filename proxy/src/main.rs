@@ -4,6 +4,7 @@ mod admin;
 mod audit;
 mod background;
 mod config;
+mod key_verify;
 mod metrics;
 mod redact;
 mod rewrap;
