@@ -4,6 +4,7 @@ mod admin;
 mod audit;
 mod background;
 mod config;
+mod key_usage;
 mod metrics;
 mod redact;
 mod rewrap;
