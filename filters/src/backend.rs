@@ -174,8 +174,13 @@ impl Backend {
                     p.push('&');
                 }
                 p.push_str(&aws_uri_encode(k, true));
-                p.push('=');
-                p.push_str(&aws_uri_encode(v, true));
+                // A sub-resource without a value goes on as SDKs send it (`?retention`, not
+                // `?retention=`: moto reads the latter as a plain GET of the object). Both
+                // sign the same (the canonical query always has `k=`).
+                if !v.is_empty() {
+                    p.push('=');
+                    p.push_str(&aws_uri_encode(v, true));
+                }
             }
         }
         p
@@ -419,6 +424,7 @@ mod tests {
         let b = backend("http://127.0.0.1:3900", true);
         assert_eq!(b.host_for(Some("bkt")), "127.0.0.1:3900");
         assert_eq!(b.path_and_query(Some("bkt"), Some("a b/c:d"), &[]), "/bkt/a%20b/c%3Ad");
+        assert_eq!(b.path_and_query(Some("bkt"), Some("k"), &[("retention".into(), "".into()), ("versionId".into(), "v/1".into())]), "/bkt/k?retention&versionId=v%2F1");
         let v = backend("https://localhost", false);
         assert_eq!(v.host_for(Some("bkt")), "bkt.localhost");
         assert_eq!(

@@ -13,6 +13,7 @@
 //! - UploadPartCopy: the source (or its range) is decrypted and encrypted again as the
 //!   part's segment, streaming (`crypto/partcopy.rs`).
 
+mod attributes;
 pub mod copy;
 mod metadata;
 mod multipart;
@@ -223,6 +224,7 @@ impl Filter for CryptoFilter {
             s3.op,
             Operation::PutObject | Operation::UploadPart | Operation::CreateMultipartUpload | Operation::GetObject
                 | Operation::HeadObject | Operation::CopyObject | Operation::UploadPartCopy | Operation::CompleteMultipartUpload
+                | Operation::GetObjectAttributes
         );
         if !obj_op {
             return Ok(Flow::Continue);
@@ -271,6 +273,10 @@ impl Filter for CryptoFilter {
             },
             Operation::CopyObject => {
                 let reply = copy::copy_object(&self.backend, &ring, req, &s3, ctx).await?;
+                return Ok(Flow::Respond(reply));
+            }
+            Operation::GetObjectAttributes => {
+                let reply = attributes::get_object_attributes(&self.backend, &ring, req, &s3, self.unencrypted.legacy(), ctx).await?;
                 return Ok(Flow::Respond(reply));
             }
             Operation::CompleteMultipartUpload => CryptoCtx::Complete(multipart::before_complete(&self.backend, &s3).await?),

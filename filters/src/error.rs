@@ -35,6 +35,7 @@ pub enum S3ErrorCode {
     NoSuchBucket,
     NoSuchKey,
     NoSuchUpload,
+    NoSuchVersion,
     NotImplemented,
     PreconditionFailed,
     NotModified,
@@ -55,7 +56,7 @@ impl S3ErrorCode {
             AuthorizationQueryParametersError | BadDigest | IncompleteBody | InvalidArgument | InvalidBucketName | InvalidDigest
             | InvalidPart | InvalidPartOrder | InvalidRequest | KeyTooLongError | MalformedXML | MetadataTooLarge
             | XAmzContentSHA256Mismatch | EntityTooLarge | EntityTooSmall => 400,
-            NoSuchBucket | NoSuchKey | NoSuchUpload => 404,
+            NoSuchBucket | NoSuchKey | NoSuchUpload | NoSuchVersion => 404,
             MethodNotAllowed => 405,
             MissingContentLength => 411,
             PreconditionFailed => 412,
@@ -96,6 +97,7 @@ impl S3ErrorCode {
             NoSuchBucket => "NoSuchBucket",
             NoSuchKey => "NoSuchKey",
             NoSuchUpload => "NoSuchUpload",
+            NoSuchVersion => "NoSuchVersion",
             NotImplemented => "NotImplemented",
             PreconditionFailed => "PreconditionFailed",
             NotModified => "NotModified",
@@ -117,7 +119,7 @@ impl S3ErrorCode {
             AccessDenied, AuthorizationQueryParametersError, BadDigest, EntityTooLarge, EntityTooSmall, IncompleteBody,
             InternalError, InvalidAccessKeyId, InvalidArgument, InvalidBucketName, InvalidDigest, InvalidObjectState,
             InvalidPart, InvalidPartOrder, InvalidPartNumber, InvalidRange, InvalidRequest, KeyTooLongError, MalformedXML, MetadataTooLarge,
-            MethodNotAllowed, MissingContentLength, NoSuchBucket, NoSuchKey, NoSuchUpload, NotImplemented,
+            MethodNotAllowed, MissingContentLength, NoSuchBucket, NoSuchKey, NoSuchUpload, NoSuchVersion, NotImplemented,
             PreconditionFailed, NotModified, RequestTimeTooSkewed, ServiceUnavailable, SignatureDoesNotMatch, SlowDown,
             XAmzContentSHA256Mismatch, BadGateway,
         ]

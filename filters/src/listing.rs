@@ -1,4 +1,7 @@
-//! The `listing` filter: ListObjects (V1 and V2) and ListParts answers report plaintext sizes.
+//! The `listing` filter: ListObjects (V1 and V2), ListObjectVersions and ListParts answers
+//! report plaintext sizes (and the client's ETags). Every `<Version>` of a versioned bucket
+//! is sized as a `<Contents>` entry is (an ambiguous one is asked with its `versionId`);
+//! `<DeleteMarker>` entries have no size and pass unchanged.
 //!
 //! The backend lists stored sizes. The plaintext size of an encrypted object is a pure
 //! function of its stored size, its chunk size and its number of segments (the backend's
@@ -104,16 +107,16 @@ impl ListingFilter {
             return Ok(Reply { status: resp.status.as_u16(), headers: vec![("content-type", content_type)], body });
         }
         let url_keys = s3.query_value("encoding-type").is_some_and(|v| v.eq_ignore_ascii_case("url"));
-        let mut ask: Vec<String> = Vec::new();
+        let mut ask: Vec<Entry> = Vec::new();
         walk(&body, url_keys, self.rule.current, |e| {
             if self.rule.size(e) == Sized::Ask {
-                ask.push(e.key.to_string());
+                ask.push(entry_of(e));
             }
             None
         })?;
         let probes = self.probe_all(bucket.unwrap_or(""), ask).await;
         let out = walk(&body, url_keys, self.rule.current, |e| {
-            Some(match probes.get(e.key) {
+            Some(match probes.get(&entry_of(e)) {
                 // The same object as listed (not replaced since): its metadata decides.
                 Some((p, len)) if *len == Some(e.stored) => self.rule.size_after(e, *p),
                 Some(_) => self.rule.size_after(e, Probe::Failed),
@@ -123,8 +126,8 @@ impl ListingFilter {
         Ok(Reply { status: 200, headers: vec![("content-type", "application/xml".into())], body: out })
     }
 
-    /// HEADs the objects, [`HEAD_CONCURRENCY`] at a time.
-    async fn probe_all(&self, bucket: &str, keys: Vec<String>) -> HashMap<String, (Probe, Option<u64>)> {
+    /// HEADs the objects (each listed version by its id), [`HEAD_CONCURRENCY`] at a time.
+    async fn probe_all(&self, bucket: &str, keys: Vec<Entry>) -> HashMap<Entry, (Probe, Option<u64>)> {
         let mut out = HashMap::new();
         let mut tasks = tokio::task::JoinSet::new();
         let mut keys = keys.into_iter();
@@ -133,7 +136,7 @@ impl ListingFilter {
                 let Some(key) = keys.next() else { break };
                 let (backend, bucket) = (self.backend.clone(), bucket.to_string());
                 tasks.spawn(async move {
-                    let p = probe(&backend, &bucket, &key).await;
+                    let p = probe(&backend, &bucket, &key.0, key.1.as_deref()).await;
                     (key, p)
                 });
             }
@@ -149,10 +152,19 @@ impl ListingFilter {
     }
 }
 
+/// A listed entry to ask: its key and, in a ListObjectVersions page, its version id.
+type Entry = (String, Option<String>);
+
+fn entry_of(e: &Listed<'_>) -> Entry {
+    (e.key.to_string(), e.version.map(str::to_string))
+}
+
 /// What the object's own metadata says about its format, and its stored length (to
-/// recognise an object replaced since the listing).
-async fn probe(backend: &Backend, bucket: &str, key: &str) -> (Probe, Option<u64>) {
-    let head = match backend.request("HEAD", Some(bucket), Some(key), &[], &[], None) {
+/// recognise an object replaced since the listing). A listed version is asked by its id
+/// (versions never change, so its length always matches).
+async fn probe(backend: &Backend, bucket: &str, key: &str, version: Option<&str>) -> (Probe, Option<u64>) {
+    let query: Vec<(String, String)> = version.iter().map(|v| ("versionId".to_string(), v.to_string())).collect();
+    let head = match backend.request("HEAD", Some(bucket), Some(key), &query, &[], None) {
         Ok(h) => h,
         Err(_) => return (Probe::Failed, None),
     };
@@ -177,7 +189,7 @@ async fn probe(backend: &Backend, bucket: &str, key: &str) -> (Probe, Option<u64
 }
 
 fn is_object_listing(op: Operation) -> bool {
-    matches!(op, Operation::ListObjectsV1 | Operation::ListObjectsV2)
+    matches!(op, Operation::ListObjectsV1 | Operation::ListObjectsV2 | Operation::ListObjectVersions)
 }
 
 #[async_trait]
@@ -271,9 +283,10 @@ fn walk(xml: &[u8], url_keys: bool, part_chunk: u32, mut size: impl FnMut(&Liste
     Ok(Bytes::from(writer.into_inner()))
 }
 
-/// `<Contents>` of object listings, `<Part>` of ListParts (a part is one segment).
+/// `<Contents>` of object listings, `<Version>` of ListObjectVersions, `<Part>` of ListParts
+/// (a part is one segment). A `<DeleteMarker>` has no size and no ETag: it passes as it is.
 fn is_entry(name: &[u8]) -> bool {
-    name == b"Contents" || name == b"Part"
+    name == b"Contents" || name == b"Version" || name == b"Part"
 }
 
 /// The text inside `<name>…</name>` among an entry's events.
@@ -315,8 +328,10 @@ fn rewrite_entry(events: &mut [Event<'static>], url_keys: bool, part_chunk: u32,
     }
     let (Some(etag), Some(stored)) = (field(events, b"ETag"), stored) else { return };
     let key = listed_key(&field(events, b"Key").unwrap_or_default(), url_keys);
+    let version = field(events, b"VersionId").filter(|v| v != "null");
     let listed = Listed {
         key: &key,
+        version: version.as_deref(),
         stored,
         segments: segments_from_etag(&etag),
         last_modified: field(events, b"LastModified").and_then(|v| listing_date(&v)),
@@ -324,5 +339,31 @@ fn rewrite_entry(events: &mut [Event<'static>], url_keys: bool, part_chunk: u32,
     if let Some(Sized::Encrypted(plain)) = size(&listed) {
         replace_field(events, b"Size", &plain.to_string());
         replace_field(events, b"ETag", &client_etag(&etag, None));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use s3cp_format::object_cipher_len;
+
+    #[test]
+    fn version_listings_show_plaintext_sizes_and_keep_delete_markers() {
+        const CHUNK: u32 = 65536;
+        let single = object_cipher_len(1000, CHUNK, None);
+        let multi = object_cipher_len(6 << 20, CHUNK, Some(5 << 20));
+        let xml = format!(
+            r#"<?xml version="1.0" encoding="UTF-8"?><ListVersionsResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/"><Name>b</Name><Prefix>d/</Prefix><KeyMarker></KeyMarker><VersionIdMarker></VersionIdMarker><NextKeyMarker>d/a</NextKeyMarker><NextVersionIdMarker>v1</NextVersionIdMarker><MaxKeys>3</MaxKeys><IsTruncated>true</IsTruncated><DeleteMarker><Key>d/a</Key><VersionId>v3</VersionId><IsLatest>true</IsLatest><LastModified>2026-12-06T03:00:00.000Z</LastModified></DeleteMarker><Version><Key>d/a</Key><VersionId>v2</VersionId><IsLatest>false</IsLatest><LastModified>2026-12-06T02:00:00.000Z</LastModified><ETag>"0123456789abcdef0123456789abcdef-2"</ETag><Size>{multi}</Size><StorageClass>STANDARD</StorageClass></Version><Version><Key>d/a</Key><VersionId>v1</VersionId><IsLatest>false</IsLatest><LastModified>2026-12-06T01:00:00.000Z</LastModified><ETag>"0123456789abcdef0123456789abcdef"</ETag><Size>{single}</Size><StorageClass>STANDARD</StorageClass></Version><CommonPrefixes><Prefix>d/sub/</Prefix></CommonPrefixes></ListVersionsResult>"#
+        );
+        let out = String::from_utf8(rewrite_listing(xml.as_bytes(), CHUNK).unwrap().to_vec()).unwrap().replace("&quot;", "\"");
+        assert!(out.contains(&format!("<Size>{}</Size>", 6 << 20)), "{out}");
+        assert!(out.contains("<Size>1000</Size>"), "{out}");
+        assert!(!out.contains(&format!("<Size>{single}</Size>")) && !out.contains(&format!("<Size>{multi}</Size>")), "{out}");
+        assert!(out.contains(r#"<ETag>"0123456789abcdef0123456789abcdef-1"</ETag>"#), "{out}");
+        assert!(out.contains(r#"<ETag>"0123456789abcdef0123456789abcdef-2"</ETag>"#), "{out}");
+        // Delete markers, markers and prefixes pass as they are.
+        for kept in ["<DeleteMarker><Key>d/a</Key><VersionId>v3</VersionId><IsLatest>true</IsLatest>", "<NextVersionIdMarker>v1</NextVersionIdMarker>", "<Prefix>d/sub/</Prefix>", "<VersionId>v2</VersionId>"] {
+            assert!(out.contains(kept), "{kept} in {out}");
+        }
     }
 }

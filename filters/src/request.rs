@@ -18,6 +18,8 @@ pub enum Operation {
     ListObjectsV1,
     ListObjectsV2,
     ListMultipartUploads,
+    /// `GET /bucket?versions`: sizes and ETags rewritten like ListObjects.
+    ListObjectVersions,
     DeleteObjects,
     /// Other bucket sub-resources (location, versioning, ...): passed through.
     BucketOther,
@@ -32,6 +34,10 @@ pub enum Operation {
     CompleteMultipartUpload,
     AbortMultipartUpload,
     ListParts,
+    /// `GET ?attributes`: answered by the proxy with plaintext values.
+    GetObjectAttributes,
+    /// `POST ?restore` (archive tiers): passed through, its XML body checked.
+    RestoreObject,
     /// Object sub-resources without content (tagging, acl, retention, legal-hold).
     ObjectOther,
 }
@@ -48,6 +54,7 @@ impl Operation {
             ListObjectsV1 => "ListObjects",
             ListObjectsV2 => "ListObjectsV2",
             ListMultipartUploads => "ListMultipartUploads",
+            ListObjectVersions => "ListObjectVersions",
             DeleteObjects => "DeleteObjects",
             BucketOther => "BucketOther",
             HeadObject => "HeadObject",
@@ -61,6 +68,8 @@ impl Operation {
             CompleteMultipartUpload => "CompleteMultipartUpload",
             AbortMultipartUpload => "AbortMultipartUpload",
             ListParts => "ListParts",
+            GetObjectAttributes => "GetObjectAttributes",
+            RestoreObject => "RestoreObject",
             ObjectOther => "ObjectOther",
         }
     }
@@ -204,6 +213,7 @@ impl S3Request {
                 Method::HEAD => Operation::HeadBucket,
                 Method::GET if query.iter().any(|(k, v)| k == "list-type" && v == "2") => Operation::ListObjectsV2,
                 Method::GET if has("uploads") => Operation::ListMultipartUploads,
+                Method::GET if has("versions") => Operation::ListObjectVersions,
                 Method::GET if query.iter().any(|(k, _)| is_bucket_subresource(k)) => Operation::BucketOther,
                 Method::GET => Operation::ListObjectsV1,
                 Method::POST if has("delete") => Operation::DeleteObjects,
@@ -221,10 +231,12 @@ impl S3Request {
                     Method::PUT if copy_source.is_some() => Operation::CopyObject,
                     Method::PUT => Operation::PutObject,
                     Method::GET if has("uploadId") => Operation::ListParts,
+                    Method::GET if has("attributes") => Operation::GetObjectAttributes,
                     Method::GET if query.iter().any(|(k, _)| is_object_meta_subresource(k)) => Operation::ObjectOther,
                     Method::GET => Operation::GetObject,
                     Method::HEAD => Operation::HeadObject,
                     Method::POST if has("uploads") => Operation::CreateMultipartUpload,
+                    Method::POST if has("restore") => Operation::RestoreObject,
                     Method::POST if has("uploadId") => Operation::CompleteMultipartUpload,
                     Method::DELETE if has("uploadId") => Operation::AbortMultipartUpload,
                     Method::DELETE if query.iter().any(|(k, _)| is_object_meta_subresource(k)) => Operation::ObjectOther,
@@ -308,7 +320,7 @@ fn is_object_meta_subresource(k: &str) -> bool {
 
 /// Sub-resources that would hand out ciphertext-derived data as if it were the object.
 fn refused_object_subresource(k: &str) -> bool {
-    matches!(k, "torrent" | "attributes" | "select" | "restore")
+    matches!(k, "torrent" | "select")
 }
 
 fn header_str<'a>(req: &'a RequestHeader, name: &str) -> Result<Option<&'a str>, S3Error> {
@@ -429,6 +441,15 @@ mod tests {
             ("GET", "/bkt/k?uploadId=x", Operation::ListParts),
             ("DELETE", "/bkt/k", Operation::DeleteObject),
             ("GET", "/bkt/k?tagging", Operation::ObjectOther),
+            ("GET", "/bkt/k?retention", Operation::ObjectOther),
+            ("PUT", "/bkt/k?legal-hold", Operation::ObjectOther),
+            ("GET", "/bkt?versions&prefix=a", Operation::ListObjectVersions),
+            ("GET", "/bkt?object-lock", Operation::BucketOther),
+            ("GET", "/bkt/k?attributes", Operation::GetObjectAttributes),
+            ("GET", "/bkt/k?attributes&versionId=v1", Operation::GetObjectAttributes),
+            ("POST", "/bkt/k?restore", Operation::RestoreObject),
+            ("GET", "/bkt/k?versionId=v1", Operation::GetObject),
+            ("DELETE", "/bkt/k?versionId=v1", Operation::DeleteObject),
         ];
         for (m, u, op) in cases {
             assert_eq!(S3Request::parse(&req(m, u, &[]), None).unwrap().op, op, "{m} {u}");

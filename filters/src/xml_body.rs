@@ -130,6 +130,8 @@ impl HeldBody {
             Operation::DeleteObjects => (Rule::Schema(&DELETE), DELETE_LIMIT),
             Operation::CompleteMultipartUpload => (Rule::Schema(&COMPLETE), COMPLETE_LIMIT),
             Operation::CreateBucket => (Rule::Generic { max_depth: GENERIC_DEPTH }, GENERIC_LIMIT),
+            // RestoreRequest (archive tiers): a configuration-sized document.
+            Operation::RestoreObject => (Rule::Generic { max_depth: GENERIC_DEPTH }, GENERIC_LIMIT),
             Operation::BucketOther | Operation::ObjectOther
                 if s3.method == Method::PUT && s3.query.iter().any(|(k, _)| xml_subresource(k)) =>
             {
@@ -432,6 +434,23 @@ mod tests {
         // A whole-bucket grant checks nothing.
         let mut h = HeldBody { rule: Rule::Schema(&DELETE), limit: 1 << 20, buf: BytesMut::new(), keys_within: None }.keys_within(Grant::parse("b").unwrap());
         assert!(h.hold(&mut Some(body(&["anything"])), true).is_ok());
+    }
+
+    #[test]
+    fn restore_and_lock_bodies_are_checked() {
+        use pingora::http::RequestHeader;
+        let parse = |m: &str, uri: &str| {
+            let mut r = RequestHeader::build(m, uri.as_bytes(), None).unwrap();
+            r.insert_header("host", "h").unwrap();
+            S3Request::parse(&r, None).unwrap()
+        };
+        for (m, uri) in [("POST", "/bkt/k?restore"), ("PUT", "/bkt/k?retention"), ("PUT", "/bkt/k?legal-hold"), ("PUT", "/bkt?object-lock")] {
+            let held = HeldBody::for_request(&parse(m, uri)).unwrap().unwrap_or_else(|| panic!("{m} {uri} is not checked"));
+            assert!(matches!(held.rule, Rule::Generic { .. }) && held.limit == GENERIC_LIMIT, "{m} {uri}");
+        }
+        let restore = "<RestoreRequest><Days>2</Days><GlacierJobParameters><Tier>Standard</Tier></GlacierJobParameters></RestoreRequest>";
+        assert!(ok(Rule::Generic { max_depth: GENERIC_DEPTH }, restore));
+        assert!(!ok(Rule::Generic { max_depth: GENERIC_DEPTH }, &nested("RestoreRequest", 1000)));
     }
 
     #[test]

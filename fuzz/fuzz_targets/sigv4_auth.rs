@@ -40,7 +40,7 @@ fn check_parsed(req: &pingora::http::RequestHeader, s3: &S3Request) {
     match s3.op {
         ListBuckets => assert!(s3.bucket.is_none()),
         HeadBucket | CreateBucket | DeleteBucket | ListObjectsV1 | ListObjectsV2
-        | ListMultipartUploads | DeleteObjects | BucketOther => {
+        | ListMultipartUploads | ListObjectVersions | DeleteObjects | BucketOther => {
             assert!(s3.bucket.is_some() && s3.key.is_none(), "{:?}", s3.op)
         }
         HeadObject
@@ -54,6 +54,8 @@ fn check_parsed(req: &pingora::http::RequestHeader, s3: &S3Request) {
         | CompleteMultipartUpload
         | AbortMultipartUpload
         | ListParts
+        | GetObjectAttributes
+        | RestoreObject
         | ObjectOther => {
             assert!(s3.key.is_some(), "{:?} without a key", s3.op)
         }

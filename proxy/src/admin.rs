@@ -209,6 +209,32 @@ impl ServeHttp for AdminApi {
                     }
                 }
             }
+            "/api/v1/key-usage" => {
+                if self.token.is_none() || !self.authorized(session) {
+                    return json(401, serde_json::json!({ "error": "missing or wrong bearer token" }));
+                }
+                let q = filters::request::parse_query(session.req_header().uri.query().unwrap_or(""));
+                let get = |n: &str| q.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone());
+                let Some(bucket) = get("bucket") else {
+                    return json(400, serde_json::json!({ "error": "bucket= is required" }));
+                };
+                if !self.bucket_allowed(&bucket) {
+                    return json(403, serde_json::json!({ "error": format!("bucket {bucket:?} is not in the proxy's allowed_buckets"), "code": "AccessDenied", "bucket": bucket }));
+                }
+                let wanted = match get("key_id").map(|v| v.parse::<u32>()) {
+                    None => None,
+                    Some(Ok(id)) => Some(id),
+                    Some(Err(_)) => return json(400, serde_json::json!({ "error": "key_id= must be a key id (an integer)" })),
+                };
+                let start = get("key_marker").map(|key| filters::rotation::VersionMarker { key, version_id: get("version_id_marker").unwrap_or_default() });
+                let Some(ring) = self.keys.get() else {
+                    return json(503, serde_json::json!({ "error": "no key loaded" }));
+                };
+                match crate::key_usage::scan(&self.backend, &ring, &bucket, &get("prefix").unwrap_or_default(), wanted, start).await {
+                    Ok(v) => json(200, v),
+                    Err(e) => json(502, serde_json::json!({ "error": e })),
+                }
+            }
             "/api/v1/info" => json(
                 200,
                 serde_json::json!({

@@ -5,6 +5,7 @@ mod audit;
 mod background;
 mod config;
 mod key_verify;
+mod key_usage;
 mod metrics;
 mod redact;
 mod rewrap;

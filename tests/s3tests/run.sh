@@ -12,6 +12,7 @@
 #   PYTHON (python3): an interpreter with s3-tests' requirements and pytest-timeout installed
 #   S3TESTS_TIMEOUT (120): per-test timeout in seconds
 #   OUT (./s3tests-<port>): directory for s3tests.conf, junit.xml and the pytest log
+#   S3TESTS_SLICE (unset): `versions` runs the versioning / Object Lock slice
 #
 # This script neither downloads nor builds anything of s3-tests: pass an existing checkout.
 set -euo pipefail
@@ -38,6 +39,14 @@ OUT=$(cd "$OUT" && pwd)
 # The slice: object read/write, head, ListObjectsV2, multipart, copy, ranges, conditionals,
 # multi-object delete and checksums. Keep in sync with README.md.
 SLICE='(object_write or object_read or head or list_objects_v2 or listv2 or multipart or copy or ranged or range or _if_ or ifmatch or ifnonematch or ifmodified or ifunmodified or conditional or multi_object_delete or checksum) and not (copy_enc or copy_part_enc or logging or lifecycle or sse or encryption or policy or object_lock or cors or acl or tagging or post_object or versioning or x_amz_expires or ownership or object_writer or head_bucket or bucket_head or access_bucket)'
+
+# S3TESTS_SLICE=versions selects the versioning and Object Lock tests instead (README.md,
+# "Versions and Object Lock"): bucket versioning, versioned reads, copies and deletes, delete
+# markers, Object Lock configuration, retention, legal hold and versioned GetObjectAttributes.
+VERSIONS_SLICE='(versioning or versioned or object_lock or delete_marker or return_version_id) and not (logging or lifecycle or acl or if_match)'
+if [ "${S3TESTS_SLICE:-}" = versions ]; then
+    SLICE=$VERSIONS_SLICE
+fi
 
 CONF="$OUT/s3tests.conf"
 cat > "$CONF" <<CONF

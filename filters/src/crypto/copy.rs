@@ -47,6 +47,11 @@ pub enum MetadataChange<'a> {
 
 pub struct Copied {
     pub backend_etag: String,
+    /// The version the copy created (`x-amz-version-id` of the backend's answer, in a
+    /// versioned bucket).
+    pub version_id: Option<String>,
+    /// The source version read (`x-amz-copy-source-version-id` of the answer).
+    pub source_version_id: Option<String>,
     pub sealed_md5: Option<String>,
     /// Key id the source was sealed with.
     pub source_key_id: KeyId,
@@ -73,6 +78,9 @@ pub async fn reencrypt_copy(
     let head = source.read_header().await?;
     match head.status.as_u16() {
         200 => {}
+        404 if src_version.is_some() => {
+            return Err(s3err(S3ErrorCode::NoSuchVersion, "The specified version does not exist.").with_resource(format!("/{}/{}", src.bucket, src.key)).into())
+        }
         404 => {
             return Err(s3err(S3ErrorCode::NoSuchKey, "The specified key does not exist.").with_resource(format!("/{}/{}", src.bucket, src.key)).into())
         }
@@ -152,8 +160,11 @@ pub async fn reencrypt_copy(
             return Err(s3err(S3ErrorCode::ServiceUnavailable, "the copy could not be stored; please retry").with_retry_after(1).into());
         }
     }
-    let backend_etag = answer.headers.get("etag").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
-    Ok(Some(Copied { backend_etag, sealed_md5, source_key_id: opened.key_id }))
+    let answer_hdr = |n: &str| answer.headers.get(n).and_then(|v| v.to_str().ok()).map(str::to_string);
+    let backend_etag = answer_hdr("etag").unwrap_or_default();
+    let version_id = answer_hdr("x-amz-version-id");
+    let source_version_id = hdr("x-amz-version-id");
+    Ok(Some(Copied { backend_etag, version_id, source_version_id, sealed_md5, source_key_id: opened.key_id }))
 }
 
 /// `x-amz-copy-source-if-*`, evaluated on the source as the client sees it.
@@ -250,7 +261,9 @@ pub async fn copy_object(
 ) -> Result<Reply, S3Error> {
     let src = s3.copy_source.as_ref().expect("CopyObject has a source");
     let (dst_bucket, dst_key) = (s3.bucket.as_deref().unwrap_or(""), s3.key.as_deref().unwrap_or(""));
-    if src.bucket == dst_bucket && src.key == dst_key && !s3.metadata_replace {
+    // Copying a named version onto its key restores that version (S3 allows it; versioned
+    // buckets are restored this way).
+    if src.bucket == dst_bucket && src.key == dst_key && !s3.metadata_replace && src.version_id.is_none() {
         return Err(s3err(
             S3ErrorCode::InvalidRequest,
             "This copy request is illegal because it is trying to copy an object to itself without changing the object's metadata, storage class, website redirect location or encryption attributes.",
@@ -260,6 +273,13 @@ pub async fn copy_object(
     let mut extra = Vec::new();
     if s3.if_none_match == Some(IfNoneMatch::Any) {
         extra.push(("if-none-match", "*"));
+    }
+    // What the destination is stored as (Object Lock, storage class) goes to the backend's
+    // PUT as the client sent it (signed by the client, re-signed by the proxy).
+    for name in DESTINATION_HEADERS {
+        if let Some(v) = req.headers.get(*name).and_then(|v| v.to_str().ok()) {
+            extra.push((*name, v));
+        }
     }
     let copied = reencrypt_copy(
         backend,
@@ -288,11 +308,26 @@ pub async fn copy_object(
     let etag = client_etag(&copied.backend_etag, copied.sealed_md5.as_deref());
     let fmt = time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z");
     let last_modified = time::OffsetDateTime::now_utc().format(&fmt).map_err(|e| S3Error::internal("formatting a date", e))?;
-    Ok(Reply::xml(
+    let mut reply = Reply::xml(
         200,
         format!(
             "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<CopyObjectResult xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"><LastModified>{last_modified}</LastModified><ETag>{}</ETag></CopyObjectResult>",
             crate::xml::escape(&etag)
         ),
-    ))
+    );
+    if let Some(v) = copied.version_id {
+        reply.headers.push(("x-amz-version-id", v));
+    }
+    if let Some(v) = copied.source_version_id {
+        reply.headers.push(("x-amz-copy-source-version-id", v));
+    }
+    Ok(reply)
 }
+
+/// Request headers of a CopyObject that describe how the destination is stored.
+const DESTINATION_HEADERS: &[&str] = &[
+    "x-amz-object-lock-mode",
+    "x-amz-object-lock-retain-until-date",
+    "x-amz-object-lock-legal-hold",
+    "x-amz-storage-class",
+];

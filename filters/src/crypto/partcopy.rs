@@ -68,6 +68,7 @@ async fn open_source<'a>(backend: &'a Backend, src: ObjectId<'_>, version: Optio
     let resource = format!("/{}/{}", src.bucket, src.key);
     match head.status.as_u16() {
         200 | 206 => Ok((ex, head)),
+        404 if version.is_some() => Err(s3err(S3ErrorCode::NoSuchVersion, "The specified version does not exist.").with_resource(resource)),
         404 => Err(s3err(S3ErrorCode::NoSuchKey, "The specified key does not exist.").with_resource(resource)),
         403 => Err(s3err(S3ErrorCode::AccessDenied, "the backend denied reading the copy source")),
         412 => Err(s3err(S3ErrorCode::ServiceUnavailable, "The copy source changed while it was being read; please retry").with_retry_after(1)),
@@ -237,15 +238,20 @@ pub async fn upload_part_copy(
     ctx.key_id = Some(ring.current_id());
     // The part's ETag is the backend's, as UploadPart reports it: Complete names parts by it.
     let etag = answer.headers.get("etag").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+    let source_version = source.head.headers.get("x-amz-version-id").and_then(|v| v.to_str().ok()).map(str::to_string);
     let fmt = time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z");
     let last_modified = time::OffsetDateTime::now_utc().format(&fmt).map_err(|e| S3Error::internal("formatting a date", e))?;
-    Ok(Reply::xml(
+    let mut reply = Reply::xml(
         200,
         format!(
             "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<CopyPartResult xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"><LastModified>{last_modified}</LastModified><ETag>{}</ETag></CopyPartResult>",
             crate::xml::escape(&etag)
         ),
-    ))
+    );
+    if let Some(v) = source_version {
+        reply.headers.push(("x-amz-copy-source-version-id", v));
+    }
+    Ok(reply)
 }
 
 #[cfg(test)]

@@ -107,6 +107,13 @@ fn unexpected(obj: ObjectId<'_>, status: u16) -> Result<FormatError, S3Error> {
     match status {
         412 => Err(changed()),
         416 => Ok(FormatError::Truncated),
+        // An archived object (GLACIER, DEEP_ARCHIVE, …) is not readable until restored; its
+        // headers cannot be read, so the length a HEAD would announce cannot be authenticated.
+        403 => Err(s3err(
+            S3ErrorCode::InvalidObjectState,
+            "The backend refused reading the object's content (403): an object in an archive storage class must be restored (RestoreObject) before its encrypted segment headers, and with them its length, can be read through the encryption proxy",
+        )
+        .with_resource(format!("/{}/{}", obj.bucket, obj.key))),
         s => {
             log::warn!("backend answered {s} to a segment header probe of /{}/{}", obj.bucket, obj.key);
             Err(s3err(S3ErrorCode::ServiceUnavailable, "the object could not be read; please retry").with_retry_after(1))

@@ -29,6 +29,8 @@ pub struct SizeRule {
 #[derive(Clone, Copy, Debug)]
 pub struct Listed<'a> {
     pub key: &'a str,
+    /// The version id of a ListObjectVersions entry (not `null`).
+    pub version: Option<&'a str>,
     pub stored: u64,
     pub segments: u32,
     pub last_modified: Option<OffsetDateTime>,
@@ -133,7 +135,7 @@ mod tests {
     const K64: u32 = 64 << 10;
 
     fn listed(stored: u64, segments: u32) -> Listed<'static> {
-        Listed { key: "k", stored, segments, last_modified: None }
+        Listed { key: "k", version: None, stored, segments, last_modified: None }
     }
 
     fn rule() -> SizeRule {
@@ -177,7 +179,7 @@ mod tests {
         assert!(r.may_ask());
         let before = crate::passthrough::listing_date("2025-12-31T23:59:59.000Z");
         let after = crate::passthrough::listing_date("2026-01-01T00:00:01.000Z");
-        let e = |key, last_modified| Listed { key, stored: 1000, segments: 1, last_modified };
+        let e = |key, last_modified| Listed { key, version: None, stored: 1000, segments: 1, last_modified };
         assert_eq!(r.size(&e("x", before)), Sized::Stored);
         assert_eq!(r.size(&e("x", after)), Sized::Encrypted(1000 - 124));
         // Under a legacy prefix the object may have been written through the proxy since.
