@@ -137,6 +137,7 @@ def cluster_main(args):
     h.BIN_DIR = bin_dir
     import cluster_drills as cd
     clients = args.clients if args.clients != 64 else 32
+    max_size = args.max_size if args.max_size != "8MiB" else "2MiB"
     total = (args.minutes or 5.5) * 60
     # Shares of the total load time; each drill's fault lasts what the issue asks for.
     plan = {
@@ -151,14 +152,22 @@ def cluster_main(args):
           f"{open('/proc/loadavg').read().split()[:3]}; {clients} clients, {total / 60:.1f} min of drills",
           file=sys.stderr, flush=True)
     c = cd.Cluster(workdir)
-    out = {"clients": clients, "max_size": args.max_size, "drills": [], "throughput": [],
+    out = {"clients": clients, "max_size": max_size, "drills": [], "throughput": [],
            "load_before": open("/proc/loadavg").read().split()[:3]}
     ok = True
     try:
+        def free_gib():
+            st = os.statvfs(workdir)
+            return st.f_bavail * st.f_frsize / 2**30
+
         for name, p in plan.items():
+            if free_gib() < args.min_free_gib:
+                print(f"soak --cluster: only {free_gib():.1f} GiB free: drill {name} skipped", file=sys.stderr, flush=True)
+                ok = False
+                continue
             seconds = max(int(total * p["share"]), p["timing"].get("down", 0) + 20)
             r = cd.run_drill(c, name, seconds=seconds, lead=int(seconds * p["lead"]), timing=p["timing"],
-                             clients=clients, max_size=args.max_size)
+                             clients=clients, max_size=max_size)
             out["drills"].append(r)
             print(cd.summary_line(r), flush=True)
             print("  fault: " + json.dumps(r["fault"]), flush=True)
@@ -166,7 +175,10 @@ def cluster_main(args):
             good = (not s.get("failed") and s.get("mismatches") == 0 and not b["failed"] and b["wrong_bytes"] == 0
                     and all(v.get("passed") for v in r["verify"].values()) and all(d["ok"] for d in r["decrypt_sample"]))
             ok = ok and good
-        out["throughput"] = cd.throughput(c, seconds=args.throughput_seconds)
+        if free_gib() >= args.min_free_gib + 10:
+            out["throughput"] = cd.throughput(c, seconds=args.throughput_seconds)
+        else:
+            print(f"soak --cluster: only {free_gib():.1f} GiB free: throughput runs skipped", file=sys.stderr, flush=True)
         for row in out["throughput"]:
             print("throughput " + json.dumps(row), flush=True)
     finally:

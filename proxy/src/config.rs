@@ -382,8 +382,11 @@ mod tests {
         assert_eq!(c.filters, FilterKind::default_chain());
         assert_eq!(c.chunk_size, 65536);
         assert_eq!(c.poll_interval, Duration::from_secs(5));
+        assert!(!c.ready_requires_keyd_key, "a single proxy keeps serving when keyd loses the key");
         assert_eq!(c.upgrade_sock, "/run/s3-crypt-proxy/upgrade.sock");
         assert_eq!(c.pid_file, "/run/s3-crypt-proxy/proxy.pid");
+        let c: RawConfig = serde_yaml::from_str(&MIN.replace("memkey: {", "memkey: {ready_requires_keyd_key: true, ")).unwrap();
+        assert!(c.finish().unwrap().ready_requires_keyd_key);
     }
 
     #[test]
