@@ -404,6 +404,14 @@ def summary_line(r):
 # ---------------------------------------------------------------- throughput with 1, 2, 3 replicas
 
 
+def _rss_bytes(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
 def throughput(cluster, seconds=30, size="4MiB", concurrency=16, max_bytes="1GiB"):
     """PBS-like PUT (signed payload, Content-MD5) and whole-object GET through HAProxy with
     TLS, with 1, 2 and 3 replicas in the pool (the others in `maint`), on the same cluster in
@@ -418,6 +426,7 @@ def throughput(cluster, seconds=30, size="4MiB", concurrency=16, max_bytes="1GiB
                 cluster.lb.set_state(name, "ready" if i < n else "maint")
             cluster.lb.wait_up(names=cluster.lb.names[:n], timeout=60)
             for workload in ("put", "get"):
+                idle_rss = {p.dir.rsplit("/", 1)[-1]: round(_rss_bytes(p.proc.pid) / 2**20, 1) for p in cluster.proxies}
                 watch = []
                 for p in cluster.proxies:
                     watch += ["--watch", f"{p.dir.rsplit('/', 1)[-1]}={p.proc.pid}"]
@@ -446,6 +455,7 @@ def throughput(cluster, seconds=30, size="4MiB", concurrency=16, max_bytes="1GiB
                     "proxy_cpu_s_per_gib": {k: round(v / gib, 2) for k, v in cpu_s.items() if gib > 0},
                     "proxy_cpu_s_per_gib_total": round(sum(cpu_s.values()) / gib, 2) if gib > 0 else None,
                     "proxy_peak_rss_mib": {k: round((v.get("peak_rss_hwm") or v["peak_rss_sampled"]) / 2**20, 1) for k, v in proxies.items()},
+                    "proxy_idle_rss_mib": idle_rss,
                     "haproxy_cpu_s_per_gib": round(procs["haproxy"]["cpu_cores"] * rep["wall_s"] / gib, 2) if gib > 0 else None,
                     "garage_cpu_cores": round(sum(v["cpu_cores"] for k, v in procs.items() if k.startswith("garage")), 2),
                     "generator_cpu_cores": round(rep["window"]["generator_cpu_cores"], 2),
