@@ -358,10 +358,27 @@ impl Soaker {
             self.target.request_with(Method::POST, None, Some("delete="), &[], body, Some(doc.len() as u64), Some(digests))
         };
         let what = format!("DeleteObjects of {} keys", keys.len());
-        let a = self.send(&mk, &what, None).await?;
+        let mut attempt = 1u32;
+        let a = loop {
+            let a = self.send(&mk, &what, None).await?;
+            // A 200 whose DeleteResult holds a retryable per-key error (Garage: "Could not
+            // reach quorum" while a node goes away): PBS's garbage collection fails on any
+            // <Error> and runs again later; here the batch is sent again (deleting is
+            // idempotent), counted as a retry.
+            let text = String::from_utf8_lossy(&a.head);
+            let retryable = ["ServiceUnavailable", "SlowDown", "InternalError"].iter().any(|c| text.contains(&format!("<Code>{c}</Code>")));
+            if a.status == StatusCode::OK && retryable && attempt < self.attempts {
+                *self.shared.retried.lock().unwrap().entry("503 in DeleteResult".into()).or_default() += 1;
+                tokio::time::sleep(Duration::from_millis((200u64 << (attempt - 1).min(4)).min(2000))).await;
+                attempt += 1;
+                continue;
+            }
+            break a;
+        };
         let text = String::from_utf8_lossy(&a.head);
         if a.status != StatusCode::OK || text.contains("<Error>") {
-            return Err(Fail::status(a.status, format!("{what}: {} {}", a.status, snippet(&a.head))));
+            let class = if a.status == StatusCode::OK { "200 with <Error>".to_string() } else { a.status.as_u16().to_string() };
+            return Err(Fail { class, msg: format!("{what}: {} {}", a.status, snippet(&a.head)) });
         }
         let deleted = text.matches("<Deleted>").count();
         if deleted != keys.len() {

@@ -30,8 +30,11 @@ SHORT = {
 # no usable server for a moment, or a DeleteObjects answer 200 whose DeleteResult holds a
 # ServiceUnavailable for some key while a Garage node goes away), and while a replica is
 # killed also the connection errors (and HAProxy's 502) of the requests it had in flight.
+# botocore also reports a 503 that arrives before it finished sending a body (a part upload
+# reaching a replica that lost its backend) as a broken connection.
 RETRYABLE = {"503", "503 in DeleteResult"}
 RETRYABLE_WHEN_KILLED = RETRYABLE | {"502", "connection"}
+BOTO_RETRYABLE = RETRYABLE | {"connection"}
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +66,7 @@ def test_drill(cluster, name):
     allowed = RETRYABLE_WHEN_KILLED if name == "kill" else RETRYABLE
     assert set(s["retried"]) <= allowed, s["retried"]
     assert not b["failed"] and b["wrong_bytes"] == 0, b
-    assert set(b["retried"]) <= allowed, b["retried"]
+    assert set(b["retried"]) <= allowed | BOTO_RETRYABLE, b["retried"]
     for replica, v in r["verify"].items():
         assert v.get("passed") and v["objects"] > 0, (replica, v)
         assert v["lost"] == 0 and v["wrong_bytes"] == 0, (replica, v["problems"])
