@@ -63,7 +63,15 @@ def main():
                     help="stop the run early (cleanly) when less is free on the work disk")
     ap.add_argument("--json", default=None, help="also write the report as JSON to this file")
     ap.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
+    ap.add_argument("--cluster", action="store_true",
+                    help="issue 17: 3 replicas behind HAProxy on a 3-node Garage, the five failure drills under "
+                         "PBS-like load, then throughput with 1, 2 and 3 replicas (tests/e2e/cluster_drills.py)")
+    ap.add_argument("--minutes", type=float, default=None, help="--cluster: total load time of the drills (default 5.5)")
+    ap.add_argument("--throughput-seconds", type=int, default=30, help="--cluster: seconds per throughput run")
+    ap.add_argument("--skip-drills", action="store_true", help="--cluster: only the throughput runs (on a fresh cluster)")
     args, extra = ap.parse_known_args()
+    if args.cluster:
+        sys.exit(cluster_main(args))
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     bin_dir = os.path.abspath(args.bin_dir)
     workdir = tempfile.mkdtemp(prefix="s3cp-soak-")
@@ -117,6 +125,75 @@ def main():
         else:
             shutil.rmtree(workdir, ignore_errors=True)
     sys.exit(rc)
+
+
+def cluster_main(args):
+    """The full soak of issue 17; prints one line per drill and the throughput table, and
+    writes everything as JSON (--json)."""
+    import json
+    import time
+    bin_dir = os.path.abspath(args.bin_dir)
+    os.environ["S3CP_BIN_DIR"] = bin_dir
+    import harness as h
+    h.BIN_DIR = bin_dir
+    import cluster_drills as cd
+    clients = args.clients if args.clients != 64 else 32
+    max_size = args.max_size if args.max_size != "8MiB" else "2MiB"
+    total = (args.minutes or 5.5) * 60
+    # Shares of the total load time; each drill's fault lasts what the issue asks for.
+    plan = {
+        "kill": dict(share=0.18, lead=0.3, timing={"down": 10}),
+        "upgrade": dict(share=0.18, lead=0.2, timing={"between": 5}),
+        "garage": dict(share=0.28, lead=0.1, timing={"down": 60}),
+        "keyd": dict(share=0.18, lead=0.2, timing={"down": 15}),
+        "slow": dict(share=0.18, lead=0.3, timing={"down": 10}),
+    }
+    workdir = tempfile.mkdtemp(prefix="s3cp-cluster-soak-")
+    print(f"soak --cluster: work directory {workdir}; {os.cpu_count()} cores, load "
+          f"{open('/proc/loadavg').read().split()[:3]}; {clients} clients, {total / 60:.1f} min of drills",
+          file=sys.stderr, flush=True)
+    c = cd.Cluster(workdir)
+    out = {"clients": clients, "max_size": max_size, "drills": [], "throughput": [],
+           "load_before": open("/proc/loadavg").read().split()[:3]}
+    ok = True
+    try:
+        def free_gib():
+            st = os.statvfs(workdir)
+            return st.f_bavail * st.f_frsize / 2**30
+
+        for name, p in ({} if args.skip_drills else plan).items():
+            if free_gib() < args.min_free_gib:
+                print(f"soak --cluster: only {free_gib():.1f} GiB free: drill {name} skipped", file=sys.stderr, flush=True)
+                ok = False
+                continue
+            seconds = max(int(total * p["share"]), p["timing"].get("down", 0) + 20)
+            r = cd.run_drill(c, name, seconds=seconds, lead=int(seconds * p["lead"]), timing=p["timing"],
+                             clients=clients, max_size=max_size)
+            out["drills"].append(r)
+            print(cd.summary_line(r), flush=True)
+            print("  fault: " + json.dumps(r["fault"]), flush=True)
+            s, b = r["soak"], r["boto"]
+            good = (not s.get("failed") and s.get("mismatches") == 0 and not b["failed"] and b["wrong_bytes"] == 0
+                    and all(v.get("passed") for v in r["verify"].values()) and all(d["ok"] for d in r["decrypt_sample"]))
+            ok = ok and good
+        if free_gib() >= args.min_free_gib + 10:
+            out["throughput"] = cd.throughput(c, seconds=args.throughput_seconds)
+        else:
+            print(f"soak --cluster: only {free_gib():.1f} GiB free: throughput runs skipped", file=sys.stderr, flush=True)
+        for row in out["throughput"]:
+            print("throughput " + json.dumps(row), flush=True)
+    finally:
+        out["load_after"] = open("/proc/loadavg").read().split()[:3]
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(out, f, indent=1)
+        c.stop()
+        if ok and not args.keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+        else:
+            print(f"soak --cluster: logs kept in {workdir}", file=sys.stderr)
+    print("soak --cluster: " + ("PASSED" if ok else "FAILED"), flush=True)
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

@@ -13,12 +13,23 @@
 # Extra options after DURATION go to bench/soak.py (--clients, --max-size, --bin-dir, --json,
 # --keep) or, when unknown there, to s3cp-bench (e.g. --rss-growth 8MiB).
 # A short version runs in the end-to-end tests: tests/e2e/test_soak.py.
+#
+# Issue 17, the cluster soak: 3 replicas behind HAProxy (TLS) on a 3-node Garage, the five
+# failure drills under PBS-like load (s3cp-bench --pbs and boto3), each with its end check,
+# then throughput with 1, 2 and 3 replicas (BENCHMARKS.md, "Three replicas under failures"):
+#
+#   scripts/soak.sh --cluster --minutes 5.5 --clients 32 --max-size 2MiB --json cluster.json
+#
+# The short version runs in the end-to-end tests: tests/e2e/test_cluster.py.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 eval "$(scripts/bootstrap.sh)"
 
-duration=${1:-10m}
-[ "$#" -gt 0 ] && shift
+duration=10m
+if [ "$#" -gt 0 ] && [ "${1#-}" = "$1" ]; then
+  duration=$1
+  shift
+fi
 
 if [ -z "${S3CP_BENCH_NO_BUILD:-}" ]; then
   echo "soak: cargo build --release (s3cp-bench, s3-crypt-proxy, memkey-server, memkey-admin)" >&2

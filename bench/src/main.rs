@@ -7,9 +7,11 @@
 //! runs the matrix over several targets and prints the comparison table.
 
 mod body;
+mod conn;
 mod procstat;
 mod s3;
 mod soak;
+mod verify;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -19,12 +21,12 @@ use bytes::Bytes;
 use clap::{Parser, ValueEnum};
 use http::{Method, StatusCode};
 use http_body_util::BodyExt;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde::Serialize;
 
 use body::{seed_of, Mix, Pool, PoolBody};
+use conn::Connector;
 use procstat::{parse_watch, Watched, Window, WindowReport};
 use s3::{Payload, Protocol, Target};
 
@@ -44,15 +46,23 @@ enum Workload {
     /// The soak test: every client in its own key space, random PUT/GET/Range/LIST/DELETE
     /// with random sizes up to --size (default 8 MiB), every answer checked, RSS of the
     /// --watch processes sampled; exit code 1 on any error, mismatch or RSS growth.
+    /// With --pbs: PBS-like traffic (chunks with If-None-Match, index replaces, DeleteObjects).
     Soak,
+    /// The end check of a soak run with --ack-log: every acknowledged object reads back with
+    /// its size and SHA-256, every acknowledged delete answers 404 (--keep-objects run).
+    Verify,
 }
 
 #[derive(Parser, Debug)]
 #[command(name = "s3cp-bench", version, about = "Native S3 load generator: signed PUT/GET/mixed/Range/HEAD workloads, one result line")]
 struct Args {
-    /// http://host:port of the S3 endpoint (proxy or backend), or of a WebDAV server with --protocol plain.
+    /// http://host:port or https://host:port of the S3 endpoint (proxy, load balancer or
+    /// backend), or of a WebDAV server with --protocol plain.
     #[arg(long)]
     endpoint: String,
+    /// PEM file with the CA certificate(s) an https:// endpoint's certificate is verified against.
+    #[arg(long)]
+    ca_file: Option<String>,
     #[arg(long, default_value = "")]
     access_key: String,
     #[arg(long, default_value = "")]
@@ -131,6 +141,22 @@ struct Args {
     /// Soak: a progress line on stderr this often.
     #[arg(long, value_parser = parse_duration, default_value = "30s")]
     progress: Duration,
+    /// Soak: PBS-like traffic (shared/pbs-s3-client.md): signed chunk uploads with
+    /// Content-MD5 and If-None-Match: *, index replaces, listings, DeleteObjects batches,
+    /// whole and Range GETs.
+    #[arg(long)]
+    pbs: bool,
+    /// Soak: attempts per operation; 500/502/503/504 answers and transport errors are retried
+    /// (pause 0.2 s doubling up to 2 s) and counted by cause.
+    #[arg(long, default_value_t = 1)]
+    attempts: u32,
+    /// Soak: append every acknowledged write (key, size, SHA-256) and delete to this file,
+    /// one JSON line each. Verify: the log to check.
+    #[arg(long)]
+    ack_log: Option<String>,
+    /// Soak: leave the objects in place at the end (for --workload verify).
+    #[arg(long)]
+    keep_objects: bool,
     /// Print the result as one JSON object.
     #[arg(long)]
     json: bool,
@@ -205,7 +231,7 @@ impl OpStats {
 
 struct Ctx {
     target: Target,
-    client: Client<HttpConnector, PoolBody>,
+    client: Client<Connector, PoolBody>,
     pool: Pool,
     size: u64,
     label: String,
@@ -445,7 +471,7 @@ async fn worker(ctx: Arc<Ctx>, wid: usize, workload: Workload, budget: Arc<Budge
         let op = match workload {
             Workload::Put => Op::Put,
             Workload::Get => Op::Get,
-            Workload::Range | Workload::Soak => Op::Range,
+            Workload::Range | Workload::Soak | Workload::Verify => Op::Range,
             Workload::Head => Op::Head,
             Workload::Mixed => {
                 if rng.below(2) == 0 {
@@ -673,8 +699,11 @@ async fn main() {
 
 async fn run(args: Args) -> Result<(), String> {
     let target = Target::new(&args.endpoint, &args.bucket, &args.region, &args.access_key, &args.secret_key, args.protocol)?;
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
+    let connector = match (&args.ca_file, args.endpoint.starts_with("https://")) {
+        (Some(ca), true) => Connector::tls(ca)?,
+        (None, true) => return Err("an https:// endpoint needs --ca-file".into()),
+        (_, false) => Connector::plain(),
+    };
     let client = Client::builder(TokioExecutor::new())
         .pool_max_idle_per_host(args.concurrency.max(8) * 2)
         .pool_idle_timeout(Duration::from_secs(20))
@@ -684,6 +713,12 @@ async fn run(args: Args) -> Result<(), String> {
     }
     if args.workload == Workload::Soak {
         return run_soak(args, target, client).await;
+    }
+    if args.workload == Workload::Verify {
+        let log = args.ack_log.as_deref().ok_or("--workload verify needs --ack-log")?;
+        let report = verify::run(target, client, log, args.concurrency, args.request_timeout).await?;
+        println!("{}", serde_json::to_string(&report).map_err(|e| e.to_string())?);
+        return if report.passed { Ok(()) } else { Err("verify: acknowledged writes missing or wrong".into()) };
     }
     let size = args.size.ok_or("--size is required")?;
     if size == 0 {
@@ -755,7 +790,7 @@ async fn run(args: Args) -> Result<(), String> {
     let (total, put_r, get_r) = match args.workload {
         Workload::Put => (op_report(put, wall), None, None),
         Workload::Get => (op_report(get, wall), None, None),
-        Workload::Range | Workload::Soak => (op_report(range, wall), None, None),
+        Workload::Range | Workload::Soak | Workload::Verify => (op_report(range, wall), None, None),
         Workload::Head => (op_report(head, wall), None, None),
         Workload::Mixed => {
             let mut all = OpStats::default();
@@ -811,7 +846,7 @@ async fn run(args: Args) -> Result<(), String> {
     Ok(())
 }
 
-async fn run_soak(args: Args, target: Target, client: Client<HttpConnector, PoolBody>) -> Result<(), String> {
+async fn run_soak(args: Args, target: Target, client: Client<Connector, PoolBody>) -> Result<(), String> {
     if args.protocol != Protocol::S3 {
         return Err("the soak test speaks S3 only".into());
     }
@@ -835,8 +870,12 @@ async fn run_soak(args: Args, target: Target, client: Client<HttpConnector, Pool
         rss_interval: args.rss_interval,
         progress: args.progress,
         watch: args.watch,
+        pbs: args.pbs,
+        attempts: args.attempts,
+        ack_log: args.ack_log,
+        keep_objects: args.keep_objects,
     };
-    let report = soak::run(target, client, sargs).await;
+    let report = soak::run(target, client, sargs).await?;
     if args.json {
         println!("{}", serde_json::to_string(&report).map_err(|e| e.to_string())?);
     }

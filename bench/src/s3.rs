@@ -45,8 +45,8 @@ impl Target {
     pub fn new(endpoint: &str, bucket: &str, region: &str, ak: &str, sk: &str, protocol: Protocol) -> Result<Self, String> {
         let endpoint = endpoint.trim_end_matches('/').to_string();
         let uri: http::Uri = endpoint.parse().map_err(|e| format!("--endpoint {endpoint}: {e}"))?;
-        if uri.scheme_str() != Some("http") {
-            return Err("--endpoint must be http://host:port (the benchmark speaks plain HTTP)".into());
+        if !matches!(uri.scheme_str(), Some("http" | "https")) {
+            return Err("--endpoint must be http://host:port or https://host:port".into());
         }
         let authority = uri.authority().ok_or("--endpoint needs a host")?.to_string();
         Ok(Target {
@@ -106,6 +106,31 @@ impl Target {
         }
         let uri = format!("{}?{query}", self.uri(Some(key)));
         let mut headers = vec![("host", self.authority.clone())];
+        if let Some((_, md5)) = &digests {
+            headers.push(("content-md5", md5.clone()));
+        }
+        self.signed(method, uri, headers, body, content_length, digests)
+    }
+
+    /// A request for `key` (None: the bucket) with an optional query string (already
+    /// percent-encoded; `delete=` for DeleteObjects) and extra signed headers such as
+    /// `if-none-match`; S3 only. `digests` as for [`Target::request`].
+    pub fn request_with(
+        &self,
+        method: Method,
+        key: Option<&str>,
+        query: Option<&str>,
+        extra: &[(&'static str, String)],
+        body: PoolBody,
+        content_length: Option<u64>,
+        digests: Option<(String, String)>,
+    ) -> Result<Request<PoolBody>, String> {
+        let mut uri = self.uri(key);
+        if let Some(q) = query {
+            uri = format!("{uri}?{q}");
+        }
+        let mut headers = vec![("host", self.authority.clone())];
+        headers.extend(extra.iter().cloned());
         if let Some((_, md5)) = &digests {
             headers.push(("content-md5", md5.clone()));
         }

@@ -1,5 +1,6 @@
 //! The admin listener: health, readiness, metrics, key status and the live dashboard.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -22,6 +23,10 @@ pub struct AdminApi {
     /// Clients with the `admin` role open the API with `Bearer <access key>:<secret>`.
     pub clients: Arc<filters::clients::Clients>,
     pub needs_key: bool,
+    /// `memkey.ready_requires_keyd_key`: `/readyz` also needs keyd to hold the key.
+    pub ready_requires_keyd_key: bool,
+    /// Set by the keyd poller: keyd answered its last poll with a key.
+    pub keyd_holds_key: Arc<AtomicBool>,
     pub started: SystemTime,
     pub filters: Vec<&'static str>,
     pub memkey_endpoint: Option<String>,
@@ -163,8 +168,13 @@ impl ServeHttp for AdminApi {
             "/readyz" => {
                 let key = !self.needs_key || self.keys.get().is_some();
                 let backend = self.metrics.backend_up.get() == 1;
-                let status = if key && backend { 200 } else { 503 };
-                json(status, serde_json::json!({ "ready": status == 200, "key_loaded": key, "backend_up": backend }))
+                let keyd = self.keyd_holds_key.load(Ordering::Relaxed);
+                let keyd_ok = !(self.needs_key && self.ready_requires_keyd_key) || keyd;
+                let status = if key && backend && keyd_ok { 200 } else { 503 };
+                json(
+                    status,
+                    serde_json::json!({ "ready": status == 200, "key_loaded": key, "backend_up": backend, "keyd_holds_key": keyd }),
+                )
             }
             "/metrics" => respond(200, "text/plain; version=0.0.4", self.metrics.render()),
             "/api/v1/key/status" => {

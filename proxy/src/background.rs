@@ -1,6 +1,7 @@
 //! Background tasks: polling keyd for the key ring, and probing the backend for `/readyz`.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,6 +23,8 @@ pub struct KeyPoller {
     pub interval: Duration,
     pub keys: Arc<KeyState>,
     pub metrics: Arc<Metrics>,
+    /// Whether keyd answered the last poll with a key (`memkey.ready_requires_keyd_key`).
+    pub keyd_holds_key: Arc<AtomicBool>,
 }
 
 /// Offers a ring fetched from keyd to the key state; logs and counts what happened.
@@ -67,9 +70,11 @@ impl BackgroundService for KeyPoller {
             match keyd::client::fetch_keyring(&self.socket).await {
                 Ok(Some(ring)) => {
                     take_up(&self.keys, &self.metrics, ring);
+                    self.keyd_holds_key.store(true, Ordering::Relaxed);
                     last_problem.clear();
                 }
                 Ok(None) => {
+                    self.keyd_holds_key.store(false, Ordering::Relaxed);
                     // Whatever keyd offered before, it offers nothing now.
                     self.keys.clear_refusal();
                     let msg = if self.keys.get().is_some() {
@@ -83,6 +88,7 @@ impl BackgroundService for KeyPoller {
                     }
                 }
                 Err(e) => {
+                    self.keyd_holds_key.store(false, Ordering::Relaxed);
                     let msg = format!("cannot reach keyd at {}: {e}", self.socket.display());
                     if last_problem != msg {
                         log::warn!("{msg}");

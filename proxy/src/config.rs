@@ -201,6 +201,12 @@ pub struct RawMemkey {
     pub socket_path: Option<String>,
     pub endpoint: Option<String>,
     pub poll_interval: Option<String>,
+    /// `/readyz` answers 503 while keyd holds no key (or cannot be reached), even though
+    /// this process still holds the keys it loaded. For several replicas behind a load
+    /// balancer: a replica whose keyd lost the key (restarted) leaves the pool until the
+    /// administrator sends the key again, instead of serving on with a key it could not
+    /// get back after its own restart or upgrade. Default false (a single proxy keeps serving).
+    pub ready_requires_keyd_key: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -231,6 +237,8 @@ pub struct Config {
     /// keyd's HTTPS address, shown to operators (the key itself only ever comes over the socket).
     pub memkey_endpoint: Option<String>,
     pub poll_interval: Duration,
+    /// `memkey.ready_requires_keyd_key`.
+    pub ready_requires_keyd_key: bool,
     pub filters: Vec<FilterKind>,
     pub conditional_writes: ConditionalMode,
     pub unencrypted_objects: UnencryptedPolicy,
@@ -469,6 +477,7 @@ impl RawConfig {
             memkey_socket,
             memkey_endpoint: self.memkey.endpoint,
             poll_interval,
+            ready_requires_keyd_key: self.memkey.ready_requires_keyd_key.unwrap_or(false),
             filters,
             conditional_writes,
             unencrypted_objects,
@@ -522,8 +531,11 @@ mod tests {
         assert_eq!(c.filters, FilterKind::default_chain());
         assert_eq!(c.chunk_size, 65536);
         assert_eq!(c.poll_interval, Duration::from_secs(5));
+        assert!(!c.ready_requires_keyd_key, "a single proxy keeps serving when keyd loses the key");
         assert_eq!(c.upgrade_sock, "/run/s3-crypt-proxy/upgrade.sock");
         assert_eq!(c.pid_file, "/run/s3-crypt-proxy/proxy.pid");
+        let c: RawConfig = serde_yaml::from_str(&MIN.replace("memkey: {", "memkey: {ready_requires_keyd_key: true, ")).unwrap();
+        assert!(c.finish().unwrap().ready_requires_keyd_key);
     }
 
     #[test]

@@ -200,17 +200,25 @@ fn build_chain(cfg: &config::Config, backend: &Arc<Backend>, keys: &Arc<KeyState
     Chain::new(filters)
 }
 
-fn initial_key_fetch(socket: PathBuf, keys: &KeyState, metrics: &metrics::Metrics) {
+/// Loads the key before the listeners start; true when keyd handed one over.
+fn initial_key_fetch(socket: PathBuf, keys: &KeyState, metrics: &metrics::Metrics) -> bool {
     let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
-        Err(e) => return log::warn!("initial key fetch skipped: {e}"),
+        Err(e) => {
+            log::warn!("initial key fetch skipped: {e}");
+            return false;
+        }
     };
     match rt.block_on(async { tokio::time::timeout(Duration::from_secs(3), keyd::client::fetch_keyring(&socket)).await }) {
-        Ok(Ok(Some(ring))) => background::take_up(keys, metrics, ring),
+        Ok(Ok(Some(ring))) => {
+            background::take_up(keys, metrics, ring);
+            return true;
+        }
         Ok(Ok(None)) => log::warn!("keyd holds no key yet: S3 requests get 503 until `memkey-admin key send`"),
         Ok(Err(e)) => log::warn!("cannot reach keyd at {}: {e}", socket.display()),
         Err(_) => log::warn!("keyd at {} did not answer within 3 s", socket.display()),
     }
+    false
 }
 
 /// Locks a key ring's memory in RAM (see `keyd::harden`).
@@ -261,6 +269,7 @@ fn run(cfg: config::Config, parts: Parts, hardened: bool, upgrade: bool, daemon:
     }
     server.add_service(s3);
 
+    let keyd_holds_key = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let admin_api = admin::AdminApi {
         backend: parts.backend.clone(),
         rewrap: Arc::new(rewrap::Rewrapper::default()),
@@ -269,6 +278,8 @@ fn run(cfg: config::Config, parts: Parts, hardened: bool, upgrade: bool, daemon:
         token: cfg.admin_token.clone(),
         clients: cfg.clients.clone(),
         needs_key,
+        ready_requires_keyd_key: cfg.ready_requires_keyd_key,
+        keyd_holds_key: keyd_holds_key.clone(),
         started: SystemTime::now(),
         filters: names.clone(),
         memkey_endpoint: cfg.memkey_endpoint.clone(),
@@ -287,10 +298,17 @@ fn run(cfg: config::Config, parts: Parts, hardened: bool, upgrade: bool, daemon:
     if let Some(sock) = &cfg.memkey_socket {
         // Load the key before the listeners start, so that a process taking over from
         // another one (graceful upgrade) never answers 503 while its poller starts.
-        initial_key_fetch(PathBuf::from(sock), &keys, &metrics);
+        let fetched = initial_key_fetch(PathBuf::from(sock), &keys, &metrics);
+        keyd_holds_key.store(fetched, std::sync::atomic::Ordering::Relaxed);
         server.add_service(background_service(
             "keyd poller",
-            background::KeyPoller { socket: PathBuf::from(sock), interval: cfg.poll_interval, keys: keys.clone(), metrics: metrics.clone() },
+            background::KeyPoller {
+                socket: PathBuf::from(sock),
+                interval: cfg.poll_interval,
+                keys: keys.clone(),
+                metrics: metrics.clone(),
+                keyd_holds_key: keyd_holds_key.clone(),
+            },
         ));
     }
     server.add_service(background_service(

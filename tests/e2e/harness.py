@@ -151,11 +151,13 @@ class Garage:
     name = "garage"
     region = "garage"
 
-    def __init__(self, workdir, db_engine="sqlite", block_size=None):
+    def __init__(self, workdir, db_engine="sqlite", block_size=None, name="garage", replication_factor=1,
+                 rpc_secret=None, setup=True):
         """db_engine: Garage's metadata engine; "lmdb" for heavy concurrent writes (with SQLite
         Garage answers some of them 503 "database is locked"). block_size: the size of the
-        blocks Garage cuts objects into (Garage's default: 1 MiB)."""
-        d = os.path.join(workdir, "garage")
+        blocks Garage cuts objects into (Garage's default: 1 MiB). name, replication_factor,
+        rpc_secret and setup=False (no layout, no key) are for the nodes of a GarageCluster."""
+        d = os.path.join(workdir, name)
         os.makedirs(d, exist_ok=True)
         self.port, rpc, admin = free_port(), free_port(), free_port()
         self.conf = os.path.join(d, "garage.toml")
@@ -164,10 +166,10 @@ class Garage:
 data_dir = "{d}/data"
 db_engine = "{db_engine}"
 {f"block_size = {block_size}" if block_size else ""}
-replication_factor = 1
+replication_factor = {replication_factor}
 rpc_bind_addr = "127.0.0.1:{rpc}"
 rpc_public_addr = "127.0.0.1:{rpc}"
-rpc_secret = "{secrets.token_hex(32)}"
+rpc_secret = "{rpc_secret or secrets.token_hex(32)}"
 
 [s3_api]
 s3_region = "garage"
@@ -179,8 +181,13 @@ api_bind_addr = "127.0.0.1:{admin}"
 admin_token = "{secrets.token_hex(16)}"
 """)
         self.dir = d
+        self.rpc_port = rpc
+        self.endpoint = f"http://127.0.0.1:{self.port}"
         self.start()
-        node = self._garage("node", "id", "-q").strip().split("@")[0]
+        self.node_id = self._garage("node", "id", "-q").strip().split("@")[0]
+        if not setup:
+            return
+        node = self.node_id
         self._garage("layout", "assign", "-z", "dc1", "-c", "1G", node)
         self._garage("layout", "apply", "--version", "1")
         self.access_key = "GK" + secrets.token_hex(12)
@@ -205,6 +212,59 @@ admin_token = "{secrets.token_hex(16)}"
         self.proc.stop()
 
 
+class GarageCluster:
+    """A real distributed Garage on 127.0.0.1 (shared/test-env.md): `nodes` servers with one
+    shared rpc_secret, replication factor 3, one zone per node, LMDB metadata. Any node's S3
+    port serves the whole cluster; `nodes[i].endpoint` is node i's. Stopping one node of
+    three keeps reads and writes working (quorum 2 of 3)."""
+
+    name = "garage"
+    region = "garage"
+
+    def __init__(self, workdir, nodes=3, db_engine="lmdb"):
+        secret = secrets.token_hex(32)
+        self.nodes = []
+        try:
+            for i in range(nodes):
+                self.nodes.append(Garage(workdir, db_engine=db_engine, name=f"garage-{i + 1}", replication_factor=3,
+                                         rpc_secret=secret, setup=False))
+            first = self.nodes[0]
+            for n in self.nodes[1:]:
+                first._garage("node", "connect", f"{n.node_id}@127.0.0.1:{n.rpc_port}")
+            for i, n in enumerate(self.nodes):
+                first._garage("layout", "assign", "-z", f"z{i + 1}", "-c", "1G", n.node_id)
+            first._garage("layout", "apply", "--version", "1")
+            self.access_key = "GK" + secrets.token_hex(12)
+            self.secret_key = secrets.token_hex(32)
+            first._garage("key", "import", "--yes", "-n", "s3cp-test", self.access_key, self.secret_key)
+            first._garage("key", "allow", "--create-bucket", self.access_key)
+            for n in self.nodes:
+                n.access_key, n.secret_key = self.access_key, self.secret_key
+            self.wait_healthy()
+        except BaseException:
+            self.stop()
+            raise
+        self.endpoint = first.endpoint
+
+    def wait_healthy(self, timeout=60):
+        """Until `garage status` on the first node lists every node as up (no "failed" nodes)."""
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            out = subprocess.run([shutil.which("garage") or "garage", "-c", self.nodes[0].conf, "status"],
+                                 capture_output=True, text=True).stdout
+            if out.count("127.0.0.1:") >= len(self.nodes) and "Failed nodes" not in out and "FAILED" not in out.upper():
+                return
+            time.sleep(0.5)
+        raise RuntimeError(f"garage cluster not healthy: {out}")
+
+    def stop(self):
+        for n in self.nodes:
+            try:
+                n.stop()
+            except Exception as e:  # keep stopping the rest
+                print(f"stopping garage node: {e}")
+
+
 def start_backend(kind, workdir, **options):
     return {"moto": Moto, "garage": Garage}[kind](workdir, **options)
 
@@ -214,11 +274,14 @@ def start_backend(kind, workdir, **options):
 class Keyd:
     """memkey-server over HTTPS and a Unix socket, and an initialised memkey-admin."""
 
-    def __init__(self, workdir):
-        self.dir = os.path.join(workdir, "keyd")
+    def __init__(self, workdir, name="keyd", admin_dir=None):
+        """admin_dir: a memkey-admin configuration shared with other memkey-servers (see
+        KeyServers): this server is pinned there too, with its CA, so that one
+        `memkey-admin key send` reaches them all."""
+        self.dir = os.path.join(workdir, name)
         os.makedirs(self.dir, mode=0o750, exist_ok=True)
         os.chmod(self.dir, 0o750)
-        self.admin_dir = os.path.join(self.dir, "admin")
+        self.admin_dir = admin_dir or os.path.join(self.dir, "admin")
         self.socket = os.path.join(self.dir, "memkey.sock")
         self.port = free_port()
         self.url = f"https://127.0.0.1:{self.port}"
@@ -229,7 +292,8 @@ class Keyd:
         pub = Ed25519PrivateKey.from_private_bytes(bytes.fromhex(seed)).public_key().public_bytes(
             serialization.Encoding.Raw, serialization.PublicFormat.Raw)
         self.fingerprint = hashlib.sha256(pub).hexdigest()
-        self.admin("init", "--server", self.url, "--fingerprint", self.fingerprint)
+        self.admin("init", "--server", self.url, "--fingerprint", self.fingerprint,
+                   *(["--cacert", test_ca(self.dir)[0]] if admin_dir else []))
         admin_pub = self.admin("identity").stdout.strip()
         self.conf = os.path.join(self.dir, "memkey.yaml")
         with open(os.open(self.conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
@@ -264,6 +328,39 @@ class Keyd:
 
     def stop(self):
         self.proc.stop()
+
+
+class KeyServers:
+    """Several memkey-servers (one per proxy replica) pinned by one memkey-admin: one
+    `memkey-admin key send` (without --server: every pinned server) delivers the key to all."""
+
+    def __init__(self, workdir, count):
+        self.admin_dir = os.path.join(workdir, "memkey-admin")
+        self.servers = []
+        try:
+            for i in range(count):
+                self.servers.append(Keyd(workdir, name=f"keyd-{chr(ord('a') + i)}", admin_dir=self.admin_dir))
+        except BaseException:
+            self.stop()
+            raise
+
+    def admin(self, *args, check=True):
+        return subprocess.run([binary("memkey-admin"), "--config-dir", self.admin_dir, *args],
+                              capture_output=True, text=True, check=check)
+
+    def new_key(self, key_id=1):
+        path = os.path.join(self.admin_dir, f"master-{key_id}.key")
+        if not os.path.exists(path):
+            self.admin("key", "generate", "--id", str(key_id), "--out", path)
+        return path
+
+    def send_key(self, key_file, *extra):
+        """One `memkey-admin key send` to every pinned server."""
+        return self.admin("key", "send", "--key-file", key_file, *extra, check=False)
+
+    def stop(self):
+        for k in self.servers:
+            k.stop()
 
 
 # ---------------------------------------------------------------- the proxy
@@ -321,6 +418,32 @@ class Proxy:
         self.proc = Proc(args, self.dir, "proxy", env={"RUST_BACKTRACE": "1"})
         wait_port(self.port, self.proc.p)
 
+    def upgrade(self, timeout=30, wait_old=True):
+        """Pingora's graceful upgrade, as deploy/s3-crypt-proxy-reload does it: a new process
+        started with --upgrade waits on server.upgrade_sock for the listening sockets; the old
+        one gets SIGQUIT, hands them over, finishes its requests and exits. wait_old=False
+        returns as soon as the new process serves; the old one (returned, a Proc) may still
+        be draining."""
+        old = self.proc
+        sock = self.config["server"]["upgrade_sock"]
+        if os.path.exists(sock):
+            os.unlink(sock)
+        args = [binary("s3-crypt-proxy"), "run", "--config", self.conf, "--upgrade"]
+        self.proc = Proc(args, self.dir, "proxy", env={"RUST_BACKTRACE": "1"})
+        deadline = time.time() + timeout
+        while not os.path.exists(sock):
+            if self.proc.poll() is not None or time.time() > deadline:
+                raise RuntimeError(f"the new proxy process did not open {sock}\n{tail(self.proc.log_path)}")
+            time.sleep(0.05)
+        time.sleep(0.2)
+        old.p.send_signal(signal.SIGQUIT)
+        if wait_old:
+            old.p.wait(timeout)
+            old.log.close()
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"the new proxy process exited\n{tail(self.proc.log_path)}")
+        return old
+
     def admin_get(self, path, token=None):
         ctx = ssl.create_default_context()
         ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
@@ -369,12 +492,16 @@ HAPROXY_CFG = os.path.join(os.path.dirname(__file__), "..", "..", "deploy", "hap
 class HAProxy:
     """HAProxy (Debian's 2.6) running the shipped deploy/haproxy/haproxy.cfg unchanged, in
     front of proxies listening with TLS: its settings come from the environment variables
-    that file names. `replicas` is a list of two Proxy objects (proxy-a, proxy-b)."""
+    that file names. `replicas` is a list of Proxy objects (proxy-a, proxy-b, proxy-c, …).
+    With more than two, each further replica gets a copy of the file's `server` line with
+    its own variables, as the file's header says (the rendered copy is written next to the
+    logs; every other line is the shipped one)."""
 
     def __init__(self, workdir, replicas, name="haproxy"):
         if shutil.which("haproxy") is None:
             raise RuntimeError("haproxy is missing: scripts/bootstrap.sh installs it (apt-get install haproxy)")
-        a, b = replicas
+        a, b = replicas[:2]
+        self.names = [f"proxy-{chr(ord('a') + i)}" for i in range(len(replicas))]
         self.dir = os.path.join(workdir, name)
         os.makedirs(self.dir, exist_ok=True)
         self.port = free_port()
@@ -401,11 +528,25 @@ class HAProxy:
             "S3CP_REPLICA_B": f"127.0.0.1:{b.port}",
             "S3CP_REPLICA_B_ADMIN_PORT": str(b.admin_port),
         }
-        check = subprocess.run(["haproxy", "-c", "-f", HAPROXY_CFG], env={**os.environ, **self.env}, capture_output=True, text=True)
+        self.cfg = HAPROXY_CFG
+        if len(replicas) > 2:
+            self.cfg = os.path.join(self.dir, "haproxy.cfg")
+            with open(HAPROXY_CFG) as f:
+                shipped = f.read()
+            line_b = next(line for line in shipped.splitlines() if line.strip().startswith("server proxy-b "))
+            extra = []
+            for i, r in enumerate(replicas[2:], start=2):
+                letter = chr(ord("A") + i)
+                self.env[f"S3CP_REPLICA_{letter}"] = f"127.0.0.1:{r.port}"
+                self.env[f"S3CP_REPLICA_{letter}_ADMIN_PORT"] = str(r.admin_port)
+                extra.append(line_b.replace("proxy-b", f"proxy-{letter.lower()}").replace("S3CP_REPLICA_B", f"S3CP_REPLICA_{letter}"))
+            with open(self.cfg, "w") as f:
+                f.write(shipped.replace(line_b, "\n".join([line_b] + extra)))
+        check = subprocess.run(["haproxy", "-c", "-f", self.cfg], env={**os.environ, **self.env}, capture_output=True, text=True)
         if check.returncode != 0:
             raise RuntimeError(f"haproxy -c refused the shipped config:\n{check.stdout}{check.stderr}")
         # -db: stay in the foreground, so that stop() ends it by its PID.
-        self.proc = Proc(["haproxy", "-db", "-f", HAPROXY_CFG], self.dir, "haproxy", env=self.env)
+        self.proc = Proc(["haproxy", "-db", "-f", self.cfg], self.dir, "haproxy", env=self.env)
         wait_port(self.port, self.proc.p)
 
     @property
@@ -427,7 +568,8 @@ class HAProxy:
         lines = [line.split() for line in self.command("show servers state s3cp_replicas").splitlines()]
         return {f[3]: int(f[5]) for f in lines if len(f) > 5 and f[0].isdigit()}
 
-    def wait_up(self, names=("proxy-a", "proxy-b"), timeout=60):
+    def wait_up(self, names=None, timeout=60):
+        names = names or self.names
         deadline = time.time() + timeout
         while time.time() < deadline:
             states = self.server_states()
@@ -435,6 +577,15 @@ class HAProxy:
                 return
             time.sleep(0.2)
         raise RuntimeError(f"haproxy servers not up: {self.server_states()}\n{tail(self.proc.log_path)}")
+
+    def wait_state(self, name, up, timeout=60):
+        """Until HAProxy's health checks see replica `name` up (True) or down (False)."""
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if (self.server_states().get(name) == 2) == up:
+                return time.time()
+            time.sleep(0.1)
+        raise RuntimeError(f"{name} not {'up' if up else 'down'}: {self.server_states()}")
 
     def set_state(self, server, state):
         """`ready`, `drain` or `maint` for one replica."""
