@@ -1,6 +1,7 @@
 //! memkey-admin: the administrator's tool for memkey-server.
 
 mod object;
+mod seal;
 mod store;
 mod transport;
 
@@ -124,6 +125,9 @@ enum Command {
     /// Disaster recovery without the proxy: decrypt or encrypt raw backend objects.
     #[command(subcommand)]
     Object(ObjectCommand),
+    /// PKCS#11 HSM set-up for memkey-server's pkcs11 key source.
+    #[command(subcommand)]
+    Hsm(HsmCommand),
     /// Print this workstation's admin public key (for `admins:` in memkey.yaml).
     ///
     /// Example: memkey-admin identity
@@ -203,6 +207,25 @@ enum KeyCommand {
         #[arg(long, verbatim_doc_comment)]
         no_make_current: bool,
     },
+    /// Seal a master key file for memkey-server's pkcs11 or aws-kms key source.
+    ///
+    /// The sealed key file is safe on disk and in backups: unsealing it needs the HSM and its
+    /// PIN, or KMS credentials allowed to decrypt with the KMS key. Give --in an existing
+    /// sealed key file (same source) to re-seal it under another HSM key or KMS key.
+    /// Example: MEMKEY_PKCS11_PIN=1234 memkey-admin key seal --source pkcs11 --module /usr/lib/softhsm/libsofthsm2.so --token-label s3cp --key-label s3cp-wrap --in master.key --out master-1.sealed.json
+    /// Example: memkey-admin key seal --source aws-kms --region eu-west-1 --kms-key-id alias/s3cp --in master.key --out master-1.sealed.json
+    #[command(verbatim_doc_comment)]
+    Seal(seal::SealArgs),
+}
+
+#[derive(Subcommand, Debug)]
+enum HsmCommand {
+    /// Create the non-extractable AES-256 wrapping key on a token (for labs and SoftHSM;
+    /// production HSMs usually have their own tools for this).
+    ///
+    /// Example: MEMKEY_PKCS11_PIN=1234 memkey-admin hsm init-key --module /usr/lib/softhsm/libsofthsm2.so --token-label s3cp --key-label s3cp-wrap
+    #[command(verbatim_doc_comment)]
+    InitKey(seal::InitKeyArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -334,6 +357,8 @@ fn run(cli: Cli) -> Result<(), Fail> {
             key_file,
             no_make_current,
         }) => key_send(&store, &servers, key_file, !no_make_current, timeout),
+        Command::Key(KeyCommand::Seal(a)) => seal::seal(a),
+        Command::Hsm(HsmCommand::InitKey(a)) => seal::init_key(a),
         Command::Status(sel) => status(&store, &sel, timeout),
         Command::Object(ObjectCommand::Decrypt {
             key_files,

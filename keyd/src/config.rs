@@ -68,6 +68,8 @@ pub struct Config {
     pub max_pending_challenges: usize,
     /// Outstanding challenges kept at most per source IP.
     pub max_pending_per_ip: usize,
+    /// Where the master keys come from besides delivery (`key_source:`).
+    pub key_source: crate::source::KeySourceConfig,
 }
 
 impl fmt::Debug for Config {
@@ -91,6 +93,7 @@ impl fmt::Debug for Config {
                     .map(|a| hex::encode(a.as_bytes()))
                     .collect::<Vec<_>>(),
             )
+            .field("key_source", &self.key_source)
             .finish()
     }
 }
@@ -110,6 +113,7 @@ impl Config {
             admins: Vec::new(),
             max_pending_challenges: 16_384,
             max_pending_per_ip: 64,
+            key_source: Default::default(),
         }
     }
 
@@ -138,7 +142,10 @@ impl Config {
             None => RawConfig::default(),
         };
         raw.apply_env(&env)?;
-        raw.validate()
+        let key_source = std::mem::take(&mut raw.key_source).validate(&env)?;
+        let mut cfg = raw.validate()?;
+        cfg.key_source = key_source;
+        Ok(cfg)
     }
 
     /// [`Config::load`] with the process environment.
@@ -158,6 +165,8 @@ struct RawConfig {
     security: RawSecurity,
     #[serde(default)]
     admins: Option<Vec<String>>,
+    #[serde(default)]
+    key_source: crate::source::config::RawKeySource,
 }
 
 #[derive(Default, Deserialize)]
@@ -229,6 +238,7 @@ impl RawConfig {
         if let Some(v) = env("MEMKEY_LOCKOUT_DURATION") {
             self.security.lockout_duration = Some(v);
         }
+        self.key_source.apply_env(env);
         if let Some(v) = env("MEMKEY_ADMINS") {
             self.admins = Some(
                 v.split(',')

@@ -5,6 +5,7 @@
 //! * [`client`]: what the proxy calls (`fetch_keyring`, `fetch_status`).
 //! * [`server`]: run the server in-process (`Server::start`).
 //! * [`protocol`]: message formats and cryptography shared with `memkey-admin`.
+//! * [`source`]: key sources besides delivery (PKCS#11 HSM, AWS KMS) and sealed key files.
 
 pub mod client;
 pub mod config;
@@ -12,6 +13,7 @@ pub mod harden;
 pub mod protocol;
 pub mod server;
 pub mod service;
+pub mod source;
 pub mod util;
 pub mod vault;
 

@@ -78,6 +78,9 @@ pub struct StatusInfo {
     /// Whether key memory is locked in RAM (mlock).
     pub memory_locked: bool,
     pub version: String,
+    /// Where keys come from and how unsealing went (absent from older servers).
+    #[serde(default)]
+    pub key_source: crate::source::runner::SourceStatus,
 }
 
 /// Counters, for tests and monitoring.
@@ -220,6 +223,7 @@ pub struct KeyService {
     challenges: Mutex<Challenges>,
     failures: Mutex<Failures>,
     vault: Mutex<Vault>,
+    source_status: Mutex<crate::source::runner::SourceStatus>,
     pub stats: Stats,
 }
 
@@ -258,6 +262,7 @@ impl KeyService {
             challenges: Mutex::new(Challenges::default()),
             failures: Mutex::new(Failures::default()),
             vault: Mutex::new(vault),
+            source_status: Mutex::new(Default::default()),
             stats: Stats::default(),
         }
     }
@@ -510,7 +515,23 @@ impl KeyService {
             uptime_seconds: self.started.elapsed().as_secs(),
             memory_locked: v.lock_status().is_ok(),
             version: env!("CARGO_PKG_VERSION").to_owned(),
+            key_source: self.source_status.lock().expect("source status lock").clone(),
         }
+    }
+
+    /// Stores a key unsealed by a key source (HSM, KMS). Same rules as a delivery: a key id
+    /// already loaded with different material is refused.
+    pub fn load_unsealed(
+        &self,
+        key: &s3cp_format::keys::MasterKey,
+        make_current: bool,
+    ) -> Result<crate::vault::Inserted, VaultError> {
+        self.vault.lock().expect("vault lock").insert(key, make_current)
+    }
+
+    /// Updates the key source part of `/status`.
+    pub fn update_source_status(&self, f: impl FnOnce(&mut crate::source::runner::SourceStatus)) {
+        f(&mut self.source_status.lock().expect("source status lock"));
     }
 
     /// `GET /key/raw` body (Unix socket only), built in a zeroizing buffer sized up front.
