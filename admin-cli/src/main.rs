@@ -207,13 +207,14 @@ enum KeyCommand {
         #[arg(long, verbatim_doc_comment)]
         no_make_current: bool,
     },
-    /// Seal a master key file for memkey-server's pkcs11 or aws-kms key source.
+    /// Seal a master key file for memkey-server's pkcs11, aws-kms or kmip key source.
     ///
     /// The sealed key file is safe on disk and in backups: unsealing it needs the HSM and its
     /// PIN, or KMS credentials allowed to decrypt with the KMS key. Give --in an existing
     /// sealed key file (same source) to re-seal it under another HSM key or KMS key.
     /// Example: MEMKEY_PKCS11_PIN=1234 memkey-admin key seal --source pkcs11 --module /usr/lib/softhsm/libsofthsm2.so --token-label s3cp --key-label s3cp-wrap --in master.key --out master-1.sealed.json
     /// Example: memkey-admin key seal --source aws-kms --region eu-west-1 --kms-key-id alias/s3cp --in master.key --out master-1.sealed.json
+    /// Example: memkey-admin key seal --source kmip --kmip-server kmip:5696 --kmip-ca-file ca.crt --kmip-client-cert c.crt --kmip-client-key c.key --kmip-uid 1 --in master.key --out master-1.sealed.json
     #[command(verbatim_doc_comment)]
     Seal(seal::SealArgs),
 }

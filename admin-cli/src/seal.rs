@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 use keyd::source::config::{AwsKmsConfig, Pin, Pkcs11Config};
+use keyd::source::kmip::{KmipConfig, KmipSource};
 use keyd::source::{self, aws_kms, pkcs11, KeySource, SealedKeyFile};
 use s3cp_format::keys::MasterKey;
 use zeroize::Zeroizing;
@@ -17,6 +18,7 @@ use crate::Fail;
 pub enum SourceArg {
     Pkcs11,
     AwsKms,
+    Kmip,
 }
 
 /// PKCS#11 token settings (the PIN comes from --pin-file or MEMKEY_PKCS11_PIN, never argv).
@@ -90,6 +92,45 @@ impl KmsArgs {
     }
 }
 
+/// KMIP server settings (mutual TLS).
+#[derive(Args, Debug, Clone)]
+pub struct KmipArgs {
+    /// KMIP server host and port.
+    /// Example: --kmip-server kmip.example.net:5696
+    #[arg(long, value_name = "HOST:PORT", verbatim_doc_comment)]
+    pub kmip_server: Option<String>,
+    /// CA certificate (PEM) of the KMIP server.
+    /// Example: --kmip-ca-file kmip-ca.crt
+    #[arg(long, value_name = "FILE", verbatim_doc_comment)]
+    pub kmip_ca_file: Option<PathBuf>,
+    /// Client certificate and key (PEM) to authenticate to the KMIP server.
+    /// Example: --kmip-client-cert client.crt --kmip-client-key client.key
+    #[arg(long, value_name = "FILE", verbatim_doc_comment)]
+    pub kmip_client_cert: Option<PathBuf>,
+    #[arg(long, value_name = "FILE")]
+    pub kmip_client_key: Option<PathBuf>,
+}
+
+impl KmipArgs {
+    fn config(&self) -> Result<KmipConfig, Fail> {
+        let server = self.kmip_server.clone().ok_or_else(|| Fail::usage("--kmip-server HOST:PORT is needed"))?;
+        let (host, port) = match server.rsplit_once(':') {
+            Some((h, p)) => (h.to_owned(), p.parse().map_err(|_| Fail::usage(format!("--kmip-server {server:?}: bad port")))?),
+            None => (server.clone(), 5696),
+        };
+        let need = |v: &Option<PathBuf>, flag: &str| v.clone().ok_or_else(|| Fail::usage(format!("{flag} is needed with --source kmip")));
+        Ok(KmipConfig {
+            server_name: host.clone(),
+            host,
+            port,
+            ca_file: need(&self.kmip_ca_file, "--kmip-ca-file")?,
+            client_cert: need(&self.kmip_client_cert, "--kmip-client-cert")?,
+            client_key: need(&self.kmip_client_key, "--kmip-client-key")?,
+            timeout: Duration::from_secs(30),
+        })
+    }
+}
+
 #[derive(Args, Debug)]
 pub struct SealArgs {
     /// Who wraps the key: an HSM over PKCS#11, or AWS KMS.
@@ -113,10 +154,16 @@ pub struct SealArgs {
     /// Example: --kms-key-id alias/s3cp-master
     #[arg(long, value_name = "ID", verbatim_doc_comment)]
     pub kms_key_id: Option<String>,
+    /// Unique identifier of the KMIP server's AES-256 key-encryption key (kmip).
+    /// Example: --kmip-uid 1
+    #[arg(long, value_name = "UID", verbatim_doc_comment)]
+    pub kmip_uid: Option<String>,
     #[command(flatten)]
     pub hsm: HsmArgs,
     #[command(flatten)]
     pub kms: KmsArgs,
+    #[command(flatten)]
+    pub kmip: KmipArgs,
 }
 
 fn failed(e: source::UnsealError) -> Fail {
@@ -134,6 +181,10 @@ pub fn seal(a: SealArgs) -> Result<(), Fail> {
             let id = a.kms_key_id.clone().ok_or_else(|| Fail::usage("--kms-key-id is needed with --source aws-kms"))?;
             (Box::new(aws_kms::AwsKmsSource::new(a.kms.config()?).map_err(failed)?), vec![("kms_key_id".into(), id)])
         }
+        SourceArg::Kmip => {
+            let uid = a.kmip_uid.clone().ok_or_else(|| Fail::usage("--kmip-uid is needed with --source kmip"))?;
+            (Box::new(KmipSource::new(a.kmip.config()?).map_err(failed)?), vec![("kmip_uid".into(), uid)])
+        }
     };
     let key = read_key_or_sealed(&a.input, &*src)?;
     let file = source::seal(&*src, &key, params).map_err(failed)?;
@@ -144,7 +195,11 @@ pub fn seal(a: SealArgs) -> Result<(), Fail> {
         key.id(),
         file.source,
         file.kcv,
-        if a.source == SourceArg::Pkcs11 { "HSM and its PIN" } else { "KMS key and credentials allowed to decrypt with it" }
+        match a.source {
+            SourceArg::Pkcs11 => "HSM and its PIN",
+            SourceArg::AwsKms => "KMS key and credentials allowed to decrypt with it",
+            SourceArg::Kmip => "KMIP server's key and a client certificate it accepts",
+        }
     );
     Ok(())
 }

@@ -1,7 +1,7 @@
 //! Prometheus metrics, on the admin listener at `/metrics`.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 pub struct Metrics {
@@ -22,6 +22,10 @@ pub struct Metrics {
     pub core_dumps_disabled: IntGauge,
     pub key_conflict: IntGauge,
     pub key_conflicts: IntCounter,
+    /// memkey-server's key source, as its `/status` reports it (polled with the keys).
+    pub key_source: IntGaugeVec,
+    pub key_source_last_unseal: IntGauge,
+    pub key_source_unseal_failures: IntGaugeVec,
 }
 
 fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
@@ -58,6 +62,9 @@ impl Metrics {
             core_dumps_disabled: reg(&r, IntGauge::new(format!("{p}core_dumps_disabled"), "1 when core dumps are off and the process is not dumpable (RLIMIT_CORE=0, PR_SET_DUMPABLE=0)").expect("valid")),
             key_conflict: reg(&r, IntGauge::new(format!("{p}key_conflict"), "1 while keyd offers different key material under a key id already loaded (refused; the loaded key stays)").expect("valid")),
             key_conflicts: reg(&r, IntCounter::new(format!("{p}key_conflicts_total"), "Key deliveries refused because a key id came with different key material").expect("valid")),
+            key_source: reg(&r, IntGaugeVec::new(Opts::new(format!("{p}key_source_info"), "1 for memkey-server's key source (kind: delivery, pkcs11, aws-kms) and its state (waiting_for_delivery, unsealing, retrying, loaded, failed)"), &["kind", "state"]).expect("valid")),
+            key_source_last_unseal: reg(&r, IntGauge::new(format!("{p}key_source_last_unseal_timestamp_seconds"), "Unix time memkey-server last unsealed its keys from its HSM/KMS (0: never)").expect("valid")),
+            key_source_unseal_failures: reg(&r, IntGaugeVec::new(Opts::new(format!("{p}key_source_unseal_failures"), "Failed unseal attempts since memkey-server started, by reason (unreachable, auth, key_unavailable, tampered, key_check_mismatch, bad_file, conflict, config)"), &["reason"]).expect("valid")),
             registry: { reg(&r, filters::listing::UNDECLARED_CHUNK_SIZE_READS.clone()); r },
         }
     }

@@ -52,6 +52,9 @@ EXPORTED = {
     "s3_crypt_proxy_key_conflict": set(),
     "s3_crypt_proxy_key_conflicts_total": set(),
     "s3_crypt_proxy_undeclared_chunk_size_reads_total": set(),
+    "s3_crypt_proxy_key_source_info": {"kind", "state"},
+    "s3_crypt_proxy_key_source_last_unseal_timestamp_seconds": set(),
+    "s3_crypt_proxy_key_source_unseal_failures": {"reason"},
 }
 HISTOGRAMS = {"s3_crypt_proxy_request_duration_seconds"}
 TARGET_LABELS = {"instance", "job"}  # added by Prometheus at scrape time

@@ -2,7 +2,7 @@
 //!
 //! ```yaml
 //! key_source:
-//!   kind: pkcs11                 # delivery (default) | pkcs11 | aws-kms      MEMKEY_KEY_SOURCE
+//!   kind: pkcs11                 # delivery (default) | pkcs11 | aws-kms | kmip   MEMKEY_KEY_SOURCE
 //!   sealed_key_files: [/etc/s3-crypt-proxy/master-1.sealed.json]            MEMKEY_SEALED_KEY_FILES (comma-separated)
 //!   retry_initial: 1s            # first back-off while the HSM/KMS is unreachable
 //!   retry_max: 60s               # back-off cap (each wait is jittered to 50-100 %)
@@ -15,6 +15,12 @@
 //!     endpoint: https://kms.eu-west-1.amazonaws.com   # default from region  MEMKEY_KMS_ENDPOINT
 //!     ca_file: /etc/ssl/certs/ca-certificates.crt     # optional             MEMKEY_KMS_CA_FILE
 //!     # credentials: AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (/ AWS_SESSION_TOKEN)
+//!   kmip:
+//!     host: kmip.example.net                                                 MEMKEY_KMIP_HOST
+//!     port: 5696                                                             MEMKEY_KMIP_PORT
+//!     ca_file: /etc/s3-crypt-proxy/kmip-ca.crt                               MEMKEY_KMIP_CA_FILE
+//!     client_cert: /etc/s3-crypt-proxy/kmip-client.crt                       MEMKEY_KMIP_CLIENT_CERT
+//!     client_key: /etc/s3-crypt-proxy/kmip-client.key                       MEMKEY_KMIP_CLIENT_KEY
 //! ```
 //!
 //! The PIN and the AWS secret are never accepted on a command line.
@@ -123,6 +129,7 @@ pub struct KeySourceConfig {
     pub retry_max: Duration,
     pub pkcs11: Option<Pkcs11Config>,
     pub aws_kms: Option<AwsKmsConfig>,
+    pub kmip: Option<super::kmip::KmipConfig>,
 }
 
 impl Default for KeySourceConfig {
@@ -134,6 +141,7 @@ impl Default for KeySourceConfig {
             retry_max: Duration::from_secs(60),
             pkcs11: None,
             aws_kms: None,
+            kmip: None,
         }
     }
 }
@@ -149,6 +157,20 @@ pub(crate) struct RawKeySource {
     pkcs11: RawPkcs11,
     #[serde(default)]
     aws_kms: RawAwsKms,
+    #[serde(default)]
+    kmip: RawKmip,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawKmip {
+    host: Option<String>,
+    port: Option<u16>,
+    server_name: Option<String>,
+    ca_file: Option<String>,
+    client_cert: Option<String>,
+    client_key: Option<String>,
+    timeout: Option<String>,
 }
 
 #[derive(Default, Deserialize)]
@@ -194,6 +216,13 @@ impl RawKeySource {
         set(&mut self.aws_kms.region, env, "MEMKEY_KMS_REGION");
         set(&mut self.aws_kms.endpoint, env, "MEMKEY_KMS_ENDPOINT");
         set(&mut self.aws_kms.ca_file, env, "MEMKEY_KMS_CA_FILE");
+        set(&mut self.kmip.host, env, "MEMKEY_KMIP_HOST");
+        if let Some(p) = env("MEMKEY_KMIP_PORT").and_then(|p| p.trim().parse().ok()) {
+            self.kmip.port = Some(p);
+        }
+        set(&mut self.kmip.ca_file, env, "MEMKEY_KMIP_CA_FILE");
+        set(&mut self.kmip.client_cert, env, "MEMKEY_KMIP_CLIENT_CERT");
+        set(&mut self.kmip.client_key, env, "MEMKEY_KMIP_CLIENT_KEY");
     }
 
     pub(crate) fn validate(self, env: &impl Fn(&str) -> Option<String>) -> Result<KeySourceConfig, ConfigError> {
@@ -221,7 +250,6 @@ impl RawKeySource {
                 }
                 return Ok(cfg);
             }
-            SourceKind::Kmip => return Err(err(super::kmip::not_implemented().message)),
             _ => {}
         }
         if cfg.sealed_key_files.is_empty() {
@@ -264,7 +292,23 @@ impl RawKeySource {
                     timeout: dur(k.timeout, "aws_kms.timeout", Duration::from_secs(10))?,
                 });
             }
-            SourceKind::Delivery | SourceKind::Kmip => unreachable!("handled above"),
+            SourceKind::Kmip => {
+                let k = self.kmip;
+                let need = |v: Option<String>, name: &str, var: &str| {
+                    nonempty(v).ok_or_else(|| err(format!("key_source.kmip.{name} ({var}) is not set")))
+                };
+                let host = need(k.host, "host", "MEMKEY_KMIP_HOST")?;
+                cfg.kmip = Some(super::kmip::KmipConfig {
+                    server_name: nonempty(k.server_name).unwrap_or_else(|| host.clone()),
+                    host,
+                    port: k.port.unwrap_or(5696),
+                    ca_file: PathBuf::from(need(k.ca_file, "ca_file", "MEMKEY_KMIP_CA_FILE")?),
+                    client_cert: PathBuf::from(need(k.client_cert, "client_cert", "MEMKEY_KMIP_CLIENT_CERT")?),
+                    client_key: PathBuf::from(need(k.client_key, "client_key", "MEMKEY_KMIP_CLIENT_KEY")?),
+                    timeout: dur(k.timeout, "kmip.timeout", Duration::from_secs(10))?,
+                });
+            }
+            SourceKind::Delivery => unreachable!("handled above"),
         }
         Ok(cfg)
     }

@@ -3,7 +3,7 @@
 //! * [`delivery`]: an administrator sends it with `memkey-admin key send` (the default).
 //! * [`pkcs11`]: an HSM decrypts a sealed key file with a key that never leaves it.
 //! * [`aws_kms`]: AWS KMS (or a compatible endpoint) decrypts a sealed key file.
-//! * [`kmip`]: a KMIP server (not implemented yet; see the module).
+//! * [`kmip`]: a KMIP server hands out a key-encryption key (`Get`) that opens a sealed key file.
 //!
 //! Every non-delivery source implements [`KeySource`]; [`runner`] calls it at start-up and
 //! on SIGHUP, with back-off while the HSM or KMS is unreachable, and puts the keys in the
@@ -151,7 +151,7 @@ pub fn build(cfg: &KeySourceConfig) -> Result<Option<Box<dyn KeySource>>, Unseal
         SourceKind::Delivery => None,
         SourceKind::Pkcs11 => Some(Box::new(pkcs11::Pkcs11Source::new(cfg.pkcs11.clone().ok_or_else(missing("pkcs11"))?))),
         SourceKind::AwsKms => Some(Box::new(aws_kms::AwsKmsSource::new(cfg.aws_kms.clone().ok_or_else(missing("aws_kms"))?)?)),
-        SourceKind::Kmip => return Err(kmip::not_implemented()),
+        SourceKind::Kmip => Some(Box::new(kmip::KmipSource::new(cfg.kmip.clone().ok_or_else(missing("kmip"))?)?)),
     })
 }
 

@@ -152,7 +152,14 @@ impl KeySource for Pkcs11Source {
         let key = self.wrapping_key(&session, label)?;
         let params = GcmParams::new(&mut iv, &aad, TAG_BITS.into()).map_err(|e| classify(e, "building GCM parameters"))?;
         let plain = session.decrypt(&Mechanism::AesGcm(params), key, &wrapped).map(Zeroizing::new).map_err(|e| {
+            // The session is open and the key found: a failing AES-GCM decryption is a tag that
+            // does not verify. HSMs differ in how they say so (SoftHSM: CKR_GENERAL_ERROR).
+            let auth_failed =
+                matches!(e, CkError::Pkcs11(RvError::GeneralError | RvError::FunctionFailed, _));
             let mut e = classify(e, &format!("decrypting the sealed key id {} with {label:?}", file.key_id));
+            if auth_failed {
+                e.reason = Reason::Tampered;
+            }
             if e.reason == Reason::Tampered {
                 e.message.push_str(": the sealed key file was altered, or it was sealed with another HSM key");
             }
