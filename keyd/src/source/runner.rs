@@ -58,6 +58,11 @@ fn jitter(d: Duration) -> Duration {
     Duration::from_millis(rand::thread_rng().gen_range(ms / 2..=ms))
 }
 
+/// The back-off after `delay`: doubled, at most `max`.
+fn next_delay(delay: Duration, max: Duration) -> Duration {
+    (delay * 2).min(max)
+}
+
 /// Starts unsealing in the background; `None` for the delivery source (nothing to do).
 pub fn spawn(service: Arc<KeyService>, cfg: KeySourceConfig) -> Option<tokio::task::JoinHandle<()>> {
     service.update_source_status(|s| {
@@ -123,7 +128,7 @@ async fn run(service: Arc<KeyService>, cfg: KeySourceConfig) {
                     fail(&e, &path.display().to_string());
                     service.update_source_status(|s| s.state = "retrying".into());
                     tokio::time::sleep(wait).await;
-                    delay = (delay * 2).min(cfg.retry_max);
+                    delay = next_delay(delay, cfg.retry_max);
                     attempt += 1;
                 }
                 Err(e) => {
@@ -162,4 +167,25 @@ async fn unseal_file(source: Arc<dyn KeySource>, path: PathBuf) -> Result<s3cp_f
 pub fn unseal_path(source: &dyn KeySource, path: &Path) -> Result<s3cp_format::keys::MasterKey, UnsealError> {
     let file = SealedKeyFile::read(path)?;
     unseal(source, &file).map_err(|e| UnsealError::new(e.reason, format!("key id {}: {}", file.key_id, e.message)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn back_off_doubles_to_the_cap_with_jitter() {
+        let max = Duration::from_secs(60);
+        let mut d = Duration::from_secs(1);
+        let mut seen = vec![];
+        for _ in 0..9 {
+            seen.push(d.as_secs());
+            d = next_delay(d, max);
+        }
+        assert_eq!(seen, [1, 2, 4, 8, 16, 32, 60, 60, 60]);
+        for _ in 0..1000 {
+            let j = jitter(Duration::from_secs(8));
+            assert!(j >= Duration::from_secs(4) && j <= Duration::from_secs(8), "{j:?}");
+        }
+    }
 }
