@@ -2,6 +2,7 @@
 
 mod object;
 mod shares;
+mod seal;
 mod store;
 mod transport;
 mod verify;
@@ -126,6 +127,9 @@ enum Command {
     /// Disaster recovery without the proxy: decrypt or encrypt raw backend objects.
     #[command(subcommand)]
     Object(ObjectCommand),
+    /// PKCS#11 HSM set-up for memkey-server's pkcs11 key source.
+    #[command(subcommand)]
+    Hsm(HsmCommand),
     /// Print this workstation's admin public key (for `admins:` in memkey.yaml).
     ///
     /// Example: memkey-admin identity
@@ -317,6 +321,26 @@ enum KeyCommand {
         )]
         object: Option<PathBuf>,
     },
+    /// Seal a master key file for memkey-server's pkcs11, aws-kms or kmip key source.
+    ///
+    /// The sealed key file is safe on disk and in backups: unsealing it needs the HSM and its
+    /// PIN, or KMS credentials allowed to decrypt with the KMS key. Give --in an existing
+    /// sealed key file (same source) to re-seal it under another HSM key or KMS key.
+    /// Example: MEMKEY_PKCS11_PIN=1234 memkey-admin key seal --source pkcs11 --module /usr/lib/softhsm/libsofthsm2.so --token-label s3cp --key-label s3cp-wrap --in master.key --out master-1.sealed.json
+    /// Example: memkey-admin key seal --source aws-kms --region eu-west-1 --kms-key-id alias/s3cp --in master.key --out master-1.sealed.json
+    /// Example: memkey-admin key seal --source kmip --kmip-server kmip:5696 --kmip-ca-file ca.crt --kmip-client-cert c.crt --kmip-client-key c.key --kmip-uid 1 --in master.key --out master-1.sealed.json
+    #[command(verbatim_doc_comment)]
+    Seal(seal::SealArgs),
+}
+
+#[derive(Subcommand, Debug)]
+enum HsmCommand {
+    /// Create the non-extractable AES-256 wrapping key on a token (for labs and SoftHSM;
+    /// production HSMs usually have their own tools for this).
+    ///
+    /// Example: MEMKEY_PKCS11_PIN=1234 memkey-admin hsm init-key --module /usr/lib/softhsm/libsofthsm2.so --token-label s3cp --key-label s3cp-wrap
+    #[command(verbatim_doc_comment)]
+    InitKey(seal::InitKeyArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -512,6 +536,8 @@ fn run(cli: Cli) -> Result<(), Fail> {
                 (None, None) => Err(Fail::usage("give --proxy-admin URL or --object FILE")),
             }
         }
+        Command::Key(KeyCommand::Seal(a)) => seal::seal(a),
+        Command::Hsm(HsmCommand::InitKey(a)) => seal::init_key(a),
         Command::Status(sel) => status(&store, &sel, timeout),
         Command::Object(ObjectCommand::Decrypt {
             key_files,

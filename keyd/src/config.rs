@@ -72,6 +72,8 @@ pub struct Config {
     pub audit_path: Option<PathBuf>,
     /// m-of-n delivery (`shares:`): when set, keys are loaded only from M admins' shares.
     pub shares: Option<crate::share_quorum::ShareSettings>,
+    /// Where the master keys come from besides delivery (`key_source:`).
+    pub key_source: crate::source::KeySourceConfig,
 }
 
 impl fmt::Debug for Config {
@@ -97,6 +99,7 @@ impl fmt::Debug for Config {
                     .map(|a| hex::encode(a.as_bytes()))
                     .collect::<Vec<_>>(),
             )
+            .field("key_source", &self.key_source)
             .finish()
     }
 }
@@ -118,6 +121,7 @@ impl Config {
             max_pending_per_ip: 64,
             audit_path: None,
             shares: None,
+            key_source: Default::default(),
         }
     }
 
@@ -146,7 +150,10 @@ impl Config {
             None => RawConfig::default(),
         };
         raw.apply_env(&env)?;
-        raw.validate()
+        let key_source = std::mem::take(&mut raw.key_source).validate(&env)?;
+        let mut cfg = raw.validate()?;
+        cfg.key_source = key_source;
+        Ok(cfg)
     }
 
     /// [`Config::load`] with the process environment.
@@ -166,6 +173,8 @@ struct RawConfig {
     security: RawSecurity,
     #[serde(default)]
     admins: Option<Vec<String>>,
+    #[serde(default)]
+    key_source: crate::source::config::RawKeySource,
     #[serde(default)]
     audit: RawAudit,
     #[serde(default)]
@@ -268,6 +277,7 @@ impl RawConfig {
         if let Some(v) = env("MEMKEY_AUDIT_PATH") {
             self.audit.path = Some(v);
         }
+        self.key_source.apply_env(env);
         if let Some(v) = env("MEMKEY_ADMINS") {
             self.admins = Some(
                 v.split(',')
@@ -656,5 +666,79 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("cannot read config file"), "{e}");
+    }
+}
+
+#[cfg(test)]
+mod key_source_tests {
+    use super::*;
+    use crate::source::config::Pin;
+    use crate::source::SourceKind;
+    use std::collections::HashMap;
+
+    const SEED: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
+
+    fn load(file: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../conf").join(file);
+        let text = std::fs::read_to_string(path)
+            .unwrap()
+            .replace("replace-with-the-output-of-memkey-server--generate-identity", SEED);
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        std::io::Write::write_all(&mut f, text.as_bytes()).unwrap();
+        let m: HashMap<String, String> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        Config::load(Some(f.path()), move |k| m.get(k).cloned())
+    }
+
+    #[test]
+    fn example_files_load() {
+        let c = load("memkey.example.yaml", &[]).unwrap();
+        assert_eq!(c.key_source.kind, SourceKind::Delivery);
+
+        let c = load("memkey-pkcs11.yaml", &[]).unwrap();
+        assert_eq!(c.key_source.kind, SourceKind::Pkcs11);
+        assert_eq!(c.key_source.sealed_key_files.len(), 1);
+        let p = c.key_source.pkcs11.as_ref().unwrap();
+        assert_eq!(p.token_label, "s3cp");
+        assert!(matches!(p.pin, Pin::File(_)));
+        // The PIN from the environment wins over the file and is never printed.
+        let c = load("memkey-pkcs11.yaml", &[("MEMKEY_PKCS11_PIN", "98765")]).unwrap();
+        assert!(matches!(c.key_source.pkcs11.as_ref().unwrap().pin, Pin::Value(_)));
+        assert!(!format!("{c:?}").contains("98765"));
+
+        let c = load("memkey-kmip.yaml", &[]).unwrap();
+        let k = c.key_source.kmip.as_ref().unwrap();
+        assert_eq!((k.host.as_str(), k.port, k.server_name.as_str()), ("kmip.example.net", 5696, "kmip.example.net"));
+
+        let e = load("memkey-aws-kms.yaml", &[]).unwrap_err().to_string();
+        assert!(e.contains("AWS_ACCESS_KEY_ID"), "{e}");
+        let c = load("memkey-aws-kms.yaml", &[("AWS_ACCESS_KEY_ID", "AK"), ("AWS_SECRET_ACCESS_KEY", "sekrit")]).unwrap();
+        let k = c.key_source.aws_kms.as_ref().unwrap();
+        assert_eq!(k.endpoint, "https://kms.eu-west-1.amazonaws.com");
+        assert!(!format!("{c:?}").contains("sekrit"));
+    }
+
+    #[test]
+    fn key_source_env_and_errors() {
+        let env = [
+            ("MEMKEY_KEY_SOURCE", "aws-kms"),
+            ("MEMKEY_SEALED_KEY_FILES", "/a.json, /b.json"),
+            ("MEMKEY_KMS_ENDPOINT", "http://127.0.0.1:5000/"),
+            ("MEMKEY_KMS_REGION", "us-east-1"),
+            ("AWS_ACCESS_KEY_ID", "AK"),
+            ("AWS_SECRET_ACCESS_KEY", "SK"),
+        ];
+        let c = load("memkey.example.yaml", &env).unwrap();
+        assert_eq!(c.key_source.kind, SourceKind::AwsKms);
+        assert_eq!(c.key_source.sealed_key_files, vec![PathBuf::from("/a.json"), PathBuf::from("/b.json")]);
+        assert_eq!(c.key_source.aws_kms.unwrap().endpoint, "http://127.0.0.1:5000");
+        for (env, needle) in [
+            (vec![("MEMKEY_KEY_SOURCE", "vault")], "key_source.kind"),
+            (vec![("MEMKEY_KEY_SOURCE", "kmip"), ("MEMKEY_SEALED_KEY_FILES", "/a.json")], "key_source.kmip.host"),
+            (vec![("MEMKEY_KEY_SOURCE", "pkcs11")], "sealed_key_files"),
+            (vec![("MEMKEY_SEALED_KEY_FILES", "/a.json")], "kind is delivery"),
+        ] {
+            let e = load("memkey.example.yaml", &env).unwrap_err().to_string();
+            assert!(e.contains(needle), "{e:?} should mention {needle}");
+        }
     }
 }

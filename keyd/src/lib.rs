@@ -6,6 +6,7 @@
 //! * [`server`]: run the server in-process (`Server::start`).
 //! * [`audit`]: the JSON-lines audit log of key events.
 //! * [`protocol`]: message formats and cryptography shared with `memkey-admin`.
+//! * [`source`]: key sources besides delivery (PKCS#11 HSM, AWS KMS) and sealed key files.
 
 pub mod audit;
 pub mod client;
@@ -16,6 +17,7 @@ pub mod server;
 pub mod service;
 pub mod shamir;
 pub mod share_quorum;
+pub mod source;
 pub mod util;
 pub mod vault;
 

@@ -53,6 +53,17 @@ pub fn take_up(keys: &KeyState, metrics: &Metrics, ring: KeyRing) {
     update_key_metrics(keys, metrics);
 }
 
+/// Mirrors memkey-server's key source status (kind, state, last unseal, failures by reason).
+pub fn update_key_source_metrics(metrics: &Metrics, status: &keyd::source::runner::SourceStatus) {
+    metrics.key_source.reset();
+    metrics.key_source.with_label_values(&[&status.kind, &status.state]).set(1);
+    metrics.key_source_last_unseal.set(status.last_unseal_unix.unwrap_or(0) as i64);
+    for reason in keyd::source::Reason::ALL {
+        let n = status.failures.get(reason.as_str()).copied().unwrap_or(0);
+        metrics.key_source_unseal_failures.with_label_values(&[reason.as_str()]).set(n as i64);
+    }
+}
+
 pub fn update_key_metrics(keys: &KeyState, metrics: &Metrics) {
     metrics.key_loaded.set(i64::from(keys.get().is_some()));
     metrics.key_memory_locked.set(i64::from(matches!(keys.memory_locked(), Some(Ok(())))));
@@ -95,6 +106,9 @@ impl BackgroundService for KeyPoller {
                         last_problem = msg;
                     }
                 }
+            }
+            if let Ok(status) = keyd::client::fetch_status(&self.socket).await {
+                update_key_source_metrics(&self.metrics, &status.key_source);
             }
             update_key_metrics(&self.keys, &self.metrics);
             tokio::select! {

@@ -1,7 +1,7 @@
 //! Prometheus metrics, on the admin listener at `/metrics`.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 pub struct Metrics {
@@ -26,6 +26,10 @@ pub struct Metrics {
     pub client_requests: IntCounterVec,
     pub client_bytes: IntCounterVec,
     pub client_throttled: IntCounterVec,
+    /// memkey-server's key source, as its `/status` reports it (polled with the keys).
+    pub key_source: IntGaugeVec,
+    pub key_source_last_unseal: IntGauge,
+    pub key_source_unseal_failures: IntGaugeVec,
 }
 
 fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
@@ -65,6 +69,9 @@ impl Metrics {
             client_requests: reg(&r, IntCounterVec::new(Opts::new(format!("{p}client_requests_total"), "Requests by configured client and status class (2xx, 3xx, 4xx, 5xx)"), &["access_key", "class"]).expect("valid")),
             client_bytes: reg(&r, IntCounterVec::new(Opts::new(format!("{p}client_bytes_total"), "Body bytes by configured client, received from it (in) and sent to it (out)"), &["access_key", "direction"]).expect("valid")),
             client_throttled: reg(&r, IntCounterVec::new(Opts::new(format!("{p}client_throttled_total"), "Requests refused with 503 SlowDown by the client's rate limit"), &["access_key"]).expect("valid")),
+            key_source: reg(&r, IntGaugeVec::new(Opts::new(format!("{p}key_source_info"), "1 for memkey-server's key source (kind: delivery, pkcs11, aws-kms) and its state (waiting_for_delivery, unsealing, retrying, loaded, failed)"), &["kind", "state"]).expect("valid")),
+            key_source_last_unseal: reg(&r, IntGauge::new(format!("{p}key_source_last_unseal_timestamp_seconds"), "Unix time memkey-server last unsealed its keys from its HSM/KMS (0: never)").expect("valid")),
+            key_source_unseal_failures: reg(&r, IntGaugeVec::new(Opts::new(format!("{p}key_source_unseal_failures"), "Failed unseal attempts since memkey-server started, by reason (unreachable, auth, key_unavailable, tampered, key_check_mismatch, bad_file, conflict, config)"), &["reason"]).expect("valid")),
             registry: { reg(&r, filters::listing::UNDECLARED_CHUNK_SIZE_READS.clone()); r },
         }
     }

@@ -52,6 +52,12 @@ EXPORTED = {
     "s3_crypt_proxy_key_conflict": set(),
     "s3_crypt_proxy_key_conflicts_total": set(),
     "s3_crypt_proxy_undeclared_chunk_size_reads_total": set(),
+    "s3_crypt_proxy_key_source_info": {"kind", "state"},
+    "s3_crypt_proxy_key_source_last_unseal_timestamp_seconds": set(),
+    "s3_crypt_proxy_key_source_unseal_failures": {"reason"},
+    "s3_crypt_proxy_client_requests_total": {"access_key", "class"},
+    "s3_crypt_proxy_client_bytes_total": {"access_key", "direction"},
+    "s3_crypt_proxy_client_throttled_total": {"access_key"},
 }
 HISTOGRAMS = {"s3_crypt_proxy_request_duration_seconds"}
 TARGET_LABELS = {"instance", "job"}  # added by Prometheus at scrape time

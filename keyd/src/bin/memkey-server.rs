@@ -16,7 +16,11 @@ use zeroize::Zeroizing;
 /// Configuration comes from the YAML file given with --config, then MEMKEY_* environment
 /// variables override single settings: MEMKEY_LISTEN_ADDR, MEMKEY_TLS_ENABLED, MEMKEY_TLS_CERT,
 /// MEMKEY_TLS_KEY, MEMKEY_SOCKET, MEMKEY_IDENTITY_KEY, MEMKEY_CHALLENGE_TIMEOUT,
-/// MEMKEY_MAX_FAILED_ATTEMPTS, MEMKEY_LOCKOUT_DURATION, MEMKEY_ADMINS (comma-separated).
+/// MEMKEY_MAX_FAILED_ATTEMPTS, MEMKEY_LOCKOUT_DURATION, MEMKEY_ADMINS (comma-separated),
+/// and for the key source (`key_source:`): MEMKEY_KEY_SOURCE, MEMKEY_SEALED_KEY_FILES,
+/// MEMKEY_PKCS11_MODULE, MEMKEY_PKCS11_TOKEN_LABEL, MEMKEY_PKCS11_PIN_FILE, MEMKEY_PKCS11_PIN,
+/// MEMKEY_KMS_REGION, MEMKEY_KMS_ENDPOINT, MEMKEY_KMS_CA_FILE (AWS credentials: AWS_* variables).
+/// SIGHUP reloads the key source settings and unseals again.
 /// See conf/memkey.example.yaml.
 ///
 /// Exit status: 0 clean shutdown, 1 runtime failure (e.g. port in use), 2 bad configuration.
@@ -162,6 +166,7 @@ fn main() -> ExitCode {
     let config_path = cli.config.clone();
     rt.block_on(async move {
         let fingerprint = config.fingerprint();
+        let key_source = config.key_source.clone();
         let handle = match Server::start(config).await {
             Ok(h) => h,
             Err(StartError::Config(e)) => {
@@ -183,21 +188,89 @@ fn main() -> ExitCode {
         if let Some(path) = &config_path {
             warn_if_readable(path);
         }
-        log::info!("no key loaded; waiting for `memkey-admin key send`");
-        wait_for_signal().await;
+        let mut signals = Signals::new();
+        let mut unsealer = start_key_source(&handle, key_source);
+        loop {
+            match signals.next().await {
+                Signal::Stop => break,
+                Signal::Reload => {
+                    // SIGHUP: read the configuration again (a corrected PIN file, a new sealed
+                    // key file) and unseal again; the keys already loaded stay.
+                    let source = match Config::load_from_env(config_path.as_deref()) {
+                        Ok(c) => c.key_source,
+                        Err(e) => {
+                            log::error!("SIGHUP: configuration error, key source unchanged: {e}");
+                            continue;
+                        }
+                    };
+                    log::info!("SIGHUP: unsealing again with key source {}", source.kind);
+                    if let Some(task) = unsealer.take() {
+                        task.abort();
+                    }
+                    unsealer = start_key_source(&handle, source);
+                }
+            }
+        }
+        if let Some(task) = unsealer {
+            task.abort();
+        }
         log::info!("shutting down: wiping keys");
         handle.shutdown().await;
         ExitCode::SUCCESS
     })
 }
 
-async fn wait_for_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).ok();
-    let int = tokio::signal::ctrl_c();
-    tokio::select! {
-        _ = int => {}
-        _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending::<()>().await } } => {}
+/// Starts the configured key source (nothing for delivery).
+fn start_key_source(
+    handle: &keyd::ServerHandle,
+    source: keyd::source::KeySourceConfig,
+) -> Option<tokio::task::JoinHandle<()>> {
+    if source.kind == keyd::source::SourceKind::Delivery {
+        log::info!("{}", keyd::source::delivery::WAITING);
+    } else {
+        log::info!(
+            "key source {}: unsealing {} sealed key file(s); `memkey-admin key send` is accepted too",
+            source.kind,
+            source.sealed_key_files.len()
+        );
+    }
+    keyd::source::runner::spawn(handle.service().clone(), source)
+}
+
+enum Signal {
+    Stop,
+    Reload,
+}
+
+/// The signals memkey-server acts on, registered once so none is lost between two waits.
+struct Signals {
+    term: Option<tokio::signal::unix::Signal>,
+    hup: Option<tokio::signal::unix::Signal>,
+}
+
+impl Signals {
+    fn new() -> Self {
+        use tokio::signal::unix::{signal, SignalKind};
+        Self {
+            term: signal(SignalKind::terminate()).ok(),
+            hup: signal(SignalKind::hangup()).ok(),
+        }
+    }
+
+    async fn next(&mut self) -> Signal {
+        async fn recv(s: &mut Option<tokio::signal::unix::Signal>) {
+            match s.as_mut() {
+                Some(s) => {
+                    s.recv().await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        }
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => Signal::Stop,
+            _ = recv(&mut self.term) => Signal::Stop,
+            _ = recv(&mut self.hup) => Signal::Reload,
+        }
     }
 }
 
