@@ -234,6 +234,10 @@ def test_hsm_unseals_at_start_and_after_restart(hsm):
     try:
         proxy.wait_ready(timeout=60)  # no `memkey-admin key send` anywhere
         keyd.wait_log("key id 1 unsealed from")
+        # The audit log (stderr here) names the source; never key material.
+        keyd.wait_log('"event":"unsealed"')
+        audit = [json.loads(l[l.index("{"):]) for l in keyd.log().splitlines() if '"event":"unsealed"' in l]
+        assert audit and audit[0]["source"] == "pkcs11" and audit[0]["key_id"] == 1, audit
         objects = {f"hsm/obj-{i}": os.urandom(1000 * i + 3) for i in range(4)}
         restart_roundtrip(keyd, proxy, objects)
         st = keyd.status()["key_source"]
@@ -256,6 +260,8 @@ def test_hsm_wrong_pin_then_sighup(hsm):
         assert st["key_source"]["failures"] == {"auth": 1}, "a wrong PIN is tried once (HSMs lock PINs)"
         assert not st["loaded"] and keyd.proc.poll() is None
         assert PIN not in keyd.log() and WRONG_PIN not in keyd.log()
+        keyd.wait_log('"event":"refused"')
+        assert '"reason":"auth"' in keyd.log() and '"source":"pkcs11"' in keyd.log()
         assert_503(proxy)
         wait_metric(proxy, "s3_crypt_proxy_key_source_unseal_failures", 1, reason="auth")
         wait_metric(proxy, "s3_crypt_proxy_key_source_info", 1, kind="pkcs11", state="failed")

@@ -12,6 +12,7 @@ use rand::Rng;
 use serde::{Deserialize, Serialize};
 
 use super::{build, unseal, KeySource, KeySourceConfig, Reason, SealedKeyFile, SourceKind, UnsealError};
+use crate::audit::AuditEvent;
 use crate::service::KeyService;
 use crate::util::{rfc3339, unix_now};
 
@@ -82,6 +83,15 @@ async fn run(service: Arc<KeyService>, cfg: KeySourceConfig) {
             *s.failures.entry(e.reason.as_str().to_owned()).or_default() += 1;
             s.last_error = Some(format!("{what}: {e}"));
         });
+        let detail = format!("{what}: {e}");
+        service.audit().record(AuditEvent::Refused {
+            reason: e.reason.as_str(),
+            detail: &detail,
+            key_id: None,
+            admin: None,
+            ip: None,
+            source: Some(cfg.kind.as_str()),
+        });
     };
     let source: Arc<dyn KeySource> = match build(&cfg) {
         Ok(Some(s)) => Arc::from(s),
@@ -106,6 +116,7 @@ async fn run(service: Arc<KeyService>, cfg: KeySourceConfig) {
                     match service.load_unsealed(&key, make_current) {
                         Ok(_) => {
                             log::info!("key id {id} unsealed from {} by {} (attempt {attempt})", path.display(), cfg.kind);
+                            service.audit().record(AuditEvent::Unsealed { source: cfg.kind.as_str(), key_id: id });
                             break;
                         }
                         Err(e) => {
