@@ -85,6 +85,22 @@ impl AdminApi {
         }
     }
 
+    /// The query of an admin request that names a bucket: `bucket=` is required, and the
+    /// bucket must be one the S3 listener serves.
+    fn bucket_query(&self, session: &ServerSession) -> Result<(String, Vec<(String, String)>), Response<Vec<u8>>> {
+        let q = filters::request::parse_query(session.req_header().uri.query().unwrap_or(""));
+        let Some(bucket) = q.iter().find(|(k, _)| k == "bucket").map(|(_, v)| v.clone()) else {
+            return Err(json(400, serde_json::json!({ "error": "bucket= is required" })));
+        };
+        if !self.bucket_allowed(&bucket) {
+            return Err(json(
+                403,
+                serde_json::json!({ "error": format!("bucket {bucket:?} is not in the proxy's allowed_buckets"), "code": "AccessDenied", "bucket": bucket }),
+            ));
+        }
+        Ok((bucket, q))
+    }
+
     fn bucket_allowed(&self, bucket: &str) -> bool {
         self.allowed_buckets.is_empty() || self.allowed_buckets.iter().any(|b| b == bucket)
     }
@@ -133,17 +149,11 @@ impl AdminApi {
     /// `GET /api/v1/key/verify?bucket=B&key_id=N&kcv=HEX[&prefix=P][&limit=N]`: the key ids and
     /// key-check values of a bucket's objects against a key the admin is about to send.
     async fn key_verify(&self, session: &ServerSession) -> Response<Vec<u8>> {
-        let q = filters::request::parse_query(session.req_header().uri.query().unwrap_or(""));
-        let get = |n: &str| q.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone());
-        let Some(bucket) = get("bucket") else {
-            return json(400, serde_json::json!({ "error": "bucket= is required" }));
+        let (bucket, q) = match self.bucket_query(session) {
+            Ok(v) => v,
+            Err(answer) => return answer,
         };
-        if !self.bucket_allowed(&bucket) {
-            return json(
-                403,
-                serde_json::json!({ "error": format!("bucket {bucket:?} is not in the proxy's allowed_buckets"), "code": "AccessDenied", "bucket": bucket }),
-            );
-        }
+        let get = |n: &str| q.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone());
         let Some(key_id) = get("key_id").and_then(|v| v.parse::<u32>().ok()) else {
             return json(400, serde_json::json!({ "error": "key_id= (a number) is required" }));
         };
@@ -187,7 +197,7 @@ impl ServeHttp for AdminApi {
                 }
             }
             "/api/v1/key/verify" => {
-                if self.token.is_none() || !self.authorized(session) {
+                if !self.authorized(session) {
                     return json(401, serde_json::json!({ "error": "missing or wrong bearer token" }));
                 }
                 self.key_verify(session).await
@@ -197,17 +207,11 @@ impl ServeHttp for AdminApi {
                     return json(401, serde_json::json!({ "error": "missing or wrong bearer token" }));
                 }
                 if session.req_header().method == http::Method::POST {
-                    let q = filters::request::parse_query(session.req_header().uri.query().unwrap_or(""));
-                    let get = |n: &str| q.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone());
-                    let Some(bucket) = get("bucket") else {
-                        return json(400, serde_json::json!({ "error": "bucket= is required" }));
+                    let (bucket, q) = match self.bucket_query(session) {
+                        Ok(v) => v,
+                        Err(answer) => return answer,
                     };
-                    if !self.bucket_allowed(&bucket) {
-                        return json(
-                            403,
-                            serde_json::json!({ "error": format!("bucket {bucket:?} is not in the proxy's allowed_buckets"), "code": "AccessDenied", "bucket": bucket }),
-                        );
-                    }
+                    let get = |n: &str| q.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone());
                     match self.rewrap.start(self.backend.clone(), self.keys.clone(), bucket, get("prefix").unwrap_or_default()) {
                         Ok(status) => json(202, serde_json::to_value(status).expect("json")),
                         Err(e) => json(409, serde_json::json!({ "error": e })),
@@ -220,17 +224,14 @@ impl ServeHttp for AdminApi {
                 }
             }
             "/api/v1/key-usage" => {
-                if self.token.is_none() || !self.authorized(session) {
+                if !self.authorized(session) {
                     return json(401, serde_json::json!({ "error": "missing or wrong bearer token" }));
                 }
-                let q = filters::request::parse_query(session.req_header().uri.query().unwrap_or(""));
-                let get = |n: &str| q.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone());
-                let Some(bucket) = get("bucket") else {
-                    return json(400, serde_json::json!({ "error": "bucket= is required" }));
+                let (bucket, q) = match self.bucket_query(session) {
+                    Ok(v) => v,
+                    Err(answer) => return answer,
                 };
-                if !self.bucket_allowed(&bucket) {
-                    return json(403, serde_json::json!({ "error": format!("bucket {bucket:?} is not in the proxy's allowed_buckets"), "code": "AccessDenied", "bucket": bucket }));
-                }
+                let get = |n: &str| q.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone());
                 let wanted = match get("key_id").map(|v| v.parse::<u32>()) {
                     None => None,
                     Some(Ok(id)) => Some(id),
