@@ -266,6 +266,7 @@ mod tests {
             connect_timeout: Duration::from_secs(1),
             io_timeout: Duration::from_secs(1),
             idle_timeout: Duration::from_secs(1),
+            verified_writes: crate::verified_write::VerifiedWrites::default(),
         })
         .unwrap();
         ConditionalFilter::new(ConditionalMode::Enforce, Arc::new(backend))

@@ -69,6 +69,10 @@ pub struct RawBackend {
     pub ca_file: Option<String>,
     pub connect_timeout: Option<String>,
     pub timeout: Option<String>,
+    /// `trailer` (default) or `off`: see filters/src/verified_write.rs.
+    pub verified_writes: Option<String>,
+    /// `crc32c` (default) or `crc64nvme`.
+    pub verified_writes_checksum: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -147,6 +151,7 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ("S3CP_BACKEND_PATH_STYLE", "backend.path_style"),
     ("S3CP_BACKEND_INSECURE", "backend.insecure_skip_verify"),
     ("S3CP_BACKEND_CA_FILE", "backend.ca_file"),
+    ("S3CP_BACKEND_VERIFIED_WRITES", "backend.verified_writes"),
     ("S3CP_CLIENT_ACCESS_KEY", "client.access_key"),
     ("S3CP_CLIENT_SECRET_KEY", "client.secret_key"),
     ("S3CP_CHUNK_SIZE", "encryption.chunk_size"),
@@ -211,6 +216,7 @@ impl RawConfig {
         set!("S3CP_BACKEND_ACCESS_KEY", self.backend.access_key);
         set!("S3CP_BACKEND_SECRET_KEY", self.backend.secret_key);
         set!("S3CP_BACKEND_CA_FILE", self.backend.ca_file);
+        set!("S3CP_BACKEND_VERIFIED_WRITES", self.backend.verified_writes);
         set!("S3CP_CLIENT_ACCESS_KEY", self.client.access_key);
         set!("S3CP_CLIENT_SECRET_KEY", self.client.secret_key);
         set!("S3CP_MEMKEY_SOCKET", self.memkey.socket_path);
@@ -272,6 +278,10 @@ impl RawConfig {
             connect_timeout: duration("backend.connect_timeout", self.backend.connect_timeout.as_deref().unwrap_or("10s"))?,
             io_timeout: duration("backend.timeout", self.backend.timeout.as_deref().unwrap_or("5m"))?,
             idle_timeout: Duration::from_secs(60),
+            verified_writes: filters::verified_write::VerifiedWrites::from_config(
+                self.backend.verified_writes.as_deref().unwrap_or("trailer"),
+                self.backend.verified_writes_checksum.as_deref().unwrap_or("crc32c"),
+            )?,
         };
         let client = Credentials::new(
             need(self.client.access_key, "client.access_key (S3CP_CLIENT_ACCESS_KEY)")?,
