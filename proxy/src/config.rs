@@ -432,6 +432,22 @@ mod tests {
     }
 
     #[test]
+    fn verified_writes_default_on_and_can_be_switched_off() {
+        use filters::checksum::ChecksumAlgorithm;
+        use filters::verified_write::VerifiedWrites;
+        let c: RawConfig = serde_yaml::from_str(MIN).unwrap();
+        assert_eq!(c.finish().unwrap().backend.verified_writes, VerifiedWrites::Trailer(ChecksumAlgorithm::Crc32c));
+        let yaml = MIN.replace("secret_key: b}", "secret_key: b, verified_writes: trailer, verified_writes_checksum: crc64nvme}");
+        let c: RawConfig = serde_yaml::from_str(&yaml).unwrap();
+        assert_eq!(c.finish().unwrap().backend.verified_writes, VerifiedWrites::Trailer(ChecksumAlgorithm::Crc64Nvme));
+        let mut c: RawConfig = serde_yaml::from_str(MIN).unwrap();
+        c.apply_env(|k| (k == "S3CP_BACKEND_VERIFIED_WRITES").then(|| "off".into())).unwrap();
+        assert_eq!(c.finish().unwrap().backend.verified_writes, VerifiedWrites::Off);
+        let c: RawConfig = serde_yaml::from_str(&MIN.replace("secret_key: b}", "secret_key: b, verified_writes: maybe}")).unwrap();
+        assert!(c.finish().unwrap_err().contains("backend.verified_writes"));
+    }
+
+    #[test]
     fn former_chunk_sizes_are_checked() {
         let c: RawConfig = serde_yaml::from_str(&format!("{MIN}encryption: {{chunk_size: 16384, former_chunk_sizes: [65536, 16384, 65536]}}")).unwrap();
         let c = c.finish().unwrap();
