@@ -22,6 +22,7 @@ use pingora::utils::tls::{parse_x509, WrappedX509};
 
 use crate::error::{s3err, S3Error, S3ErrorCode};
 use crate::sigv4::{aws_uri_encode, Credentials};
+use crate::verified_write::{BodyFramer, VerifiedWrites};
 
 /// Backend settings, as read from the configuration.
 #[derive(Clone, Debug)]
@@ -41,6 +42,8 @@ pub struct BackendConfig {
     pub send_if_none_match: bool,
     /// `Emulate` for providers without DeleteObjects (`delete_emulation`).
     pub delete_objects: crate::delete_emulation::DeleteObjectsMode,
+    /// How object bodies sent to the backend carry a checksum it verifies (verified_write.rs).
+    pub verified_writes: VerifiedWrites,
 }
 
 /// A resolved, ready-to-use backend.
@@ -190,6 +193,42 @@ impl Backend {
     /// `None` for `UNSIGNED-PAYLOAD` (the body is sealed by our AEAD and, on the wire, TLS).
     /// Signs `host`, `content-md5`, `content-type` and every `x-amz-*` header present.
     pub fn sign(&self, req: &mut RequestHeader, payload_sha256: Option<&str>) -> Result<(), S3Error> {
+        match payload_sha256 {
+            Some(h) => self.sign_body(req, SignableBody::Precomputed(h.to_string())),
+            None => self.sign_body(req, SignableBody::UnsignedPayload),
+        }
+    }
+
+    /// How object bodies sent to this backend are protected.
+    pub fn verified_writes(&self) -> VerifiedWrites {
+        self.cfg.verified_writes
+    }
+
+    /// Sets the headers of an object body framed by `framer` (Content-Length, and for a
+    /// trailer the aws-chunked headers) and signs the request: `STREAMING-UNSIGNED-PAYLOAD-TRAILER`
+    /// with a trailer, `UNSIGNED-PAYLOAD` without.
+    pub fn sign_upload(&self, req: &mut RequestHeader, framer: &BodyFramer) -> Result<(), S3Error> {
+        for h in ["content-length", "content-encoding", "x-amz-decoded-content-length", "x-amz-trailer"] {
+            req.remove_header(h);
+        }
+        let mut headers = framer.headers();
+        headers.push(("content-length", framer.content_length().to_string()));
+        for (n, v) in headers {
+            req.insert_header(n, v).map_err(|e| S3Error::internal("setting an upstream body header", e))?;
+        }
+        if framer.is_trailer() {
+            self.sign_trailer(req)
+        } else {
+            self.sign_body(req, SignableBody::UnsignedPayload)
+        }
+    }
+
+    /// Signs a request whose body is aws-chunked with a checksum trailer (its headers set).
+    pub fn sign_trailer(&self, req: &mut RequestHeader) -> Result<(), S3Error> {
+        self.sign_body(req, SignableBody::StreamingUnsignedPayloadTrailer)
+    }
+
+    fn sign_body(&self, req: &mut RequestHeader, body: SignableBody<'_>) -> Result<(), S3Error> {
         for h in ["authorization", "x-amz-date", "x-amz-content-sha256", "x-amz-security-token"] {
             req.remove_header(h);
         }
@@ -203,10 +242,6 @@ impl Backend {
             })
             .filter_map(|(n, v)| v.to_str().ok().map(|v| (n.as_str().to_string(), v.to_string())))
             .collect();
-        let body = match payload_sha256 {
-            Some(h) => SignableBody::Precomputed(h.to_string()),
-            None => SignableBody::UnsignedPayload,
-        };
         let signable = SignableRequest::new(
             req.method.as_str(),
             uri.as_str(),
@@ -264,6 +299,22 @@ impl Backend {
         }
         self.sign(&mut req, None)?;
         Ok(req)
+    }
+
+    /// A PUT of an object body of `cipher_len` bytes (a copy, a part copy, a re-wrap), signed,
+    /// and the framer its body goes through ([`BodyFramer::piece`], then [`BodyFramer::last`]).
+    pub fn upload_request(
+        &self,
+        bucket: Option<&str>,
+        key: Option<&str>,
+        query: &[(String, String)],
+        headers: &[(&str, &str)],
+        cipher_len: u64,
+    ) -> Result<(RequestHeader, BodyFramer), S3Error> {
+        let mut req = self.request("PUT", bucket, key, query, headers, None)?;
+        let framer = self.cfg.verified_writes.framer(cipher_len);
+        self.sign_upload(&mut req, &framer)?;
+        Ok((req, framer))
     }
 
     /// Opens a connection and sends a request header; the caller streams the body (if any)
@@ -415,6 +466,7 @@ mod tests {
             idle_timeout: Duration::from_secs(60),
             send_if_none_match: true,
             delete_objects: crate::delete_emulation::DeleteObjectsMode::Native,
+            verified_writes: VerifiedWrites::default(),
         })
         .unwrap()
     }

@@ -268,6 +268,7 @@ mod tests {
             idle_timeout: Duration::from_secs(1),
             send_if_none_match: true,
             delete_objects: crate::delete_emulation::DeleteObjectsMode::Native,
+            verified_writes: crate::verified_write::VerifiedWrites::default(),
         })
         .unwrap();
         ConditionalFilter::new(ConditionalMode::Enforce, Arc::new(backend))

@@ -36,6 +36,7 @@ use crate::filter::{Filter, Flow};
 use crate::keys::KeyState;
 use crate::passthrough::{self, LegacyObjects};
 use crate::request::Operation;
+use crate::verified_write::BodyFramer;
 use range::ByteRange;
 use ranged::{Prepared, RangedRead, Want};
 
@@ -101,12 +102,16 @@ pub struct Upload {
     /// The sealed metadata of a PutObject; sent again by a retried attempt.
     sealed: Option<String>,
     body: UploadBody,
+    /// The backend's 400 answer to a checksummed body, held until it shows whether the
+    /// backend refused the body as damaged in transit (verified writes).
+    refusal: Option<BytesMut>,
 }
 
 /// The body of one backend attempt of an upload (made anew when the attempt is retried).
 enum UploadBody {
     NotStarted,
-    Encrypting(SegmentEncryptor),
+    /// Encrypted as it streams; the ciphertext goes out through the framer (verified writes).
+    Encrypting(SegmentEncryptor, BodyFramer),
     Collecting(BytesMut),
     Finished,
 }
@@ -250,7 +255,7 @@ impl Filter for CryptoFilter {
                 }
                 let sealed = meta::seal(ring.current(), obj, self.chunk_size, &payload).map_err(|e| crypto_error(ctx, &e))?;
                 if s3.op == Operation::PutObject {
-                    CryptoCtx::Upload(Upload { ring, part: 0, plain_len, sealed: Some(sealed), body: UploadBody::NotStarted })
+                    CryptoCtx::Upload(Upload { ring, part: 0, plain_len, sealed: Some(sealed), body: UploadBody::NotStarted, refusal: None })
                 } else {
                     CryptoCtx::Create { sealed }
                 }
@@ -265,7 +270,7 @@ impl Filter for CryptoFilter {
                 if plain_len == Some(0) {
                     return Err(s3err(S3ErrorCode::InvalidRequest, "empty parts cannot be stored encrypted: every part must hold at least one byte"));
                 }
-                CryptoCtx::Upload(Upload { ring, part, plain_len, sealed: None, body: UploadBody::NotStarted })
+                CryptoCtx::Upload(Upload { ring, part, plain_len, sealed: None, body: UploadBody::NotStarted, refusal: None })
             }
             Operation::GetObject | Operation::HeadObject => match self.plan_read(req, &s3, ring, ctx).await? {
                 Ok(read) => CryptoCtx::Read(read),
@@ -320,8 +325,13 @@ impl Filter for CryptoFilter {
                 let backend = header(resp, "etag").unwrap_or_default();
                 set_header(resp, "etag", client_etag(&backend, md5.as_deref()))
             }
-            CryptoCtx::Upload(_) => {
+            CryptoCtx::Upload(u) => {
                 strip_checksums(resp);
+                if status == 400 && ctx.upstream_trailer {
+                    // Held: the answer may change (its length with it).
+                    u.refusal = Some(BytesMut::new());
+                    resp.remove_header("content-length");
+                }
                 Ok(())
             }
             CryptoCtx::Read(read) if status == 200 || status == 206 => self.read_response(read, resp, ctx).await,
@@ -346,6 +356,20 @@ impl Filter for CryptoFilter {
     }
 
     fn response_body(&self, body: &mut Option<Bytes>, end: bool, ctx: &mut RequestCtx) -> Result<(), S3Error> {
+        if let CryptoCtx::Upload(Upload { refusal: Some(held), .. }) = &mut ctx.crypto {
+            if let Some(b) = body.take() {
+                if held.len() < 64 << 10 {
+                    held.extend_from_slice(&b);
+                }
+            }
+            if !end {
+                *body = Some(Bytes::new());
+                return Ok(());
+            }
+            let held = std::mem::take(held).freeze();
+            *body = Some(self.answer_refusal(held, ctx));
+            return Ok(());
+        }
         let CryptoCtx::Read(read) = &mut ctx.crypto else { return Ok(()) };
         match &read.answer {
             Answer::AsIs => Ok(()),
@@ -484,8 +508,9 @@ impl CryptoFilter {
                 u.body = match u.plain_len {
                     Some(plain_len) => {
                         let enc = SegmentEncryptor::new(u.ring.current(), obj, u.part, plain_len, self.chunk_size).map_err(|e| crypto_error(ctx, &e))?;
-                        set(up, "content-length", enc.cipher_len().to_string())?;
-                        UploadBody::Encrypting(enc)
+                        let framer = self.backend.verified_writes().framer(enc.cipher_len());
+                        set(up, "content-length", framer.content_length().to_string())?;
+                        UploadBody::Encrypting(enc, framer)
                     }
                     None => {
                         // The ciphertext goes on chunked too, once the whole body is known.
@@ -515,6 +540,20 @@ impl CryptoFilter {
                             .map(|t| crate::etag::backend_etag_of(t).unwrap_or_else(|| t.trim().to_string()))
                             .collect();
                         set(up, "if-match", translated.join(", "))?;
+                    }
+                }
+                // The ciphertext's own checksum, which the backend verifies (verified writes):
+                // aws-chunked framing is the outermost content coding. Set after the sealed
+                // headers are stripped (Content-Encoding is one of them).
+                ctx.upstream_trailer = false;
+                if let UploadBody::Encrypting(_, framer) = &u.body {
+                    ctx.upstream_trailer = framer.is_trailer();
+                    for (n, v) in framer.headers() {
+                        let v = match (n, up.headers.get(n).and_then(|v| v.to_str().ok())) {
+                            ("content-encoding", Some(rest)) => format!("{v},{rest}"),
+                            _ => v,
+                        };
+                        set(up, n, v)?;
                     }
                 }
             }
@@ -558,7 +597,7 @@ impl CryptoFilter {
     /// ran first) accepted the whole body.
     fn upload_body(&self, u: &mut Upload, body: &mut Option<Bytes>, end: bool, ctx: &mut RequestCtx) -> Result<(), S3Error> {
         match &mut u.body {
-            UploadBody::Encrypting(enc) => {
+            UploadBody::Encrypting(enc, _) => {
                 let mut out = match body.take() {
                     Some(b) if !b.is_empty() => {
                         ctx.bytes_encrypted += b.len() as u64;
@@ -567,7 +606,7 @@ impl CryptoFilter {
                     _ => Bytes::new(),
                 };
                 if end {
-                    let UploadBody::Encrypting(enc) = std::mem::replace(&mut u.body, UploadBody::Finished) else { unreachable!("matched above") };
+                    let UploadBody::Encrypting(enc, mut framer) = std::mem::replace(&mut u.body, UploadBody::Finished) else { unreachable!("matched above") };
                     let last = enc.finish().map_err(|e| {
                         if matches!(e, FormatError::InputTooShort) {
                             s3err(S3ErrorCode::IncompleteBody, "You did not provide the number of bytes specified by the Content-Length HTTP header")
@@ -583,8 +622,11 @@ impl CryptoFilter {
                         joined.extend_from_slice(&last);
                         joined.freeze()
                     };
+                    *body = Some(framer.last(out)?);
+                    return Ok(());
                 }
-                *body = Some(out);
+                let UploadBody::Encrypting(_, framer) = &mut u.body else { unreachable!("matched above") };
+                *body = Some(if out.is_empty() { out } else { framer.piece(out) });
                 Ok(())
             }
             UploadBody::Collecting(spool) => {
@@ -607,6 +649,34 @@ impl CryptoFilter {
             }
             UploadBody::NotStarted | UploadBody::Finished => Ok(()),
         }
+    }
+
+    /// The backend's 400 answer to an upload sent with a ciphertext checksum. A refusal of
+    /// the body as damaged on its way (the checksum did not match) is the network's fault:
+    /// the client is told to retry, with the one 400 code SDKs retry (the status went out
+    /// with the header, before this body showed what the 400 was). Any other answer goes on.
+    fn answer_refusal(&self, held: Bytes, ctx: &mut RequestCtx) -> Bytes {
+        let text = String::from_utf8_lossy(&held);
+        let field = |tag: &str| {
+            let (open, close) = (format!("<{tag}>"), format!("</{tag}>"));
+            let start = text.find(&open)? + open.len();
+            let end = text[start..].find(&close)? + start;
+            Some(text[start..end].to_string())
+        };
+        let (code, message) = (field("Code").unwrap_or_default(), field("Message").unwrap_or_default());
+        if !crate::verified_write::is_damage_refusal(&code, &message) {
+            return held;
+        }
+        let resource = ctx.s3.as_ref().map(|s| s.resource()).unwrap_or_default();
+        log::warn!("request {}: the backend refused the body of {resource} as damaged in transit ({code}: {message}); the client is asked to retry", ctx.request_id);
+        let e = s3err(
+            S3ErrorCode::RequestTimeout,
+            format!("The storage backend refused the encrypted body because it was damaged on its way there (its checksum did not match: {code}); nothing was stored. Please retry."),
+        )
+        .with_resource(resource);
+        let xml = e.to_xml(&ctx.request_id);
+        ctx.error = Some(e);
+        xml
     }
 
     /// A chunked body of unknown length, complete: encrypted whole (the segment header

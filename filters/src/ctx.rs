@@ -42,6 +42,9 @@ pub struct RequestCtx {
     pub body_md5: Option<[u8; 16]>,
     /// The crypto filter replaced the body: the upstream payload is not the client's.
     pub body_rewritten: bool,
+    /// The crypto filter sends the body aws-chunked with a checksum trailer (verified writes):
+    /// the resign filter signs `STREAMING-UNSIGNED-PAYLOAD-TRAILER`.
+    pub upstream_trailer: bool,
     /// The conditional filter's object lock (`enforce` mode), held until the backend answers.
     pub conditional: ConditionalCtx,
     pub crypto: CryptoCtx,
@@ -78,6 +81,7 @@ impl RequestCtx {
             checksum_result: None,
             body_md5: None,
             body_rewritten: false,
+            upstream_trailer: false,
             conditional: ConditionalCtx::default(),
             crypto: CryptoCtx::default(),
             xml_body: None,

@@ -45,6 +45,10 @@ pub enum S3ErrorCode {
     SlowDown,
     XAmzContentSHA256Mismatch,
     BadGateway,
+    /// 400, but retried by the AWS SDKs (botocore's standard and legacy modes, the Go and
+    /// Java SDKs): the proxy's answer when the backend refused a body damaged in transit
+    /// after the answer's status could no longer change (verified_write.rs).
+    RequestTimeout,
 }
 
 impl S3ErrorCode {
@@ -55,7 +59,7 @@ impl S3ErrorCode {
             | InvalidObjectState => 403,
             AuthorizationQueryParametersError | BadDigest | IncompleteBody | InvalidArgument | InvalidBucketName | InvalidDigest
             | InvalidPart | InvalidPartOrder | InvalidRequest | KeyTooLongError | MalformedXML | MetadataTooLarge
-            | XAmzContentSHA256Mismatch | EntityTooLarge | EntityTooSmall => 400,
+            | XAmzContentSHA256Mismatch | EntityTooLarge | EntityTooSmall | RequestTimeout => 400,
             NoSuchBucket | NoSuchKey | NoSuchUpload | NoSuchVersion => 404,
             MethodNotAllowed => 405,
             MissingContentLength => 411,
@@ -106,6 +110,7 @@ impl S3ErrorCode {
             SignatureDoesNotMatch => "SignatureDoesNotMatch",
             SlowDown => "SlowDown",
             XAmzContentSHA256Mismatch => "XAmzContentSHA256Mismatch",
+            RequestTimeout => "RequestTimeout",
             BadGateway => "BadGateway",
         }
     }
@@ -121,7 +126,7 @@ impl S3ErrorCode {
             InvalidPart, InvalidPartOrder, InvalidPartNumber, InvalidRange, InvalidRequest, KeyTooLongError, MalformedXML, MetadataTooLarge,
             MethodNotAllowed, MissingContentLength, NoSuchBucket, NoSuchKey, NoSuchUpload, NoSuchVersion, NotImplemented,
             PreconditionFailed, NotModified, RequestTimeTooSkewed, ServiceUnavailable, SignatureDoesNotMatch, SlowDown,
-            XAmzContentSHA256Mismatch, BadGateway,
+            XAmzContentSHA256Mismatch, BadGateway, RequestTimeout,
         ]
     };
 

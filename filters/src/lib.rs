@@ -29,6 +29,7 @@ pub mod request;
 pub mod resign;
 pub mod rotation;
 pub mod sigv4;
+pub mod verified_write;
 pub mod xml;
 pub mod xml_body;
 

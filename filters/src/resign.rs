@@ -59,6 +59,10 @@ impl Filter for ResignFilter {
         }
         up.insert_header("host", self.backend.host_for(bucket))
             .map_err(|e| S3Error::internal("setting the upstream host", e))?;
+        if ctx.upstream_trailer {
+            // The crypto filter frames the ciphertext with a checksum trailer (verified writes).
+            return self.backend.sign_trailer(up);
+        }
         self.backend.sign(up, payload.as_deref())
     }
 }

@@ -81,6 +81,10 @@ pub struct RawBackend {
     pub send_if_none_match: Option<bool>,
     /// `native` or `emulate` (one DELETE per object; default: the profile's).
     pub delete_objects: Option<String>,
+    /// `trailer` (default) or `off`: see filters/src/verified_write.rs.
+    pub verified_writes: Option<String>,
+    /// `crc32c` (default) or `crc64nvme`.
+    pub verified_writes_checksum: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -267,6 +271,7 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ("S3CP_BACKEND_INSECURE", "backend.insecure_skip_verify"),
     ("S3CP_BACKEND_CA_FILE", "backend.ca_file"),
     ("S3CP_BACKEND_PROFILE", "backend.profile"),
+    ("S3CP_BACKEND_VERIFIED_WRITES", "backend.verified_writes"),
     ("S3CP_CLIENT_ACCESS_KEY", "client.access_key"),
     ("S3CP_CLIENT_SECRET_KEY", "client.secret_key"),
     ("S3CP_CHUNK_SIZE", "encryption.chunk_size"),
@@ -332,6 +337,7 @@ impl RawConfig {
         set!("S3CP_BACKEND_SECRET_KEY", self.backend.secret_key);
         set!("S3CP_BACKEND_CA_FILE", self.backend.ca_file);
         set!("S3CP_BACKEND_PROFILE", self.backend.profile);
+        set!("S3CP_BACKEND_VERIFIED_WRITES", self.backend.verified_writes);
         set!("S3CP_CLIENT_ACCESS_KEY", self.client.access_key);
         set!("S3CP_CLIENT_SECRET_KEY", self.client.secret_key);
         set!("S3CP_MEMKEY_SOCKET", self.memkey.socket_path);
@@ -417,6 +423,10 @@ impl RawConfig {
                 Some(mode) => mode.parse()?,
                 None => profile.delete_objects,
             },
+            verified_writes: filters::verified_write::VerifiedWrites::from_config(
+                self.backend.verified_writes.as_deref().unwrap_or("trailer"),
+                self.backend.verified_writes_checksum.as_deref().unwrap_or("crc32c"),
+            )?,
         };
         let clients = match self.clients {
             Some(entries) => {
@@ -636,6 +646,22 @@ mod tests {
         assert_eq!(c.allowed_buckets, vec!["a-bkt", "b-bkt"]);
         assert!(c.backend.path_style);
         assert_eq!(c.listen_addr, "127.0.0.1:1");
+    }
+
+    #[test]
+    fn verified_writes_default_on_and_can_be_switched_off() {
+        use filters::checksum::ChecksumAlgorithm;
+        use filters::verified_write::VerifiedWrites;
+        let c: RawConfig = serde_yaml::from_str(MIN).unwrap();
+        assert_eq!(c.finish().unwrap().backend.verified_writes, VerifiedWrites::Trailer(ChecksumAlgorithm::Crc32c));
+        let yaml = MIN.replace("secret_key: b}", "secret_key: b, verified_writes: trailer, verified_writes_checksum: crc64nvme}");
+        let c: RawConfig = serde_yaml::from_str(&yaml).unwrap();
+        assert_eq!(c.finish().unwrap().backend.verified_writes, VerifiedWrites::Trailer(ChecksumAlgorithm::Crc64Nvme));
+        let mut c: RawConfig = serde_yaml::from_str(MIN).unwrap();
+        c.apply_env(|k| (k == "S3CP_BACKEND_VERIFIED_WRITES").then(|| "off".into())).unwrap();
+        assert_eq!(c.finish().unwrap().backend.verified_writes, VerifiedWrites::Off);
+        let c: RawConfig = serde_yaml::from_str(&MIN.replace("secret_key: b}", "secret_key: b, verified_writes: maybe}")).unwrap();
+        assert!(c.finish().unwrap_err().contains("backend.verified_writes"));
     }
 
     #[test]

@@ -20,6 +20,12 @@ requests it matches:
            for some errors
   header   only requests that carry this header (lowercase name) match: a provider quirk
            such as B2 refusing PUTs with If-None-Match
+  flip_body_byte_at
+           relay the request, but flip the lowest bit of the request body's byte at this
+           offset (counted from the first byte after the head, framing included): damage in
+           transit that TCP's checksum did not catch
+  record   keep what the fault's request carried: `fault.head` (bytes, the request head)
+           and `fault.body` (bytearray, the request body as the proxy sent it, before any flip)
 
 With `keepalive = True` the relay keeps the proxy's connections open between requests (the
 proxy then pools them), and `stale_next = True` closes the next reused connection as soon
@@ -39,11 +45,13 @@ from harness import free_port
 class Fault:
     def __init__(self, method=None, path_contains=None, times=1, status=None, code="InternalError",
                  delay=None, reset_response_after=None, reset_request_after=None, skip=0, empty_body=False,
-                 header=None):
+                 header=None, flip_body_byte_at=None, record=False):
         self.method, self.path_contains, self.times = method, path_contains, times
         self.status, self.code, self.delay = status, code, delay
         self.reset_response_after, self.reset_request_after = reset_response_after, reset_request_after
         self.skip, self.empty_body, self.header = skip, empty_body, header
+        self.flip_body_byte_at, self.record = flip_body_byte_at, record
+        self.head, self.body = None, bytearray()
         self.fired = 0
 
     def matches(self, method, target, header_names=()):
@@ -154,6 +162,8 @@ class Relay:
         length = next((int(l.split(b":", 1)[1]) for l in headers if l.lower().startswith(b"content-length:")), None)
         names = {l.split(b":", 1)[0].strip().lower().decode("latin-1") for l in headers}
         fault = self._take_fault(method, target, names)
+        if fault and fault.record:
+            fault.head = head
 
         if fault and fault.status:
             self._answer_status(down, fault, rest, length)
@@ -169,7 +179,7 @@ class Relay:
         up.sendall(b"\r\n".join([lines[0]] + headers + [b"Connection: close"]) + b"\r\n\r\n")
         req_limit = fault.reset_request_after if fault else None
         resp_limit = fault.reset_response_after if fault else None
-        t = threading.Thread(target=self._pump, args=(down, up, rest, req_limit), daemon=True)
+        t = threading.Thread(target=self._pump, args=(down, up, rest, req_limit, fault), daemon=True)
         t.start()
         self._pump(up, down, b"", resp_limit)
         t.join(timeout=30)
@@ -236,12 +246,21 @@ class Relay:
         return True
 
     @staticmethod
-    def _pump(src, dst, first, limit):
-        """Copies src to dst until EOF; resets both after `limit` bytes when set."""
+    def _pump(src, dst, first, limit, fault=None):
+        """Copies src to dst until EOF; resets both after `limit` bytes when set. For a
+        request body, `fault` may record it and flip one of its bytes."""
         sent = 0
         data = first
         try:
             while True:
+                if data and fault is not None:
+                    if fault.record:
+                        fault.body += data
+                    at = fault.flip_body_byte_at
+                    if at is not None and sent <= at < sent + len(data):
+                        data = bytearray(data)
+                        data[at - sent] ^= 0x01
+                        data = bytes(data)
                 if data:
                     if limit is not None and sent + len(data) >= limit:
                         dst.sendall(data[:max(0, limit - sent)])

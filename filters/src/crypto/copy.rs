@@ -9,6 +9,7 @@
 //! so the backend stores nothing.
 
 use std::sync::Arc;
+use bytes::BytesMut;
 
 use pingora::http::RequestHeader;
 use s3cp_format::{meta, Decryptor, FormatError, KeyId, KeyRing, ObjectId, Rewrapper, SegmentEncryptor};
@@ -137,26 +138,32 @@ pub async fn reencrypt_copy(
     } else {
         CopyStream::Rewrap(Rewrapper::new((**ring).clone(), src, dst, ring.current().clone()).expecting(layout))
     };
-    let put = backend.request("PUT", Some(dst.bucket), Some(dst.key), &[], &put_headers, Some(stream.output_len(length)))?;
+    let (put, mut framer) = backend.upload_request(Some(dst.bucket), Some(dst.key), &[], &put_headers, stream.output_len(length))?;
     let mut dest = backend.open(Some(dst.bucket), put).await?;
     while let Some(piece) = source.read_body().await? {
         let out = stream.update(&piece).map_err(format_failure)?;
         if !out.is_empty() {
-            dest.write_body(out, false).await?;
+            dest.write_body(framer.piece(out), false).await?;
         }
     }
     source.release().await;
     // Returning before this point drops `dest` mid-body: the backend stores nothing.
     let last = stream.finish().map_err(format_failure)?;
-    dest.write_body(last, true).await?;
+    dest.write_body(framer.last(last)?, true).await?;
     let answer = dest.read_header().await?;
-    while dest.read_body().await?.is_some() {}
+    let mut body = BytesMut::new();
+    while let Some(p) = dest.read_body().await? {
+        if body.len() < 64 << 10 {
+            body.extend_from_slice(&p);
+        }
+    }
     dest.release().await;
     match answer.status.as_u16() {
         200..=299 => {}
         412 => return Err(s3err(S3ErrorCode::PreconditionFailed, "At least one of the pre-conditions you specified did not hold").into()),
         s => {
-            log::warn!("backend answered {s} to the copy's PUT of /{}/{}", dst.bucket, dst.key);
+            // A refusal of damaged data (verified writes) is retryable like any other.
+            log::warn!("backend answered {s} to the copy's PUT of /{}/{}: {}", dst.bucket, dst.key, String::from_utf8_lossy(&body));
             return Err(s3err(S3ErrorCode::ServiceUnavailable, "the copy could not be stored; please retry").with_retry_after(1).into());
         }
     }

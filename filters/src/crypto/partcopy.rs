@@ -89,6 +89,11 @@ fn backend_error(status: u16, body: &[u8]) -> S3Error {
         Some(text[start..end].to_string())
     };
     match field("Code").and_then(|c| S3ErrorCode::from_code(&c)) {
+        // The backend refused the part's checksum (verified writes): damaged in transit.
+        Some(code) if crate::verified_write::is_damage_refusal(code.as_str(), &field("Message").unwrap_or_default()) => {
+            log::warn!("backend refused UploadPartCopy's part as damaged in transit: {text}");
+            s3err(S3ErrorCode::ServiceUnavailable, "the part was damaged on its way to the storage backend, which refused it; please retry").with_retry_after(1)
+        }
         Some(code) if code.status() == status => s3err(code, field("Message").unwrap_or_default()),
         _ if status == 404 => s3err(S3ErrorCode::NoSuchUpload, "The specified upload does not exist. The upload ID may be invalid, or the upload may have been aborted or completed."),
         _ => {
@@ -193,7 +198,7 @@ pub async fn upload_part_copy(
 
     let mut enc = SegmentEncryptor::new(ring.current(), dst, part, plain_len, chunk_size).map_err(|e| format_err(ctx, e))?;
     let query = vec![("partNumber".to_string(), part.to_string()), ("uploadId".to_string(), upload_id)];
-    let put = backend.request("PUT", Some(dst.bucket), Some(dst.key), &query, &[("content-type", "application/octet-stream")], Some(enc.cipher_len()))?;
+    let (put, mut framer) = backend.upload_request(Some(dst.bucket), Some(dst.key), &query, &[("content-type", "application/octet-stream")], enc.cipher_len())?;
     let mut dest = backend.open(Some(dst.bucket), put).await?;
     let (mut skip, mut take) = (source.skip, source.take);
     while let Some(piece) = source.exchange.read_body().await? {
@@ -204,7 +209,7 @@ pub async fn upload_part_copy(
             ctx.bytes_encrypted += plain.len() as u64;
             let out = enc.update(&plain).map_err(|e| format_err(ctx, e))?;
             if !out.is_empty() {
-                dest.write_body(out, false).await?;
+                dest.write_body(framer.piece(out), false).await?;
             }
         }
     }
@@ -222,7 +227,7 @@ pub async fn upload_part_copy(
         }
     })?;
     last.extend_from_slice(&fin);
-    dest.write_body(last.freeze(), true).await?;
+    dest.write_body(framer.last(last.freeze())?, true).await?;
     let answer = dest.read_header().await?;
     let mut body = BytesMut::new();
     while let Some(p) = dest.read_body().await? {
