@@ -2,14 +2,18 @@
 //! clients (PBS first) need no per-provider switches. A profile only sets defaults; every
 //! switch can also be set alone (`conditional_writes`, `backend.send_if_none_match`).
 //!
-//! | profile | conditional writes | `If-None-Match` sent upstream | DeleteObjects | why |
-//! |---|---|---|---|---|
-//! | `aws` | backend | yes | native | S3 honours `If-None-Match: *` and `If-Match` on PUT |
-//! | `minio` | backend | yes | native | honours both |
-//! | `garage` | enforce | yes | native | ignores both and overwrites (the proxy enforces) |
-//! | `b2` | enforce | no | native | Backblaze B2 rejects a PUT carrying `If-None-Match` (501) |
-//! | `gcs` | enforce | yes | emulate | Google Cloud Storage's XML API has no multi-object delete |
-//! | `wasabi`, `hetzner`, `r2`, `ceph`, `generic` | enforce | yes | native | support varies by version and region: the proxy enforces, which is always exact (one replica per object, see README) |
+//! | profile | conditional writes | `If-None-Match` sent upstream | DeleteObjects | verified writes | why |
+//! |---|---|---|---|---|---|
+//! | `aws` | backend | yes | native | trailer | S3 honours `If-None-Match: *` and `If-Match` on PUT |
+//! | `minio` | backend | yes | native | trailer | honours both |
+//! | `garage` | enforce | yes | native | trailer | ignores both and overwrites (the proxy enforces) |
+//! | `b2` | enforce | no | native | off | Backblaze B2 rejects a PUT carrying `If-None-Match` (501), and aws-chunked trailers |
+//! | `gcs` | enforce | yes | emulate | off | Google Cloud Storage's XML API has no multi-object delete, no aws-chunked trailers |
+//! | `r2` | enforce | yes | native | off | Cloudflare R2: no aws-chunked trailers |
+//! | `wasabi`, `hetzner`, `ceph`, `generic` | enforce | yes | native | trailer | support varies by version and region: the proxy enforces, which is always exact (one replica per object, see README) |
+//!
+//! "verified writes off" means the backend gets no checksum of the ciphertext it stores
+//! (`docs/filters.md`, "Verified writes", lists which providers check trailers).
 //!
 //! `enforce` costs one HEAD per conditional write; `backend` costs nothing extra but is only
 //! exact where the provider implements the conditions.
@@ -23,19 +27,21 @@ pub struct Profile {
     pub conditional_writes: ConditionalMode,
     pub send_if_none_match: bool,
     pub delete_objects: DeleteObjectsMode,
+    /// The backend checks aws-chunked trailer checksums (`backend.verified_writes: trailer`).
+    pub trailer_checksums: bool,
 }
 
 const PROFILES: &[Profile] = &[
-    Profile { name: "aws", conditional_writes: ConditionalMode::Backend, send_if_none_match: true, delete_objects: DeleteObjectsMode::Native },
-    Profile { name: "minio", conditional_writes: ConditionalMode::Backend, send_if_none_match: true, delete_objects: DeleteObjectsMode::Native },
-    Profile { name: "garage", conditional_writes: ConditionalMode::Enforce, send_if_none_match: true, delete_objects: DeleteObjectsMode::Native },
-    Profile { name: "b2", conditional_writes: ConditionalMode::Enforce, send_if_none_match: false, delete_objects: DeleteObjectsMode::Native },
-    Profile { name: "wasabi", conditional_writes: ConditionalMode::Enforce, send_if_none_match: true, delete_objects: DeleteObjectsMode::Native },
-    Profile { name: "hetzner", conditional_writes: ConditionalMode::Enforce, send_if_none_match: true, delete_objects: DeleteObjectsMode::Native },
-    Profile { name: "r2", conditional_writes: ConditionalMode::Enforce, send_if_none_match: true, delete_objects: DeleteObjectsMode::Native },
-    Profile { name: "gcs", conditional_writes: ConditionalMode::Enforce, send_if_none_match: true, delete_objects: DeleteObjectsMode::Emulate },
-    Profile { name: "ceph", conditional_writes: ConditionalMode::Enforce, send_if_none_match: true, delete_objects: DeleteObjectsMode::Native },
-    Profile { name: "generic", conditional_writes: ConditionalMode::Enforce, send_if_none_match: true, delete_objects: DeleteObjectsMode::Native },
+    Profile { name: "aws", conditional_writes: ConditionalMode::Backend, send_if_none_match: true, delete_objects: DeleteObjectsMode::Native, trailer_checksums: true },
+    Profile { name: "minio", conditional_writes: ConditionalMode::Backend, send_if_none_match: true, delete_objects: DeleteObjectsMode::Native, trailer_checksums: true },
+    Profile { name: "garage", conditional_writes: ConditionalMode::Enforce, send_if_none_match: true, delete_objects: DeleteObjectsMode::Native, trailer_checksums: true },
+    Profile { name: "b2", conditional_writes: ConditionalMode::Enforce, send_if_none_match: false, delete_objects: DeleteObjectsMode::Native, trailer_checksums: false },
+    Profile { name: "wasabi", conditional_writes: ConditionalMode::Enforce, send_if_none_match: true, delete_objects: DeleteObjectsMode::Native, trailer_checksums: true },
+    Profile { name: "hetzner", conditional_writes: ConditionalMode::Enforce, send_if_none_match: true, delete_objects: DeleteObjectsMode::Native, trailer_checksums: true },
+    Profile { name: "r2", conditional_writes: ConditionalMode::Enforce, send_if_none_match: true, delete_objects: DeleteObjectsMode::Native, trailer_checksums: false },
+    Profile { name: "gcs", conditional_writes: ConditionalMode::Enforce, send_if_none_match: true, delete_objects: DeleteObjectsMode::Emulate, trailer_checksums: false },
+    Profile { name: "ceph", conditional_writes: ConditionalMode::Enforce, send_if_none_match: true, delete_objects: DeleteObjectsMode::Native, trailer_checksums: true },
+    Profile { name: "generic", conditional_writes: ConditionalMode::Enforce, send_if_none_match: true, delete_objects: DeleteObjectsMode::Native, trailer_checksums: true },
 ];
 
 impl std::str::FromStr for Profile {

@@ -106,6 +106,9 @@ impl BodyFramer {
                 ("content-encoding", "aws-chunked".to_string()),
                 ("x-amz-decoded-content-length", t.decoded_len.to_string()),
                 ("x-amz-trailer", t.sum.algorithm().header_name().to_string()),
+                // As the SDKs send it: S3 (and moto) accept an Object Lock PUT only with a
+                // checksum, and take this header as the sign of one.
+                ("x-amz-sdk-checksum-algorithm", t.sum.algorithm().name().to_string()),
             ],
         }
     }

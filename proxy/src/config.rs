@@ -395,6 +395,7 @@ impl RawConfig {
                 conditional_writes: ConditionalMode::Backend,
                 send_if_none_match: true,
                 delete_objects: DeleteObjectsMode::Native,
+                trailer_checksums: true,
             },
         };
         let conditional_writes: ConditionalMode = match self.conditional_writes.as_deref() {
@@ -424,7 +425,7 @@ impl RawConfig {
                 None => profile.delete_objects,
             },
             verified_writes: filters::verified_write::VerifiedWrites::from_config(
-                self.backend.verified_writes.as_deref().unwrap_or("trailer"),
+                self.backend.verified_writes.as_deref().unwrap_or(if profile.trailer_checksums { "trailer" } else { "off" }),
                 self.backend.verified_writes_checksum.as_deref().unwrap_or("crc32c"),
             )?,
         };
@@ -607,6 +608,9 @@ mod tests {
         let c = cfg("profile: b2, ").unwrap();
         assert_eq!(c.conditional_writes, ConditionalMode::Enforce);
         assert!(!c.backend.send_if_none_match);
+        assert_eq!(c.backend.verified_writes, filters::verified_write::VerifiedWrites::Off);
+        assert_ne!(cfg("profile: garage, ").unwrap().backend.verified_writes, filters::verified_write::VerifiedWrites::Off);
+        assert_ne!(cfg("profile: b2, verified_writes: trailer, ").unwrap().backend.verified_writes, filters::verified_write::VerifiedWrites::Off);
         let c = cfg("profile: aws, ").unwrap();
         assert_eq!(c.conditional_writes, ConditionalMode::Backend);
         assert!(c.backend.send_if_none_match);

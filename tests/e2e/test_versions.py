@@ -250,10 +250,9 @@ def test_object_lock_through_the_proxy(vstack):
     assert s3.get_object(Bucket=LB, Key="l/mp")["Body"].read() == big
 
 
-@pytest.mark.xfail(strict=True, raises=ClientError,
-                   reason="needs verified writes (issue 16, branch `verified`): a backend stores a PUT with Object Lock "
-                          "headers only with a checksum of the stored body (moto: MissingUploadObjectWithObjectLockHeaders)")
 def test_lock_headers_on_put_and_copy(vstack):
+    """A backend stores a PUT with Object Lock headers only with a checksum of the stored body (moto:
+    MissingUploadObjectWithObjectLockHeaders): the verified writes' ciphertext CRC trailer is that checksum."""
     s3 = vstack.boto()
     until = (datetime.now(timezone.utc) + timedelta(days=1)).replace(microsecond=0)
     data = os.urandom(10_000)
