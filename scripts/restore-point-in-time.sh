@@ -40,7 +40,7 @@ entries() {
         # A failed listing stops the script (set -e): an empty plan must mean "nothing to do".
         local out
         out=$(aws_s3 s3api list-object-versions --bucket "$bucket" --prefix "$prefix" --output text \
-            --query "$field[].['$kind', Key, VersionId, LastModified, IsLatest]")
+            --query "${field}[].['$kind', Key, VersionId, LastModified, IsLatest]")
         grep -v '^None$' <<< "$out" || true
     done
 }
