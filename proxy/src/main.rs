@@ -241,6 +241,11 @@ fn run(cfg: config::Config, parts: Parts, hardened: bool, upgrade: bool, daemon:
 
     let keys = Arc::new(KeyState::with_memory_lock(lock_keyring));
     let metrics = Arc::new(metrics::Metrics::new());
+    // Every configured client's throttle counter exists from the start (at 0), so alerts and
+    // dashboards see the series before the first refusal.
+    for client in cfg.clients.iter() {
+        metrics.client_throttled.with_label_values(&[client.access_key.as_str()]);
+    }
     metrics.core_dumps_disabled.set(i64::from(hardened));
     let needs_key = cfg.filters.contains(&FilterKind::Crypto);
     let chain = build_chain(&cfg, &parts.backend, &keys);

@@ -40,6 +40,7 @@ class PbsClient:
         (the connection still goes to `host`; the Host header names the bucket)."""
         self.host, self.port, self.bucket = host, port, bucket
         self.vhost_suffix = vhost_suffix
+        self.host_header = f"{host}:{port}"  # per request with vhost_suffix (see request)
         self.access_key, self.secret_key, self.region = access_key, secret_key, region
         self.fingerprint, self.tls = fingerprint, tls
         self.conn = None
