@@ -909,11 +909,9 @@ fn key_send(
         )));
     }
     let key = read_master_key(&key_path)?;
-    let mut first_failure: Option<Fail> = None;
-    let total = targets.len();
-    for t in &targets {
-        match send_one(t, timeout, &admin, Payload::Key(&key), make_current) {
-            Ok(ack) => println!(
+    deliver_to_each(&targets, |t| {
+        send_one(t, timeout, &admin, Payload::Key(&key), make_current).map(|ack| {
+            println!(
                 "{}: key id {} {}{}; loaded ids {:?}, current {} (confirmed by server {})",
                 t.url,
                 ack.key_id,
@@ -932,23 +930,32 @@ fn key_send(
                     .map(|c| c.to_string())
                     .unwrap_or_else(|| "-".into()),
                 &hex::encode(t.fingerprint)[..16],
-            ),
-            Err(f) => {
-                eprintln!("memkey-admin: {}", f.message);
-                first_failure.get_or_insert(Fail::new(f.code, String::new()));
-            }
+            )
+        })
+    })
+}
+
+/// Runs one delivery per server; a failure is reported and the others still run. The first
+/// failure decides the exit status.
+fn deliver_to_each(targets: &[Target], mut deliver: impl FnMut(&Target) -> Result<(), Fail>) -> Result<(), Fail> {
+    let mut first_failure: Option<Fail> = None;
+    for t in targets {
+        if let Err(f) = deliver(t) {
+            eprintln!("memkey-admin: {}", f.message);
+            first_failure.get_or_insert(Fail::new(f.code, String::new()));
         }
     }
     match first_failure {
         None => Ok(()),
         Some(f) => {
-            if total > 1 {
-                eprintln!("memkey-admin: delivery failed for at least one of {total} servers");
+            if targets.len() > 1 {
+                eprintln!("memkey-admin: delivery failed for at least one of {} servers", targets.len());
             }
             Err(f)
         }
     }
 }
+
 
 fn key_send_share(
     store: &Store,
@@ -961,10 +968,10 @@ fn key_send_share(
     let targets = targets(&cfg, sel)?;
     let admin = store.identity()?;
     let share = shares::read_share(share_path)?;
-    let mut first_failure: Option<Fail> = None;
-    for t in &targets {
-        match send_one(t, timeout, &admin, Payload::Share(&share), make_current) {
-            Ok(ack) if ack.status == "ok" => println!(
+    deliver_to_each(&targets, |t| {
+        let ack = send_one(t, timeout, &admin, Payload::Share(&share), make_current)?;
+        match ack {
+            ack if ack.status == "ok" => println!(
                 "{}: share {} accepted; key id {} reconstructed from {} admins' shares and {}{}; loaded ids {:?} (confirmed by server {})",
                 t.url,
                 share.index,
@@ -975,7 +982,7 @@ fn key_send_share(
                 ack.key_ids,
                 &hex::encode(t.fingerprint)[..16],
             ),
-            Ok(ack) => println!(
+            ack => println!(
                 "{}: share {} of key id {} {}; {} of {} admins have delivered; key not loaded yet (confirmed by server {})",
                 t.url,
                 share.index,
@@ -989,16 +996,9 @@ fn key_send_share(
                 ack.threshold.unwrap_or(share.threshold),
                 &hex::encode(t.fingerprint)[..16],
             ),
-            Err(f) => {
-                eprintln!("memkey-admin: {}", f.message);
-                first_failure.get_or_insert(Fail::new(f.code, String::new()));
-            }
         }
-    }
-    match first_failure {
-        None => Ok(()),
-        Some(f) => Err(f),
-    }
+        Ok(())
+    })
 }
 
 fn status(store: &Store, sel: &ServerSelection, timeout: Duration) -> Result<(), Fail> {
