@@ -276,18 +276,24 @@ def test_hsm_wrong_pin_then_sighup(hsm):
         keyd.stop()
 
 
-@pytest.mark.parametrize("how", ["wrapped", "key_id"])
-def test_hsm_refuses_altered_file(hsm, how):
-    altered = tamper(hsm.sealed, hsm.dir, how)
-    keyd, proxy = stack(hsm.dir, f"tampered-{how}", hsm.source([altered]), hsm.env, hsm.backend)
+def assert_altered_file_refused(source, how, env, backend, log_needle):
+    """A sealed key file altered on disk (its wrapped key, or the key id bound to it) is refused:
+    one clear log line, the source stops (no retry), memkey-server keeps running, the proxy 503s."""
+    altered = tamper(source.sealed, source.dir, how)
+    keyd, proxy = stack(source.dir, f"tampered-{how}", source.source([altered]), env, backend)
     try:
-        keyd.wait_log("the sealed key file was altered")
+        keyd.wait_log(log_needle)
         st = keyd.wait_status(lambda s: s["key_source"]["state"] == "failed")
-        assert st["key_source"]["failures"] == {"tampered": 1} and not st["loaded"]
+        assert st["key_source"]["failures"] == {"tampered": 1} and not st["loaded"] and keyd.proc.poll() is None
         assert_503(proxy)
     finally:
         proxy.stop()
         keyd.stop()
+
+
+@pytest.mark.parametrize("how", ["wrapped", "key_id"])
+def test_hsm_refuses_altered_file(hsm, how):
+    assert_altered_file_refused(hsm, how, hsm.env, hsm.backend, "the sealed key file was altered")
 
 
 def test_reseal_under_a_new_hsm_key(hsm):
@@ -389,16 +395,7 @@ def test_kms_unreachable_then_up(kms):
 
 @pytest.mark.parametrize("how", ["wrapped", "key_id"])
 def test_kms_refuses_altered_file(kms, how):
-    altered = tamper(kms.sealed, kms.dir, how)
-    keyd, proxy = stack(kms.dir, f"tampered-{how}", kms.source([altered]), KMS_ENV, kms.moto)
-    try:
-        keyd.wait_log("InvalidCiphertextException")
-        st = keyd.wait_status(lambda s: s["key_source"]["state"] == "failed")
-        assert st["key_source"]["failures"] == {"tampered": 1} and not st["loaded"]
-        assert_503(proxy)
-    finally:
-        proxy.stop()
-        keyd.stop()
+    assert_altered_file_refused(kms, how, KMS_ENV, kms.moto, "InvalidCiphertextException")
 
 
 def test_kms_deleted_key_keeps_503(kms):
@@ -537,16 +534,7 @@ def test_kmip_unseals_at_start_and_after_restart(kmip):
 
 @pytest.mark.parametrize("how", ["wrapped", "key_id"])
 def test_kmip_refuses_altered_file(kmip, how):
-    altered = tamper(kmip.sealed, kmip.dir, how)
-    keyd, proxy = stack(kmip.dir, f"tampered-{how}", kmip.source([altered]), {}, kmip.backend)
-    try:
-        keyd.wait_log("the sealed key file was altered")
-        st = keyd.wait_status(lambda s: s["key_source"]["state"] == "failed")
-        assert st["key_source"]["failures"] == {"tampered": 1} and not st["loaded"]
-        assert_503(proxy)
-    finally:
-        proxy.stop()
-        keyd.stop()
+    assert_altered_file_refused(kmip, how, {}, kmip.backend, "the sealed key file was altered")
 
 
 def test_kmip_unreachable_then_destroyed_key(kmip):
