@@ -208,8 +208,10 @@ admin_token = "{secrets.token_hex(16)}"
             time.sleep(0.2)
         raise RuntimeError(f"garage {' '.join(args)} failed: {r.stderr}")
 
-    def stop(self):
-        self.proc.stop()
+    def stop(self, timeout=3):
+        # Garage that has served traffic takes 10 s to exit on SIGTERM; its data dir is thrown
+        # away (or, in the drills, LMDB recovers), so a test waits at most `timeout` then kills.
+        self.proc.stop(timeout=timeout)
 
 
 class GarageCluster:
