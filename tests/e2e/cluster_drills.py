@@ -282,7 +282,9 @@ def fault_upgrade(cluster, timing, log):
 def fault_garage(cluster, timing, log):
     """Stop Garage node 3 (the backend of replica c) for a while, then start it again."""
     node = cluster.garage.nodes[2]
-    node.stop()
+    # A clean stop (SIGTERM, Garage finishes what it serves: up to ~10 s), as an operator's
+    # `systemctl stop` would; the teardown default kills after 3 s.
+    node.stop(timeout=30)
     log["stopped_at"] = time.time()
     try:
         log["replica_c_marked_down_after_s"] = round(cluster.lb.wait_state("proxy-c", False, timing["down"]) - log["stopped_at"], 1)
