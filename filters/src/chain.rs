@@ -142,14 +142,17 @@ impl Chain {
         // Whatever the filters, an XML body reaches the backend only once it was checked
         // (after the filters: the client is authenticated and the body is what goes on).
         let s3 = ctx.s3()?;
-        let grant = match (&ctx.client, &s3.bucket) {
-            (Some(c), Some(b)) => c.grant(b).cloned(),
-            _ => None,
+        // A client's grant is copied only for the rare request whose body is held (DeleteObjects).
+        ctx.xml_body = match HeldBody::for_request(s3)? {
+            Some(h) => match (&ctx.client, &s3.bucket) {
+                (Some(c), Some(b)) => match c.grant(b) {
+                    Some(g) => Some(h.keys_within(g.clone())),
+                    None => Some(h),
+                },
+                _ => Some(h),
+            },
+            None => None,
         };
-        ctx.xml_body = HeldBody::for_request(s3)?.map(|h| match grant {
-            Some(g) => h.keys_within(g),
-            None => h,
-        });
         Ok(Flow::Continue)
     }
 

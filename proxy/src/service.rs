@@ -336,8 +336,14 @@ impl ProxyHttp for S3Proxy {
         m.bytes_sent.inc_by(bytes_out);
         if let Some(client) = &ctx.client {
             let key = client.access_key.as_str();
-            let class = format!("{}xx", status / 100);
-            m.client_requests.with_label_values(&[key, &class]).inc();
+            let class = match status / 100 {
+                2 => "2xx",
+                3 => "3xx",
+                4 => "4xx",
+                5 => "5xx",
+                _ => "other",
+            };
+            m.client_requests.with_label_values(&[key, class]).inc();
             m.client_bytes.with_label_values(&[key, "in"]).inc_by(bytes_in);
             m.client_bytes.with_label_values(&[key, "out"]).inc_by(bytes_out);
             if ctx.throttled {
