@@ -26,7 +26,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use pingora::http::{RequestHeader, ResponseHeader};
-use s3cp_format::{meta, Decryptor, FormatError, KeyRing, ObjectId, SegmentEncryptor};
+use s3cp_format::{meta, plan_range, Decryptor, FormatError, KeyRing, ObjectId, RangePlan, SegmentEncryptor, HEADER_LEN};
 
 use crate::backend::Backend;
 use crate::ctx::RequestCtx;
@@ -137,6 +137,25 @@ enum ReadWhat {
     Planned { read: RangedRead, part: bool },
     /// A Range that could not be planned, taken from the whole object.
     FromWhole(ByteRange),
+    /// A Range near the start of the object, asked for from stored byte 0 in one request, so
+    /// that the first segment header comes with the data (docs/object-format.md 6.3). The
+    /// answer settles it: `FromStart` for a single-segment object, else it is planned anew
+    /// and the backend asked again.
+    Speculative(ByteRange),
+    /// A settled `Speculative` read: the stored bytes of `plan` (from byte 0, header first)
+    /// are decrypted and plaintext `[first, last]` of `plain_len` goes on.
+    FromStart { plan: RangePlan, first: u64, last: u64, plain_len: u64 },
+}
+
+/// What the answer to a `Speculative` read showed.
+enum Settled {
+    /// It serves the read.
+    Read(ReadWhat),
+    /// It does not (a multipart object, another chunk size): the read is planned anew and
+    /// the backend asked again.
+    Resend(ReadWhat),
+    Unsatisfiable(u64),
+    Damaged(FormatError),
 }
 
 /// What becomes of the backend's answer body.
@@ -146,6 +165,9 @@ enum Answer {
     AsIs,
     /// Authenticated and decrypted; `[skip, skip + take)` of the plaintext goes on.
     Decrypt { decryptor: Decryptor, skip: u64, take: u64 },
+    /// The first segment header, collected from the start of the body; then decrypted as
+    /// `plan` (becoming `Decrypt`).
+    HeaderFirst { header: Vec<u8>, plan: RangePlan, skip: u64, take: u64 },
     /// An object served unencrypted (it predates encryption): `[skip, skip + take)` of it
     /// goes on.
     Slice { skip: u64, take: u64 },
@@ -382,6 +404,19 @@ impl Filter for CryptoFilter {
                 *body = Some(range::trim(skip, take, body.take().unwrap_or_default()));
                 Ok(())
             }
+            Answer::HeaderFirst { .. } => {
+                let obj = ObjectId { bucket: ctx.s3.as_ref().and_then(|s| s.bucket.as_deref()).unwrap_or(""), key: ctx.s3.as_ref().and_then(|s| s.key.as_deref()).unwrap_or("") };
+                let piece = body.take();
+                let result = header_first(&mut read.answer, &read.ring, obj, piece, end).and_then(|rest| decrypt_piece(&mut read.answer, rest, end));
+                match result {
+                    Ok((plain, n)) => {
+                        ctx.bytes_decrypted += n;
+                        *body = Some(plain);
+                        Ok(())
+                    }
+                    Err(e) => Err(crypto_error(ctx, &e)),
+                }
+            }
             Answer::Decrypt { .. } => match decrypt_piece(&mut read.answer, body.take(), end) {
                 Ok((plain, n)) => {
                     ctx.bytes_decrypted += n;
@@ -392,6 +427,23 @@ impl Filter for CryptoFilter {
             },
         }
     }
+}
+
+/// Collects the first segment header from the start of a `HeaderFirst` answer; once it is
+/// whole, the answer becomes `Decrypt` for the rest, which is returned (`None` while the
+/// header is incomplete).
+fn header_first(answer: &mut Answer, ring: &KeyRing, obj: ObjectId<'_>, piece: Option<Bytes>, end: bool) -> Result<Option<Bytes>, FormatError> {
+    let Answer::HeaderFirst { header, .. } = answer else { return Ok(piece) };
+    let mut piece = piece.unwrap_or_default();
+    let n = (HEADER_LEN - header.len()).min(piece.len());
+    header.extend_from_slice(&piece.split_to(n));
+    if header.len() < HEADER_LEN {
+        return if end { Err(FormatError::Truncated) } else { Ok(None) };
+    }
+    let Answer::HeaderFirst { header, plan, skip, take } = std::mem::replace(answer, Answer::AsIs) else { unreachable!("matched above") };
+    let decryptor = Decryptor::for_range(ring.clone(), obj, &header, &plan)?;
+    *answer = Answer::Decrypt { decryptor, skip, take };
+    Ok(Some(piece))
 }
 
 /// One piece of an answer body through the decryptor (at the end, the decryptor finishes:
@@ -464,6 +516,8 @@ impl CryptoFilter {
         };
         let what = match want {
             None => ReadWhat::Whole { part: None },
+            // One request, no header probe: the header comes with the data.
+            Some(Want::Range(r)) if range::from_start(r, self.chunk_size).is_some() => ReadWhat::Speculative(r),
             Some(want) => {
                 // The part's plaintext is computed from the format (segment n is part n):
                 // the backend is asked for ciphertext bytes, never for its own part n.
@@ -579,6 +633,10 @@ impl CryptoFilter {
                 // only ciphertext offsets and ciphertext ETags.
                 for h in ["range", "if-range", "if-match", "if-none-match"] {
                     up.remove_header(h);
+                }
+                if let ReadWhat::Speculative(r) = &read.what {
+                    let end = range::from_start(*r, self.chunk_size).flatten().map(|e| e.to_string()).unwrap_or_default();
+                    set(up, "range", format!("bytes=0-{end}"))?;
                 }
                 if let ReadWhat::Planned { read: rr, .. } = &read.what {
                     if ctx.s3()?.op == Operation::GetObject {
@@ -711,6 +769,13 @@ impl CryptoFilter {
                 // format): a Range is cut from it here.
                 return match &read.what {
                     ReadWhat::FromWhole(r) if s3.op == Operation::GetObject => self.slice_unencrypted(read, *r, resp, ctx),
+                    ReadWhat::Speculative(r) => {
+                        // Asked for stored bytes 0.. as if encrypted: the Range is cut from the
+                        // whole object, asked for again.
+                        read.what = ReadWhat::FromWhole(*r);
+                        ctx.resend_upstream = true;
+                        Err(s3err(S3ErrorCode::ServiceUnavailable, "the read is planned anew and sent again"))
+                    }
                     ReadWhat::Whole { part: Some(_) } => Err(s3err(S3ErrorCode::NotImplemented, "partNumber reads of objects that predate encryption (unencrypted_objects: passthrough) are not supported; read the whole object or a Range").with_resource(s3.resource())),
                     _ => Ok(()),
                 };
@@ -729,9 +794,28 @@ impl CryptoFilter {
         ctx.key_id = Some(opened.key_id);
         let backend_etag = header(resp, "etag").unwrap_or_default();
         let payload = metadata::Sealed::parse(&opened.payload).map_err(|e| crypto_error(ctx, &e))?;
+        if let ReadWhat::Speculative(range) = read.what {
+            let version = s3.query_value("versionId");
+            match self.settle(range, resp, opened.chunk_size, &payload, &backend_etag, obj, &ring, version).await? {
+                Settled::Read(what) => read.what = what,
+                Settled::Resend(what) => {
+                    read.what = what;
+                    ctx.resend_upstream = true;
+                    return Err(s3err(S3ErrorCode::ServiceUnavailable, "the read is planned anew and sent again"));
+                }
+                Settled::Damaged(e) => return Err(crypto_error(ctx, &e)),
+                Settled::Unsatisfiable(len) => {
+                    // The answer has a body (at least a header's worth): it carries the error.
+                    let e = s3err(S3ErrorCode::InvalidRange, "The requested range is not satisfiable").with_resource(s3.resource());
+                    read.answer = Answer::Replace(self.error_answer(resp, ctx, e)?);
+                    set_header(resp, "content-range", format!("bytes */{len}"))?;
+                    return Ok(());
+                }
+            }
+        }
         let layout = match &read.what {
             // Planned and checked against the headers it rests on before the request.
-            ReadWhat::Planned { .. } => None,
+            ReadWhat::Planned { .. } | ReadWhat::FromStart { .. } | ReadWhat::Speculative(_) => None,
             ReadWhat::Whole { .. } | ReadWhat::FromWhole(_) => {
                 let cipher_len = header(resp, "content-length").and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
                 let (layout, verified) = payload.announced_layout(opened.chunk_size, cipher_len, &backend_etag).map_err(|e| crypto_error(ctx, &e))?;
@@ -774,6 +858,16 @@ impl CryptoFilter {
         }
 
         let (status, skip, len) = match (&read.what, layout) {
+            (ReadWhat::FromStart { plan, first, last, plain_len }, _) => {
+                resp.set_status(206).map_err(|e| S3Error::internal("status", e))?;
+                set_header(resp, "content-range", format!("bytes {first}-{last}/{plain_len}"))?;
+                set_header(resp, "content-length", (last - first + 1).to_string())?;
+                set_header(resp, "accept-ranges", "bytes".to_string())?;
+                strip_checksums(resp);
+                // The header is checked against the announced length before any byte goes on.
+                read.answer = Answer::HeaderFirst { header: Vec::with_capacity(HEADER_LEN), plan: *plan, skip: *first, take: last - first + 1 };
+                return Ok(());
+            }
             (ReadWhat::Planned { read: rr, part }, _) => {
                 resp.set_status(206).map_err(|e| S3Error::internal("status", e))?;
                 set_header(resp, "content-range", format!("bytes {}-{}/{}", rr.first, rr.last, rr.plain_len))?;
@@ -822,6 +916,37 @@ impl CryptoFilter {
             read.answer = Answer::Decrypt { decryptor: Decryptor::expecting((*ring).clone(), obj, layout), skip, take: len };
         }
         Ok(())
+    }
+
+    /// Settles a `Speculative` read on the backend's answer to stored bytes `0..`: it serves
+    /// the read when the object is a single segment of the configured chunk size (its
+    /// header is at the start of the body); otherwise the read is planned as any Range and
+    /// the backend asked again.
+    #[allow(clippy::too_many_arguments)]
+    async fn settle(&self, range: ByteRange, resp: &ResponseHeader, chunk_size: u32, payload: &metadata::Sealed, backend_etag: &str, obj: ObjectId<'_>, ring: &KeyRing, version: Option<&str>) -> Result<Settled, S3Error> {
+        if resp.status.as_u16() == 200 {
+            // The backend ignored the Range: the whole object is here.
+            return Ok(Settled::Read(ReadWhat::FromWhole(range)));
+        }
+        let fetched = header(resp, "content-range").as_deref().and_then(range::parse_content_range);
+        if let Some((0, end, total)) = fetched {
+            let layout = match payload.announced_layout(chunk_size, total, backend_etag) {
+                Ok((layout, _)) => layout,
+                Err(e) => return Ok(Settled::Damaged(e)),
+            };
+            if layout.segments == 1 && chunk_size == self.chunk_size {
+                let Some((first, last)) = range.resolve(layout.plain_len) else { return Ok(Settled::Unsatisfiable(layout.plain_len)) };
+                if let Some(plan) = plan_range(0, last, layout.plain_len, chunk_size, None).filter(|p| p.cipher_end == end) {
+                    return Ok(Settled::Read(ReadWhat::FromStart { plan, first, last, plain_len: layout.plain_len }));
+                }
+            }
+        }
+        Ok(match ranged::prepare_object(&self.backend, ring, obj, version, Want::Range(range)).await? {
+            Prepared::Plan(read) => Settled::Resend(ReadWhat::Planned { read, part: false }),
+            Prepared::Unsatisfiable(len) => Settled::Unsatisfiable(len),
+            Prepared::Damaged(e) => Settled::Damaged(e),
+            Prepared::NoSuchPart | Prepared::Fallback => Settled::Resend(ReadWhat::FromWhole(range)),
+        })
     }
 
     /// A Range of an object served unencrypted, cut from the whole object the backend sends.

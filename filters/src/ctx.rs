@@ -45,6 +45,9 @@ pub struct RequestCtx {
     /// The crypto filter sends the body aws-chunked with a checksum trailer (verified writes):
     /// the resign filter signs `STREAMING-UNSIGNED-PAYLOAD-TRAILER`.
     pub upstream_trailer: bool,
+    /// The crypto filter planned a read anew on the backend's answer: the request is sent
+    /// to the backend again (once) instead of answering this one.
+    pub resend_upstream: bool,
     /// The conditional filter's object lock (`enforce` mode), held until the backend answers.
     pub conditional: ConditionalCtx,
     pub crypto: CryptoCtx,
@@ -82,6 +85,7 @@ impl RequestCtx {
             body_md5: None,
             body_rewritten: false,
             upstream_trailer: false,
+            resend_upstream: false,
             conditional: ConditionalCtx::default(),
             crypto: CryptoCtx::default(),
             xml_body: None,

@@ -36,6 +36,9 @@ fn request_id() -> String {
     format!("{:016X}{:08X}", t, SEQ.fetch_add(1, Ordering::Relaxed) as u32)
 }
 
+/// The error type of a read the crypto filter planned anew on the backend's answer.
+const RESENT: ErrorType = ErrorType::Custom("read planned anew");
+
 /// Wraps an S3 error as a pingora error, keeping it retrievable as the cause.
 fn to_pingora(ctx: &mut RequestCtx, e: S3Error) -> Box<Error> {
     ctx.error = Some(e.clone());
@@ -245,6 +248,13 @@ impl ProxyHttp for S3Proxy {
         }
         match self.chain.upstream_response(resp, ctx).await {
             Ok(()) => Ok(()),
+            Err(_) if std::mem::take(&mut ctx.resend_upstream) => {
+                // Not an answer: pingora sends the request again (its retry loop), shaped by
+                // the plan the filter made on this answer, which is dropped unread.
+                let mut e = Error::explain(RESENT, "the backend is asked again");
+                e.set_retry(true);
+                Err(e)
+            }
             Err(e) => Err(to_pingora(ctx, e)),
         }
     }
@@ -263,6 +273,15 @@ impl ProxyHttp for S3Proxy {
     /// pingora's error-log summary of a request, without presigned-URL credentials.
     fn request_summary(&self, session: &Session, _ctx: &RequestCtx) -> String {
         crate::redact::request_summary(session.req_header())
+    }
+
+    /// A read planned anew and sent again (`resend_upstream`) is no failure to warn of.
+    fn suppress_proxy_warn_log(&self, _session: &Session, ctx: &RequestCtx, error: &Error, _context: pingora::proxy::ProxyWarnLogContext) -> bool {
+        let resent = *error.etype() == RESENT;
+        if resent {
+            log::debug!("request {}: read planned anew; the backend is asked again", ctx.request_id);
+        }
+        resent
     }
 
     /// Client mistakes (4xx S3 errors) are in the audit log; the error log keeps the rest.

@@ -293,13 +293,14 @@ def test_an_object_replaced_during_a_ranged_read_gets_a_whole_error_answer(relay
     client gets is still a complete XML error document."""
     s, relay = relay_stack.boto(), relay_stack.relay
     key = fresh("changed")
-    s.put_object(Bucket=BUCKET, Key=key, Body=blob(300_000, "changed"))
-    # The first GET is the header probe; the second, pinned with If-Match, fails.
+    s.put_object(Bucket=BUCKET, Key=key, Body=blob(2_000_000, "changed"))
+    # A range beyond the first MiB: the first GET is the header probe; the second, pinned
+    # with If-Match, fails.
     relay.arm(method="GET", path_contains=key, status=412, skip=1, empty_body=True)
     p = relay_stack.proxy
     conn = http.client.HTTPConnection("127.0.0.1", p.port, timeout=10)
     req = botocore.awsrequest.AWSRequest(method="GET", url=f"{p.endpoint}/{BUCKET}/{key}",
-                                         headers={"Range": "bytes=200000-200099", "x-amz-content-sha256": hashlib.sha256(b"").hexdigest()})
+                                         headers={"Range": "bytes=1500000-1500099", "x-amz-content-sha256": hashlib.sha256(b"").hexdigest()})
     botocore.auth.S3SigV4Auth(botocore.credentials.Credentials(p.access_key, p.secret_key), "s3", "us-east-1").add_auth(req)
     conn.request("GET", f"/{BUCKET}/{key}", headers=dict(req.headers.items()))
     r = conn.getresponse()

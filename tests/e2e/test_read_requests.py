@@ -1,0 +1,161 @@
+"""Backend requests per client read (issue 14, goal 1): a Range GET that starts in the
+first MiB of a single-part object costs one backend request (the first segment header comes
+with the data, docs/object-format.md 6.3); a HEAD of a single-part object one. Objects the
+single request cannot serve (multipart, another chunk size) are planned anew on its answer
+and still read back exactly. Every request the proxy makes passes the counting relay
+(tests/e2e/chaos.py) in front of Garage."""
+
+import os
+import tempfile
+import types
+
+import botocore.exceptions
+import pytest
+
+import harness
+from conftest import BUCKET, Stack
+from test_pbs import blob
+
+C = 65536
+MIB = 1 << 20
+
+
+@pytest.fixture(scope="module")
+def counted(workroot):
+    d = tempfile.mkdtemp(prefix="read-requests-", dir=workroot)
+    s = Stack(d, "garage", tls=False, relay=True)
+    yield s
+    s.stop()
+
+
+def backend_requests(stack, key, call):
+    """Runs `call` and returns (its result, the requests for `key` the backend saw meanwhile;
+    the proxy's own backend health checks are left out)."""
+    relay = stack.relay
+    before = len(relay.seen)
+    result = call()
+    return result, [(m, t) for m, t in relay.seen[before:] if t.split("?")[0] == f"/{BUCKET}/{key}"]
+
+
+def ranged(s3, key, spec):
+    r = s3.get_object(Bucket=BUCKET, Key=key, Range=spec)
+    return r["ContentRange"], r["Body"].read()
+
+
+@pytest.mark.parametrize("spec, first, last", [
+    ("bytes=0-99", 0, 99),
+    ("bytes=0-4194303", 0, 3 * MIB - 1),           # s5cmd / SDK downloaders: one range, whole object
+    ("bytes=65530-65545", 65530, 65545),            # across a chunk boundary
+    ("bytes=100000-", 100000, 3 * MIB - 1),         # open end
+    (f"bytes={3 * C}-{3 * C + 9}", 3 * C, 3 * C + 9),  # up to 256 KiB ahead are fetched with it
+    (f"bytes={15 * C}-{3 * MIB - 1}", 15 * C, 3 * MIB - 1),  # further only when the range is at least as long (1 MiB at most)
+])
+def test_a_range_near_the_start_is_one_backend_request(counted, spec, first, last):
+    s3 = counted.boto()
+    key = f"reads/single-{os.urandom(3).hex()}"
+    data = blob(3 * MIB, key)
+    s3.put_object(Bucket=BUCKET, Key=key, Body=data)
+    (content_range, body), seen = backend_requests(counted, key, lambda: ranged(s3, key, spec))
+    assert body == data[first:last + 1]
+    assert content_range == f"bytes {first}-{last}/{len(data)}"
+    assert seen == [("GET", f"/{BUCKET}/{key}")], seen
+
+
+def test_head_and_whole_get_of_a_single_part_object_are_one_request(counted):
+    s3 = counted.boto()
+    key = "reads/head"
+    data = blob(300_000, key)
+    s3.put_object(Bucket=BUCKET, Key=key, Body=data, ContentType="text/x-reads")
+    head, seen = backend_requests(counted, key, lambda: s3.head_object(Bucket=BUCKET, Key=key))
+    assert head["ContentLength"] == len(data) and head["ContentType"] == "text/x-reads"
+    assert seen == [("HEAD", f"/{BUCKET}/{key}")], seen
+    body, seen = backend_requests(counted, key, lambda: s3.get_object(Bucket=BUCKET, Key=key)["Body"].read())
+    assert body == data and len(seen) == 1, seen
+
+
+@pytest.mark.parametrize("spec, first, last", [
+    ("bytes=2000000-2000099", 2000000, 2000099),
+    (f"bytes={5 * C}-{5 * C + 99}", 5 * C, 5 * C + 99),
+])
+def test_a_short_range_further_in_costs_a_header_read(counted, spec, first, last):
+    """A short range more than 256 KiB in: the header is read apart (108 bytes), then only
+    the chunks the range needs (not everything before them)."""
+    s3 = counted.boto()
+    key = f"reads/deep-{os.urandom(3).hex()}"
+    data = blob(3 * MIB, key)
+    s3.put_object(Bucket=BUCKET, Key=key, Body=data)
+    (content_range, body), seen = backend_requests(counted, key, lambda: ranged(s3, key, spec))
+    assert body == data[first:last + 1] and content_range == f"bytes {first}-{last}/{len(data)}"
+    assert len(seen) == 2, seen
+
+
+def test_a_range_beyond_the_end_in_the_last_chunk_is_416(counted):
+    s3 = counted.boto()
+    key = "reads/short"
+    s3.put_object(Bucket=BUCKET, Key=key, Body=blob(1000, key))
+    (_, seen) = backend_requests(counted, key, lambda: pytest.raises(botocore.exceptions.ClientError,
+                                                                 s3.get_object, Bucket=BUCKET, Key=key, Range="bytes=1000-2000"))
+    err = _.value.response
+    assert err["ResponseMetadata"]["HTTPStatusCode"] == 416 and err["Error"]["Code"] == "InvalidRange"
+    assert err["ResponseMetadata"]["HTTPHeaders"]["content-range"] == "bytes */1000"
+    assert len(seen) == 1, seen
+
+
+def test_a_multipart_object_is_planned_anew_and_read_exactly(counted):
+    """The single request's answer shows a multipart object: the proxy plans the range with
+    the header probes and asks again; the client sees one exact answer."""
+    s3 = counted.boto()
+    key = "reads/multipart"
+    part = 5 * MIB
+    data = blob(2 * part + 1000, key)
+    up = s3.create_multipart_upload(Bucket=BUCKET, Key=key)
+    parts = []
+    for n, off in enumerate(range(0, len(data), part), start=1):
+        r = s3.upload_part(Bucket=BUCKET, Key=key, UploadId=up["UploadId"], PartNumber=n, Body=data[off:off + part])
+        parts.append({"PartNumber": n, "ETag": r["ETag"]})
+    s3.complete_multipart_upload(Bucket=BUCKET, Key=key, UploadId=up["UploadId"], MultipartUpload={"Parts": parts})
+    for spec, first, last in [("bytes=0-99", 0, 99), ("bytes=100-", 100, len(data) - 1), ("bytes=5000-6000", 5000, 6000)]:
+        (content_range, body), seen = backend_requests(counted, key, lambda: ranged(s3, key, spec))
+        assert body == data[first:last + 1], spec
+        assert content_range == f"bytes {first}-{last}/{len(data)}"
+        # The single request, the header probes (first and last part), the planned request.
+        assert 2 <= len(seen) <= 4 and all(m == "GET" for m, _ in seen), seen
+
+
+def test_an_object_of_another_chunk_size_is_planned_anew(counted, workroot):
+    """Written by a replica configured with another chunk size: the offsets of the single
+    request do not fit; the range is planned with the object's own chunk size."""
+    other = harness.Proxy(tempfile.mkdtemp(dir=workroot), counted.proxy.backend, counted.keyd,
+                          encryption={"chunk_size": 16384},
+                          **{k: v for k, v in counted.proxy.config.items() if k in ("allowed_buckets", "conditional_writes")})
+    try:
+        other.wait_ready()
+        key = "reads/chunk-16k"
+        data = blob(200_000, key)
+        Stack.boto(types.SimpleNamespace(proxy=other)).put_object(Bucket=BUCKET, Key=key, Body=data)
+        s3 = counted.boto()
+        for spec, first, last in [("bytes=0-99", 0, 99), ("bytes=20000-90000", 20000, 90000), ("bytes=150000-", 150000, len(data) - 1)]:
+            content_range, body = ranged(s3, key, spec)
+            assert body == data[first:last + 1] and content_range == f"bytes {first}-{last}/{len(data)}", spec
+    finally:
+        other.stop()
+
+
+def test_a_damaged_first_header_fails_the_single_request_read(counted):
+    """The header read from the start of the answer is authenticated before any byte goes
+    on: a flipped bit in it cuts the answer (never a clean short or wrong answer)."""
+    s3 = counted.boto()
+    key = "reads/damaged"
+    data = blob(200_000, key)
+    s3.put_object(Bucket=BUCKET, Key=key, Body=data)
+    stored = bytearray(counted.stored(key))
+    stored[40] ^= 1   # inside the wrap nonce
+    meta = counted.direct.head_object(Bucket=BUCKET, Key=key)["Metadata"]
+    counted.direct.put_object(Bucket=BUCKET, Key=key, Body=bytes(stored), Metadata=meta)
+    try:
+        r = s3.get_object(Bucket=BUCKET, Key=key, Range="bytes=0-99")
+        got = r["Body"].read()
+    except (botocore.exceptions.ClientError, botocore.exceptions.IncompleteReadError,
+            botocore.exceptions.ResponseStreamingError, ConnectionError):
+        return
+    raise AssertionError(f"a damaged object was served: {len(got)} bytes")
