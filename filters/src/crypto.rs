@@ -942,7 +942,17 @@ impl CryptoFilter {
             }
         }
         Ok(match ranged::prepare_object(&self.backend, ring, obj, version, Want::Range(range)).await? {
-            Prepared::Plan(read) => Settled::Resend(ReadWhat::Planned { read, part: false }),
+            Prepared::Plan(read) => {
+                // A multipart object whose range starts in its first part: the plan (its part
+                // length and last header checked by the probes) may still fit this answer.
+                let from_start = plan_range(0, read.last, read.plain_len, read.plan.layout.chunk_size, read.plan.layout.part_len);
+                match (fetched, from_start) {
+                    (Some((0, end, _)), Some(plan)) if read.plan.segment == 0 && plan.cipher_end == end => {
+                        Settled::Read(ReadWhat::FromStart { plan, first: read.first, last: read.last, plain_len: read.plain_len })
+                    }
+                    _ => Settled::Resend(ReadWhat::Planned { read, part: false }),
+                }
+            }
             Prepared::Unsatisfiable(len) => Settled::Unsatisfiable(len),
             Prepared::Damaged(e) => Settled::Damaged(e),
             Prepared::NoSuchPart | Prepared::Fallback => Settled::Resend(ReadWhat::FromWhole(range)),
