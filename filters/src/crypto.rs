@@ -640,7 +640,7 @@ impl CryptoFilter {
                 }
                 if let ReadWhat::Planned { read: rr, .. } = &read.what {
                     if ctx.s3()?.op == Operation::GetObject {
-                        set(up, "range", format!("bytes={}-{}", rr.plan.cipher_start, rr.plan.cipher_end))?;
+                        set(up, "range", format!("bytes={}-{}", rr.fetch_start(), rr.plan.cipher_end))?;
                     }
                     set(up, "if-match", rr.backend_etag.clone())?;
                 }
@@ -871,7 +871,7 @@ impl CryptoFilter {
             (ReadWhat::Planned { read: rr, part }, _) => {
                 resp.set_status(206).map_err(|e| S3Error::internal("status", e))?;
                 set_header(resp, "content-range", format!("bytes {}-{}/{}", rr.first, rr.last, rr.plain_len))?;
-                set_header(resp, "content-length", rr.plan.len.to_string())?;
+                set_header(resp, "content-length", (rr.last - rr.first + 1).to_string())?;
                 set_header(resp, "accept-ranges", "bytes".to_string())?;
                 strip_checksums(resp);
                 if *part {
@@ -880,9 +880,12 @@ impl CryptoFilter {
                     }
                 }
                 if s3.op == Operation::GetObject {
-                    let decryptor = Decryptor::for_range((*ring).clone(), obj, &rr.header, &rr.plan).map_err(|e| crypto_error(ctx, &e))?;
-                    // The decryptor emits exactly the requested bytes.
-                    read.answer = Answer::Decrypt { decryptor, skip: 0, take: rr.plan.len };
+                    let (skip, take) = (rr.lead, rr.last - rr.first + 1);
+                    read.answer = match &rr.header {
+                        Some(h) => Answer::Decrypt { decryptor: Decryptor::for_range((*ring).clone(), obj, h, &rr.plan).map_err(|e| crypto_error(ctx, &e))?, skip, take },
+                        // Checked against the announced layout before any byte goes on.
+                        None => Answer::HeaderFirst { header: Vec::with_capacity(HEADER_LEN), plan: rr.plan, skip, take },
+                    };
                 }
                 return Ok(());
             }
@@ -941,7 +944,7 @@ impl CryptoFilter {
                 }
             }
         }
-        Ok(match ranged::prepare_object(&self.backend, ring, obj, version, Want::Range(range)).await? {
+        Ok(match ranged::prepare_object(&self.backend, ring, obj, version, Want::Range(range), ranged::HeaderRead::WithData).await? {
             Prepared::Plan(read) => {
                 // A multipart object whose range starts in its first part: the plan (its part
                 // length and last header checked by the probes) may still fit this answer.

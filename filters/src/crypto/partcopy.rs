@@ -18,7 +18,7 @@ use s3cp_format::{meta, Decryptor, KeyRing, ObjectId, SegmentEncryptor};
 
 use super::copy::{check_source_conditions, SourceConditions};
 use super::range::{trim, ByteRange};
-use super::ranged::{prepare_object, Prepared, Want};
+use super::ranged::{prepare_object, HeaderRead, Prepared, Want};
 use super::{crypto_error, metadata};
 use crate::backend::{Backend, Exchange};
 use crate::ctx::RequestCtx;
@@ -139,7 +139,7 @@ pub async fn upload_part_copy(
 
     // Only the chunks holding the range are fetched when the source can be planned for.
     let planned = match range {
-        Some((a, b)) => match prepare_object(backend, ring, src_obj, version, Want::Range(ByteRange::FromTo(a, b))).await? {
+        Some((a, b)) => match prepare_object(backend, ring, src_obj, version, Want::Range(ByteRange::FromTo(a, b)), HeaderRead::Probe).await? {
             Prepared::Plan(rr) if rr.first == a && rr.last == b => Some(rr),
             Prepared::Plan(rr) => return Err(range_invalid(rr.plain_len)),
             Prepared::Unsatisfiable(len) => return Err(range_invalid(len)),
@@ -152,7 +152,8 @@ pub async fn upload_part_copy(
         Some(rr) => {
             let range = format!("bytes={}-{}", rr.plan.cipher_start, rr.plan.cipher_end);
             let (exchange, head) = open_source(backend, src_obj, version, &[("range", &range), ("if-match", &rr.backend_etag)]).await?;
-            let decryptor = Decryptor::for_range((**ring).clone(), src_obj, &rr.header, &rr.plan).map_err(|e| format_err(ctx, e))?;
+            let header = rr.header.as_deref().unwrap_or_default();
+            let decryptor = Decryptor::for_range((**ring).clone(), src_obj, header, &rr.plan).map_err(|e| format_err(ctx, e))?;
             Source { exchange, head, decryptor, skip: 0, take: rr.plan.len }
         }
         None => {

@@ -22,13 +22,31 @@ use crate::request::S3Request;
 #[derive(Debug, Clone)]
 pub struct RangedRead {
     pub plan: RangePlan,
-    pub header: Vec<u8>,
+    /// The header of the segment the plan starts in; `None` when it comes with the data (the
+    /// backend is then asked from `plan.header_offset`, and the plan starts at that segment's
+    /// first chunk).
+    pub header: Option<Vec<u8>>,
+    /// Plaintext the plan decrypts before `first` (with the header fetched with the data, the
+    /// plan starts at the segment's first chunk).
+    pub lead: u64,
     pub backend_etag: String,
     pub plain_len: u64,
     pub first: u64,
     pub last: u64,
     /// The object's segment (= part) count, for `x-amz-mp-parts-count` (multipart objects only).
     pub parts_count: Option<u32>,
+}
+
+impl RangedRead {
+    /// The first stored byte to ask the backend for: the segment header when it comes with
+    /// the data, else the first chunk needed.
+    pub fn fetch_start(&self) -> u64 {
+        if self.header.is_some() {
+            self.plan.cipher_start
+        } else {
+            self.plan.header_offset
+        }
+    }
 }
 
 /// What a planned read wants: a byte range, or a part (`partNumber`) of the plaintext.
@@ -160,11 +178,22 @@ pub async fn verify_layout(backend: &Backend, ring: &KeyRing, obj: ObjectId<'_>,
 
 pub async fn prepare(backend: &Backend, ring: &KeyRing, s3: &S3Request, want: Want) -> Result<Prepared, S3Error> {
     let obj = ObjectId { bucket: s3.bucket.as_deref().unwrap_or(""), key: s3.key.as_deref().unwrap_or("") };
-    prepare_object(backend, ring, obj, s3.query_value("versionId"), want).await
+    prepare_object(backend, ring, obj, s3.query_value("versionId"), want, HeaderRead::WithData).await
+}
+
+/// How a planned read gets the header of the segment its range starts in (beyond the first).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum HeaderRead {
+    /// With the data when it is close ahead of the first chunk needed (a range starting at a
+    /// part boundary, a `partNumber` read): one request less; the reader takes the header
+    /// from the start of the answer.
+    WithData,
+    /// Always by a probe of its own (readers that need it before the data).
+    Probe,
 }
 
 /// Plans a read of `want` from the stored object `obj`.
-pub async fn prepare_object(backend: &Backend, ring: &KeyRing, obj: ObjectId<'_>, version: Option<&str>, want: Want) -> Result<Prepared, S3Error> {
+pub async fn prepare_object(backend: &Backend, ring: &KeyRing, obj: ObjectId<'_>, version: Option<&str>, want: Want, header_read: HeaderRead) -> Result<Prepared, S3Error> {
     let Probe::Header(resp, first_header) = probe(backend, obj, version, 0, None).await? else { return Ok(Prepared::Fallback) };
     let h = |n: &str| resp.headers.get(n).and_then(|v| v.to_str().ok()).map(str::to_string);
     let (Some(sealed), Some(etag), Some(content_range)) = (h(meta::HEADER), h("etag"), h("content-range")) else {
@@ -207,11 +236,18 @@ pub async fn prepare_object(backend: &Backend, ring: &KeyRing, obj: ObjectId<'_>
     };
     let multipart = (segments > 1).then_some(part_len);
     let Some(plan) = plan_range(first, last, plain_len, opened.chunk_size, multipart) else { return Ok(Prepared::Fallback) };
-    let header = if plan.header_offset == 0 {
-        first_header.to_vec()
+    // The plan from the first chunk of the segment the range starts in: its header is then
+    // the start of the data.
+    let from_segment = plan_range(u64::from(plan.segment) * part_len, last, plain_len, opened.chunk_size, multipart)
+        .filter(|whole| header_read == HeaderRead::WithData && plan.cipher_start - whole.cipher_start <= super::range::AHEAD_ALWAYS);
+    let (plan, header, lead) = if plan.header_offset == 0 {
+        (plan, Some(first_header.to_vec()), 0)
+    } else if let Some(whole) = from_segment {
+        let lead = first - u64::from(plan.segment) * part_len;
+        (whole, None, lead)
     } else {
         match probe(backend, obj, version, plan.header_offset, Some(&etag)).await? {
-            Probe::Header(_, body) => body.to_vec(),
+            Probe::Header(_, body) => (plan, Some(body.to_vec()), 0),
             Probe::Other(status) => return unexpected(obj, status).map(Prepared::Damaged),
         }
     };
@@ -225,5 +261,5 @@ pub async fn prepare_object(backend: &Backend, ring: &KeyRing, obj: ObjectId<'_>
     }
     // A multipart object (backend ETag `…-N`, even for N = 1) reports its part count.
     let parts_count = etag.trim_matches('"').contains('-').then_some(segments);
-    Ok(Prepared::Plan(RangedRead { plan, header, backend_etag: etag, plain_len, first, last, parts_count }))
+    Ok(Prepared::Plan(RangedRead { plan, header, lead, backend_etag: etag, plain_len, first, last, parts_count }))
 }
