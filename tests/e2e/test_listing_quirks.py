@@ -59,6 +59,19 @@ def quirky(workroot):
 
 
 @pytest.fixture(scope="module")
+def asking(workroot):
+    """A proxy with a former chunk size declared: ambiguous entries make it fetch listing
+    pages itself (and HEAD those entries) instead of rewriting the backend's answer."""
+    d = tempfile.mkdtemp(prefix="quirks-asking-", dir=workroot)
+    s = Stack(d, "garage", relay=True, backend_options={"profile": "garage"},
+              encryption={"chunk_size": 65536, "former_chunk_sizes": [16384]})
+    s.faults = arm_quirks(s.relay)
+    fill(s)
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="module")
 def unnormalised(workroot):
     d = tempfile.mkdtemp(prefix="quirks-off-", dir=workroot)
     s = Stack(d, "garage", relay=True, backend_options={"profile": "garage", "normalize_listings": False})
@@ -199,6 +212,21 @@ def test_content_type_after_copies(quirky):
     r = pbs.get_object("ct-chunk.0.bad")
     assert r.status == 200 and r.body == b"chunk" and r.headers.get("content-type") == "application/octet-stream", r
     assert quirky.faults["copy"].fired == 0
+
+
+def test_pages_the_proxy_fetches_itself_are_complete(asking):
+    s3 = asking.boto()
+    pages = list(s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix="ls/", PaginationConfig={"PageSize": 4}))
+    assert len(pages) == 3 and asking.faults["listing"].fired >= 3
+    assert any(m == "HEAD" for m, _ in asking.relay.seen), "no entry was ambiguous: the request-phase path was not taken"
+    seen = {}
+    for i, page in enumerate(pages):
+        assert (page["Name"], page["Prefix"], page["MaxKeys"], page["IsTruncated"]) == (BUCKET, "ls/", 4, i < 2), page
+        assert page["KeyCount"] == len(page["Contents"])
+        seen.update({o["Key"]: o["Size"] for o in page["Contents"] if o["StorageClass"] == "STANDARD"})
+    assert seen == OBJECTS
+    out = json.loads(rclone(asking, "lsjson", "-R", "--files-only", "--s3-list-chunk", "4", f"px:{BUCKET}/ls"))
+    assert {"ls/" + o["Path"]: o["Size"] for o in out} == OBJECTS
 
 
 def test_without_normalisation_the_quirks_reach_clients(unnormalised):
