@@ -18,7 +18,9 @@
 //! among them) want each repeated element (`Contents`, `CommonPrefixes`, …) contiguous and
 //! the scalars before them. Elements S3 does not document keep their relative order, after
 //! the known ones. A listing already complete and in order comes out byte for byte equal
-//! to what went in (apart from the XML declaration, which is added when missing).
+//! to what went in (apart from the XML declaration, added when missing, and indentation
+//! between fields, dropped). Normalising twice changes nothing more than once (the fuzz
+//! target `listing_rewrite` checks it).
 
 use std::borrow::Cow;
 
@@ -535,6 +537,22 @@ mod tests {
             out,
             r#"<?xml version="1.0" encoding="UTF-8"?><ListMultipartUploadsResult><Bucket>pbs-bucket</Bucket><KeyMarker></KeyMarker><UploadIdMarker></UploadIdMarker><Prefix>k</Prefix><MaxUploads>1000</MaxUploads><IsTruncated>false</IsTruncated><Upload><Key>k</Key><UploadId>u</UploadId><StorageClass>STANDARD</StorageClass><Initiated>2026-12-06T01:00:00.000Z</Initiated></Upload></ListMultipartUploadsResult>"#
         );
+    }
+
+    #[test]
+    fn normalising_twice_changes_nothing() {
+        let inputs = [
+            (Operation::ListObjectsV2, "<ListBucketResult><Contents><Key>a</Key><Size>1</Size></Contents><NextContinuationToken>t</NextContinuationToken></ListBucketResult>"),
+            (Operation::ListObjectsV1, "<ListBucketResult><Contents/><CommonPrefixes><Prefix>p/</Prefix></CommonPrefixes></ListBucketResult>"),
+            (Operation::ListObjectVersions, "<ListVersionsResult><DeleteMarker><Key>a</Key></DeleteMarker></ListVersionsResult>"),
+            (Operation::ListParts, "<ListPartsResult/>"),
+            (Operation::ListMultipartUploads, "<ListMultipartUploadsResult><Upload><Key>k &amp; l</Key></Upload></ListMultipartUploadsResult>"),
+        ];
+        let q = [("prefix", "p/"), ("max-keys", "1"), ("encoding-type", "url")];
+        for (op, xml) in inputs {
+            let once = run(op, &q, xml);
+            assert_eq!(run(op, &q, &once), once, "{op:?}");
+        }
     }
 
     #[test]
