@@ -17,10 +17,15 @@
 //! phase, HEADs the ambiguous entries (at most [`HEAD_CONCURRENCY`] at a time) and answers
 //! with the rewritten page.
 //!
+//! With `backend.normalize_listings` (every profile's default) each listing answer,
+//! ListMultipartUploads and ListParts included, is also completed and put in S3's order
+//! (`listing/normalize.rs`): fields a provider leaves out are filled from the request.
+//!
 //! On GET/HEAD the filter also notices objects whose chunk size is not declared (a warning
 //! once per chunk size, and `s3_crypt_proxy_undeclared_chunk_size_reads_total`): their
 //! listed sizes can be wrong until the size is added to `former_chunk_sizes`.
 
+mod normalize;
 mod sizes;
 
 use std::collections::{HashMap, HashSet};
@@ -41,6 +46,7 @@ use crate::etag::{client_etag, segments_from_etag};
 use crate::filter::{Filter, Flow, Reply};
 use crate::passthrough::{listing_date, LegacyObjects};
 use crate::request::Operation;
+pub use normalize::{normalize, ListingRequest};
 pub use sizes::{Listed, Probe, SizeRule, Sized};
 
 /// Largest listing answer buffered (a 1000-key page is a few hundred KiB).
@@ -69,11 +75,34 @@ pub struct ListingFilter {
     backend: Arc<Backend>,
     /// Undeclared chunk sizes already warned about.
     warned: Mutex<HashSet<u32>>,
+    /// Fill the fields a backend leaves out of listings (`backend.normalize_listings`).
+    normalize: bool,
 }
 
 impl ListingFilter {
     pub fn new(chunk_size: u32, former_chunk_sizes: Vec<u32>, legacy: Option<LegacyObjects>, backend: Arc<Backend>) -> Self {
-        Self { rule: SizeRule { current: chunk_size, former: former_chunk_sizes, legacy }, backend, warned: Mutex::new(HashSet::new()) }
+        Self { rule: SizeRule { current: chunk_size, former: former_chunk_sizes, legacy }, backend, warned: Mutex::new(HashSet::new()), normalize: false }
+    }
+
+    /// Listings are completed and ordered as S3 sends them (`listing/normalize.rs`).
+    pub fn normalizing_listings(mut self, on: bool) -> Self {
+        self.normalize = on;
+        self
+    }
+
+    /// Whether this filter rewrites the answer of `op`.
+    fn rewrites(&self, op: Operation) -> bool {
+        is_object_listing(op) || op == Operation::ListParts || (self.normalize && normalize::is_normalised(op))
+    }
+
+    /// The client's answer: normalised when configured.
+    fn finish(&self, body: Bytes, ctx: &RequestCtx) -> Result<Bytes, S3Error> {
+        if !self.normalize {
+            return Ok(body);
+        }
+        let s3 = ctx.s3()?;
+        let req = ListingRequest { op: s3.op, bucket: s3.bucket.as_deref().unwrap_or(""), key: s3.key.as_deref(), query: &s3.query };
+        normalize(&body, &req)
     }
 
     fn note_chunk_size(&self, resp: &ResponseHeader, ctx: &RequestCtx) {
@@ -123,7 +152,7 @@ impl ListingFilter {
                 None => self.rule.size_without_asking(e),
             })
         })?;
-        Ok(Reply { status: 200, headers: vec![("content-type", "application/xml".into())], body: out })
+        Ok(Reply { status: 200, headers: vec![("content-type", "application/xml".into())], body: self.finish(out, ctx)? })
     }
 
     /// HEADs the objects (each listed version by its id), [`HEAD_CONCURRENCY`] at a time.
@@ -211,11 +240,14 @@ impl Filter for ListingFilter {
         if matches!(op, Operation::GetObject | Operation::HeadObject) && (status == 200 || status == 206) {
             self.note_chunk_size(resp, ctx);
         }
-        if status == 200 && (is_object_listing(op) || op == Operation::ListParts) {
+        if status == 200 && self.rewrites(op) {
             ctx.listing.active = true;
             // The rewritten length is known only at the end: the answer goes out chunked.
             resp.remove_header("content-length");
             resp.remove_header("content-md5");
+            if self.normalize && !resp.headers.contains_key("content-type") {
+                resp.insert_header("content-type", "application/xml").map_err(|e| S3Error::internal("listing rewrite", e))?;
+            }
         }
         Ok(())
     }
@@ -233,7 +265,8 @@ impl Filter for ListingFilter {
         if end {
             let raw = std::mem::take(&mut ctx.listing.buf);
             let url_keys = ctx.s3()?.query_value("encoding-type").is_some_and(|v| v.eq_ignore_ascii_case("url"));
-            *body = Some(rewrite_with(&raw, &self.rule, url_keys)?);
+            let sized = rewrite_with(&raw, &self.rule, url_keys)?;
+            *body = Some(self.finish(sized, ctx)?);
         } else {
             *body = Some(Bytes::new());
         }

@@ -1,6 +1,7 @@
 //! Backend profiles: what differs between S3 providers, absorbed by the proxy so that its
 //! clients (PBS first) need no per-provider switches. A profile only sets defaults; every
-//! switch can also be set alone (`conditional_writes`, `backend.send_if_none_match`).
+//! switch can also be set alone (`conditional_writes`, `backend.send_if_none_match`,
+//! `backend.delete_objects`, `backend.verified_writes`, `backend.normalize_listings`).
 //!
 //! | profile | conditional writes | `If-None-Match` sent upstream | DeleteObjects | verified writes | why |
 //! |---|---|---|---|---|---|
@@ -11,6 +12,13 @@
 //! | `gcs` | enforce | yes | emulate | off | Google Cloud Storage's XML API has no multi-object delete, no aws-chunked trailers |
 //! | `r2` | enforce | yes | native | off | Cloudflare R2: no aws-chunked trailers |
 //! | `wasabi`, `hetzner`, `ceph`, `generic` | enforce | yes | native | trailer | support varies by version and region: the proxy enforces, which is always exact (one replica per object, see README) |
+//!
+//! Every profile normalises listings (`backend.normalize_listings`, `listing/normalize.rs`):
+//! Google Cloud Storage omits `StorageClass`, other providers `Name`, `Prefix`, `KeyCount`,
+//! `MaxKeys`, `IsTruncated` or the echoes; filling a field costs nothing where it is present,
+//! so no profile turns it off. Copy headers need no switch: the proxy never sends a
+//! CopyObject upstream (it re-encrypts through GET and PUT) and restores Content-Type and
+//! the other descriptive headers from the sealed metadata on every read.
 //!
 //! "verified writes off" means the backend gets no checksum of the ciphertext it stores
 //! (`docs/filters.md`, "Verified writes", lists which providers check trailers).
@@ -29,19 +37,21 @@ pub struct Profile {
     pub delete_objects: DeleteObjectsMode,
     /// The backend checks aws-chunked trailer checksums (`backend.verified_writes: trailer`).
     pub trailer_checksums: bool,
+    /// Listings are completed and ordered as S3 sends them (`backend.normalize_listings`).
+    pub normalize_listings: bool,
 }
 
 const PROFILES: &[Profile] = &[
-    Profile { name: "aws", conditional_writes: ConditionalMode::Backend, send_if_none_match: true, delete_objects: DeleteObjectsMode::Native, trailer_checksums: true },
-    Profile { name: "minio", conditional_writes: ConditionalMode::Backend, send_if_none_match: true, delete_objects: DeleteObjectsMode::Native, trailer_checksums: true },
-    Profile { name: "garage", conditional_writes: ConditionalMode::Enforce, send_if_none_match: true, delete_objects: DeleteObjectsMode::Native, trailer_checksums: true },
-    Profile { name: "b2", conditional_writes: ConditionalMode::Enforce, send_if_none_match: false, delete_objects: DeleteObjectsMode::Native, trailer_checksums: false },
-    Profile { name: "wasabi", conditional_writes: ConditionalMode::Enforce, send_if_none_match: true, delete_objects: DeleteObjectsMode::Native, trailer_checksums: true },
-    Profile { name: "hetzner", conditional_writes: ConditionalMode::Enforce, send_if_none_match: true, delete_objects: DeleteObjectsMode::Native, trailer_checksums: true },
-    Profile { name: "r2", conditional_writes: ConditionalMode::Enforce, send_if_none_match: true, delete_objects: DeleteObjectsMode::Native, trailer_checksums: false },
-    Profile { name: "gcs", conditional_writes: ConditionalMode::Enforce, send_if_none_match: true, delete_objects: DeleteObjectsMode::Emulate, trailer_checksums: false },
-    Profile { name: "ceph", conditional_writes: ConditionalMode::Enforce, send_if_none_match: true, delete_objects: DeleteObjectsMode::Native, trailer_checksums: true },
-    Profile { name: "generic", conditional_writes: ConditionalMode::Enforce, send_if_none_match: true, delete_objects: DeleteObjectsMode::Native, trailer_checksums: true },
+    Profile { name: "aws", conditional_writes: ConditionalMode::Backend, send_if_none_match: true, delete_objects: DeleteObjectsMode::Native, trailer_checksums: true, normalize_listings: true },
+    Profile { name: "minio", conditional_writes: ConditionalMode::Backend, send_if_none_match: true, delete_objects: DeleteObjectsMode::Native, trailer_checksums: true, normalize_listings: true },
+    Profile { name: "garage", conditional_writes: ConditionalMode::Enforce, send_if_none_match: true, delete_objects: DeleteObjectsMode::Native, trailer_checksums: true, normalize_listings: true },
+    Profile { name: "b2", conditional_writes: ConditionalMode::Enforce, send_if_none_match: false, delete_objects: DeleteObjectsMode::Native, trailer_checksums: false, normalize_listings: true },
+    Profile { name: "wasabi", conditional_writes: ConditionalMode::Enforce, send_if_none_match: true, delete_objects: DeleteObjectsMode::Native, trailer_checksums: true, normalize_listings: true },
+    Profile { name: "hetzner", conditional_writes: ConditionalMode::Enforce, send_if_none_match: true, delete_objects: DeleteObjectsMode::Native, trailer_checksums: true, normalize_listings: true },
+    Profile { name: "r2", conditional_writes: ConditionalMode::Enforce, send_if_none_match: true, delete_objects: DeleteObjectsMode::Native, trailer_checksums: false, normalize_listings: true },
+    Profile { name: "gcs", conditional_writes: ConditionalMode::Enforce, send_if_none_match: true, delete_objects: DeleteObjectsMode::Emulate, trailer_checksums: false, normalize_listings: true },
+    Profile { name: "ceph", conditional_writes: ConditionalMode::Enforce, send_if_none_match: true, delete_objects: DeleteObjectsMode::Native, trailer_checksums: true, normalize_listings: true },
+    Profile { name: "generic", conditional_writes: ConditionalMode::Enforce, send_if_none_match: true, delete_objects: DeleteObjectsMode::Native, trailer_checksums: true, normalize_listings: true },
 ];
 
 impl std::str::FromStr for Profile {
@@ -66,6 +76,8 @@ mod tests {
             assert!(p.send_if_none_match || p.conditional_writes == ConditionalMode::Enforce, "{}", p.name);
         }
         assert!(!"b2".parse::<Profile>().unwrap().send_if_none_match);
+        // Normalising costs nothing where the fields are present: every profile does it.
+        assert!(PROFILES.iter().all(|p| p.normalize_listings));
         assert!("s3".parse::<Profile>().unwrap_err().contains("garage"));
     }
 }

@@ -3,7 +3,9 @@
 //! Input: byte 0 picks the mode.
 //! * raw (even): the rest is the backend's answer as-is. Properties: no panic, and when
 //!   the rewrite succeeds its output can itself be rewritten (what the proxy sends stays
-//!   parseable XML).
+//!   parseable XML). The same answer is also normalised (`listing::normalize`, as one of
+//!   the five listings, picked by byte 0): no panic, and a normalised answer normalised
+//!   again is unchanged (every field it filled now counts as sent).
 //! * structured (odd): `arbitrary` builds a ListBucketResult (V1 or V2) or ListPartsResult
 //!   with entries (keys, sizes, ETags, other fields in varying order), serialized to XML,
 //!   rewritten, and parsed back. Properties:
@@ -19,7 +21,8 @@
 
 use arbitrary::{Arbitrary, Unstructured};
 use filters::etag::{client_etag, segments_from_etag};
-use filters::listing::rewrite_listing;
+use filters::listing::{normalize, rewrite_listing, ListingRequest};
+use filters::request::Operation;
 use filters::xml::escape;
 use libfuzzer_sys::fuzz_target;
 use quick_xml::events::Event;
@@ -350,6 +353,19 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     if sel % 2 == 0 {
+        let op = [
+            Operation::ListObjectsV2,
+            Operation::ListObjectsV1,
+            Operation::ListObjectVersions,
+            Operation::ListParts,
+            Operation::ListMultipartUploads,
+        ][usize::from(sel / 2) % 5];
+        let query = [("prefix".to_string(), "p/".to_string()), ("max-keys".to_string(), "2".to_string()), ("uploadId".to_string(), "u".to_string())];
+        let req = ListingRequest { op, bucket: "b", key: Some("k"), query: &query };
+        if let Ok(once) = normalize(rest, &req) {
+            let twice = normalize(&once, &req).expect("a normalised listing parses");
+            assert_eq!(twice, once, "normalising is not idempotent for {op:?}: {:?}", String::from_utf8_lossy(rest));
+        }
         if let Ok(out) = rewrite_listing(rest, CHUNK) {
             if let Err(e) = rewrite_listing(&out, CHUNK) {
                 panic!(

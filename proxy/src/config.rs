@@ -85,6 +85,8 @@ pub struct RawBackend {
     pub verified_writes: Option<String>,
     /// `crc32c` (default) or `crc64nvme`.
     pub verified_writes_checksum: Option<String>,
+    /// Fill the fields a provider leaves out of listings (default: the profile's, on).
+    pub normalize_listings: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -247,6 +249,8 @@ pub struct Config {
     pub conditional_writes: ConditionalMode,
     pub unencrypted_objects: UnencryptedPolicy,
     pub virtual_host_suffix: Option<String>,
+    /// `backend.normalize_listings`: listings completed and ordered as S3 sends them.
+    pub normalize_listings: bool,
     pub log_level: String,
     pub audit_log: Option<String>,
     pub threads: usize,
@@ -272,6 +276,7 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ("S3CP_BACKEND_CA_FILE", "backend.ca_file"),
     ("S3CP_BACKEND_PROFILE", "backend.profile"),
     ("S3CP_BACKEND_VERIFIED_WRITES", "backend.verified_writes"),
+    ("S3CP_BACKEND_NORMALIZE_LISTINGS", "backend.normalize_listings"),
     ("S3CP_CLIENT_ACCESS_KEY", "client.access_key"),
     ("S3CP_CLIENT_SECRET_KEY", "client.secret_key"),
     ("S3CP_CHUNK_SIZE", "encryption.chunk_size"),
@@ -356,6 +361,9 @@ impl RawConfig {
         if let Some(v) = s("S3CP_BACKEND_PATH_STYLE") {
             self.backend.path_style = Some(parse_bool("S3CP_BACKEND_PATH_STYLE", &v)?);
         }
+        if let Some(v) = s("S3CP_BACKEND_NORMALIZE_LISTINGS") {
+            self.backend.normalize_listings = Some(parse_bool("S3CP_BACKEND_NORMALIZE_LISTINGS", &v)?);
+        }
         if let Some(v) = s("S3CP_BACKEND_INSECURE") {
             self.backend.insecure_skip_verify = Some(parse_bool("S3CP_BACKEND_INSECURE", &v)?);
         }
@@ -396,6 +404,7 @@ impl RawConfig {
                 send_if_none_match: true,
                 delete_objects: DeleteObjectsMode::Native,
                 trailer_checksums: true,
+                normalize_listings: true,
             },
         };
         let conditional_writes: ConditionalMode = match self.conditional_writes.as_deref() {
@@ -406,6 +415,7 @@ impl RawConfig {
         if !send_if_none_match && conditional_writes != ConditionalMode::Enforce {
             return Err(format!("backend.send_if_none_match is false (profile {}) but conditional_writes is backend: If-None-Match: * would silently overwrite; use conditional_writes: enforce", profile.name));
         }
+        let normalize_listings = self.backend.normalize_listings.unwrap_or(profile.normalize_listings);
         let backend = BackendConfig {
             endpoint: need(self.backend.endpoint, "backend.endpoint (S3CP_BACKEND_ENDPOINT)")?,
             region: self.backend.region.unwrap_or_else(|| "us-east-1".into()),
@@ -493,6 +503,7 @@ impl RawConfig {
             conditional_writes,
             unencrypted_objects,
             virtual_host_suffix: self.virtual_host_suffix.filter(|s| !s.is_empty()),
+            normalize_listings,
             log_level: self.log_level.unwrap_or_else(|| "info".into()),
             audit_log: self.audit_log.filter(|s| s != "off"),
             threads: self.server.threads.unwrap_or(0),
@@ -619,6 +630,12 @@ mod tests {
         let c = cfg("").unwrap();
         assert_eq!(c.conditional_writes, ConditionalMode::Backend);
         assert!(cfg("profile: s3, ").unwrap_err().contains("unknown"));
+        // Listing normalisation: on by default, with or without a profile; off alone.
+        assert!(cfg("").unwrap().normalize_listings && cfg("profile: gcs, ").unwrap().normalize_listings);
+        assert!(!cfg("profile: gcs, normalize_listings: false, ").unwrap().normalize_listings);
+        let mut raw = serde_yaml::from_str::<RawConfig>(MIN).unwrap();
+        raw.apply_env(|k| (k == "S3CP_BACKEND_NORMALIZE_LISTINGS").then(|| "off".into())).unwrap();
+        assert!(!raw.finish().unwrap().normalize_listings);
         // Dropping the header while nobody enforces the condition would overwrite silently.
         let e = serde_yaml::from_str::<RawConfig>(&format!("{}conditional_writes: backend\n", MIN.replace("backend: {", "backend: {profile: b2, "))).unwrap().finish().unwrap_err();
         assert!(e.contains("enforce") && !e.contains('\n'), "{e}");

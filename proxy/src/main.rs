@@ -192,7 +192,10 @@ fn build_chain(cfg: &config::Config, backend: &Arc<Backend>, keys: &Arc<KeyState
                     Arc::new(if cfg.filters.contains(&FilterKind::Crypto) { filter.with_keys(keys.clone()) } else { filter })
                 }
                 FilterKind::Crypto => Arc::new(CryptoFilter::new(keys.clone(), backend.clone(), cfg.chunk_size, cfg.unencrypted_objects.clone())),
-                FilterKind::Listing => Arc::new(ListingFilter::new(cfg.chunk_size, cfg.former_chunk_sizes.clone(), cfg.unencrypted_objects.legacy().cloned(), backend.clone())),
+                FilterKind::Listing => Arc::new(
+                    ListingFilter::new(cfg.chunk_size, cfg.former_chunk_sizes.clone(), cfg.unencrypted_objects.legacy().cloned(), backend.clone())
+                        .normalizing_listings(cfg.normalize_listings),
+                ),
                 FilterKind::Resign => Arc::new(ResignFilter::new(backend.clone())),
             }
         })

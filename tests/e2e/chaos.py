@@ -24,6 +24,11 @@ requests it matches:
            relay the request, but flip the lowest bit of the request body's byte at this
            offset (counted from the first byte after the head, framing included): damage in
            transit that TCP's checksum did not catch
+  rewrite_response
+           relay the request, read the backend's whole answer and pass
+           `rewrite_response(head, body)` (bytes, the body de-chunked) on instead; it returns
+           (head, body) and the relay sets Content-Length: a provider quirk in an answer,
+           such as listing fields left out (see quirks.py)
   record   keep what the fault's request carried: `fault.head` (bytes, the request head)
            and `fault.body` (bytearray, the request body as the proxy sent it, before any flip)
 
@@ -45,12 +50,13 @@ from harness import free_port
 class Fault:
     def __init__(self, method=None, path_contains=None, times=1, status=None, code="InternalError",
                  delay=None, reset_response_after=None, reset_request_after=None, skip=0, empty_body=False,
-                 header=None, flip_body_byte_at=None, record=False):
+                 header=None, flip_body_byte_at=None, record=False, rewrite_response=None):
         self.method, self.path_contains, self.times = method, path_contains, times
         self.status, self.code, self.delay = status, code, delay
         self.reset_response_after, self.reset_request_after = reset_response_after, reset_request_after
         self.skip, self.empty_body, self.header = skip, empty_body, header
         self.flip_body_byte_at, self.record = flip_body_byte_at, record
+        self.rewrite_response = rewrite_response
         self.head, self.body = None, bytearray()
         self.fired = 0
 
@@ -181,7 +187,10 @@ class Relay:
         resp_limit = fault.reset_response_after if fault else None
         t = threading.Thread(target=self._pump, args=(down, up, rest, req_limit, fault), daemon=True)
         t.start()
-        self._pump(up, down, b"", resp_limit)
+        if fault and fault.rewrite_response:
+            self._relay_rewritten(up, down, fault.rewrite_response, head_request=method == "HEAD")
+        else:
+            self._pump(up, down, b"", resp_limit)
         t.join(timeout=30)
         _close(up, down)
 
@@ -233,6 +242,45 @@ class Relay:
         except OSError:
             pass
         _close(down)
+
+    @staticmethod
+    def _relay_rewritten(up, down, rewrite, head_request=False):
+        """Reads the backend's answer to its end (the backend closes: Connection: close),
+        rewrites it and sends it on with a Content-Length (a HEAD's is kept: it tells the
+        object's length)."""
+        data = b""
+        try:
+            while True:
+                piece = up.recv(65536)
+                if not piece:
+                    break
+                data += piece
+        except OSError:
+            _reset(up, down)
+            return
+        head, _, body = data.partition(b"\r\n\r\n")
+        lines = head.split(b"\r\n")
+        if any(l.lower().replace(b" ", b"") == b"transfer-encoding:chunked" for l in lines[1:]):
+            plain, rest = b"", body
+            while rest:
+                size_line, _, rest = rest.partition(b"\r\n")
+                size = int(size_line.split(b";")[0], 16)
+                if size == 0:
+                    break
+                plain, rest = plain + rest[:size], rest[size + 2:]
+            body = plain
+        if head_request:
+            head, body = rewrite(head, b"")
+            framing = b"\r\n\r\n"
+        else:
+            head = b"\r\n".join(l for l in lines if not l.lower().startswith((b"transfer-encoding:", b"content-length:")))
+            head, body = rewrite(head, body)
+            framing = f"\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+        try:
+            down.sendall(head + framing + body)
+            down.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
 
     @staticmethod
     def _wait_unless_hung_up(sock, seconds):

@@ -18,9 +18,11 @@ OTHER = "other-bucket"
 class Stack:
     """One backend, keyd with a delivered key, and a proxy in front."""
 
-    def __init__(self, workdir, backend_kind, tls=True, relay=False, backend_args=None, **proxy_overrides):
+    def __init__(self, workdir, backend_kind, tls=True, relay=False, backend_args=None, backend_host=None, **proxy_overrides):
         """relay=True puts a fault-injecting relay (chaos.Relay, as .relay) between the proxy and the backend;
-        backend_args go to the backend's constructor (e.g. Garage's db_engine)."""
+        backend_args go to the backend's constructor (e.g. Garage's db_engine); backend_host: the name the proxy
+        gives the backend's endpoint instead of 127.0.0.1 (virtual-host addressing needs a name, see
+        harness.hosts_entries)."""
         self.workdir = workdir
         self.backend = harness.start_backend(backend_kind, workdir, **(backend_args or {}))
         self.direct = boto3.client("s3", endpoint_url=self.backend.endpoint, region_name=self.backend.region,
@@ -42,6 +44,9 @@ class Stack:
             self.relay = chaos.Relay(self.backend.port)
             upstream = types.SimpleNamespace(endpoint=f"http://127.0.0.1:{self.relay.port}", region=self.backend.region,
                                              access_key=self.backend.access_key, secret_key=self.backend.secret_key)
+        if backend_host:
+            upstream = types.SimpleNamespace(endpoint=upstream.endpoint.replace("127.0.0.1", backend_host), region=upstream.region,
+                                             access_key=upstream.access_key, secret_key=upstream.secret_key)
         self.proxy = harness.Proxy(workdir, upstream, self.keyd, tls=tls, **overrides)
         self.proxy.wait_ready()
 

@@ -27,6 +27,40 @@ def binary(name):
     return path
 
 
+HOSTS_FILE = "/etc/hosts"
+
+
+class hosts_entries:
+    """Test-only /etc/hosts lines resolving `names` to 127.0.0.1, removed on exit. Clients in
+    other processes (aws-cli through glibc, rclone through Go's own resolver) read
+    /etc/hosts; neither resolves `*.localhost` or a wildcard by itself (nss-myhostname is
+    not in Debian's default nsswitch, and a static Go binary does not use NSS modules).
+    Needs root, as CI runs; the file is rewritten in place (it may be a bind mount)."""
+
+    def __init__(self, *names):
+        self.marker = f"# s3cp-e2e {os.getpid()} {secrets.token_hex(4)}"
+        self.lines = [f"127.0.0.1 {n} {self.marker}\n" for n in names]
+
+    def __enter__(self):
+        if not os.access(HOSTS_FILE, os.W_OK):
+            raise RuntimeError(f"{HOSTS_FILE} is not writable: virtual-host tests with other-process clients run as root (as CI does)")
+        with open(HOSTS_FILE, "r+") as f:
+            text = f.read()
+            if text and not text.endswith("\n"):
+                text += "\n"
+            f.seek(0)
+            f.write(text + "".join(self.lines))
+            f.truncate()
+        return self
+
+    def __exit__(self, *exc):
+        with open(HOSTS_FILE, "r+") as f:
+            kept = [l for l in f.readlines() if self.marker not in l]
+            f.seek(0)
+            f.write("".join(kept))
+            f.truncate()
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
