@@ -199,13 +199,14 @@ impl ProxyHttp for S3Proxy {
     async fn connected_to_upstream(
         &self,
         _session: &mut Session,
-        _reused: bool,
-        _peer: &HttpPeer,
+        reused: bool,
+        peer: &HttpPeer,
         fd: std::os::unix::io::RawFd,
         _digest: Option<&pingora::protocols::Digest>,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         ctx.upstream_fd = Some(fd);
+        filters::backend_stats::proxied_request(reused, peer.is_tls());
         Ok(())
     }
 
