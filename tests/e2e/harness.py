@@ -640,7 +640,11 @@ backend plain
 """)
         run(["haproxy", "-c", "-f", cfg])
         self.proc = Proc([*prefix, "haproxy", "-db", "-f", cfg], self.dir, "haproxy")
-        (wait or wait_port)(self.port, self.proc.p)
+        try:
+            (wait or wait_port)(self.port, self.proc.p)
+        except BaseException:
+            self.proc.stop()
+            raise
         self.endpoint = f"https://{listen_ip}:{self.port}"
 
     def info(self):
