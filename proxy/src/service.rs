@@ -223,7 +223,12 @@ impl ProxyHttp for S3Proxy {
     }
 
     async fn request_body_filter(&self, _session: &mut Session, body: &mut Option<Bytes>, end: bool, ctx: &mut RequestCtx) -> Result<()> {
-        match self.chain.request_body(body, end, ctx) {
+        if let Err(e) = self.chain.request_body(body, end, ctx) {
+            return Err(to_pingora(ctx, e));
+        }
+        // An If-None-Match: * upload whose existence check runs alongside its body: the
+        // backend gets the body's end only once the check said "absent" (conditional.rs).
+        match filters::conditional::hold_until_checked(body, end, &mut ctx.conditional).await {
             Ok(()) => Ok(()),
             Err(e) => Err(to_pingora(ctx, e)),
         }
