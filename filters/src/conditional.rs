@@ -319,6 +319,9 @@ impl Filter for ConditionalFilter {
     }
 
     async fn upstream_request(&self, up: &mut RequestHeader, ctx: &mut RequestCtx) -> Result<(), S3Error> {
+        // A retried attempt replays the body from its start: a piece held for the failed
+        // attempt is not part of the new one.
+        ctx.conditional.held = None;
         if ctx.conditional.if_match_enforced {
             up.remove_header("if-match");
         }
@@ -425,6 +428,14 @@ mod tests {
             assert_eq!(hold_until_checked(&mut b, true, &mut c).await.unwrap_err().status(), 412);
             assert!(b.is_none());
 
+            // A retried attempt starts without the failed attempt's held piece.
+            let f = filter();
+            let mut ctx = RequestCtx::new("r".into());
+            ctx.conditional.held = Some(Bytes::from_static(b"from the failed attempt"));
+            let mut up = RequestHeader::build("PUT", b"/b/k", None).unwrap();
+            f.upstream_request(&mut up, &mut ctx).await.unwrap();
+            assert!(ctx.conditional.held.is_none());
+
             // Without a check pieces pass untouched.
             let mut c = ConditionalCtx::default();
             let mut b = Some(Bytes::from_static(b"x"));
@@ -436,7 +447,7 @@ mod tests {
     #[test]
     fn only_a_put_with_a_body_sent_at_once_is_checked_alongside_it() {
         let parse = |method: &str, headers: &[(&str, &str)]| {
-            let mut r = RequestHeader::build(method, b"/b/k", None).unwrap();
+            let mut r = RequestHeader::build(method, b"/bkt/k", None).unwrap();
             for (n, v) in headers {
                 r.insert_header(n.to_string(), v.to_string()).unwrap();
             }
