@@ -7,6 +7,7 @@
 #   scripts/bench.sh                     # full matrix: put,get,range,mixed x 4KiB..64MiB x c=1,8,64
 #   scripts/bench.sh --sizes 4MiB --concurrency 8 --workloads put,get --duration 10s
 #   scripts/bench.sh --help              # every option of bench/matrix.py
+#   scripts/bench.sh --remote --delay 30ms   # a remote backend: TLS + round-trip delay, proxy vs direct (bench/remote.py)
 #   # two proxy builds side by side (HEAD, Range, GET; multipart read sets above 5 MiB):
 #   S3CP_BENCH_NO_BUILD=1 scripts/bench.sh --bin-dir NEW --before-bin-dir OLD --targets pass,full-before,full \
 #     --cells head:4MiB:1,head:15MiB:1,range:15MiB:8,get:4MiB:8 --multipart-part-size 5MiB --range-len 64KiB \
@@ -29,4 +30,9 @@ if [ -z "${S3CP_BENCH_NO_BUILD:-}" ]; then
 fi
 
 echo "bench: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'), load $(cut -d' ' -f1-3 /proc/loadavg)" >&2
+# --remote: Garage behind TLS and a round-trip delay (bench/remote.py; `--delay 30ms`, `--help` for the rest).
+if [ "${1:-}" = "--remote" ]; then
+  shift
+  exec python3 bench/remote.py "$@"
+fi
 exec python3 bench/matrix.py "$@"

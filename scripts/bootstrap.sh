@@ -2,7 +2,7 @@
 # Installs what the tests (default) or only the demo (`--demo`) need on a fresh Debian machine, once.
 # Tests: Debian packages (cmake for pingora, libssl-dev for the chunk cipher, shellcheck, openssl, curl,
 # chromium for the dashboard test, systemd and kubectl for the deploy tests, haproxy for the replica tests,
-# SoftHSM 2 for the PKCS#11 unseal tests), a Python venv with the S3 servers and clients, rclone included
+# SoftHSM 2 for the PKCS#11 unseal tests, iproute2 for `scripts/bench.sh --remote`'s network namespace), a Python venv with the S3 servers and clients, rclone included
 # (cached under ~/.cache, keyed by tests/requirements.txt), and the Garage binary (cached in cargo's bin
 # folder). Demo: cmake, libssl-dev and a small venv (moto, aws-cli; tests/requirements-demo.txt), no Garage.
 # Safe to run again: it skips what is there. Prints `export` lines for the caller to eval: S3CP_VENV, PATH.
@@ -16,7 +16,7 @@ mode=tests
 
 need_apt=()
 wanted="cmake:cmake"
-[ "$mode" = tests ] && wanted="$wanted shellcheck:shellcheck openssl:openssl curl:curl chromium:chromium systemd-analyze:systemd kubectl:kubernetes-client haproxy:haproxy softhsm2-util:softhsm2"
+[ "$mode" = tests ] && wanted="$wanted shellcheck:shellcheck openssl:openssl curl:curl chromium:chromium systemd-analyze:systemd kubectl:kubernetes-client haproxy:haproxy softhsm2-util:softhsm2 ip:iproute2"
 for pair in $wanted; do
   cmd=${pair%%:*}; pkg=${pair##*:}
   command -v "$cmd" >/dev/null 2>&1 || need_apt+=("$pkg")

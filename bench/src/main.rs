@@ -113,6 +113,10 @@ struct Args {
     multipart_part_size: Option<u64>,
     #[arg(long, value_enum, default_value = "unsigned")]
     payload: Payload,
+    /// PUT: every upload is a new object sent with `If-None-Match: *`, as PBS uploads its
+    /// chunks (a proxy enforcing the condition checks the backend first).
+    #[arg(long)]
+    if_none_match: bool,
     /// Compare every downloaded byte with what was uploaded (costs generator CPU).
     #[arg(long)]
     verify: bool,
@@ -243,6 +247,8 @@ struct Ctx {
     timeout: Duration,
     /// Read set uploaded in parts of this size.
     part_size: Option<u64>,
+    /// PUTs create new objects with `If-None-Match: *` (--if-none-match).
+    create_only: bool,
 }
 
 impl Ctx {
@@ -258,7 +264,11 @@ impl Ctx {
             Payload::Signed => Some(Pool::digests(&body)),
             Payload::Unsigned => None,
         };
-        let req = self.target.request(Method::PUT, Some(key), None, body, Some(self.size), digests)?;
+        let req = if self.create_only {
+            self.target.request_with(Method::PUT, Some(key), None, &[("if-none-match", "*".to_string())], body, Some(self.size), digests)?
+        } else {
+            self.target.request(Method::PUT, Some(key), None, body, Some(self.size), digests)?
+        };
         let fut = async {
             let resp = self.client.request(req).await.map_err(|e| format!("PUT {key}: {}", err_chain(&e)))?;
             let status = resp.status();
@@ -492,7 +502,12 @@ async fn worker(ctx: Arc<Ctx>, wid: usize, workload: Workload, budget: Arc<Budge
         let t0 = Instant::now();
         let result = match op {
             Op::Put => {
-                let key = format!("{}/{}/w{wid:03}-{}", ctx.prefix, ctx.label, iter % 4);
+                let key = if ctx.create_only {
+                    // A new name every time, as PBS's chunks (named by their digest) are.
+                    format!("{}/{}/c{wid:03}-{:016x}", ctx.prefix, ctx.label, rng.next_u64())
+                } else {
+                    format!("{}/{}/w{wid:03}-{}", ctx.prefix, ctx.label, iter % 4)
+                };
                 ctx.put(&key, rng.next_u64()).await.map(|n| (n, true))
             }
             Op::Get => ctx.get(rng.below(ctx.keys as u64) as usize, None).await,
@@ -745,6 +760,7 @@ async fn run(args: Args) -> Result<(), String> {
         verify: args.verify,
         timeout: args.request_timeout,
         part_size: args.multipart_part_size,
+        create_only: args.if_none_match,
     });
     if args.create_bucket {
         ctx.create_bucket().await?;

@@ -321,11 +321,12 @@ impl Backend {
     /// and reads the answer through the returned exchange.
     pub async fn open(&self, bucket: Option<&str>, req: RequestHeader) -> Result<Exchange<'_>, S3Error> {
         let peer = self.peer(bucket);
-        let (mut session, _reused) = self
+        let (mut session, reused) = self
             .connector
             .get_http_session(&peer)
             .await
             .map_err(|e| backend_unreachable(&e))?;
+        crate::backend_stats::side_request(&req, self.cfg.path_style, reused, self.tls);
         session.set_read_timeout(Some(self.cfg.io_timeout));
         session.set_write_timeout(Some(self.cfg.io_timeout));
         session.write_request_header(Box::new(req)).await.map_err(|e| backend_unreachable(&e))?;

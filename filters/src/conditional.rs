@@ -15,6 +15,16 @@
 //!    guard lives in the request's context, so dropping the context releases it. Pingora's
 //!    retries of the upstream request happen under the same lock.
 //!
+//! An `If-None-Match: *` PutObject whose client streams its body at once (no
+//! `Expect: 100-continue`; PBS's chunk uploads) does not wait for the HEAD before its upload
+//! starts: the HEAD runs while the body streams to the backend, and the service
+//! ([`hold_until_checked`]) holds back the last non-empty piece of the upstream body until it
+//! has answered. The backend cannot complete a write whose body it has not received whole, so
+//! the write still happens only after "absent" (a refused upload is cut off before its end and
+//! never stored) and a remote backend's round trip for the HEAD is hidden behind the upload.
+//! A refused upload then costs the part of the body already sent and that backend
+//! connection; a client that asks for `100-continue` keeps the HEAD first.
+//!
 //! So among the writers of one process exactly one `If-None-Match: *` writer of a new
 //! object wins, and an `If-Match` writer replaces exactly the version it named. Replicas
 //! do not share locks: several replicas are exact only when a load balancer sends all
@@ -65,6 +75,70 @@ pub struct ConditionalCtx {
     guard: Option<KeyGuard>,
     /// The proxy evaluated `If-Match` itself: the backend must not see it.
     if_match_enforced: bool,
+    /// The existence check of an `If-None-Match: *` upload, running while its body streams.
+    pending: Option<PendingCheck>,
+    /// The latest non-empty upstream body piece, held back while `pending` runs.
+    held: Option<bytes::Bytes>,
+}
+
+/// A spawned existence check; dropping it (the request ended another way) stops it.
+#[derive(Debug)]
+struct PendingCheck(tokio::task::JoinHandle<Result<(), S3Error>>);
+
+impl Drop for PendingCheck {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Called by the service for every upstream body piece, after the chain: while an existence
+/// check runs alongside the upload, the last non-empty piece stays here, so the backend never
+/// has the whole body before the check has answered; at the end of the body the check is
+/// awaited, and its refusal (412) becomes the request's error before the body's end is sent.
+pub async fn hold_until_checked(body: &mut Option<bytes::Bytes>, end: bool, ctx: &mut ConditionalCtx) -> Result<(), S3Error> {
+    if ctx.pending.is_none() {
+        return Ok(());
+    }
+    let piece = body.take().filter(|b| !b.is_empty());
+    if !end {
+        if let Some(p) = piece {
+            *body = ctx.held.replace(p);
+        }
+        // An empty piece, not None: pingora reads None as the end of the body.
+        body.get_or_insert_with(bytes::Bytes::new);
+        return Ok(());
+    }
+    if let Some(mut check) = ctx.pending.take() {
+        match (&mut check.0).await {
+            Ok(answer) => answer?,
+            Err(e) => return Err(S3Error::internal("the existence check of a conditional write", e)),
+        }
+    }
+    *body = match (ctx.held.take(), piece) {
+        (Some(a), Some(b)) => {
+            let mut joined = bytes::BytesMut::with_capacity(a.len() + b.len());
+            joined.extend_from_slice(&a);
+            joined.extend_from_slice(&b);
+            Some(joined.freeze())
+        }
+        (a, b) => a.or(b),
+    };
+    Ok(())
+}
+
+/// An upload whose existence check can run while its body streams: a PutObject with a body
+/// the client sends at once (no `Expect: 100-continue`, which asks to hear a refusal first).
+fn check_alongside_body(req: &RequestHeader, s3: &S3Request) -> bool {
+    let declared = req.headers.get("content-length").and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    s3.op == Operation::PutObject && req.headers.get("expect").is_none() && declared.is_some_and(|n| n > 0)
+}
+
+/// "Absent" or 412, for an `If-None-Match: *` write.
+async fn create_only(backend: Arc<Backend>, s3: S3Request) -> Result<(), S3Error> {
+    match current_of(&backend, &s3).await? {
+        Current::Absent => Ok(()),
+        Current::Present { .. } => Err(precondition_failed(&s3.resource())),
+    }
 }
 
 pub struct ConditionalFilter {
@@ -149,21 +223,26 @@ fn sealed_md5(payload: &[u8]) -> Option<String> {
     serde_json::from_slice::<Md5Only>(payload).ok()?.md5
 }
 
+/// What the backend holds under the name `s3` writes (one HEAD).
+async fn current_of(backend: &Backend, s3: &S3Request) -> Result<Current, S3Error> {
+    let (bucket, key) = (s3.bucket.as_deref(), s3.key.as_deref());
+    let head = backend.request("HEAD", bucket, key, &[], &[], None)?;
+    let (resp, _) = backend.send(bucket, head, None, 0).await?;
+    let header = |r: &ResponseHeader, n: &str| r.headers.get(n).and_then(|v| v.to_str().ok()).map(str::to_string);
+    match resp.status.as_u16() {
+        404 => Ok(Current::Absent),
+        200 => Ok(Current::Present { backend_etag: header(&resp, "etag").unwrap_or_default(), sealed: header(&resp, meta::HEADER) }),
+        403 => Err(s3err(S3ErrorCode::AccessDenied, "the backend denied the existence check of a conditional write")),
+        s => {
+            log::warn!("backend answered {s} to the existence check of the conditional write of {}", s3.resource());
+            Err(s3err(S3ErrorCode::ServiceUnavailable, "the backend could not confirm the state of the object; please retry").with_retry_after(1))
+        }
+    }
+}
+
 impl ConditionalFilter {
     async fn current(&self, s3: &S3Request) -> Result<Current, S3Error> {
-        let (bucket, key) = (s3.bucket.as_deref(), s3.key.as_deref());
-        let head = self.backend.request("HEAD", bucket, key, &[], &[], None)?;
-        let (resp, _) = self.backend.send(bucket, head, None, 0).await?;
-        let header = |r: &ResponseHeader, n: &str| r.headers.get(n).and_then(|v| v.to_str().ok()).map(str::to_string);
-        match resp.status.as_u16() {
-            404 => Ok(Current::Absent),
-            200 => Ok(Current::Present { backend_etag: header(&resp, "etag").unwrap_or_default(), sealed: header(&resp, meta::HEADER) }),
-            403 => Err(s3err(S3ErrorCode::AccessDenied, "the backend denied the existence check of a conditional write")),
-            s => {
-                log::warn!("backend answered {s} to the existence check of the conditional write of {}", s3.resource());
-                Err(s3err(S3ErrorCode::ServiceUnavailable, "the backend could not confirm the state of the object; please retry").with_retry_after(1))
-            }
-        }
+        current_of(&self.backend, s3).await
     }
 
     /// The plaintext MD5 sealed in the object's metadata, when the key ring can open it.
@@ -224,17 +303,25 @@ impl Filter for ConditionalFilter {
         let guard = self.locks.lock(format!("{bucket}/{key}")).await;
         let s3 = ctx.s3()?;
         let conditional = takes_write_conditions(s3.op) && (s3.if_none_match == Some(IfNoneMatch::Any) || if_match.is_some());
-        if conditional {
+        let mut pending = None;
+        if conditional && if_match.is_none() && check_alongside_body(req, s3) {
+            // Under the lock, like the check below; answered before the body's end is sent.
+            pending = Some(PendingCheck(tokio::spawn(create_only(self.backend.clone(), s3.clone()))));
+        } else if conditional {
             // A refused writer lets go at once (dropping `guard` here), not after its body
             // has been drained.
             self.check(s3, if_match.as_deref()).await?;
         }
+        ctx.conditional.pending = pending;
         ctx.conditional.guard = Some(guard);
         ctx.conditional.if_match_enforced = if_match.is_some();
         Ok(Flow::Continue)
     }
 
     async fn upstream_request(&self, up: &mut RequestHeader, ctx: &mut RequestCtx) -> Result<(), S3Error> {
+        // A retried attempt replays the body from its start: a piece held for the failed
+        // attempt is not part of the new one.
+        ctx.conditional.held = None;
         if ctx.conditional.if_match_enforced {
             up.remove_header("if-match");
         }
@@ -309,6 +396,70 @@ mod tests {
             f.upstream_request(&mut up, &mut ctx).await.unwrap();
             assert!(up.headers.get("if-match").is_none());
         });
+    }
+
+    #[test]
+    fn an_upload_checked_alongside_its_body_keeps_its_last_piece_until_the_check_answers() {
+        use bytes::Bytes;
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let (tx, rx) = tokio::sync::oneshot::channel::<Result<(), S3Error>>();
+            let mut c = ConditionalCtx { pending: Some(PendingCheck(tokio::spawn(async move { rx.await.unwrap() }))), ..Default::default() };
+            let mut b = Some(Bytes::from_static(b"one"));
+            hold_until_checked(&mut b, false, &mut c).await.unwrap();
+            assert_eq!(b.as_deref(), Some(&b""[..]), "the latest piece is held (an empty piece goes on: None would end the body)");
+            let mut b = Some(Bytes::from_static(b"two"));
+            hold_until_checked(&mut b, false, &mut c).await.unwrap();
+            assert_eq!(b.as_deref(), Some(&b"one"[..]), "the previous piece goes, the latest stays");
+            let mut b = Some(Bytes::new());
+            hold_until_checked(&mut b, false, &mut c).await.unwrap();
+            assert!(b.as_deref() == Some(&b""[..]) && c.held.as_deref() == Some(&b"two"[..]), "an empty piece releases nothing");
+            tx.send(Ok(())).unwrap();
+            let mut b = Some(Bytes::from_static(b"three"));
+            hold_until_checked(&mut b, true, &mut c).await.unwrap();
+            assert_eq!(b.as_deref(), Some(&b"twothree"[..]), "absent: the end goes with the held piece");
+
+            // Present: the end of the body never goes, the request fails with 412.
+            let mut c = ConditionalCtx { pending: Some(PendingCheck(tokio::spawn(async { Err(precondition_failed("/b/k")) }))), ..Default::default() };
+            let mut b = Some(Bytes::from_static(b"last"));
+            hold_until_checked(&mut b, false, &mut c).await.unwrap();
+            assert_eq!(b.as_deref(), Some(&b""[..]));
+            let mut b = None;
+            assert_eq!(hold_until_checked(&mut b, true, &mut c).await.unwrap_err().status(), 412);
+            assert!(b.is_none());
+
+            // A retried attempt starts without the failed attempt's held piece.
+            let f = filter();
+            let mut ctx = RequestCtx::new("r".into());
+            ctx.conditional.held = Some(Bytes::from_static(b"from the failed attempt"));
+            let mut up = RequestHeader::build("PUT", b"/b/k", None).unwrap();
+            f.upstream_request(&mut up, &mut ctx).await.unwrap();
+            assert!(ctx.conditional.held.is_none());
+
+            // Without a check pieces pass untouched.
+            let mut c = ConditionalCtx::default();
+            let mut b = Some(Bytes::from_static(b"x"));
+            hold_until_checked(&mut b, false, &mut c).await.unwrap();
+            assert_eq!(b.as_deref(), Some(&b"x"[..]));
+        });
+    }
+
+    #[test]
+    fn only_a_put_with_a_body_sent_at_once_is_checked_alongside_it() {
+        let parse = |method: &str, headers: &[(&str, &str)]| {
+            let mut r = RequestHeader::build(method, b"/bkt/k", None).unwrap();
+            for (n, v) in headers {
+                r.insert_header(n.to_string(), v.to_string()).unwrap();
+            }
+            let s3 = S3Request::parse(&r, None).unwrap();
+            (r, s3)
+        };
+        let (r, s3) = parse("PUT", &[("host", "h"), ("content-length", "5"), ("if-none-match", "*")]);
+        assert!(check_alongside_body(&r, &s3));
+        let (r, s3) = parse("PUT", &[("host", "h"), ("content-length", "5"), ("if-none-match", "*"), ("expect", "100-continue")]);
+        assert!(!check_alongside_body(&r, &s3), "the client wants to hear a refusal before it sends");
+        let (r, s3) = parse("PUT", &[("host", "h"), ("content-length", "0"), ("if-none-match", "*")]);
+        assert!(!check_alongside_body(&r, &s3), "an empty marker has no body to hide the check behind");
     }
 
     #[test]

@@ -8,6 +8,7 @@
 pub mod allowlist;
 pub mod auth;
 pub mod backend;
+pub mod backend_stats;
 pub mod chain;
 pub mod clients;
 pub mod checksum;

@@ -23,8 +23,9 @@
 //! "verified writes off" means the backend gets no checksum of the ciphertext it stores
 //! (`docs/filters.md`, "Verified writes", lists which providers check trailers).
 //!
-//! `enforce` costs one HEAD per conditional write; `backend` costs nothing extra but is only
-//! exact where the provider implements the conditions.
+//! `enforce` costs one HEAD per conditional write (for PBS's `If-None-Match: *` chunk uploads
+//! sent alongside the body, so not a round trip of its own: `conditional.rs`); `backend` costs
+//! nothing extra but is only exact where the provider implements the conditions.
 
 use crate::conditional::ConditionalMode;
 use crate::delete_emulation::DeleteObjectsMode;

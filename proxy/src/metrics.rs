@@ -72,7 +72,20 @@ impl Metrics {
             key_source: reg(&r, IntGaugeVec::new(Opts::new(format!("{p}key_source_info"), "1 for memkey-server's key source (kind: delivery, pkcs11, aws-kms) and its state (waiting_for_delivery, unsealing, retrying, loaded, failed)"), &["kind", "state"]).expect("valid")),
             key_source_last_unseal: reg(&r, IntGauge::new(format!("{p}key_source_last_unseal_timestamp_seconds"), "Unix time memkey-server last unsealed its keys from its HSM/KMS (0: never)").expect("valid")),
             key_source_unseal_failures: reg(&r, IntGaugeVec::new(Opts::new(format!("{p}key_source_unseal_failures"), "Failed unseal attempts since memkey-server started, by reason (unreachable, auth, key_unavailable, tampered, key_check_mismatch, bad_file, conflict, config)"), &["reason"]).expect("valid")),
-            registry: { reg(&r, filters::listing::UNDECLARED_CHUNK_SIZE_READS.clone()); r },
+            registry: {
+                reg(&r, filters::listing::UNDECLARED_CHUNK_SIZE_READS.clone());
+                // Backend round trips and connections (filters/src/backend_stats.rs).
+                reg(&r, filters::backend_stats::BACKEND_REQUESTS.clone());
+                reg(&r, filters::backend_stats::BACKEND_CONNECTIONS.clone());
+                reg(&r, filters::backend_stats::BACKEND_TLS_HANDSHAKES.clone());
+                for path in ["proxied", "side"] {
+                    // Exported from the start (at 0), so that a rate is defined before the first connection.
+                    filters::backend_stats::BACKEND_CONNECTIONS.with_label_values(&[path]);
+                    filters::backend_stats::BACKEND_TLS_HANDSHAKES.with_label_values(&[path]);
+                }
+                filters::backend_stats::BACKEND_REQUESTS.with_label_values(&["proxied"]);
+                r
+            },
         }
     }
 

@@ -202,13 +202,14 @@ impl ProxyHttp for S3Proxy {
     async fn connected_to_upstream(
         &self,
         _session: &mut Session,
-        _reused: bool,
-        _peer: &HttpPeer,
+        reused: bool,
+        peer: &HttpPeer,
         fd: std::os::unix::io::RawFd,
         _digest: Option<&pingora::protocols::Digest>,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         ctx.upstream_fd = Some(fd);
+        filters::backend_stats::proxied_request(reused, peer.is_tls());
         Ok(())
     }
 
@@ -225,7 +226,12 @@ impl ProxyHttp for S3Proxy {
     }
 
     async fn request_body_filter(&self, _session: &mut Session, body: &mut Option<Bytes>, end: bool, ctx: &mut RequestCtx) -> Result<()> {
-        match self.chain.request_body(body, end, ctx) {
+        if let Err(e) = self.chain.request_body(body, end, ctx) {
+            return Err(to_pingora(ctx, e));
+        }
+        // An If-None-Match: * upload whose existence check runs alongside its body: the
+        // backend gets the body's end only once the check said "absent" (conditional.rs).
+        match filters::conditional::hold_until_checked(body, end, &mut ctx.conditional).await {
             Ok(()) => Ok(()),
             Err(e) => Err(to_pingora(ctx, e)),
         }

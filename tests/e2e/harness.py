@@ -629,3 +629,71 @@ class HAProxy:
 
     def stop(self):
         self.proc.stop()
+
+
+# ---------------------------------------------------------------- a TLS front for a backend
+
+class TlsFront:
+    """HAProxy terminating TLS in front of a plain backend (Garage), as S3 providers serve:
+    `mode tcp`, so each TLS connection is one backend connection and HAProxy's `CumSslConns`
+    counts the TLS handshakes of whoever connects. Listens on `listen_ip`; its certificate
+    comes from the test CA in its own directory (`ca_file`). `prefix` runs HAProxy inside a
+    network namespace (`["ip", "netns", "exec", NAME]`, bench/remote.py); then `wait` must be
+    a function(port, proc) that checks the port from inside it."""
+
+    def __init__(self, workdir, backend_port, listen_ip="127.0.0.1", name="tls-front", prefix=(), wait=None):
+        if shutil.which("haproxy") is None:
+            raise RuntimeError("haproxy is missing: scripts/bootstrap.sh installs it (apt-get install haproxy)")
+        self.dir = os.path.join(workdir, name)
+        os.makedirs(self.dir, exist_ok=True)
+        self.port = free_port()
+        cert, key = self_signed_cert(self.dir, "backend")
+        self.ca_file = test_ca(self.dir)[0]
+        pem = os.path.join(self.dir, "backend.pem")
+        with open(pem, "w") as out:
+            for part in (cert, key):
+                with open(part) as f:
+                    out.write(f.read())
+        self.stats_socket = os.path.join(self.dir, "stats.sock")
+        cfg = os.path.join(self.dir, "haproxy.cfg")
+        with open(cfg, "w") as f:
+            f.write(f"""global
+    maxconn 4096
+    nbthread 1
+    stats socket {self.stats_socket} mode 600 level admin
+defaults
+    mode tcp
+    timeout connect 5s
+    timeout client 300s
+    timeout server 300s
+frontend s3_tls
+    bind {listen_ip}:{self.port} ssl crt {pem} alpn http/1.1
+    default_backend plain
+backend plain
+    server backend 127.0.0.1:{backend_port}
+""")
+        run(["haproxy", "-c", "-f", cfg])
+        self.proc = Proc([*prefix, "haproxy", "-db", "-f", cfg], self.dir, "haproxy")
+        try:
+            (wait or wait_port)(self.port, self.proc.p)
+        except BaseException:
+            self.proc.stop()
+            raise
+        self.endpoint = f"https://{listen_ip}:{self.port}"
+
+    def info(self):
+        """HAProxy's `show info` as a dict (CumConns, CumSslConns, ...)."""
+        with socket.socket(socket.AF_UNIX) as s:
+            s.connect(self.stats_socket)
+            s.sendall(b"show info\n")
+            out = b""
+            while chunk := s.recv(65536):
+                out += chunk
+        return {k.strip(): v.strip() for k, v in (line.split(":", 1) for line in out.decode().splitlines() if ":" in line)}
+
+    def tls_handshakes(self):
+        """TLS connections accepted so far (each one a full or resumed handshake)."""
+        return int(self.info().get("CumSslConns", 0))
+
+    def stop(self):
+        self.proc.stop()

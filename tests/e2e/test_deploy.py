@@ -58,6 +58,9 @@ EXPORTED = {
     "s3_crypt_proxy_client_requests_total": {"access_key", "class"},
     "s3_crypt_proxy_client_bytes_total": {"access_key", "direction"},
     "s3_crypt_proxy_client_throttled_total": {"access_key"},
+    "s3_crypt_proxy_backend_requests_total": {"kind"},
+    "s3_crypt_proxy_backend_connections_total": {"path"},
+    "s3_crypt_proxy_backend_tls_handshakes_total": {"path"},
 }
 HISTOGRAMS = {"s3_crypt_proxy_request_duration_seconds"}
 TARGET_LABELS = {"instance", "job"}  # added by Prometheus at scrape time
