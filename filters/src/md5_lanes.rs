@@ -145,23 +145,6 @@ fn run_batches() {
             let n = r.streams.len().min(LANES);
             batch.extend(r.streams.drain(..n));
         }
-        if let [s] = batch.as_slice() {
-            // A lone stream: every piece it has queued in one go, so that its feeder and
-            // this job hand over once per MAX_QUEUED pieces instead of once per piece.
-            let (mut md5, run) = {
-                let mut lane = lock(&s.lane);
-                let md5 = lane.md5.take().expect("a listed stream is in one batch at a time");
-                (md5, lane.queued.drain(..).collect::<Vec<Bytes>>())
-            };
-            s.settled.notify_all();
-            for piece in &run {
-                md5.update(piece);
-            }
-            drop(run);
-            let s = batch.pop().expect("one stream");
-            settle(s, md5);
-            continue;
-        }
         for s in &batch {
             let mut lane = lock(&s.lane);
             states.push(lane.md5.take().expect("a listed stream is in one batch at a time"));
@@ -178,21 +161,16 @@ fn run_batches() {
         drop(slices);
         pieces.clear();
         for (s, md5) in batch.drain(..).zip(states.drain(..)) {
-            settle(s, md5);
+            let mut lane = lock(&s.lane);
+            lane.md5 = Some(md5);
+            let more = !lane.queued.is_empty();
+            lane.listed = more;
+            drop(lane);
+            s.settled.notify_all();
+            if more {
+                lock(ready()).streams.push_back(s);
+            }
         }
-    }
-}
-
-/// Hands a hashed stream's state back, and lists it again when it has more pieces queued.
-fn settle(s: Arc<Shared>, md5: Md5State) {
-    let mut lane = lock(&s.lane);
-    lane.md5 = Some(md5);
-    let more = !lane.queued.is_empty();
-    lane.listed = more;
-    drop(lane);
-    s.settled.notify_all();
-    if more {
-        lock(ready()).streams.push_back(s);
     }
 }
 
@@ -231,8 +209,8 @@ mod tests {
         assert_eq!(digest(&data), reference(&data));
     }
 
-    /// A lone stream's queued pieces, hashed several at a time, keep their order: two pieces
-    /// swapped give another digest, the same pieces in order the reference.
+    /// A lone stream fed faster than it is hashed (pieces queue) keeps the order of its
+    /// pieces: two pieces swapped give another digest, the same pieces in order the reference.
     #[test]
     fn a_lone_stream_keeps_the_order_of_its_queued_pieces() {
         let data = body(64 * 65_536 + 17, 3);
