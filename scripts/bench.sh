@@ -4,7 +4,7 @@
 # one Garage in one run; the proxies and HAProxy with TLS on the client side.
 # Builds the release binaries, then runs bench/matrix.py, which prints a Markdown table.
 #
-#   scripts/bench.sh --quick             # default cells, GET 4 MiB c=8, GET 64 MiB c=1, 1 GiB RSS test (~4 min)
+#   scripts/bench.sh --quick             # default cells, GET 4 MiB c=8, GET 64 MiB c=1, 1 GiB RSS test (~5-7 min)
 #   scripts/bench.sh                     # full matrix: put,get,range,mixed x 4KiB..64MiB x c=1,8,64 + default cells
 #   # issue 14's comparison (signed+MD5 PUT, ranged GET as s5cmd sends, 16 KiB GET/PUT c=32):
 #   scripts/bench.sh --targets haproxy,pass,full --cells put:4MiB:8:signed,ranged:4MiB:8,get:16KiB:32,put:16KiB:32 \
