@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
-# Benchmarks s3-crypt-proxy against Garage: direct, the proxy with a pass-through chain,
-# the full (encrypting) proxy and rclone over a crypt remote, all on one Garage in one run.
+# Benchmarks s3-crypt-proxy against Garage: direct, HAProxy as a plain TLS relay, the proxy
+# with a pass-through chain, the full (encrypting) proxy and rclone over a crypt remote, all on
+# one Garage in one run; the proxies and HAProxy with TLS on the client side.
 # Builds the release binaries, then runs bench/matrix.py, which prints a Markdown table.
 #
-#   scripts/bench.sh --quick             # 4 MiB PUT/GET c=8, 64 MiB GET/PUT c=1, 1 GiB RSS test (~3 min)
-#   scripts/bench.sh                     # full matrix: put,get,range,mixed x 4KiB..64MiB x c=1,8,64
+#   scripts/bench.sh --quick             # default cells, GET 4 MiB c=8, GET 64 MiB c=1, 1 GiB RSS test (~5-7 min)
+#   scripts/bench.sh                     # full matrix: put,get,range,mixed x 4KiB..64MiB x c=1,8,64 + default cells
+#   # issue 14's comparison (signed+MD5 PUT, ranged GET as s5cmd sends, 16 KiB GET/PUT c=32):
+#   scripts/bench.sh --targets haproxy,pass,full --cells put:4MiB:8:signed,ranged:4MiB:8,get:16KiB:32,put:16KiB:32 \
+#     --repeat 3 --rss-size ''
 #   scripts/bench.sh --sizes 4MiB --concurrency 8 --workloads put,get --duration 10s
 #   scripts/bench.sh --help              # every option of bench/matrix.py
 #   scripts/bench.sh --remote --delay 30ms   # a remote backend: TLS + round-trip delay, proxy vs direct (bench/remote.py)

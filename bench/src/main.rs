@@ -41,6 +41,10 @@ enum Workload {
     Mixed,
     /// Range GETs (--range-len bytes at a random offset) of the read set.
     Range,
+    /// Whole-object GETs sent as the Go SDK's downloader (s5cmd) sends them: Range
+    /// bytes=0-<part-1> with --range-part (s5cmd's 50 MiB by default), answered 206; an
+    /// object larger than a part is read part after part. Throughput counts the object bytes.
+    Ranged,
     /// HEADs of the read set (Content-Length checked); throughput is requests per second.
     Head,
     /// The soak test: every client in its own key space, random PUT/GET/Range/LIST/DELETE
@@ -97,6 +101,9 @@ struct Args {
     /// Range length for --workload range (capped at a quarter of the object size).
     #[arg(long, value_parser = parse_size, default_value = "256KiB")]
     range_len: u64,
+    /// Part size of --workload ranged (the Range of each request).
+    #[arg(long, value_parser = parse_size, default_value = "50MiB")]
+    range_part: u64,
     /// Key prefix; objects are <prefix>/<size>/r<N> (read set) and <prefix>/<size>/w<worker>-<N>.
     #[arg(long, default_value = "s3cp-bench")]
     prefix: String,
@@ -240,6 +247,7 @@ struct Ctx {
     size: u64,
     label: String,
     range_len: u64,
+    range_part: u64,
     prefix: String,
     keys: usize,
     payload: Payload,
@@ -336,7 +344,8 @@ impl Ctx {
         let (key, seed) = self.read_key(i);
         let req = self.target.request(Method::GET, Some(&key), range, PoolBody::empty(), None, None)?;
         let (want_status, want_len, start) = match range {
-            Some((a, b)) => (StatusCode::PARTIAL_CONTENT, b - a + 1, a),
+            // A range past the end (--workload ranged) is answered up to the object's end.
+            Some((a, b)) => (StatusCode::PARTIAL_CONTENT, b.min(self.size - 1) - a + 1, a),
             None => (StatusCode::OK, self.size, 0),
         };
         let fut = async {
@@ -364,6 +373,20 @@ impl Ctx {
             Ok((n, verifier.map(|v| v.ok()).unwrap_or(true)))
         };
         tokio::time::timeout(self.timeout, fut).await.map_err(|_| format!("GET {key}: timed out"))?
+    }
+
+    /// Reads a read-set object as the Go SDK's downloader does: Range requests of
+    /// `range_part` bytes from offset 0 until the object's end. Ok((bytes, matched)).
+    async fn get_in_parts(&self, i: usize) -> Result<(u64, bool), String> {
+        let part = self.range_part.max(1);
+        let (mut start, mut total, mut all_matched) = (0u64, 0u64, true);
+        while start < self.size {
+            let (n, matched) = self.get(i, Some((start, start + part - 1))).await?;
+            total += n;
+            all_matched &= matched;
+            start += part;
+        }
+        Ok((total, all_matched))
     }
 
     /// HEAD of a read-set object; its Content-Length must be the object's size. Ok((0, true)).
@@ -481,7 +504,7 @@ async fn worker(ctx: Arc<Ctx>, wid: usize, workload: Workload, budget: Arc<Budge
         let op = match workload {
             Workload::Put => Op::Put,
             Workload::Get => Op::Get,
-            Workload::Range | Workload::Soak | Workload::Verify => Op::Range,
+            Workload::Range | Workload::Ranged | Workload::Soak | Workload::Verify => Op::Range,
             Workload::Head => Op::Head,
             Workload::Mixed => {
                 if rng.below(2) == 0 {
@@ -492,6 +515,7 @@ async fn worker(ctx: Arc<Ctx>, wid: usize, workload: Workload, budget: Arc<Budge
             }
         };
         let req_bytes = match op {
+            Op::Range if workload == Workload::Ranged => ctx.size,
             Op::Range => range_len,
             Op::Head => 0,
             Op::Put | Op::Get => ctx.size,
@@ -511,6 +535,7 @@ async fn worker(ctx: Arc<Ctx>, wid: usize, workload: Workload, budget: Arc<Budge
                 ctx.put(&key, rng.next_u64()).await.map(|n| (n, true))
             }
             Op::Get => ctx.get(rng.below(ctx.keys as u64) as usize, None).await,
+            Op::Range if workload == Workload::Ranged => ctx.get_in_parts(rng.below(ctx.keys as u64) as usize).await,
             Op::Range => {
                 let a = rng.below(ctx.size - range_len + 1);
                 ctx.get(rng.below(ctx.keys as u64) as usize, Some((a, a + range_len - 1))).await
@@ -754,6 +779,7 @@ async fn run(args: Args) -> Result<(), String> {
         size,
         label,
         range_len: args.range_len,
+        range_part: args.range_part,
         prefix: args.prefix.clone(),
         keys: args.keys.unwrap_or(default_keys).max(1),
         payload: args.payload,
@@ -806,7 +832,7 @@ async fn run(args: Args) -> Result<(), String> {
     let (total, put_r, get_r) = match args.workload {
         Workload::Put => (op_report(put, wall), None, None),
         Workload::Get => (op_report(get, wall), None, None),
-        Workload::Range | Workload::Soak | Workload::Verify => (op_report(range, wall), None, None),
+        Workload::Range | Workload::Ranged | Workload::Soak | Workload::Verify => (op_report(range, wall), None, None),
         Workload::Head => (op_report(head, wall), None, None),
         Workload::Mixed => {
             let mut all = OpStats::default();
@@ -834,7 +860,11 @@ async fn run(args: Args) -> Result<(), String> {
         workload: args.workload,
         size,
         size_label: size_label(size),
-        range_len: (args.workload == Workload::Range).then(|| args.range_len.min(size / 4).max(1)),
+        range_len: match args.workload {
+            Workload::Range => Some(args.range_len.min(size / 4).max(1)),
+            Workload::Ranged => Some(args.range_part),
+            _ => None,
+        },
         multipart_part_size: args.multipart_part_size,
         concurrency: args.concurrency,
         payload: args.payload,

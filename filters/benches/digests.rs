@@ -65,6 +65,24 @@ fn md5_crate(data: &Bytes) -> [u8; 16] {
     h.finalize().into()
 }
 
+/// md5-many's single-stream kernel alone (what a one-lane batch used before).
+fn md5_many_single(data: &Bytes) -> [u8; 16] {
+    let mut s = md5_many::Md5State::new();
+    for p in data.chunks(PIECE) {
+        s.update(p);
+    }
+    s.finalize()
+}
+
+/// libcrypto's assembly MD5 alone (what a solo stream of md5_lanes uses).
+fn libcrypto(data: &Bytes) -> [u8; 16] {
+    let mut h = openssl::hash::Hasher::new(openssl::hash::MessageDigest::md5()).expect("libcrypto MD5");
+    for p in data.chunks(PIECE) {
+        h.update(p).expect("libcrypto MD5");
+    }
+    h.finish().expect("libcrypto MD5").as_ref().try_into().expect("16 bytes")
+}
+
 fn sha256(data: &Bytes) -> [u8; 32] {
     use sha2::Digest as _;
     let mut h = sha2::Sha256::new();
@@ -80,7 +98,11 @@ fn main() {
     println!("{:<28} {:>8} {:>10} {:>12}", "digest", "uploads", "GB/s", "CPU-s/GiB");
     for uploads in [1usize, 8, 16] {
         let per = 96 / uploads.max(1) + 8;
-        for (name, f) in [("md-5 (before)", md5_crate as fn(&Bytes) -> [u8; 16]), ("md5_lanes", lanes)] {
+        let mut kinds = vec![("md-5 (before)", md5_crate as fn(&Bytes) -> [u8; 16]), ("md5_lanes", lanes)];
+        if uploads == 1 {
+            kinds.extend([("md5-many one stream", md5_many_single as fn(&Bytes) -> [u8; 16]), ("libcrypto MD5", libcrypto)]);
+        }
+        for (name, f) in kinds {
             let (gbs, cpu) = run(uploads, per, f);
             println!("{name:<28} {uploads:>8} {gbs:>10.2} {cpu:>12.3}");
         }

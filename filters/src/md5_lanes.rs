@@ -209,6 +209,26 @@ mod tests {
         assert_eq!(digest(&data), reference(&data));
     }
 
+    /// A lone stream fed faster than it is hashed (pieces queue) keeps the order of its
+    /// pieces: two pieces swapped give another digest, the same pieces in order the reference.
+    #[test]
+    fn a_lone_stream_keeps_the_order_of_its_queued_pieces() {
+        let data = body(64 * 65_536 + 17, 3);
+        let pieces: Vec<&[u8]> = data.chunks(65_536).collect();
+        for order in [vec![0, 1], vec![1, 0]] {
+            let mut s = Md5Stream::new();
+            for j in order.iter().copied().chain(2..pieces.len()) {
+                s.feed(Bytes::copy_from_slice(pieces[j]));
+            }
+            let got = s.finish();
+            if order == [0, 1] {
+                assert_eq!(got, reference(&data));
+            } else {
+                assert_ne!(got, reference(&data));
+            }
+        }
+    }
+
     /// Many streams fed at once from many threads, with different piece sizes and lengths,
     /// share lanes and each still gets its own digest; a swapped piece is noticed.
     #[test]

@@ -238,6 +238,12 @@ impl ProxyHttp for S3Proxy {
     }
 
     async fn upstream_response_filter(&self, _session: &mut Session, resp: &mut ResponseHeader, ctx: &mut RequestCtx) -> Result<()> {
+        // Acknowledge the header at once: a backend with Nagle on (Garage) holds back a small
+        // body (a 16 KiB object) until its header is acknowledged, and the kernel would delay
+        // that ACK by 40 ms: every small GET waited for it (issue 14, goal 3).
+        if let Some(fd) = ctx.upstream_fd {
+            filters::backend::ack_promptly(fd);
+        }
         if resp.status.is_informational() {
             return Ok(());
         }
