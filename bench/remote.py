@@ -265,7 +265,8 @@ def main():
     ap.add_argument("--total", default="512MiB", help="bytes per PUT cell (and read per GET cell)")
     ap.add_argument("--size", default="4MiB", help="object (chunk) size")
     ap.add_argument("--concurrency", default="8,16")
-    ap.add_argument("--workloads", default="put,get", help="put (signed SHA-256 + Content-MD5 + If-None-Match: *) and get (whole objects)")
+    ap.add_argument("--workloads", default="put,get", help="put (signed SHA-256 + Content-MD5 + If-None-Match: *), get (whole objects) and ranged (whole objects by one Range request each, as s5cmd sends them)")
+    ap.add_argument("--before-bin-dir", help="a second proxy build: target full-before runs its s3-crypt-proxy (conditional_writes: enforce)")
     ap.add_argument("--targets", default="direct,full,full-cond-backend")
     ap.add_argument("--repeat", type=int, default=1)
     ap.add_argument("--window", default="4096", help="s3cp-delay-relay's window per direction and connection, KiB")
@@ -342,9 +343,14 @@ def main():
                 order.append("direct" + suffix)
                 targets["direct" + suffix] = Target("direct" + suffix, endpoints[ms], garage.access_key, garage.secret_key,
                                                     ca_file=term.ca_file, watch=[gw])
-            for name, cond in (("full", "enforce"), ("full-cond-backend", "backend")):
+            for name, cond in (("full", "enforce"), ("full-before", "enforce"), ("full-cond-backend", "backend")):
                 if name in wanted:
+                    if name == "full-before" and not args.before_bin_dir:
+                        raise SystemExit("target full-before needs --before-bin-dir")
+                    # harness.binary() reads BIN_DIR when the proxy starts.
+                    h.BIN_DIR = os.path.abspath(args.before_bin_dir) if name == "full-before" else args.bin_dir
                     p = start_proxy(h, workdir, name + suffix.replace("@", "-"), backend, term.ca_file, keyd, cond)
+                    h.BIN_DIR = args.bin_dir
                     stopping.append(p)
                     order.append(name + suffix)
                     targets[name + suffix] = Target(name + suffix, p.endpoint, p.access_key, p.secret_key, proxy=p,
@@ -358,10 +364,11 @@ def main():
             for conc in concs:
                 cell = f"{wl}:{conc}"
                 cell_name = {"put": f"PUT {human(size)} ×{total // size} signed+MD5, If-None-Match: *",
-                             "get": f"GET {human(size)} whole, {human(total)} read"}[wl]
+                             "get": f"GET {human(size)} whole, {human(total)} read",
+                             "ranged": f"GET {human(size)} by Range (bytes=0-…), {human(total)} read"}[wl]
                 for rep_i in range(args.repeat):
                     for name in order:
-                        if wl == "get" and name.startswith("full-cond-backend"):
+                        if wl in ("get", "ranged") and name.startswith("full-cond-backend"):
                             continue
                         if wl == "put" and name.startswith("full-cond-backend@"):
                             continue  # the enforce cost is measured at the main round-trip time
@@ -377,7 +384,7 @@ def main():
                             run_cell(bench_bin, t, "get", size, conc, args, ["--warmup", "0s", "--duration", "1s", "--requests", "1",
                                                                              "--keys", str(max(4, min(64, total // size // 2)))])
                             extra += ["--keys", str(max(4, min(64, total // size // 2)))]
-                        rep = measure(bench_bin, t, term, wl, size, conc, args, extra)
+                        rep = measure(bench_bin, t, term, wl, size, conc, args, extra + (["--range-part", "50MiB"] if wl == "ranged" else []))
                         rep.update(target=name, cell=cell, cell_name=cell_name, repeat=rep_i, concurrency=conc, rtt_ms=t.rtt_ms)
                         results.append(rep)
                         with open(os.path.join(out, "results.jsonl"), "a") as f:
