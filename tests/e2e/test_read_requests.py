@@ -14,6 +14,7 @@ import pytest
 
 import harness
 from conftest import BUCKET, Stack
+from test_parts import multipart
 from test_pbs import blob
 
 C = 65536
@@ -108,12 +109,7 @@ def test_a_multipart_object_is_planned_anew_and_read_exactly(counted):
     key = "reads/multipart"
     part = 5 * MIB
     data = blob(2 * part + 1000, key)
-    up = s3.create_multipart_upload(Bucket=BUCKET, Key=key)
-    parts = []
-    for n, off in enumerate(range(0, len(data), part), start=1):
-        r = s3.upload_part(Bucket=BUCKET, Key=key, UploadId=up["UploadId"], PartNumber=n, Body=data[off:off + part])
-        parts.append({"PartNumber": n, "ETag": r["ETag"]})
-    s3.complete_multipart_upload(Bucket=BUCKET, Key=key, UploadId=up["UploadId"], MultipartUpload={"Parts": parts})
+    multipart(s3, key, [data[off:off + part] for off in range(0, len(data), part)])
     # (range, backend requests): the first answer serves a range inside part 1 once the
     # header probes (first part: its length; last part: the total) have planned it, and an
     # open range to the end once the first header has; a range into part 2 is asked again.
@@ -172,12 +168,7 @@ def test_a_range_from_a_part_boundary_fetches_that_parts_header_with_the_data(co
     key = "reads/part-boundary"
     part = 5 * MIB
     data = blob(2 * part + 1000, key)
-    up = s3.create_multipart_upload(Bucket=BUCKET, Key=key)
-    parts = []
-    for n, off in enumerate(range(0, len(data), part), start=1):
-        r = s3.upload_part(Bucket=BUCKET, Key=key, UploadId=up["UploadId"], PartNumber=n, Body=data[off:off + part])
-        parts.append({"PartNumber": n, "ETag": r["ETag"]})
-    s3.complete_multipart_upload(Bucket=BUCKET, Key=key, UploadId=up["UploadId"], MultipartUpload={"Parts": parts})
+    multipart(s3, key, [data[off:off + part] for off in range(0, len(data), part)])
     # First header (the part length), last header (the total) unless the range reaches the
     # last part, and the data request carrying the header of the part the range starts in.
     for spec, first, last, requests in [(f"bytes={part}-{part + 99}", part, part + 99, 3),
