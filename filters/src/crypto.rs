@@ -138,18 +138,16 @@ enum ReadWhat {
     /// A Range that could not be planned, taken from the whole object.
     FromWhole(ByteRange),
     /// A Range near the start of the object, asked for from stored byte 0 in one request, so
-    /// that the first segment header comes with the data (docs/object-format.md 6.3). The
-    /// answer settles it: `FromStart` for a single-segment object, else it is planned anew
-    /// and the backend asked again.
-    Speculative(ByteRange),
-    /// A settled `Speculative` read: the stored bytes of `plan` (from byte 0, header first)
-    /// are decrypted and plaintext `[first, last]` of `plain_len` goes on.
-    FromStart { plan: RangePlan, first: u64, last: u64, plain_len: u64 },
+    /// that the first segment header comes with the data (docs/object-format.md 6.3.1). The
+    /// answer settles it: a `Planned` read of that answer (header with the data), or one
+    /// planned anew that the backend is asked for again.
+    /// `end`: the last stored byte asked for (`None`: to the end).
+    Speculative { range: ByteRange, end: Option<u64> },
 }
 
 /// What the answer to a `Speculative` read showed.
 enum Settled {
-    /// It serves the read.
+    /// It serves the read (a `Planned` read whose header starts the body, or the whole object).
     Read(ReadWhat),
     /// It does not (a multipart object, another chunk size): the read is planned anew and
     /// the backend asked again.
@@ -429,6 +427,14 @@ impl Filter for CryptoFilter {
     }
 }
 
+/// Makes pingora send the request to the backend again, shaped by `what` (the read planned
+/// anew on the answer just received, which is dropped unread).
+fn resend(read: &mut Read, what: ReadWhat, ctx: &mut RequestCtx) -> S3Error {
+    read.what = what;
+    ctx.resend_upstream = true;
+    s3err(S3ErrorCode::ServiceUnavailable, "the read is planned anew and sent again")
+}
+
 /// Collects the first segment header from the start of a `HeaderFirst` answer; once it is
 /// whole, the answer becomes `Decrypt` for the rest, which is returned (`None` while the
 /// header is incomplete).
@@ -517,7 +523,7 @@ impl CryptoFilter {
         let what = match want {
             None => ReadWhat::Whole { part: None },
             // One request, no header probe: the header comes with the data.
-            Some(Want::Range(r)) if range::from_start(r, self.chunk_size).is_some() => ReadWhat::Speculative(r),
+            Some(Want::Range(r)) if let Some(end) = range::from_start(r, self.chunk_size) => ReadWhat::Speculative { range: r, end },
             Some(want) => {
                 // The part's plaintext is computed from the format (segment n is part n):
                 // the backend is asked for ciphertext bytes, never for its own part n.
@@ -634,8 +640,8 @@ impl CryptoFilter {
                 for h in ["range", "if-range", "if-match", "if-none-match"] {
                     up.remove_header(h);
                 }
-                if let ReadWhat::Speculative(r) = &read.what {
-                    let end = range::from_start(*r, self.chunk_size).flatten().map(|e| e.to_string()).unwrap_or_default();
+                if let ReadWhat::Speculative { end, .. } = &read.what {
+                    let end = end.map(|e| e.to_string()).unwrap_or_default();
                     set(up, "range", format!("bytes=0-{end}"))?;
                 }
                 if let ReadWhat::Planned { read: rr, .. } = &read.what {
@@ -769,13 +775,9 @@ impl CryptoFilter {
                 // format): a Range is cut from it here.
                 return match &read.what {
                     ReadWhat::FromWhole(r) if s3.op == Operation::GetObject => self.slice_unencrypted(read, *r, resp, ctx),
-                    ReadWhat::Speculative(r) => {
-                        // Asked for stored bytes 0.. as if encrypted: the Range is cut from the
-                        // whole object, asked for again.
-                        read.what = ReadWhat::FromWhole(*r);
-                        ctx.resend_upstream = true;
-                        Err(s3err(S3ErrorCode::ServiceUnavailable, "the read is planned anew and sent again"))
-                    }
+                    // Asked for stored bytes 0.. as if encrypted: the Range is cut from the whole
+                    // object, asked for again.
+                    ReadWhat::Speculative { range, .. } => Err(resend(read, ReadWhat::FromWhole(*range), ctx)),
                     ReadWhat::Whole { part: Some(_) } => Err(s3err(S3ErrorCode::NotImplemented, "partNumber reads of objects that predate encryption (unencrypted_objects: passthrough) are not supported; read the whole object or a Range").with_resource(s3.resource())),
                     _ => Ok(()),
                 };
@@ -794,15 +796,11 @@ impl CryptoFilter {
         ctx.key_id = Some(opened.key_id);
         let backend_etag = header(resp, "etag").unwrap_or_default();
         let payload = metadata::Sealed::parse(&opened.payload).map_err(|e| crypto_error(ctx, &e))?;
-        if let ReadWhat::Speculative(range) = read.what {
+        if let ReadWhat::Speculative { range, .. } = read.what {
             let version = s3.query_value("versionId");
             match self.settle(range, resp, opened.chunk_size, &payload, &backend_etag, obj, &ring, version).await? {
                 Settled::Read(what) => read.what = what,
-                Settled::Resend(what) => {
-                    read.what = what;
-                    ctx.resend_upstream = true;
-                    return Err(s3err(S3ErrorCode::ServiceUnavailable, "the read is planned anew and sent again"));
-                }
+                Settled::Resend(what) => return Err(resend(read, what, ctx)),
                 Settled::Damaged(e) => return Err(crypto_error(ctx, &e)),
                 Settled::Unsatisfiable(len) => {
                     // The answer has a body (at least a header's worth): it carries the error.
@@ -815,7 +813,7 @@ impl CryptoFilter {
         }
         let layout = match &read.what {
             // Planned and checked against the headers it rests on before the request.
-            ReadWhat::Planned { .. } | ReadWhat::FromStart { .. } | ReadWhat::Speculative(_) => None,
+            ReadWhat::Planned { .. } | ReadWhat::Speculative { .. } => None,
             ReadWhat::Whole { .. } | ReadWhat::FromWhole(_) => {
                 let cipher_len = header(resp, "content-length").and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
                 let (layout, verified) = payload.announced_layout(opened.chunk_size, cipher_len, &backend_etag).map_err(|e| crypto_error(ctx, &e))?;
@@ -858,16 +856,6 @@ impl CryptoFilter {
         }
 
         let (status, skip, len) = match (&read.what, layout) {
-            (ReadWhat::FromStart { plan, first, last, plain_len }, _) => {
-                resp.set_status(206).map_err(|e| S3Error::internal("status", e))?;
-                set_header(resp, "content-range", format!("bytes {first}-{last}/{plain_len}"))?;
-                set_header(resp, "content-length", (last - first + 1).to_string())?;
-                set_header(resp, "accept-ranges", "bytes".to_string())?;
-                strip_checksums(resp);
-                // The header is checked against the announced length before any byte goes on.
-                read.answer = Answer::HeaderFirst { header: Vec::with_capacity(HEADER_LEN), plan: *plan, skip: *first, take: last - first + 1 };
-                return Ok(());
-            }
             (ReadWhat::Planned { read: rr, part }, _) => {
                 resp.set_status(206).map_err(|e| S3Error::internal("status", e))?;
                 set_header(resp, "content-range", format!("bytes {}-{}/{}", rr.first, rr.last, rr.plain_len))?;
@@ -940,7 +928,9 @@ impl CryptoFilter {
             if layout.segments == 1 && chunk_size == self.chunk_size {
                 let Some((first, last)) = range.resolve(layout.plain_len) else { return Ok(Settled::Unsatisfiable(layout.plain_len)) };
                 if let Some(plan) = plan_range(0, last, layout.plain_len, chunk_size, None).filter(|p| p.cipher_end == end) {
-                    return Ok(Settled::Read(ReadWhat::FromStart { plan, first, last, plain_len: layout.plain_len }));
+                    let (backend_etag, plain_len) = (backend_etag.to_string(), layout.plain_len);
+                    let read = RangedRead { plan, header: None, lead: first, backend_etag, plain_len, first, last, parts_count: None };
+                    return Ok(Settled::Read(ReadWhat::Planned { read, part: false }));
                 }
             }
         }
@@ -951,7 +941,7 @@ impl CryptoFilter {
                 let from_start = plan_range(0, read.last, read.plain_len, read.plan.layout.chunk_size, read.plan.layout.part_len);
                 match (fetched, from_start) {
                     (Some((0, end, _)), Some(plan)) if read.plan.segment == 0 && plan.cipher_end == end => {
-                        Settled::Read(ReadWhat::FromStart { plan, first: read.first, last: read.last, plain_len: read.plain_len })
+                        Settled::Read(ReadWhat::Planned { read: RangedRead { plan, header: None, lead: read.first, ..read }, part: false })
                     }
                     _ => Settled::Resend(ReadWhat::Planned { read, part: false }),
                 }

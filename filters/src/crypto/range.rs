@@ -65,7 +65,7 @@ pub fn parse_content_range(v: &str) -> Option<(u64, u64, u64)> {
 }
 
 /// How far ahead of its first chunk a Range read may start fetching to get the object's
-/// first segment header in the same request (docs/object-format.md 6.3): up to
+/// first segment header in the same request (docs/object-format.md 6.3.1): up to
 /// [`AHEAD_ALWAYS`], or as many bytes as the range needs anyway, never more than
 /// [`AHEAD_MAX`]. A round trip saved against at most twice the bytes (plus 256 KiB).
 pub const AHEAD_ALWAYS: u64 = 256 << 10;
@@ -103,7 +103,8 @@ mod tests {
         assert_eq!(from_start(ByteRange::FromTo(0, 4 << 20), c), Some(Some(108 + 65 * full - 1)));
         assert_eq!(from_start(ByteRange::FromTo(65_536, 65_536), c), Some(Some(108 + 2 * full - 1)));
         assert_eq!(from_start(ByteRange::From(100), c), Some(None));
-        // Two chunks ahead are always fetched; further only as far as the range is long.
+        // Up to 256 KiB ahead (three chunks and tags here) are always fetched; further only as
+        // far as the range is long.
         assert_eq!(from_start(ByteRange::From(3 * 65_536), c), Some(None));
         assert_eq!(from_start(ByteRange::From(4 * 65_536), c), None);
         assert_eq!(from_start(ByteRange::FromTo(4 * 65_536, 4 * 65_536), c), None);
