@@ -934,7 +934,7 @@ impl CryptoFilter {
                 }
             }
         }
-        Ok(match ranged::prepare_object(&self.backend, ring, obj, version, Want::Range(range), ranged::HeaderRead::WithData).await? {
+        Ok(match ranged::prepare_object(&self.backend, ring, obj, version, Want::Range(range), ranged::HeaderRead::WithData, Some(backend_etag)).await? {
             Prepared::Plan(read) => {
                 // A multipart object whose range starts in its first part: the plan (its part
                 // length and last header checked by the probes) may still fit this answer.

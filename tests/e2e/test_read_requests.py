@@ -192,3 +192,24 @@ def test_a_range_from_a_part_boundary_fetches_that_parts_header_with_the_data(co
     with pytest.raises((botocore.exceptions.ClientError, botocore.exceptions.IncompleteReadError,
                         botocore.exceptions.ResponseStreamingError, ConnectionError)):
         s3.get_object(Bucket=BUCKET, Key=key, Range=f"bytes={part}-{part + 99}")["Body"].read()
+
+
+def test_an_object_replaced_while_a_range_is_planned_is_read_anew(counted):
+    """The header probes that plan a range on a speculative answer are pinned to its ETag:
+    a replaced object (the backend's 412 to a pinned probe) is read anew as a whole, never
+    planned with one version's headers and served from another's bytes (nor failed)."""
+    s3 = counted.boto(retries={"total_max_attempts": 1, "mode": "standard"})
+    key = "reads/replaced"
+    part = 5 * MIB
+    data = blob(2 * part + 1000, key)
+    multipart(s3, key, [data[off:off + part] for off in range(0, len(data), part)])
+    # The speculative GET carries no If-Match; the first pinned request meets "replaced".
+    fault = counted.relay.arm(method="GET", path_contains=key, header="if-match", status=412, empty_body=True)
+    try:
+        (content_range, body), seen = backend_requests(counted, key, lambda: ranged(s3, key, "bytes=0-99"))
+    finally:
+        counted.relay.clear()
+    assert fault.fired == 1
+    assert body == data[:100] and content_range == f"bytes 0-99/{len(data)}"
+    # Speculative answer, the refused first-header probe, then the whole object read anew.
+    assert len(seen) == 3, seen

@@ -178,7 +178,7 @@ pub async fn verify_layout(backend: &Backend, ring: &KeyRing, obj: ObjectId<'_>,
 
 pub async fn prepare(backend: &Backend, ring: &KeyRing, s3: &S3Request, want: Want) -> Result<Prepared, S3Error> {
     let obj = ObjectId { bucket: s3.bucket.as_deref().unwrap_or(""), key: s3.key.as_deref().unwrap_or("") };
-    prepare_object(backend, ring, obj, s3.query_value("versionId"), want, HeaderRead::WithData).await
+    prepare_object(backend, ring, obj, s3.query_value("versionId"), want, HeaderRead::WithData, None).await
 }
 
 /// How a planned read gets the header of the segment its range starts in (beyond the first).
@@ -193,8 +193,10 @@ pub enum HeaderRead {
 }
 
 /// Plans a read of `want` from the stored object `obj`.
-pub async fn prepare_object(backend: &Backend, ring: &KeyRing, obj: ObjectId<'_>, version: Option<&str>, want: Want, header_read: HeaderRead) -> Result<Prepared, S3Error> {
-    let Probe::Header(resp, first_header) = probe(backend, obj, version, 0, None).await? else { return Ok(Prepared::Fallback) };
+/// `pinned`: the backend ETag of an answer already received for this read (a speculative
+/// one): the plan must be made on that same version (a replaced object is read anew whole).
+pub async fn prepare_object(backend: &Backend, ring: &KeyRing, obj: ObjectId<'_>, version: Option<&str>, want: Want, header_read: HeaderRead, pinned: Option<&str>) -> Result<Prepared, S3Error> {
+    let Probe::Header(resp, first_header) = probe(backend, obj, version, 0, pinned).await? else { return Ok(Prepared::Fallback) };
     let h = |n: &str| resp.headers.get(n).and_then(|v| v.to_str().ok()).map(str::to_string);
     let (Some(sealed), Some(etag), Some(content_range)) = (h(meta::HEADER), h("etag"), h("content-range")) else {
         return Ok(Prepared::Fallback);
