@@ -305,7 +305,7 @@ pub fn normalize(xml: &[u8], req: &ListingRequest<'_>) -> Result<Bytes, S3Error>
                 root = Some(s.clone());
                 depth = 1;
             }
-            (Event::Empty(s), 0) => root = Some(s.clone()),
+            (Event::Empty(s), 0) => root = Some(opened(s)),
             (Event::End(_), 1) => depth = 0,
             (_, 0) => prolog.push(ev),
             (Event::Start(_), _) => {
@@ -347,6 +347,14 @@ pub fn normalize(xml: &[u8], req: &ListingRequest<'_>) -> Result<Bytes, S3Error>
     Ok(Bytes::from(writer.into_inner()))
 }
 
+/// The start tag of an element written as `<name …/>`, to give it content. Rebuilt from its
+/// name and well-formed attributes: its raw text may end in `/` (`<Contents a//>` has the
+/// text `Contents a/`), which written back between `<` and `>` would close it again.
+fn opened(empty: &BytesStart<'_>) -> BytesStart<'static> {
+    let name = String::from_utf8_lossy(empty.name().as_ref()).into_owned();
+    BytesStart::new(name).with_attributes(empty.attributes().filter_map(Result::ok)).into_owned()
+}
+
 /// Adds `StorageClass` to an entry without one and orders its fields.
 fn normalise_entry(entry: &mut Element, order: &[&[&str]]) {
     let Some(mut children) = entry.children() else { return };
@@ -357,9 +365,9 @@ fn normalise_entry(entry: &mut Element, order: &[&[&str]]) {
     let (start, end) = (entry.events.first().cloned(), entry.events.last().cloned());
     let (Some(Event::Start(start)), Some(end @ Event::End(_))) = (start, end) else {
         // `<Contents/>`: nothing to order, only the storage class to add.
-        if let Some(Event::Empty(s)) = entry.events.first().cloned() {
+        if let Some(Event::Empty(s)) = entry.events.first() {
             let name = String::from_utf8_lossy(s.name().as_ref()).into_owned();
-            entry.events = std::iter::once(Event::Start(s)).chain(children.into_iter().flat_map(|c| c.events)).chain([Event::End(BytesEnd::new(name))]).collect();
+            entry.events = std::iter::once(Event::Start(opened(s))).chain(children.into_iter().flat_map(|c| c.events)).chain([Event::End(BytesEnd::new(name))]).collect();
         }
         return;
     };
@@ -553,6 +561,23 @@ mod tests {
             let once = run(op, &q, xml);
             assert_eq!(run(op, &q, &once), once, "{op:?}");
         }
+    }
+
+    /// Found by the fuzz target: a self-closed root or entry whose raw tag text ends in `/`
+    /// (`<ListBucketResult xmln//>`) must not be written back as `<… xmln/>`, which closes it
+    /// again and leaves the added end tag unmatched.
+    #[test]
+    fn self_closed_elements_with_junk_attributes_are_opened_well_formed() {
+        let q = [("prefix", "p/"), ("max-keys", "2")];
+        for (op, xml) in [
+            (Operation::ListObjectsV2, "<?xml versg=\"UTF-8\"?>\n<ListBucketResult xmln//>''"),
+            (Operation::ListObjectsV1, "<ListBucketResult a=\"1\"><Contents x//></ListBucketResult>"),
+        ] {
+            let once = run(op, &q, xml);
+            assert_eq!(run(op, &q, &once), once, "{op:?}: {once}");
+        }
+        let out = run(Operation::ListObjectsV1, &q, "<ListBucketResult a=\"1\"><Contents x//></ListBucketResult>");
+        assert!(out.contains("<ListBucketResult a=\"1\"><Name>") && out.contains("<Contents><StorageClass>STANDARD</StorageClass></Contents>"), "{out}");
     }
 
     #[test]
