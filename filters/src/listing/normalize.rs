@@ -347,12 +347,15 @@ pub fn normalize(xml: &[u8], req: &ListingRequest<'_>) -> Result<Bytes, S3Error>
     Ok(Bytes::from(writer.into_inner()))
 }
 
-/// The start tag of an element written as `<name …/>`, to give it content. Rebuilt from its
-/// name and well-formed attributes: its raw text may end in `/` (`<Contents a//>` has the
-/// text `Contents a/`), which written back between `<` and `>` would close it again.
+/// The start tag of an element written as `<name …/>`, to give it content: its raw tag text
+/// without the `/` and whitespace it may end in (`<Contents a//>` has the text `Contents a/`,
+/// which written back between `<` and `>` would close the element again). Quotes in the text
+/// are left as the reader balanced them, so the tag ends where it ended when it was read.
 fn opened(empty: &BytesStart<'_>) -> BytesStart<'static> {
-    let name = String::from_utf8_lossy(empty.name().as_ref()).into_owned();
-    BytesStart::new(name).with_attributes(empty.attributes().filter_map(Result::ok)).into_owned()
+    let raw: &[u8] = empty;
+    let name_len = empty.name().as_ref().len();
+    let end = raw.iter().rposition(|b| !(*b == b'/' || b.is_ascii_whitespace())).map_or(0, |i| i + 1);
+    BytesStart::from_content(String::from_utf8_lossy(&raw[..end.max(name_len)]).into_owned(), name_len)
 }
 
 /// Adds `StorageClass` to an entry without one and orders its fields.
@@ -572,12 +575,14 @@ mod tests {
         for (op, xml) in [
             (Operation::ListObjectsV2, "<?xml versg=\"UTF-8\"?>\n<ListBucketResult xmln//>''"),
             (Operation::ListObjectsV1, "<ListBucketResult a=\"1\"><Contents x//></ListBucketResult>"),
+            // Attribute junk with quotes: rebuilt from parsed attributes it no longer closed.
+            (Operation::ListObjectsV2, "<ListBucketResult x\"a'b\"c='d\"' |m=\"4e'\"\u{1}/>"),
         ] {
             let once = run(op, &q, xml);
             assert_eq!(run(op, &q, &once), once, "{op:?}: {once}");
         }
         let out = run(Operation::ListObjectsV1, &q, "<ListBucketResult a=\"1\"><Contents x//></ListBucketResult>");
-        assert!(out.contains("<ListBucketResult a=\"1\"><Name>") && out.contains("<Contents><StorageClass>STANDARD</StorageClass></Contents>"), "{out}");
+        assert!(out.contains("<ListBucketResult a=\"1\"><Name>") && out.contains("<Contents x><StorageClass>STANDARD</StorageClass></Contents>"), "{out}");
     }
 
     #[test]
