@@ -1,4 +1,4 @@
-//! Per-request stream work moved to the rayon pool one piece behind, so that a single
+//! Per-request stream work moved to the crypto pool one piece behind, so that a single
 //! connection can keep a second core busy. Used for the payload digests (SHA-256 ≈ 1.8 GB/s,
 //! MD5 ≈ 0.6 GB/s per core), not for the chunk cipher: OpenSSL's ChaCha20-Poly1305 seals
 //! 64 KiB in about 16 µs, too little to pay for a hand-off (measured: one 64 MiB GET went
@@ -15,8 +15,9 @@
 //! misses, so each piece is processed where it arrived. A job also starts only when a pool
 //! thread is idle.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{mpsc, Mutex, OnceLock};
+use std::sync::{mpsc, Condvar, Mutex, OnceLock};
 
 use bytes::Bytes;
 
@@ -29,16 +30,68 @@ static JOBS: AtomicUsize = AtomicUsize::new(0);
 /// Live [`Behind`] streams, over all requests.
 static STREAMS: AtomicUsize = AtomicUsize::new(0);
 
-/// The pool: one thread per core, named `crypto-N` (so per-thread CPU figures show the
-/// offloaded work), created on first use: after pingora has daemonized, since a fork keeps
-/// no threads.
-pub(crate) fn pool() -> &'static rayon::ThreadPool {
-    static POOL: OnceLock<rayon::ThreadPool> = OnceLock::new();
+/// A job for the pool.
+type Job = Box<dyn FnOnce() + Send>;
+
+/// The crypto pool: one thread per core, named `crypto-N` (so per-thread CPU figures show
+/// the offloaded work), taking jobs from one FIFO queue.
+///
+/// Not rayon: an idle rayon worker calls `sched_yield` about 32 times before it sleeps, and
+/// this pool is idle between most jobs (a 64 KiB piece every few hundred microseconds), so
+/// that spinning was 17 % of the proxy's CPU on signed uploads (perf, PUT 4 MiB c=8) while
+/// Garage waited for the cores. An idle thread here sleeps on a condition variable at once;
+/// a job costs one futex wake, small beside the ~35–110 µs a 64 KiB piece takes to hash.
+pub(crate) struct Pool {
+    queue: Mutex<VecDeque<Job>>,
+    work: Condvar,
+    threads: usize,
+}
+
+impl Pool {
+    pub(crate) fn current_num_threads(&self) -> usize {
+        self.threads
+    }
+
+    pub(crate) fn spawn(&self, job: impl FnOnce() + Send + 'static) {
+        self.queue.lock().unwrap_or_else(|p| p.into_inner()).push_back(Box::new(job));
+        self.work.notify_one();
+    }
+
+    fn run(&self) {
+        loop {
+            let job = {
+                let mut queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+                loop {
+                    match queue.pop_front() {
+                        Some(job) => break job,
+                        None => queue = self.work.wait(queue).unwrap_or_else(|p| p.into_inner()),
+                    }
+                }
+            };
+            // A step that panics is a bug that leaves its request waiting for a state that
+            // never comes back: end the process (as rayon's pool did), do not hang.
+            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(job)).is_err() {
+                log::error!("a crypto pool job panicked; aborting");
+                std::process::abort();
+            }
+        }
+    }
+}
+
+/// The pool, created on first use: after pingora has daemonized, since a fork keeps no
+/// threads.
+pub(crate) fn pool() -> &'static Pool {
+    static POOL: OnceLock<&'static Pool> = OnceLock::new();
     POOL.get_or_init(|| {
-        rayon::ThreadPoolBuilder::new()
-            .thread_name(|i| format!("crypto-{i}"))
-            .build()
-            .expect("starting the crypto thread pool")
+        let threads = std::thread::available_parallelism().map_or(2, usize::from);
+        let pool: &'static Pool = Box::leak(Box::new(Pool { queue: Mutex::new(VecDeque::new()), work: Condvar::new(), threads }));
+        for i in 0..threads {
+            std::thread::Builder::new()
+                .name(format!("crypto-{i}"))
+                .spawn(move || pool.run())
+                .expect("starting the crypto thread pool");
+        }
+        pool
     })
 }
 
@@ -65,7 +118,7 @@ enum Slot<S> {
     Busy(Mutex<mpsc::Receiver<S>>),
 }
 
-/// A stateful step over a stream of pieces, run one piece behind on the rayon pool.
+/// A stateful step over a stream of pieces, run one piece behind on the crypto pool.
 pub struct Behind<S> {
     slot: Option<Slot<S>>,
     step: fn(&mut S, &[u8]),
