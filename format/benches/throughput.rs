@@ -289,6 +289,63 @@ fn paired_overhead() {
     }
 }
 
+/// Paired measurement of the two format versions: version 1 and version 2 alternate round by
+/// round on the same plaintext (64 KiB chunks), so load from other processes hits both alike.
+/// Prints each version's throughput and the median time ratio v2 / v1 per case.
+fn paired_versions() {
+    let ring = KeyRing::single(&MasterKey::new(1, [7; 32]));
+    let rounds = 41;
+    println!("\nformat v2 (AES-256-GCM) against v1 (XChaCha20-Poly1305), median of {rounds} alternating rounds:");
+    for (size, label) in SIZES {
+        let plain: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
+        let iters = ((8 << 20) / size).max(2);
+        let stored = |cipher| {
+            let mut enc =
+                SegmentEncryptor::new(cipher, ring.current(), OBJ, 0, size as u64, DEFAULT_CHUNK_SIZE).unwrap();
+            let mut v = enc.update(&plain).unwrap().to_vec();
+            v.extend_from_slice(&enc.finish().unwrap());
+            v
+        };
+        let stored = [stored(ChunkCipher::XChaCha20Poly1305), stored(ChunkCipher::Aes256Gcm)];
+        for op in ["encrypt", "decrypt"] {
+            let mut ratios = Vec::new();
+            let mut totals = [Duration::ZERO; 2];
+            for round in 0..rounds {
+                let mut times = [Duration::ZERO; 2];
+                let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
+                for v in order {
+                    let cipher = [ChunkCipher::XChaCha20Poly1305, ChunkCipher::Aes256Gcm][v];
+                    let t = Instant::now();
+                    for _ in 0..iters {
+                        if op == "encrypt" {
+                            black_box(format_encrypt_with(cipher, &ring, black_box(&plain)));
+                        } else {
+                            black_box(format_decrypt(&ring, black_box(&stored[v])));
+                        }
+                    }
+                    times[v] = t.elapsed();
+                }
+                if round > 0 {
+                    ratios.push(times[1].as_secs_f64() / times[0].as_secs_f64());
+                    totals[0] += times[0];
+                    totals[1] += times[1];
+                }
+            }
+            ratios.sort_by(|a, b| a.partial_cmp(b).unwrap());
+            let bytes = (size * iters * (rounds - 1)) as f64;
+            let gbs = |d: Duration| bytes / d.as_secs_f64() / 1e9;
+            println!(
+                "  {op} {label:>5}: v1 {:5.2} GB/s  v2 {:5.2} GB/s  time v2/v1 {:.2} (quartiles {:.2} .. {:.2})",
+                gbs(totals[0]),
+                gbs(totals[1]),
+                ratios[ratios.len() / 2],
+                ratios[ratios.len() / 4],
+                ratios[3 * ratios.len() / 4]
+            );
+        }
+    }
+}
+
 criterion_group!(benches, bench);
 
 fn main() {
@@ -297,6 +354,10 @@ fn main() {
     // Skipped when criterion only lists or filters benchmarks.
     let args: Vec<String> = std::env::args().collect();
     if !args.iter().any(|a| a == "--list" || a == "--test") {
-        paired_overhead();
+        // `S3CP_BENCH_PAIRED=versions` runs only the version comparison.
+        if std::env::var("S3CP_BENCH_PAIRED").as_deref() != Ok("versions") {
+            paired_overhead();
+        }
+        paired_versions();
     }
 }
