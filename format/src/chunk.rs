@@ -161,13 +161,16 @@ enum Direction {
 fn chacha20_poly1305() -> &'static Cipher {
     static CIPHER: OnceLock<Cipher> = OnceLock::new();
     CIPHER.get_or_init(|| {
-        Cipher::fetch(None, "ChaCha20-Poly1305", None).expect("libcrypto provides ChaCha20-Poly1305")
+        Cipher::fetch(None, "ChaCha20-Poly1305", None)
+            .expect("libcrypto provides ChaCha20-Poly1305")
     })
 }
 
 fn aes_256_gcm() -> &'static Cipher {
     static CIPHER: OnceLock<Cipher> = OnceLock::new();
-    CIPHER.get_or_init(|| Cipher::fetch(None, "AES-256-GCM", None).expect("libcrypto provides AES-256-GCM"))
+    CIPHER.get_or_init(|| {
+        Cipher::fetch(None, "AES-256-GCM", None).expect("libcrypto provides AES-256-GCM")
+    })
 }
 
 fn context(cipher: &Cipher, key: &[u8], direction: Direction) -> CipherCtx {
@@ -342,14 +345,26 @@ mod tests {
             let nonce = gcm_chunk_nonce(index, is_final);
             let mut b = plain.clone();
             let tag_b = reference
-                .seal_in_place_separate_tag(Nonce::assume_unique_for_key(nonce), Aad::empty(), &mut b)
+                .seal_in_place_separate_tag(
+                    Nonce::assume_unique_for_key(nonce),
+                    Aad::empty(),
+                    &mut b,
+                )
                 .unwrap();
             assert_eq!(a, b, "ciphertext of ({index}, {is_final}, {len})");
-            assert_eq!(&tag_a[..], tag_b.as_ref(), "tag of ({index}, {is_final}, {len})");
+            assert_eq!(
+                &tag_a[..],
+                tag_b.as_ref(),
+                "tag of ({index}, {is_final}, {len})"
+            );
             // the reference opens what OpenSSL sealed, and OpenSSL what the reference sealed
             let mut sealed = [&a[..], &tag_a[..]].concat();
             let opened = reference
-                .open_in_place(Nonce::assume_unique_for_key(nonce), Aad::empty(), &mut sealed)
+                .open_in_place(
+                    Nonce::assume_unique_for_key(nonce),
+                    Aad::empty(),
+                    &mut sealed,
+                )
                 .unwrap();
             assert_eq!(opened, &plain[..]);
             let tag_b: [u8; TAG_LEN] = tag_b.as_ref().try_into().unwrap();
@@ -373,7 +388,10 @@ mod tests {
             let tag = sealer.seal(3, false, &mut buf);
             let ct = buf.clone();
             assert!(!aead.open(3, true, &mut buf, &tag), "{cipher}");
-            assert_eq!(buf, [0; 5], "{cipher}: a failed open leaves no plaintext behind");
+            assert_eq!(
+                buf, [0; 5],
+                "{cipher}: a failed open leaves no plaintext behind"
+            );
             let mut buf = ct.clone();
             assert!(!aead.open(4, false, &mut buf, &tag), "{cipher}");
             assert_ne!(buf, b"hello");
@@ -411,7 +429,11 @@ mod tests {
         assert!("AES-256-GCM".parse::<ChunkCipher>().is_err());
         assert_eq!(
             ChunkCipher::auto(),
-            if cpu_has_aes_gcm() { ChunkCipher::Aes256Gcm } else { ChunkCipher::XChaCha20Poly1305 }
+            if cpu_has_aes_gcm() {
+                ChunkCipher::Aes256Gcm
+            } else {
+                ChunkCipher::XChaCha20Poly1305
+            }
         );
     }
 }

@@ -105,7 +105,8 @@ impl SegmentHeader {
         if part_number > MAX_PART_NUMBER || plain_len > MAX_SEGMENT_PLAIN_LEN {
             return Err(FormatError::HeaderTampered);
         }
-        let cipher = ChunkCipher::from_version(b[7]).expect("check_magic_prefix checked the version");
+        let cipher =
+            ChunkCipher::from_version(b[7]).expect("check_magic_prefix checked the version");
         Ok(Self {
             cipher,
             chunk_size,
@@ -274,9 +275,21 @@ mod tests {
             bytes[7] ^= 3;
             let flipped = SegmentHeader::parse(&bytes).unwrap();
             assert_ne!(flipped.cipher, cipher);
-            assert_eq!(flipped.open(&ring, &name).unwrap_err(), FormatError::HeaderTampered);
+            assert_eq!(
+                flipped.open(&ring, &name).unwrap_err(),
+                FormatError::HeaderTampered
+            );
         }
-        let h = SegmentHeader::seal(ChunkCipher::Aes256Gcm, &keys, &name, 4096, 0, 12345, &dek, [1; 24]);
+        let h = SegmentHeader::seal(
+            ChunkCipher::Aes256Gcm,
+            &keys,
+            &name,
+            4096,
+            0,
+            12345,
+            &dek,
+            [1; 24],
+        );
         let p = SegmentHeader::parse(&h.to_bytes()).unwrap();
         let other = ObjectId {
             bucket: "b",

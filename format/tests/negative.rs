@@ -730,7 +730,11 @@ fn version_flip_between_ciphers_fails() {
             bad[at + 7] ^= 3;
             for sizes in [&[][..], &[1000], &[1]] {
                 let out = decrypt(&ring, OBJ, &bad, sizes, Some(n as u32));
-                assert_eq!(out.result, Err(FormatError::HeaderTampered), "{mix:?} segment {s}");
+                assert_eq!(
+                    out.result,
+                    Err(FormatError::HeaderTampered),
+                    "{mix:?} segment {s}"
+                );
                 // Only plaintext of the segments before it, if any.
                 assert!(out.released.len() <= s * p, "{mix:?} segment {s}");
                 assert_eq!(out.released, &plain[..out.released.len()]);

@@ -11,7 +11,10 @@ fn single_part_sizes() {
         let cs = c as usize;
         for len in [0, 1, cs - 1, cs, cs + 1, 3 * cs, 3 * cs + 17] {
             let plain = plaintext(len);
-            for (i, sizes) in [&[][..], &[1], &[7, 4096, 3], &[cs + 16]].into_iter().enumerate() {
+            for (i, sizes) in [&[][..], &[1], &[7, 4096, 3], &[cs + 16]]
+                .into_iter()
+                .enumerate()
+            {
                 let cipher = ChunkCipher::ALL[i % 2];
                 let stored = encrypt_segment(cipher, ring.current(), OBJ, 0, &plain, c, sizes);
                 assert_eq!(stored[..8], magic(cipher));
@@ -104,7 +107,11 @@ fn rewrap_moves_and_rotates() {
         bucket: "other",
         key: "renamed",
     };
-    for (part, mix) in [(None, &[V1][..]), (None, &[V2]), (Some(4096usize), &[V1, V2])] {
+    for (part, mix) in [
+        (None, &[V1][..]),
+        (None, &[V2]),
+        (Some(4096usize), &[V1, V2]),
+    ] {
         let stored = encrypt_object(&ring, OBJ, &plain, c, part, mix);
         let mut rw = Rewrapper::new(ring.clone(), OBJ, dst, ring.get(2).unwrap().clone());
         let mut moved = Vec::new();

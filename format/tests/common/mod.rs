@@ -58,7 +58,8 @@ pub fn encrypt_segment(
     chunk: u32,
     sizes: &[usize],
 ) -> Vec<u8> {
-    let mut enc = SegmentEncryptor::new(cipher, keys, obj, part, plain.len() as u64, chunk).unwrap();
+    let mut enc =
+        SegmentEncryptor::new(cipher, keys, obj, part, plain.len() as u64, chunk).unwrap();
     let expected = enc.cipher_len();
     let mut out = Vec::new();
     for p in pieces(plain, sizes) {
