@@ -10,7 +10,7 @@ use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-use s3cp_format::{
+use s3cp_format::{ChunkCipher, 
     meta, Decryptor, FormatError, KeyRing, MasterKey, ObjectId, SegmentEncryptor,
     DEFAULT_CHUNK_SIZE,
 };
@@ -295,7 +295,8 @@ pub fn encrypt(a: EncryptArgs<'_>) -> Result<(), Fail> {
     let sealed_meta =
         meta::seal(&keys, obj, chunk_size, &payload).map_err(|e| Fail::error(e.to_string()))?;
 
-    let mut enc = SegmentEncryptor::new(&keys, obj, 0, len, chunk_size)
+    // The chunk cipher the proxy's `auto` setting picks on this machine (readers take both).
+    let mut enc = SegmentEncryptor::new(ChunkCipher::auto(), &keys, obj, 0, len, chunk_size)
         .map_err(|e| Fail::usage(e.to_string()))?;
     let mut sink: Box<dyn Write> = match a.out {
         Some(p) => Box::new(

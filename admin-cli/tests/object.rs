@@ -6,7 +6,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-use s3cp_format::{meta, KeyRing, MasterKey, ObjectId, SegmentEncryptor};
+use s3cp_format::{meta, ChunkCipher, KeyRing, MasterKey, ObjectId, SegmentEncryptor};
 
 const BIN: &str = env!("CARGO_BIN_EXE_memkey-admin");
 
@@ -49,7 +49,8 @@ fn encrypt_lib(key: &MasterKey, bucket: &str, name: &str, parts: &[&[u8]], chunk
     for (i, p) in parts.iter().enumerate() {
         let part_no = if parts.len() == 1 { 0 } else { i as u32 + 1 };
         let mut e =
-            SegmentEncryptor::new(ring.current(), obj, part_no, p.len() as u64, chunk).unwrap();
+            // Parts alternate between format versions 1 and 2, as through differently set proxies.
+            SegmentEncryptor::new(ChunkCipher::ALL[i % 2], ring.current(), obj, part_no, p.len() as u64, chunk).unwrap();
         out.extend_from_slice(&e.update(p).unwrap());
         out.extend_from_slice(&e.finish().unwrap());
     }

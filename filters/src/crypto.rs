@@ -26,7 +26,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use pingora::http::{RequestHeader, ResponseHeader};
-use s3cp_format::{meta, plan_range, Decryptor, FormatError, KeyRing, ObjectId, RangePlan, SegmentEncryptor, HEADER_LEN};
+use s3cp_format::{meta, plan_range, ChunkCipher, Decryptor, FormatError, KeyRing, ObjectId, RangePlan, SegmentEncryptor, HEADER_LEN};
 
 use crate::backend::Backend;
 use crate::ctx::RequestCtx;
@@ -177,12 +177,14 @@ pub struct CryptoFilter {
     keys: Arc<KeyState>,
     backend: Arc<Backend>,
     chunk_size: u32,
+    /// Chunk cipher (format version) of every segment this filter writes; reads take both.
+    cipher: ChunkCipher,
     unencrypted: UnencryptedPolicy,
 }
 
 impl CryptoFilter {
-    pub fn new(keys: Arc<KeyState>, backend: Arc<Backend>, chunk_size: u32, unencrypted: UnencryptedPolicy) -> Self {
-        Self { keys, backend, chunk_size, unencrypted }
+    pub fn new(keys: Arc<KeyState>, backend: Arc<Backend>, chunk_size: u32, cipher: ChunkCipher, unencrypted: UnencryptedPolicy) -> Self {
+        Self { keys, backend, chunk_size, cipher, unencrypted }
     }
 
     fn ring(&self) -> Result<Arc<KeyRing>, S3Error> {
@@ -297,7 +299,7 @@ impl Filter for CryptoFilter {
                 Err(reply) => return Ok(Flow::Respond(reply)),
             },
             Operation::CopyObject => {
-                let reply = copy::copy_object(&self.backend, &ring, req, &s3, ctx).await?;
+                let reply = copy::copy_object(&self.backend, &ring, self.cipher, req, &s3, ctx).await?;
                 return Ok(Flow::Respond(reply));
             }
             Operation::GetObjectAttributes => {
@@ -306,7 +308,7 @@ impl Filter for CryptoFilter {
             }
             Operation::CompleteMultipartUpload => CryptoCtx::Complete(multipart::before_complete(&self.backend, &s3).await?),
             Operation::UploadPartCopy => {
-                let reply = partcopy::upload_part_copy(&self.backend, &ring, req, &s3, self.chunk_size, ctx).await?;
+                let reply = partcopy::upload_part_copy(&self.backend, &ring, req, &s3, self.chunk_size, self.cipher, ctx).await?;
                 return Ok(Flow::Respond(reply));
             }
             _ => CryptoCtx::Idle,
@@ -567,7 +569,7 @@ impl CryptoFilter {
                 // Made per attempt: a retry replays the body from the start.
                 u.body = match u.plain_len {
                     Some(plain_len) => {
-                        let enc = SegmentEncryptor::new(u.ring.current(), obj, u.part, plain_len, self.chunk_size).map_err(|e| crypto_error(ctx, &e))?;
+                        let enc = SegmentEncryptor::new(self.cipher, u.ring.current(), obj, u.part, plain_len, self.chunk_size).map_err(|e| crypto_error(ctx, &e))?;
                         let framer = self.backend.verified_writes().framer(enc.cipher_len());
                         set(up, "content-length", framer.content_length().to_string())?;
                         UploadBody::Encrypting(enc, framer)
@@ -751,7 +753,7 @@ impl CryptoFilter {
         }
         let s3 = ctx.s3()?;
         let obj = ObjectId { bucket: s3.bucket.as_deref().unwrap_or(""), key: s3.key.as_deref().unwrap_or("") };
-        let mut enc = SegmentEncryptor::new(u.ring.current(), obj, u.part, plain.len() as u64, self.chunk_size).map_err(|e| crypto_error(ctx, &e))?;
+        let mut enc = SegmentEncryptor::new(self.cipher, u.ring.current(), obj, u.part, plain.len() as u64, self.chunk_size).map_err(|e| crypto_error(ctx, &e))?;
         let mut out = BytesMut::from(&enc.update(plain).map_err(|e| crypto_error(ctx, &e))?[..]);
         out.extend_from_slice(&enc.finish().map_err(|e| crypto_error(ctx, &e))?);
         ctx.bytes_encrypted += plain.len() as u64;

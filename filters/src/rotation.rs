@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use quick_xml::events::Event;
 use quick_xml::Reader;
-use s3cp_format::{KeyRing, ObjectId};
+use s3cp_format::{ChunkCipher, KeyRing, ObjectId};
 
 use crate::backend::Backend;
 use crate::crypto::copy::{reencrypt_copy, CopyError, MetadataChange, SourceConditions};
@@ -54,10 +54,11 @@ pub enum Rewrapped {
     AlreadyCurrent,
 }
 
-/// Re-wraps one object in place to the ring's current key.
-pub async fn rewrap_object(backend: &Backend, ring: &Arc<KeyRing>, bucket: &str, key: &str) -> Result<Rewrapped, CopyError> {
+/// Re-wraps one object in place to the ring's current key. A multipart object is rewritten
+/// as one segment sealed with `cipher`; other objects keep their chunks and chunk cipher.
+pub async fn rewrap_object(backend: &Backend, ring: &Arc<KeyRing>, cipher: ChunkCipher, bucket: &str, key: &str) -> Result<Rewrapped, CopyError> {
     let obj = ObjectId { bucket, key };
-    match reencrypt_copy(backend, ring, obj, None, obj, MetadataChange::Keep, &[], true, &SourceConditions::default()).await? {
+    match reencrypt_copy(backend, ring, cipher, obj, None, obj, MetadataChange::Keep, &[], true, &SourceConditions::default()).await? {
         Some(_) => Ok(Rewrapped::Done),
         None => Ok(Rewrapped::AlreadyCurrent),
     }

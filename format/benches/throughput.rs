@@ -6,6 +6,10 @@
 //! wrapping, header handling and the copy into their buffers. For comparison, the same chunks
 //! through two other implementations: `ring` (ChaCha20-Poly1305) and `xchacha-rustcrypto`
 //! (RustCrypto's portable XChaCha20-Poly1305, what the format used first).
+//!
+//! Format version 2 (AES-256-GCM chunks) beside version 1: `raw-aes-gcm` is OpenSSL's
+//! AES-256-GCM over the same chunking, `format-v2` the format writing and reading version 2
+//! (`format` is version 1). Only these: `cargo bench -p s3cp-format --bench throughput -- 'v2|raw'`.
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -17,7 +21,8 @@ use openssl::cipher::Cipher;
 use openssl::cipher_ctx::CipherCtx;
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, CHACHA20_POLY1305};
 use s3cp_format::{
-    chunk_nonce, Decryptor, KeyRing, MasterKey, ObjectId, SegmentEncryptor, DEFAULT_CHUNK_SIZE,
+    chunk_nonce, ChunkCipher, Decryptor, KeyRing, MasterKey, ObjectId, SegmentEncryptor,
+    DEFAULT_CHUNK_SIZE,
 };
 
 const SIZES: [(usize, &str); 3] = [(64 << 10, "64KiB"), (1 << 20, "1MiB"), (4 << 20, "4MiB")];
@@ -43,10 +48,14 @@ struct Raw {
 }
 
 fn raw_key() -> Raw {
+    raw_key_for(Cipher::chacha20_poly1305())
+}
+
+fn raw_key_for(cipher: &openssl::cipher::CipherRef) -> Raw {
     let mut seal = CipherCtx::new().unwrap();
-    seal.encrypt_init(Some(Cipher::chacha20_poly1305()), Some(&[9u8; 32]), None).unwrap();
+    seal.encrypt_init(Some(cipher), Some(&[9u8; 32]), None).unwrap();
     let mut open = CipherCtx::new().unwrap();
-    open.decrypt_init(Some(Cipher::chacha20_poly1305()), Some(&[9u8; 32]), None).unwrap();
+    open.decrypt_init(Some(cipher), Some(&[9u8; 32]), None).unwrap();
     Raw { seal, open }
 }
 
@@ -96,7 +105,12 @@ fn rustcrypto_encrypt(aead: &XChaCha20Poly1305, buf: &mut [u8]) {
 }
 
 fn format_encrypt(ring: &KeyRing, plain: &[u8]) -> usize {
+    format_encrypt_with(ChunkCipher::XChaCha20Poly1305, ring, plain)
+}
+
+fn format_encrypt_with(cipher: ChunkCipher, ring: &KeyRing, plain: &[u8]) -> usize {
     let mut enc = SegmentEncryptor::new(
+        cipher,
         ring.current(),
         OBJ,
         0,
@@ -123,6 +137,7 @@ fn format_decrypt(ring: &KeyRing, stored: &[u8]) -> usize {
 fn bench(c: &mut Criterion) {
     let ring = KeyRing::single(&MasterKey::new(1, [7; 32]));
     let mut aead = raw_key();
+    let mut gcm = raw_key_for(Cipher::aes_256_gcm());
     let ring_key = LessSafeKey::new(UnboundKey::new(&CHACHA20_POLY1305, &[9u8; 32]).unwrap());
     let xchacha = XChaCha20Poly1305::new(&[9u8; 32].into());
     for (size, label) in SIZES {
@@ -136,6 +151,12 @@ fn bench(c: &mut Criterion) {
         });
         g.bench_function(BenchmarkId::from_parameter("format"), |b| {
             b.iter(|| format_encrypt(&ring, black_box(&plain)))
+        });
+        g.bench_function(BenchmarkId::from_parameter("raw-aes-gcm"), |b| {
+            b.iter(|| raw_encrypt(&mut gcm, black_box(&mut buf), &mut tags))
+        });
+        g.bench_function(BenchmarkId::from_parameter("format-v2"), |b| {
+            b.iter(|| format_encrypt_with(ChunkCipher::Aes256Gcm, &ring, black_box(&plain)))
         });
         g.bench_function(BenchmarkId::from_parameter("ring"), |b| {
             b.iter(|| ring_encrypt(&ring_key, black_box(&mut buf)))
@@ -157,14 +178,30 @@ fn bench(c: &mut Criterion) {
                 BatchSize::LargeInput,
             )
         });
-        let mut stored = Vec::new();
-        let mut enc =
-            SegmentEncryptor::new(ring.current(), OBJ, 0, size as u64, DEFAULT_CHUNK_SIZE).unwrap();
-        stored.extend_from_slice(&enc.update(&plain).unwrap());
-        stored.extend_from_slice(&enc.finish().unwrap());
-        g.bench_function(BenchmarkId::from_parameter("format"), |b| {
-            b.iter(|| format_decrypt(&ring, black_box(&stored)))
+        let mut gcm_sealed = plain.clone();
+        let mut gcm_tags = Vec::new();
+        raw_encrypt(&mut gcm, &mut gcm_sealed, &mut gcm_tags);
+        g.bench_function(BenchmarkId::from_parameter("raw-aes-gcm"), |b| {
+            b.iter_batched_ref(
+                || gcm_sealed.clone(),
+                |buf| raw_decrypt(&mut gcm, black_box(buf), &gcm_tags),
+                BatchSize::LargeInput,
+            )
         });
+        for (cipher, name) in [
+            (ChunkCipher::XChaCha20Poly1305, "format"),
+            (ChunkCipher::Aes256Gcm, "format-v2"),
+        ] {
+            let mut stored = Vec::new();
+            let mut enc =
+                SegmentEncryptor::new(cipher, ring.current(), OBJ, 0, size as u64, DEFAULT_CHUNK_SIZE)
+                    .unwrap();
+            stored.extend_from_slice(&enc.update(&plain).unwrap());
+            stored.extend_from_slice(&enc.finish().unwrap());
+            g.bench_function(BenchmarkId::from_parameter(name), |b| {
+                b.iter(|| format_decrypt(&ring, black_box(&stored)))
+            });
+        }
         g.finish();
     }
 }
@@ -187,7 +224,7 @@ fn paired_overhead() {
         let mut tags = Vec::new();
         let mut stored = Vec::new();
         let mut enc =
-            SegmentEncryptor::new(ring.current(), OBJ, 0, size as u64, DEFAULT_CHUNK_SIZE).unwrap();
+            SegmentEncryptor::new(ChunkCipher::XChaCha20Poly1305, ring.current(), OBJ, 0, size as u64, DEFAULT_CHUNK_SIZE).unwrap();
         stored.extend_from_slice(&enc.update(&plain).unwrap());
         stored.extend_from_slice(&enc.finish().unwrap());
         for op in ["encrypt", "decrypt"] {
@@ -252,6 +289,63 @@ fn paired_overhead() {
     }
 }
 
+/// Paired measurement of the two format versions: version 1 and version 2 alternate round by
+/// round on the same plaintext (64 KiB chunks), so load from other processes hits both alike.
+/// Prints each version's throughput and the median time ratio v2 / v1 per case.
+fn paired_versions() {
+    let ring = KeyRing::single(&MasterKey::new(1, [7; 32]));
+    let rounds = 41;
+    println!("\nformat v2 (AES-256-GCM) against v1 (XChaCha20-Poly1305), median of {rounds} alternating rounds:");
+    for (size, label) in SIZES {
+        let plain: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
+        let iters = ((8 << 20) / size).max(2);
+        let stored = |cipher| {
+            let mut enc =
+                SegmentEncryptor::new(cipher, ring.current(), OBJ, 0, size as u64, DEFAULT_CHUNK_SIZE).unwrap();
+            let mut v = enc.update(&plain).unwrap().to_vec();
+            v.extend_from_slice(&enc.finish().unwrap());
+            v
+        };
+        let stored = [stored(ChunkCipher::XChaCha20Poly1305), stored(ChunkCipher::Aes256Gcm)];
+        for op in ["encrypt", "decrypt"] {
+            let mut ratios = Vec::new();
+            let mut totals = [Duration::ZERO; 2];
+            for round in 0..rounds {
+                let mut times = [Duration::ZERO; 2];
+                let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
+                for v in order {
+                    let cipher = [ChunkCipher::XChaCha20Poly1305, ChunkCipher::Aes256Gcm][v];
+                    let t = Instant::now();
+                    for _ in 0..iters {
+                        if op == "encrypt" {
+                            black_box(format_encrypt_with(cipher, &ring, black_box(&plain)));
+                        } else {
+                            black_box(format_decrypt(&ring, black_box(&stored[v])));
+                        }
+                    }
+                    times[v] = t.elapsed();
+                }
+                if round > 0 {
+                    ratios.push(times[1].as_secs_f64() / times[0].as_secs_f64());
+                    totals[0] += times[0];
+                    totals[1] += times[1];
+                }
+            }
+            ratios.sort_by(|a, b| a.partial_cmp(b).unwrap());
+            let bytes = (size * iters * (rounds - 1)) as f64;
+            let gbs = |d: Duration| bytes / d.as_secs_f64() / 1e9;
+            println!(
+                "  {op} {label:>5}: v1 {:5.2} GB/s  v2 {:5.2} GB/s  time v2/v1 {:.2} (quartiles {:.2} .. {:.2})",
+                gbs(totals[0]),
+                gbs(totals[1]),
+                ratios[ratios.len() / 2],
+                ratios[ratios.len() / 4],
+                ratios[3 * ratios.len() / 4]
+            );
+        }
+    }
+}
+
 criterion_group!(benches, bench);
 
 fn main() {
@@ -260,6 +354,10 @@ fn main() {
     // Skipped when criterion only lists or filters benchmarks.
     let args: Vec<String> = std::env::args().collect();
     if !args.iter().any(|a| a == "--list" || a == "--test") {
-        paired_overhead();
+        // `S3CP_BENCH_PAIRED=versions` runs only the version comparison.
+        if std::env::var("S3CP_BENCH_PAIRED").as_deref() != Ok("versions") {
+            paired_overhead();
+        }
+        paired_versions();
     }
 }

@@ -1,13 +1,21 @@
-//! Chunk encryption: XChaCha20-Poly1305 under the segment's data key with the nonce
-//! `[0; 15] || final_flag || index (u64 BE)`, computed the fast way.
+//! Chunk encryption under the segment's data key, in one of two suites chosen by the writer
+//! and named by the header's version byte (docs/object-format.md 4.3):
 //!
-//! XChaCha20-Poly1305(K, N) is ChaCha20-Poly1305(HChaCha20(K, N[0..16]), [0; 4] || N[16..24]).
-//! `N[0..16]` depends only on the final flag, so the two HChaCha20 subkeys are computed once
-//! per segment and every chunk is a plain ChaCha20-Poly1305 operation with nonce
-//! `[0; 4] || index`. That operation runs on OpenSSL (libcrypto 3), whose AVX-512 code
-//! seals and opens about 4.3 GB/s per core here, against 2.4 for ring and 1.1 for the
-//! portable RustCrypto code (format/BENCH.md); HChaCha20 stays with RustCrypto.
+//! * **Version 1, XChaCha20-Poly1305** with the nonce `[0; 15] || final_flag || index (u64 BE)`,
+//!   computed the fast way. XChaCha20-Poly1305(K, N) is
+//!   ChaCha20-Poly1305(HChaCha20(K, N[0..16]), [0; 4] || N[16..24]). `N[0..16]` depends only
+//!   on the final flag, so the two HChaCha20 subkeys are computed once per segment and every
+//!   chunk is a plain ChaCha20-Poly1305 operation with nonce `[0; 4] || index`.
+//! * **Version 2, AES-256-GCM** with the data key itself and the 12-byte nonce
+//!   `[0; 3] || final_flag || index (u64 BE)`: one cipher context per segment.
+//!
+//! Both run on OpenSSL (libcrypto 3), whose AVX-512 ChaCha20-Poly1305 seals and opens about
+//! 4.3 GB/s per core here and whose VAES AES-256-GCM about twice that (format/BENCH.md);
+//! HChaCha20 stays with RustCrypto. ChaCha remains for CPUs without AES instructions, where
+//! GCM is slow.
 
+use std::fmt;
+use std::str::FromStr;
 use std::sync::OnceLock;
 
 use chacha20::cipher::consts::U10;
@@ -20,26 +28,125 @@ use crate::size::TAG_LEN;
 /// Length of a data encryption key.
 pub const DEK_LEN: usize = 32;
 
-/// The two per-segment chunk ciphers (non-final and final chunks), set up for one direction.
-/// OpenSSL keeps the subkeys inside its cipher contexts and wipes them when they are freed
-/// (`EVP_CIPHER_CTX_free` clears the cipher state); our copies are zeroized at once.
-pub(crate) struct ChunkAead {
-    body: CipherCtx,
-    last: CipherCtx,
+/// The chunk cipher of a segment, chosen by its writer and recorded in the header's version
+/// byte. Readers accept both; the segments of one object may differ.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum ChunkCipher {
+    /// Format version 1: XChaCha20-Poly1305. Fast everywhere (no table lookups).
+    #[default]
+    XChaCha20Poly1305,
+    /// Format version 2: AES-256-GCM. About twice as fast where the CPU has AES and
+    /// carry-less multiply instructions, much slower where it has not.
+    Aes256Gcm,
 }
 
-/// The first 16 bytes of a chunk nonce: 15 zero bytes and the final flag.
+impl ChunkCipher {
+    /// Every suite, oldest first.
+    pub const ALL: [ChunkCipher; 2] = [ChunkCipher::XChaCha20Poly1305, ChunkCipher::Aes256Gcm];
+
+    /// The header's version byte (magic byte 7) of this suite.
+    pub const fn version(self) -> u8 {
+        match self {
+            ChunkCipher::XChaCha20Poly1305 => 1,
+            ChunkCipher::Aes256Gcm => 2,
+        }
+    }
+
+    /// The suite of a version byte; `None` for versions this code does not know.
+    pub const fn from_version(v: u8) -> Option<Self> {
+        match v {
+            1 => Some(ChunkCipher::XChaCha20Poly1305),
+            2 => Some(ChunkCipher::Aes256Gcm),
+            _ => None,
+        }
+    }
+
+    /// The configuration name: `chacha20-poly1305` or `aes-256-gcm`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            ChunkCipher::XChaCha20Poly1305 => "chacha20-poly1305",
+            ChunkCipher::Aes256Gcm => "aes-256-gcm",
+        }
+    }
+
+    /// AES-256-GCM if this CPU has AES and carry-less multiply instructions, else
+    /// XChaCha20-Poly1305 (the `auto` setting).
+    pub fn auto() -> Self {
+        if cpu_has_aes_gcm() {
+            ChunkCipher::Aes256Gcm
+        } else {
+            ChunkCipher::XChaCha20Poly1305
+        }
+    }
+}
+
+/// True where AES-GCM runs in hardware: x86_64 with AES-NI and PCLMULQDQ, aarch64 with the
+/// AES extension (which brings PMULL).
+pub fn cpu_has_aes_gcm() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("aes")
+            && std::arch::is_x86_feature_detected!("pclmulqdq")
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        std::arch::is_aarch64_feature_detected!("aes")
+    }
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    {
+        false
+    }
+}
+
+impl fmt::Display for ChunkCipher {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for ChunkCipher {
+    type Err = String;
+
+    /// Parses a configuration name (not `auto`, which the caller resolves with [`ChunkCipher::auto`]).
+    fn from_str(s: &str) -> Result<Self, String> {
+        Self::ALL
+            .into_iter()
+            .find(|c| c.name() == s)
+            .ok_or_else(|| format!("unknown chunk cipher {s:?} (aes-256-gcm or chacha20-poly1305)"))
+    }
+}
+
+/// A segment's chunk cipher, set up for one direction. OpenSSL keeps the keys inside its
+/// cipher contexts and wipes them when they are freed (`EVP_CIPHER_CTX_free` clears the
+/// cipher state); our copies are zeroized at once.
+pub(crate) struct ChunkAead {
+    cipher: ChunkCipher,
+    /// ChaCha: the subkey of the non-final chunks. AES: the data key, for every chunk.
+    body: CipherCtx,
+    /// ChaCha only: the subkey of the final chunk.
+    last: Option<CipherCtx>,
+}
+
+/// The first 16 bytes of a version 1 chunk nonce: 15 zero bytes and the final flag.
 fn nonce_prefix(is_final: bool) -> [u8; 16] {
     let mut p = [0u8; 16];
     p[15] = u8::from(is_final);
     p
 }
 
-/// The full 24-byte XChaCha20 nonce of chunk `index` (used by tests and the spec).
+/// The full 24-byte XChaCha20 nonce of chunk `index` in version 1 (used by tests and the spec).
 pub fn chunk_nonce(index: u64, is_final: bool) -> [u8; 24] {
     let mut n = [0u8; 24];
     n[..16].copy_from_slice(&nonce_prefix(is_final));
     n[16..].copy_from_slice(&index.to_be_bytes());
+    n
+}
+
+/// The 12-byte AES-GCM nonce of chunk `index` in version 2: `[0; 3] || final_flag || index`.
+pub fn gcm_chunk_nonce(index: u64, is_final: bool) -> [u8; 12] {
+    let mut n = [0u8; 12];
+    n[3] = u8::from(is_final);
+    n[4..].copy_from_slice(&index.to_be_bytes());
     n
 }
 
@@ -49,23 +156,39 @@ enum Direction {
     Open,
 }
 
-/// The cipher, fetched from the provider once: passing OpenSSL 3 the legacy constant makes
-/// it look the algorithm up again on every context set-up (two per segment).
+/// The ciphers, fetched from the provider once: passing OpenSSL 3 the legacy constants makes
+/// it look the algorithm up again on every context set-up.
 fn chacha20_poly1305() -> &'static Cipher {
     static CIPHER: OnceLock<Cipher> = OnceLock::new();
-    CIPHER.get_or_init(|| Cipher::fetch(None, "ChaCha20-Poly1305", None).expect("libcrypto provides ChaCha20-Poly1305"))
+    CIPHER.get_or_init(|| {
+        Cipher::fetch(None, "ChaCha20-Poly1305", None)
+            .expect("libcrypto provides ChaCha20-Poly1305")
+    })
+}
+
+fn aes_256_gcm() -> &'static Cipher {
+    static CIPHER: OnceLock<Cipher> = OnceLock::new();
+    CIPHER.get_or_init(|| {
+        Cipher::fetch(None, "AES-256-GCM", None).expect("libcrypto provides AES-256-GCM")
+    })
+}
+
+fn context(cipher: &Cipher, key: &[u8], direction: Direction) -> CipherCtx {
+    let mut ctx = CipherCtx::new().expect("allocating a cipher context");
+    match direction {
+        Direction::Seal => ctx.encrypt_init(Some(cipher), Some(key), None),
+        Direction::Open => ctx.decrypt_init(Some(cipher), Some(key), None),
+    }
+    .expect("the chunk ciphers take a 32-byte key");
+    // Both take a 12-byte nonce, OpenSSL's default for them.
+    debug_assert_eq!(ctx.iv_length(), 12);
+    ctx
 }
 
 fn subkey(dek: &[u8; DEK_LEN], is_final: bool, direction: Direction) -> CipherCtx {
     // Kept in the array hchacha returns and wiped there, so no copy of the subkey is left.
     let mut k = chacha20::hchacha::<U10>(dek.into(), &nonce_prefix(is_final).into());
-    let mut ctx = CipherCtx::new().expect("allocating a cipher context");
-    let cipher = Some(&**chacha20_poly1305());
-    match direction {
-        Direction::Seal => ctx.encrypt_init(cipher, Some(k.as_slice()), None),
-        Direction::Open => ctx.decrypt_init(cipher, Some(k.as_slice()), None),
-    }
-    .expect("ChaCha20-Poly1305 takes a 32-byte key");
+    let ctx = context(chacha20_poly1305(), k.as_slice(), direction);
     k.as_mut_slice().zeroize();
     ctx
 }
@@ -77,39 +200,49 @@ fn inner_nonce(index: u64) -> [u8; 12] {
 }
 
 impl ChunkAead {
-    /// Chunk ciphers for writing a segment.
-    pub(crate) fn for_sealing(dek: &[u8; DEK_LEN]) -> Self {
-        Self::new(dek, Direction::Seal)
+    /// Chunk cipher for writing a segment.
+    pub(crate) fn for_sealing(cipher: ChunkCipher, dek: &[u8; DEK_LEN]) -> Self {
+        Self::new(cipher, dek, Direction::Seal)
     }
 
-    /// Chunk ciphers for reading a segment.
-    pub(crate) fn for_opening(dek: &[u8; DEK_LEN]) -> Self {
-        Self::new(dek, Direction::Open)
+    /// Chunk cipher for reading a segment.
+    pub(crate) fn for_opening(cipher: ChunkCipher, dek: &[u8; DEK_LEN]) -> Self {
+        Self::new(cipher, dek, Direction::Open)
     }
 
-    fn new(dek: &[u8; DEK_LEN], direction: Direction) -> Self {
-        Self {
-            body: subkey(dek, false, direction),
-            last: subkey(dek, true, direction),
+    fn new(cipher: ChunkCipher, dek: &[u8; DEK_LEN], direction: Direction) -> Self {
+        match cipher {
+            ChunkCipher::XChaCha20Poly1305 => Self {
+                cipher,
+                body: subkey(dek, false, direction),
+                last: Some(subkey(dek, true, direction)),
+            },
+            ChunkCipher::Aes256Gcm => Self {
+                cipher,
+                body: context(aes_256_gcm(), dek, direction),
+                last: None,
+            },
         }
     }
 
-    fn ctx(&mut self, is_final: bool) -> &mut CipherCtx {
-        if is_final {
-            &mut self.last
-        } else {
-            &mut self.body
+    /// The context and the 12-byte nonce of a chunk.
+    fn ctx(&mut self, index: u64, is_final: bool) -> (&mut CipherCtx, [u8; 12]) {
+        match (self.cipher, &mut self.last) {
+            (ChunkCipher::XChaCha20Poly1305, Some(last)) if is_final => (last, inner_nonce(index)),
+            (ChunkCipher::XChaCha20Poly1305, _) => (&mut self.body, inner_nonce(index)),
+            (ChunkCipher::Aes256Gcm, _) => (&mut self.body, gcm_chunk_nonce(index, is_final)),
         }
     }
 
     /// Encrypts `buf` in place and returns the tag. Only on a [`ChunkAead::for_sealing`].
     pub(crate) fn seal(&mut self, index: u64, is_final: bool, buf: &mut [u8]) -> [u8; TAG_LEN] {
-        let ctx = self.ctx(is_final);
+        let (ctx, nonce) = self.ctx(index, is_final);
         let mut tag = [0u8; TAG_LEN];
-        // Chunks are far below ChaCha20-Poly1305's 256 GiB message limit; the calls fail
-        // only on a context set up for the other direction, a bug.
+        // Chunks (at most 16 MiB) are far below both ciphers' message limits (256 GiB for
+        // ChaCha20-Poly1305, 64 GiB for GCM); the calls fail only on a context set up for the
+        // other direction, a bug.
         (|| {
-            ctx.encrypt_init(None, None, Some(&inner_nonce(index)))?;
+            ctx.encrypt_init(None, None, Some(&nonce))?;
             if !buf.is_empty() {
                 let len = buf.len();
                 ctx.cipher_update_inplace(buf, len)?;
@@ -131,9 +264,9 @@ impl ChunkAead {
         buf: &mut [u8],
         tag: &[u8; TAG_LEN],
     ) -> bool {
-        let ctx = self.ctx(is_final);
+        let (ctx, nonce) = self.ctx(index, is_final);
         let ok = (|| {
-            ctx.decrypt_init(None, None, Some(&inner_nonce(index)))?;
+            ctx.decrypt_init(None, None, Some(&nonce))?;
             if !buf.is_empty() {
                 let len = buf.len();
                 ctx.cipher_update_inplace(buf, len)?;
@@ -155,21 +288,27 @@ mod tests {
     use chacha20poly1305::aead::{AeadInPlace, KeyInit};
     use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 
+    const CASES: [(u64, bool, usize); 6] = [
+        (0, false, 0),
+        (0, true, 0),
+        (1, false, 1),
+        (7, true, 100),
+        (u64::MAX, false, 4096),
+        (0x0102_0304_0506_0708, true, 65536),
+    ];
+
+    fn dek() -> [u8; 32] {
+        core::array::from_fn(|i| (i * 7 + 3) as u8)
+    }
+
     /// The fast construction is exactly XChaCha20-Poly1305 with the documented nonce.
     #[test]
     fn equals_xchacha20poly1305() {
-        let dek: [u8; 32] = core::array::from_fn(|i| (i * 7 + 3) as u8);
-        let mut fast = ChunkAead::for_sealing(&dek);
-        let mut fast_open = ChunkAead::for_opening(&dek);
+        let dek = dek();
+        let mut fast = ChunkAead::for_sealing(ChunkCipher::XChaCha20Poly1305, &dek);
+        let mut fast_open = ChunkAead::for_opening(ChunkCipher::XChaCha20Poly1305, &dek);
         let reference = XChaCha20Poly1305::new(&dek.into());
-        for (index, is_final, len) in [
-            (0u64, false, 0usize),
-            (0, true, 0),
-            (1, false, 1),
-            (7, true, 100),
-            (u64::MAX, false, 4096),
-            (0x0102_0304_0506_0708, true, 65536),
-        ] {
+        for (index, is_final, len) in CASES {
             let plain: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
             let mut a = plain.clone();
             let tag_a = fast.seal(index, is_final, &mut a);
@@ -190,21 +329,111 @@ mod tests {
         }
     }
 
+    /// Version 2 chunks are exactly AES-256-GCM (ring's own implementation, not OpenSSL's)
+    /// under the data key with the documented nonce and no associated data.
+    #[test]
+    fn equals_aes256gcm() {
+        use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
+        let dek = dek();
+        let mut fast = ChunkAead::for_sealing(ChunkCipher::Aes256Gcm, &dek);
+        let mut fast_open = ChunkAead::for_opening(ChunkCipher::Aes256Gcm, &dek);
+        let reference = LessSafeKey::new(UnboundKey::new(&AES_256_GCM, &dek).unwrap());
+        for (index, is_final, len) in CASES {
+            let plain: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+            let mut a = plain.clone();
+            let tag_a = fast.seal(index, is_final, &mut a);
+            let nonce = gcm_chunk_nonce(index, is_final);
+            let mut b = plain.clone();
+            let tag_b = reference
+                .seal_in_place_separate_tag(
+                    Nonce::assume_unique_for_key(nonce),
+                    Aad::empty(),
+                    &mut b,
+                )
+                .unwrap();
+            assert_eq!(a, b, "ciphertext of ({index}, {is_final}, {len})");
+            assert_eq!(
+                &tag_a[..],
+                tag_b.as_ref(),
+                "tag of ({index}, {is_final}, {len})"
+            );
+            // the reference opens what OpenSSL sealed, and OpenSSL what the reference sealed
+            let mut sealed = [&a[..], &tag_a[..]].concat();
+            let opened = reference
+                .open_in_place(
+                    Nonce::assume_unique_for_key(nonce),
+                    Aad::empty(),
+                    &mut sealed,
+                )
+                .unwrap();
+            assert_eq!(opened, &plain[..]);
+            let tag_b: [u8; TAG_LEN] = tag_b.as_ref().try_into().unwrap();
+            assert!(fast_open.open(index, is_final, &mut b, &tag_b));
+            assert_eq!(b, plain);
+        }
+        // The nonce layout of the spec: 3 zero bytes, the final flag, the index.
+        assert_eq!(
+            gcm_chunk_nonce(0x0102_0304_0506_0708, true),
+            [0, 0, 0, 1, 1, 2, 3, 4, 5, 6, 7, 8]
+        );
+    }
+
     #[test]
     fn final_flag_and_index_matter() {
-        let dek = [9u8; 32];
-        let mut sealer = ChunkAead::for_sealing(&dek);
-        let mut aead = ChunkAead::for_opening(&dek);
-        let mut buf = b"hello".to_vec();
-        let tag = sealer.seal(3, false, &mut buf);
-        let ct = buf.clone();
-        assert!(!aead.open(3, true, &mut buf, &tag));
-        assert_eq!(buf, [0; 5], "a failed open leaves no plaintext behind");
-        let mut buf = ct.clone();
-        assert!(!aead.open(4, false, &mut buf, &tag));
-        assert_ne!(buf, b"hello");
-        let mut buf = ct.clone();
-        assert!(aead.open(3, false, &mut buf, &tag));
-        assert_eq!(buf, b"hello");
+        for cipher in ChunkCipher::ALL {
+            let dek = [9u8; 32];
+            let mut sealer = ChunkAead::for_sealing(cipher, &dek);
+            let mut aead = ChunkAead::for_opening(cipher, &dek);
+            let mut buf = b"hello".to_vec();
+            let tag = sealer.seal(3, false, &mut buf);
+            let ct = buf.clone();
+            assert!(!aead.open(3, true, &mut buf, &tag), "{cipher}");
+            assert_eq!(
+                buf, [0; 5],
+                "{cipher}: a failed open leaves no plaintext behind"
+            );
+            let mut buf = ct.clone();
+            assert!(!aead.open(4, false, &mut buf, &tag), "{cipher}");
+            assert_ne!(buf, b"hello");
+            let mut buf = ct.clone();
+            assert!(aead.open(3, false, &mut buf, &tag), "{cipher}");
+            assert_eq!(buf, b"hello");
+        }
+    }
+
+    /// A chunk sealed under one suite never opens under the other with the same data key.
+    #[test]
+    fn suites_do_not_open_each_other() {
+        let dek = dek();
+        for (w, r) in [
+            (ChunkCipher::XChaCha20Poly1305, ChunkCipher::Aes256Gcm),
+            (ChunkCipher::Aes256Gcm, ChunkCipher::XChaCha20Poly1305),
+        ] {
+            let mut buf = b"some plaintext".to_vec();
+            let tag = ChunkAead::for_sealing(w, &dek).seal(0, true, &mut buf);
+            assert!(!ChunkAead::for_opening(r, &dek).open(0, true, &mut buf, &tag));
+        }
+    }
+
+    #[test]
+    fn names_and_versions() {
+        for c in ChunkCipher::ALL {
+            assert_eq!(c.name().parse::<ChunkCipher>(), Ok(c));
+            assert_eq!(ChunkCipher::from_version(c.version()), Some(c));
+        }
+        assert_eq!(ChunkCipher::XChaCha20Poly1305.version(), 1);
+        assert_eq!(ChunkCipher::Aes256Gcm.version(), 2);
+        assert_eq!(ChunkCipher::from_version(0), None);
+        assert_eq!(ChunkCipher::from_version(3), None);
+        assert!("auto".parse::<ChunkCipher>().is_err());
+        assert!("AES-256-GCM".parse::<ChunkCipher>().is_err());
+        assert_eq!(
+            ChunkCipher::auto(),
+            if cpu_has_aes_gcm() {
+                ChunkCipher::Aes256Gcm
+            } else {
+                ChunkCipher::XChaCha20Poly1305
+            }
+        );
     }
 }

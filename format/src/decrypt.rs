@@ -189,7 +189,7 @@ impl Decryptor {
             plain_len: hdr.plain_len,
             chunks: hdr.chunk_count(),
             next: first_chunk,
-            aead: ChunkAead::for_opening(&dek),
+            aead: ChunkAead::for_opening(hdr.cipher, &dek),
         };
         Ok(Self {
             ring,
@@ -379,7 +379,7 @@ impl Decryptor {
             plain_len: hdr.plain_len,
             chunks: hdr.chunk_count(),
             next: 0,
-            aead: ChunkAead::for_opening(&dek),
+            aead: ChunkAead::for_opening(hdr.cipher, &dek),
         })
     }
 
@@ -465,7 +465,7 @@ mod tests {
         };
         let c = 4096usize;
         let len = 300_000usize;
-        let mut e = SegmentEncryptor::new(ring.current(), obj, 0, len as u64, c as u32).unwrap();
+        let mut e = SegmentEncryptor::new(crate::ChunkCipher::Aes256Gcm, ring.current(), obj, 0, len as u64, c as u32).unwrap();
         let mut stored = e.update(&vec![9u8; len]).unwrap().to_vec();
         stored.extend_from_slice(&e.finish().unwrap());
         for piece in [1usize, 100, 4111, 4112, 4113, 10_000, 100_000, stored.len()] {

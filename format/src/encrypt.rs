@@ -6,7 +6,7 @@ use bytes::{Bytes, BytesMut};
 use rand::RngCore;
 use zeroize::Zeroizing;
 
-use crate::chunk::{ChunkAead, DEK_LEN};
+use crate::chunk::{ChunkAead, ChunkCipher, DEK_LEN};
 use crate::error::FormatError;
 use crate::header::{ObjectId, SegmentHeader, WRAP_NONCE_LEN};
 use crate::keys::DerivedKeys;
@@ -36,9 +36,10 @@ pub struct SegmentEncryptor {
 
 impl SegmentEncryptor {
     /// Starts a segment of exactly `plain_len` plaintext bytes for the object `obj`, with a
-    /// fresh random data key wrapped under `keys`. `part_number` is 0 for a single-part object,
-    /// else 1..=10000.
+    /// fresh random data key wrapped under `keys`, its chunks sealed with `cipher` (format
+    /// version 1 or 2). `part_number` is 0 for a single-part object, else 1..=10000.
     pub fn new(
+        cipher: ChunkCipher,
         keys: &DerivedKeys,
         obj: ObjectId<'_>,
         part_number: u32,
@@ -50,6 +51,7 @@ impl SegmentEncryptor {
         rand::rngs::OsRng.fill_bytes(&mut dek[..]);
         rand::rngs::OsRng.fill_bytes(&mut wrap_nonce);
         Self::with_fixed_randomness(
+            cipher,
             keys,
             obj,
             part_number,
@@ -64,7 +66,9 @@ impl SegmentEncryptor {
     ///
     /// FOR TEST VECTORS ONLY: reusing a data key across segments destroys confidentiality.
     #[doc(hidden)]
+    #[allow(clippy::too_many_arguments)]
     pub fn with_fixed_randomness(
+        cipher: ChunkCipher,
         keys: &DerivedKeys,
         obj: ObjectId<'_>,
         part_number: u32,
@@ -81,6 +85,7 @@ impl SegmentEncryptor {
             return Err(FormatError::InputTooLong);
         }
         let header = SegmentHeader::seal(
+            cipher,
             keys,
             &obj.name_ad(),
             chunk_size,
@@ -91,7 +96,7 @@ impl SegmentEncryptor {
         );
         Ok(Self {
             header: Some(header.to_bytes()),
-            aead: ChunkAead::for_sealing(dek),
+            aead: ChunkAead::for_sealing(cipher, dek),
             chunk_size: chunk_size as usize,
             plain_len,
             chunks: chunk_count(plain_len, chunk_size),
@@ -225,6 +230,7 @@ mod tests {
         let data = vec![7u8; len];
         for piece in [1usize, 100, 4095, 4096, 4097, 10_000, 100_000, len] {
             let mut e = SegmentEncryptor::new(
+                ChunkCipher::Aes256Gcm,
                 &keys,
                 ObjectId {
                     bucket: "b",

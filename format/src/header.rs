@@ -6,17 +6,31 @@ use chacha20poly1305::aead::{AeadInPlace, KeyInit};
 use chacha20poly1305::{Tag, XChaCha20Poly1305, XNonce};
 use zeroize::Zeroizing;
 
-use crate::chunk::DEK_LEN;
+use crate::chunk::{ChunkCipher, DEK_LEN};
 use crate::error::FormatError;
 use crate::keys::{DerivedKeys, KeyId, KeyRing, KCV_LEN};
 use crate::size::{
     chunk_count, validate_chunk_size, HEADER_LEN, MAX_PART_NUMBER, MAX_SEGMENT_PLAIN_LEN, TAG_LEN,
 };
 
-/// Magic and format version: the first 8 bytes of every segment.
-pub const MAGIC: [u8; 8] = *b"S3CPOBJ\x01";
-/// The format version this code writes and reads.
-pub const FORMAT_VERSION: u8 = 1;
+/// The first 7 bytes of every segment; byte 7 is the format version, which names the
+/// chunk cipher ([`ChunkCipher::version`]).
+pub const MAGIC_PREFIX: [u8; 7] = *b"S3CPOBJ";
+/// The format versions this code writes and reads: 1 (XChaCha20-Poly1305 chunks) and 2
+/// (AES-256-GCM chunks).
+pub const FORMAT_VERSIONS: [u8; 2] = [1, 2];
+
+/// The 8-byte magic of a segment whose chunks use `cipher`.
+pub const fn magic(cipher: ChunkCipher) -> [u8; 8] {
+    let mut m = [0u8; 8];
+    let mut i = 0;
+    while i < 7 {
+        m[i] = MAGIC_PREFIX[i];
+        i += 1;
+    }
+    m[7] = cipher.version();
+    m
+}
 /// Length of the wrap nonce.
 pub const WRAP_NONCE_LEN: usize = 24;
 /// Length of the wrapped data key (32-byte key + 16-byte tag).
@@ -47,15 +61,17 @@ impl ObjectId<'_> {
 /// True if `data` starts with the format's magic (any version); `None` while fewer than 8
 /// bytes are known. Objects written before the proxy was installed give `Some(false)`.
 pub fn is_encrypted_prefix(data: &[u8]) -> Option<bool> {
-    if data.len() < MAGIC.len() {
+    if data.len() < 8 {
         return None;
     }
-    Some(data[..7] == MAGIC[..7])
+    Some(data[..7] == MAGIC_PREFIX)
 }
 
 /// A parsed segment header.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SegmentHeader {
+    /// The chunk cipher, from the version byte.
+    pub cipher: ChunkCipher,
     pub chunk_size: u32,
     pub key_id: KeyId,
     /// 0 for a single-part object, else the multipart part number 1..=10000.
@@ -89,7 +105,10 @@ impl SegmentHeader {
         if part_number > MAX_PART_NUMBER || plain_len > MAX_SEGMENT_PLAIN_LEN {
             return Err(FormatError::HeaderTampered);
         }
+        let cipher =
+            ChunkCipher::from_version(b[7]).expect("check_magic_prefix checked the version");
         Ok(Self {
+            cipher,
             chunk_size,
             key_id: u32_at(12),
             part_number,
@@ -112,7 +131,7 @@ impl SegmentHeader {
     /// Header bytes 0..36 (magic through kcv), the header part of the wrap's associated data.
     fn ad_prefix(&self) -> [u8; HEADER_AD_LEN] {
         let mut b = [0u8; HEADER_AD_LEN];
-        b[..8].copy_from_slice(&MAGIC);
+        b[..8].copy_from_slice(&magic(self.cipher));
         b[8..12].copy_from_slice(&self.chunk_size.to_be_bytes());
         b[12..16].copy_from_slice(&self.key_id.to_be_bytes());
         b[16..20].copy_from_slice(&self.part_number.to_be_bytes());
@@ -138,8 +157,11 @@ impl SegmentHeader {
         crate::size::segment_cipher_len(self.plain_len, self.chunk_size)
     }
 
-    /// Builds a header for `keys` and wraps `dek` under its KEK with `wrap_nonce`.
+    /// Builds a header for `keys` and wraps `dek` under its KEK with `wrap_nonce`. The
+    /// version byte, and with it the wrap's associated data, follows `cipher`.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn seal(
+        cipher: ChunkCipher,
         keys: &DerivedKeys,
         name_ad: &[u8],
         chunk_size: u32,
@@ -149,6 +171,7 @@ impl SegmentHeader {
         wrap_nonce: [u8; WRAP_NONCE_LEN],
     ) -> Self {
         let mut h = Self {
+            cipher,
             chunk_size,
             key_id: keys.id(),
             part_number,
@@ -203,17 +226,17 @@ impl SegmentHeader {
 /// Checks the known bytes of a header start against the magic. `first` selects the error for
 /// a mismatch: `NotEncrypted` for an object's first segment, `HeaderTampered` where a later
 /// segment's header must start (a damaged header, or garbage appended to a multipart
-/// object). The version byte gives `UnsupportedVersion`.
+/// object). A version byte other than 1 or 2 gives `UnsupportedVersion`.
 pub(crate) fn check_magic_prefix(bytes: &[u8], first: bool) -> Result<(), FormatError> {
     let n = bytes.len().min(7);
-    if bytes[..n] != MAGIC[..n] {
+    if bytes[..n] != MAGIC_PREFIX[..n] {
         return Err(if first {
             FormatError::NotEncrypted
         } else {
             FormatError::HeaderTampered
         });
     }
-    if bytes.len() >= 8 && bytes[7] != FORMAT_VERSION {
+    if bytes.len() >= 8 && ChunkCipher::from_version(bytes[7]).is_none() {
         return Err(FormatError::UnsupportedVersion(bytes[7]));
     }
     Ok(())
@@ -235,13 +258,39 @@ mod tests {
         }
         .name_ad();
         let dek = [7u8; 32];
-        let h = SegmentHeader::seal(&keys, &name, 4096, 0, 12345, &dek, [1; 24]);
-        let bytes = h.to_bytes();
-        assert_eq!(&bytes[..8], b"S3CPOBJ\x01");
-        let p = SegmentHeader::parse(&bytes).unwrap();
-        assert_eq!(p, h);
-        let (_, got) = p.open(&ring, &name).unwrap();
-        assert_eq!(*got, dek);
+        for (cipher, magic) in [
+            (ChunkCipher::XChaCha20Poly1305, b"S3CPOBJ\x01"),
+            (ChunkCipher::Aes256Gcm, b"S3CPOBJ\x02"),
+        ] {
+            let h = SegmentHeader::seal(cipher, &keys, &name, 4096, 0, 12345, &dek, [1; 24]);
+            let mut bytes = h.to_bytes();
+            assert_eq!(&bytes[..8], magic);
+            let p = SegmentHeader::parse(&bytes).unwrap();
+            assert_eq!(p, h);
+            assert_eq!(p.cipher, cipher);
+            let (_, got) = p.open(&ring, &name).unwrap();
+            assert_eq!(*got, dek);
+            // The version byte is in the wrap's associated data: flipped between 1 and 2 the
+            // header still parses (as the other suite) but no longer opens.
+            bytes[7] ^= 3;
+            let flipped = SegmentHeader::parse(&bytes).unwrap();
+            assert_ne!(flipped.cipher, cipher);
+            assert_eq!(
+                flipped.open(&ring, &name).unwrap_err(),
+                FormatError::HeaderTampered
+            );
+        }
+        let h = SegmentHeader::seal(
+            ChunkCipher::Aes256Gcm,
+            &keys,
+            &name,
+            4096,
+            0,
+            12345,
+            &dek,
+            [1; 24],
+        );
+        let p = SegmentHeader::parse(&h.to_bytes()).unwrap();
         let other = ObjectId {
             bucket: "b",
             key: "k2",
@@ -257,19 +306,27 @@ mod tests {
     fn prefixes() {
         assert_eq!(is_encrypted_prefix(b"S3CPOB"), None);
         assert_eq!(is_encrypted_prefix(b"S3CPOBJ\x01rest"), Some(true));
+        assert_eq!(is_encrypted_prefix(b"S3CPOBJ\x02rest"), Some(true));
+        assert_eq!(is_encrypted_prefix(b"S3CPOBJ\x09rest"), Some(true));
         assert_eq!(is_encrypted_prefix(b"<html>\n\n"), Some(false));
         assert_eq!(
             SegmentHeader::parse(b"hello world").unwrap_err(),
             FormatError::NotEncrypted
         );
         assert_eq!(
-            SegmentHeader::parse(b"S3CPOBJ\x02").unwrap_err(),
-            FormatError::UnsupportedVersion(2)
+            SegmentHeader::parse(b"S3CPOBJ\x03").unwrap_err(),
+            FormatError::UnsupportedVersion(3)
         );
         assert_eq!(
-            SegmentHeader::parse(b"S3CPOBJ\x01").unwrap_err(),
-            FormatError::Truncated
+            SegmentHeader::parse(b"S3CPOBJ\x00").unwrap_err(),
+            FormatError::UnsupportedVersion(0)
         );
+        for v in FORMAT_VERSIONS {
+            assert_eq!(
+                SegmentHeader::parse(&[&MAGIC_PREFIX[..], &[v]].concat()).unwrap_err(),
+                FormatError::Truncated
+            );
+        }
         assert_eq!(
             SegmentHeader::parse(b"S3C").unwrap_err(),
             FormatError::Truncated

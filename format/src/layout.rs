@@ -134,6 +134,7 @@ mod tests {
 
     fn header(part_number: u32, plain_len: u64, chunk_size: u32) -> SegmentHeader {
         SegmentHeader {
+            cipher: crate::ChunkCipher::XChaCha20Poly1305,
             chunk_size,
             key_id: 7,
             part_number,

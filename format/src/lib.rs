@@ -19,13 +19,13 @@ pub mod meta;
 mod rewrap;
 mod size;
 
-pub use chunk::{chunk_nonce, DEK_LEN};
+pub use chunk::{chunk_nonce, cpu_has_aes_gcm, gcm_chunk_nonce, ChunkCipher, DEK_LEN};
 pub use decrypt::Decryptor;
 pub use encrypt::SegmentEncryptor;
 pub use error::FormatError;
 pub use header::{
-    is_encrypted_prefix, ObjectId, SegmentHeader, FORMAT_VERSION, MAGIC, WRAPPED_DEK_LEN,
-    WRAP_NONCE_LEN,
+    is_encrypted_prefix, magic, ObjectId, SegmentHeader, FORMAT_VERSIONS, MAGIC_PREFIX,
+    WRAPPED_DEK_LEN, WRAP_NONCE_LEN,
 };
 pub use keys::{DerivedKeys, KeyId, KeyRing, MasterKey};
 pub use layout::Layout;

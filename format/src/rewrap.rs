@@ -198,7 +198,9 @@ impl Rewrapper {
         rand::rngs::OsRng.fill_bytes(&mut nonce);
         // This header is valid: the previous segment's final chunk may go.
         self.held = 0;
+        // The chunks are copied unchanged, so the new header keeps their cipher (version).
         let new = SegmentHeader::seal(
+            hdr.cipher,
             &self.to_keys,
             &self.to_ad,
             hdr.chunk_size,

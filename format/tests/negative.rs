@@ -9,11 +9,16 @@ const C: u32 = 4096;
 const CS: usize = C as usize;
 const CT: usize = CS + TAG_LEN;
 
-/// 4 full chunks and a short final one.
+/// 4 full chunks and a short final one, format version 1.
 fn object() -> (KeyRing, Vec<u8>, Vec<u8>) {
+    object_with(V1)
+}
+
+/// 4 full chunks and a short final one, sealed with `cipher`.
+fn object_with(cipher: ChunkCipher) -> (KeyRing, Vec<u8>, Vec<u8>) {
     let ring = ring();
     let plain = plaintext(4 * CS + 100);
-    let stored = encrypt_object(&ring, OBJ, &plain, C, None);
+    let stored = encrypt_object(&ring, OBJ, &plain, C, None, &[cipher]);
     (ring, plain, stored)
 }
 
@@ -46,13 +51,19 @@ fn feeds(len: usize) -> Vec<Vec<usize>> {
 
 #[test]
 fn bit_flip_anywhere() {
-    let (ring, plain, stored) = object();
+    for cipher in ChunkCipher::ALL {
+        bit_flip_anywhere_in(cipher);
+    }
+}
+
+fn bit_flip_anywhere_in(cipher: ChunkCipher) {
+    let (ring, plain, stored) = object_with(cipher);
     for pos in 0..stored.len() {
         let mut bad = stored.clone();
         bad[pos] ^= 1 << (pos % 8);
         let expected = match pos {
             0..=6 => FormatError::NotEncrypted,
-            7 => FormatError::UnsupportedVersion(1 ^ (1 << 7)),
+            7 => FormatError::UnsupportedVersion(cipher.version() ^ (1 << 7)),
             8..=11 => {
                 let c = u32::from_be_bytes(bad[8..12].try_into().unwrap());
                 FormatError::InvalidChunkSize(c)
@@ -86,7 +97,7 @@ fn bit_flip_anywhere() {
         };
         let sizes: &[usize] = if pos % 97 == 0 { &[1] } else { &[1000] };
         let out = decrypt(&ring, OBJ, &bad, sizes, Some(1));
-        assert_eq!(out.result, Err(expected.clone()), "flip at {pos}");
+        assert_eq!(out.result, Err(expected.clone()), "{cipher}: flip at {pos}");
         assert_released_only_before(&out, &plain, bad_offset);
         assert_eq!(
             decrypt(&ring, OBJ, &bad, &[], Some(1)).released,
@@ -100,7 +111,8 @@ fn bit_flip_anywhere() {
 fn flips_in_second_segment() {
     let ring = ring();
     let plain = plaintext(3 * CS);
-    let stored = encrypt_object(&ring, OBJ, &plain, C, Some(2 * CS));
+    // Version 2 then version 1: flipping bit 7 of the second header's version byte gives 0x81.
+    let stored = encrypt_object(&ring, OBJ, &plain, C, Some(2 * CS), &[V2, V1]);
     let seg2 = segment_cipher_len(2 * CS as u64, C) as usize;
     for (pos, expected) in [
         (seg2, FormatError::HeaderTampered),
@@ -154,7 +166,7 @@ fn chunk_boundary_truncation_of_exact_multiple() {
     // plain_len an exact multiple of C: the last chunk is full and final.
     let ring = ring();
     let plain = plaintext(3 * CS);
-    let stored = encrypt_object(&ring, OBJ, &plain, C, None);
+    let stored = encrypt_object(&ring, OBJ, &plain, C, None, &[V1, V2]);
     for chunks in 0..3 {
         let out = decrypt(
             &ring,
@@ -246,11 +258,18 @@ fn dropped_duplicated_reordered_chunks() {
 /// keys, chunks of a longer segment do not pass as the final chunks of a shorter one.
 #[test]
 fn final_flag_is_enforced() {
+    for cipher in ChunkCipher::ALL {
+        final_flag_is_enforced_in(cipher);
+    }
+}
+
+fn final_flag_is_enforced_in(cipher: ChunkCipher) {
     let ring = ring();
     let dek = [0x42; 32];
     let seg = |len: usize| {
         let plain = plaintext(len);
         let mut e = SegmentEncryptor::with_fixed_randomness(
+            cipher,
             ring.current(),
             OBJ,
             0,
@@ -340,10 +359,10 @@ fn segment_order_and_extra_data() {
     let ring = ring();
     let p = 2 * CS;
     let plain = plaintext(3 * p - 10);
-    let stored = encrypt_object(&ring, OBJ, &plain, C, Some(p));
+    let stored = encrypt_object(&ring, OBJ, &plain, C, Some(p), &[V1, V2]);
     let full = segment_cipher_len(p as u64, C) as usize;
     let s = |i: usize| &stored[i * full..((i + 1) * full).min(stored.len())];
-    let single = encrypt_object(&ring, OBJ, &plain[..100], C, None);
+    let single = encrypt_object(&ring, OBJ, &plain[..100], C, None, &[V1, V2]);
     let cases: Vec<(&str, Vec<&[u8]>, FormatError, usize)> = vec![
         (
             "parts 2,1,3",
@@ -409,7 +428,7 @@ fn segment_order_and_extra_data() {
         }
     }
     // A whole extra (valid) segment is caught by the segment count from the ETag.
-    let extra = encrypt_segment(ring.current(), OBJ, 4, b"more", C, &[]);
+    let extra = encrypt_segment(V2, ring.current(), OBJ, 4, b"more", C, &[]);
     let longer = [&stored[..], &extra].concat();
     assert_eq!(decrypt(&ring, OBJ, &longer, &[], Some(4)).result, Ok(()));
     assert_eq!(
@@ -426,7 +445,7 @@ fn dropped_trailing_parts_need_the_segment_count() {
     let ring = ring();
     let p = 2 * CS;
     let plain = plaintext(3 * p);
-    let stored = encrypt_object(&ring, OBJ, &plain, C, Some(p));
+    let stored = encrypt_object(&ring, OBJ, &plain, C, Some(p), &[V1, V2]);
     let two = &stored[..2 * segment_cipher_len(p as u64, C) as usize];
     let out = decrypt(&ring, OBJ, two, &[], None);
     assert_eq!(out.result, Ok(()), "undetectable from the bytes alone");
@@ -449,8 +468,8 @@ fn known_limitation_same_name_splice() {
     let p = 2 * CS;
     let a = plaintext(2 * p);
     let b: Vec<u8> = a.iter().map(|x| x ^ 0xff).collect();
-    let sa = encrypt_object(&ring, OBJ, &a, C, Some(p));
-    let sb = encrypt_object(&ring, OBJ, &b, C, Some(p));
+    let sa = encrypt_object(&ring, OBJ, &a, C, Some(p), &[V1, V2]);
+    let sb = encrypt_object(&ring, OBJ, &b, C, Some(p), &[V1, V2]);
     let full = segment_cipher_len(p as u64, C) as usize;
     let mixed = [&sa[..full], &sb[full..]].concat();
     let out = decrypt(&ring, OBJ, &mixed, &[], Some(2));
@@ -464,14 +483,14 @@ fn not_encrypted_objects() {
     for legacy in [
         &b"hello world, plain object"[..],
         b"<?xml version",
-        b"S3CPOBJ\x02 future version",
+        b"S3CPOBJ\x03 future version",
         b"S3C",
         b"",
     ] {
         let out = decrypt(&ring, OBJ, legacy, &[], Some(1));
         let expected = match legacy {
             b"S3C" | b"" => FormatError::Truncated,
-            b"S3CPOBJ\x02 future version" => FormatError::UnsupportedVersion(2),
+            b"S3CPOBJ\x03 future version" => FormatError::UnsupportedVersion(3),
             _ => FormatError::NotEncrypted,
         };
         assert_eq!(
@@ -504,31 +523,31 @@ fn encryptor_misuse() {
     let ring = ring();
     let k = ring.current();
     assert_eq!(
-        SegmentEncryptor::new(k, OBJ, 0, 10, 1000).unwrap_err(),
+        SegmentEncryptor::new(V2, k, OBJ, 0, 10, 1000).unwrap_err(),
         FormatError::InvalidChunkSize(1000)
     );
     assert_eq!(
-        SegmentEncryptor::new(k, OBJ, 10_001, 10, C).unwrap_err(),
+        SegmentEncryptor::new(V2, k, OBJ, 10_001, 10, C).unwrap_err(),
         FormatError::InvalidPartNumber(10_001)
     );
-    let mut e = SegmentEncryptor::new(k, OBJ, 0, 10, C).unwrap();
+    let mut e = SegmentEncryptor::new(V2, k, OBJ, 0, 10, C).unwrap();
     e.update(b"12345").unwrap();
     assert_eq!(e.update(b"123456"), Err(FormatError::InputTooLong));
     assert_eq!(e.finish(), Err(FormatError::InputTooLong));
-    let mut e = SegmentEncryptor::new(k, OBJ, 0, 10, C).unwrap();
+    let mut e = SegmentEncryptor::new(V2, k, OBJ, 0, 10, C).unwrap();
     e.update(b"12345").unwrap();
     assert_eq!(e.finish(), Err(FormatError::InputTooShort));
     // The final chunk is held back until finish: a short body is all the backend gets otherwise.
-    let mut e = SegmentEncryptor::new(k, OBJ, 0, 2 * CS as u64 + 1, C).unwrap();
+    let mut e = SegmentEncryptor::new(V2, k, OBJ, 0, 2 * CS as u64 + 1, C).unwrap();
     let sent = e.update(&plaintext(2 * CS + 1)).unwrap();
     assert_eq!(sent.len(), HEADER_LEN + 2 * CT);
     assert_eq!(e.finish().unwrap().len(), 1 + TAG_LEN);
     // An empty object: header on update, the empty final chunk on finish.
-    let mut e = SegmentEncryptor::new(k, OBJ, 0, 0, C).unwrap();
+    let mut e = SegmentEncryptor::new(V2, k, OBJ, 0, 0, C).unwrap();
     assert_eq!(e.update(b"").unwrap().len(), HEADER_LEN);
     assert_eq!(e.finish().unwrap().len(), TAG_LEN);
     // finish without update still emits the header.
-    let e = SegmentEncryptor::new(k, OBJ, 0, 0, C).unwrap();
+    let e = SegmentEncryptor::new(V2, k, OBJ, 0, 0, C).unwrap();
     assert_eq!(e.finish().unwrap().len(), HEADER_LEN + TAG_LEN);
 }
 
@@ -537,7 +556,7 @@ fn range_reader_errors() {
     let ring = ring();
     let p = 2 * CS;
     let plain = plaintext(3 * p);
-    let stored = encrypt_object(&ring, OBJ, &plain, C, Some(p));
+    let stored = encrypt_object(&ring, OBJ, &plain, C, Some(p), &[V1, V2]);
     let total = plain.len() as u64;
     let plan = plan_range(p as u64 - 10, p as u64 + 10, total, C, Some(p as u64)).unwrap();
     let hdr = |plan: &RangePlan| {
@@ -685,4 +704,55 @@ fn error_kinds() {
     }
     .to_string()
     .contains("chunk 7 of segment 2"));
+}
+
+/// The version byte is authenticated (it is in the wrap's associated data): a segment whose
+/// byte names the other chunk cipher fails at its header, never decrypts as garbage, and no
+/// plaintext of it is released. Every segment of single-part and mixed multipart objects.
+#[test]
+fn version_flip_between_ciphers_fails() {
+    let ring = ring();
+    let p = 2 * CS;
+    let plain = plaintext(3 * p - 5);
+    for (part, mix) in [
+        (None, &[V1][..]),
+        (None, &[V2]),
+        (Some(p), &[V1, V2]),
+        (Some(p), &[V2, V1]),
+    ] {
+        let stored = encrypt_object(&ring, OBJ, &plain, C, part, mix);
+        let n = if part.is_some() { 3 } else { 1 };
+        let seg = segment_cipher_len(p as u64, C) as usize;
+        for s in 0..n {
+            let at = s * seg;
+            let mut bad = stored.clone();
+            assert!(matches!(bad[at + 7], 1 | 2));
+            bad[at + 7] ^= 3;
+            for sizes in [&[][..], &[1000], &[1]] {
+                let out = decrypt(&ring, OBJ, &bad, sizes, Some(n as u32));
+                assert_eq!(
+                    out.result,
+                    Err(FormatError::HeaderTampered),
+                    "{mix:?} segment {s}"
+                );
+                // Only plaintext of the segments before it, if any.
+                assert!(out.released.len() <= s * p, "{mix:?} segment {s}");
+                assert_eq!(out.released, &plain[..out.released.len()]);
+            }
+            // A range reader opening that header fails the same way.
+            let total = plain.len() as u64;
+            let first = (s * p) as u64;
+            let plan = plan_range(first, first + 10, total, C, part.map(|p| p as u64)).unwrap();
+            let h = plan.header_offset as usize;
+            assert_eq!(h, at);
+            assert_eq!(
+                Decryptor::for_range(ring.clone(), OBJ, &bad[h..h + HEADER_LEN], &plan).err(),
+                Some(FormatError::HeaderTampered)
+            );
+            // And the Rewrapper (copy, key rotation) refuses it.
+            let mut rw = Rewrapper::new(ring.clone(), OBJ, OBJ, ring.current().clone());
+            let r = rw.update(&bad).and_then(|_| rw.finish());
+            assert_eq!(r.err(), Some(FormatError::HeaderTampered));
+        }
+    }
 }

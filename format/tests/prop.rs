@@ -109,6 +109,17 @@ fn length(c: u32) -> impl Strategy<Value = u64> {
     ]
 }
 
+/// Format version 1 or 2.
+fn cipher() -> impl Strategy<Value = ChunkCipher> {
+    prop_oneof![Just(V1), Just(V2)]
+}
+
+/// Per-segment ciphers: all version 1, all version 2, or alternating (parts uploaded through
+/// proxies with different settings).
+fn cipher_mix() -> impl Strategy<Value = &'static [ChunkCipher]> {
+    prop::sample::select(&CIPHER_MIXES[..])
+}
+
 fn piece_sizes() -> impl Strategy<Value = Vec<usize>> {
     prop::collection::vec(prop_oneof![1usize..64, 1usize..20_000, Just(0)], 1..6)
 }
@@ -152,13 +163,15 @@ proptest! {
 
     /// Round trip with random piece sizes on both sides.
     #[test]
-    fn round_trip(c in chunk_size(), len_seed in any::<prop::sample::Index>(), enc_sizes in piece_sizes(), dec_sizes in piece_sizes()) {
+    fn round_trip(c in chunk_size(), len_seed in any::<prop::sample::Index>(), enc_sizes in piece_sizes(), dec_sizes in piece_sizes(), cipher in cipher()) {
         let cs = u64::from(c);
         let candidates = [0, 1, cs - 1, cs, cs + 1, 2 * cs, 5 * cs + 3, len_seed.index(6 * cs as usize) as u64];
         let len = candidates[len_seed.index(candidates.len())] as usize;
         let ring = ring();
         let plain = plaintext(len);
-        let stored = encrypt_segment(ring.current(), OBJ, 0, &plain, c, &enc_sizes);
+        let stored = encrypt_segment(cipher, ring.current(), OBJ, 0, &plain, c, &enc_sizes);
+        prop_assert_eq!(SegmentHeader::parse(&stored).unwrap().cipher, cipher);
+        prop_assert_eq!(stored[7], cipher.version());
         prop_assert_eq!(stored.len() as u64, segment_cipher_len(len as u64, c));
         let out = decrypt(&ring, OBJ, &stored, &dec_sizes, Some(1));
         prop_assert_eq!(out.result, Ok(()));
@@ -167,12 +180,12 @@ proptest! {
 
     /// Multipart round trip (several segments) and range reads across part boundaries.
     #[test]
-    fn multipart_round_trip_and_ranges(k in 1u64..3, total in 1usize..40_000, dec_sizes in piece_sizes(), ranges in prop::collection::vec((any::<u64>(), 0u64..20_000), 1..4)) {
+    fn multipart_round_trip_and_ranges(k in 1u64..3, total in 1usize..40_000, dec_sizes in piece_sizes(), ranges in prop::collection::vec((any::<u64>(), 0u64..20_000), 1..4), mix in cipher_mix()) {
         let c = 4096u32;
         let p = k * 4096;
         let ring = ring();
         let plain = plaintext(total);
-        let stored = encrypt_object(&ring, OBJ, &plain, c, Some(p as usize));
+        let stored = encrypt_object(&ring, OBJ, &plain, c, Some(p as usize), mix);
         let n = total.div_ceil(p as usize) as u32;
         prop_assert_eq!(object_plain_len(stored.len() as u64, c, n), Some(total as u64));
         let out = decrypt(&ring, OBJ, &stored, &dec_sizes, Some(n));
@@ -253,6 +266,9 @@ enum Damage {
     OtherChunkSize,
     /// Seal another plaintext length (metadata of another version).
     OtherSealedLength(u64),
+    /// Flip the version byte of segment i (modulo the count) between 1 and 2, so that it
+    /// names the other chunk cipher.
+    FlipVersion(usize),
 }
 
 fn damage() -> impl Strategy<Value = Damage> {
@@ -264,6 +280,7 @@ fn damage() -> impl Strategy<Value = Damage> {
         (any::<usize>(), any::<usize>()).prop_map(|(a, b)| Damage::SwapChunks(a, b)),
         Just(Damage::OtherChunkSize),
         (0u64..40_000).prop_map(Damage::OtherSealedLength),
+        any::<usize>().prop_map(Damage::FlipVersion),
     ]
 }
 
@@ -304,6 +321,20 @@ fn apply(d: &Damage, stored: &[u8], c: u32, total: usize, last_plain: usize, sea
         }
         Damage::OtherChunkSize => (stored.to_vec(), c * 2, sealed),
         Damage::OtherSealedLength(l) => (stored.to_vec(), c, Some(l)),
+        Damage::FlipVersion(i) => {
+            let mut starts = vec![0usize];
+            loop {
+                let at = *starts.last().unwrap();
+                let next = at + SegmentHeader::parse(&stored[at..]).unwrap().cipher_len() as usize;
+                if next >= stored.len() {
+                    break;
+                }
+                starts.push(next);
+            }
+            let mut v = stored.to_vec();
+            v[starts[i % starts.len()] + 7] ^= 3;
+            (v, c, sealed)
+        }
     }
 }
 
@@ -342,12 +373,13 @@ proptest! {
         d in damage(),
         (first, span) in (any::<u64>(), 0u64..12_000),
         dec_sizes in piece_sizes(),
+        mix in cipher_mix(),
     ) {
         let c = 4096u32;
         let ring = ring();
         let plain = plaintext(total);
         let part = (multipart && total > 8192).then_some(8192usize);
-        let good = encrypt_object(&ring, OBJ, &plain, c, part);
+        let good = encrypt_object(&ring, OBJ, &plain, c, part, mix);
         let n = part.map_or(1, |p| total.div_ceil(p) as u32);
         // Only single-part objects seal their length.
         let sealed = (seal_len && part.is_none()).then_some(total as u64);
@@ -378,6 +410,8 @@ proptest! {
                 }
             }
             prop_assert!(plain.starts_with(&got), "GET released bytes that were not written");
+            prop_assert!(!(matches!(d, Damage::FlipVersion(_)) && result.is_ok()),
+                "a segment whose version byte was flipped was read");
             match result {
                 Ok(()) => {
                     prop_assert_eq!(announced, total as u64);

@@ -11,8 +11,13 @@ fn single_part_sizes() {
         let cs = c as usize;
         for len in [0, 1, cs - 1, cs, cs + 1, 3 * cs, 3 * cs + 17] {
             let plain = plaintext(len);
-            for sizes in [&[][..], &[1], &[7, 4096, 3], &[cs + 16]] {
-                let stored = encrypt_segment(ring.current(), OBJ, 0, &plain, c, sizes);
+            for (i, sizes) in [&[][..], &[1], &[7, 4096, 3], &[cs + 16]]
+                .into_iter()
+                .enumerate()
+            {
+                let cipher = ChunkCipher::ALL[i % 2];
+                let stored = encrypt_segment(cipher, ring.current(), OBJ, 0, &plain, c, sizes);
+                assert_eq!(stored[..8], magic(cipher));
                 assert_eq!(stored.len() as u64, segment_cipher_len(len as u64, c));
                 assert_eq!(
                     object_plain_len(stored.len() as u64, c, 1),
@@ -35,7 +40,7 @@ fn multipart_round_trip() {
     let c = 4096u32;
     let p = 2 * 4096;
     let plain = plaintext(5 * p + 100);
-    let stored = encrypt_object(&ring, OBJ, &plain, c, Some(p));
+    let stored = encrypt_object(&ring, OBJ, &plain, c, Some(p), &[V1, V2, V2]);
     assert_eq!(
         stored.len() as u64,
         object_cipher_len(plain.len() as u64, c, Some(p as u64))
@@ -59,7 +64,7 @@ fn range_reads_across_parts() {
     let c = 4096u32;
     let p = 2 * 4096u64;
     let plain = plaintext(3 * p as usize + 5000);
-    let stored = encrypt_object(&ring, OBJ, &plain, c, Some(p as usize));
+    let stored = encrypt_object(&ring, OBJ, &plain, c, Some(p as usize), &[V2, V1]);
     let total = plain.len() as u64;
     let part = SegmentHeader::parse(&stored[..HEADER_LEN])
         .unwrap()
@@ -102,8 +107,12 @@ fn rewrap_moves_and_rotates() {
         bucket: "other",
         key: "renamed",
     };
-    for part in [None, Some(4096usize)] {
-        let stored = encrypt_object(&ring, OBJ, &plain, c, part);
+    for (part, mix) in [
+        (None, &[V1][..]),
+        (None, &[V2]),
+        (Some(4096usize), &[V1, V2]),
+    ] {
+        let stored = encrypt_object(&ring, OBJ, &plain, c, part, mix);
         let mut rw = Rewrapper::new(ring.clone(), OBJ, dst, ring.get(2).unwrap().clone());
         let mut moved = Vec::new();
         for piece in stored.chunks(1000) {
@@ -116,6 +125,14 @@ fn rewrap_moves_and_rotates() {
         assert_eq!(out.result, Ok(()));
         assert_eq!(out.released, plain);
         assert_eq!(SegmentHeader::parse(&moved).unwrap().key_id, 2);
+        // Chunks are copied unchanged, so every header keeps its version (chunk cipher).
+        let mut at = 0;
+        for i in 0..n as usize {
+            let h = SegmentHeader::parse(&moved[at..]).unwrap();
+            assert_eq!(h.cipher, mix[i % mix.len()]);
+            assert_eq!(moved[at + 7], stored[at + 7]);
+            at += h.cipher_len() as usize;
+        }
         // the old name no longer opens it, and a ring without key 2 cannot read it
         assert_eq!(
             decrypt(&ring, OBJ, &moved, &[], Some(n)).result,

@@ -59,10 +59,26 @@ const HELLO: &[u8] = b"Hello from s3-crypt-proxy!\n";
 const META_PAYLOAD: &[u8] =
     br#"{"h":[["content-type","text/plain"],["x-amz-meta-author","alice"]]}"#;
 
-/// One segment with a fixed data key and wrap nonce.
+const V1: ChunkCipher = ChunkCipher::XChaCha20Poly1305;
+const V2: ChunkCipher = ChunkCipher::Aes256Gcm;
+
+/// One version 1 segment with a fixed data key and wrap nonce.
 fn segment(part: u32, plain: &[u8], chunk: u32, dek: [u8; 32], nonce: [u8; 24]) -> Vec<u8> {
+    segment_with(V1, part, plain, chunk, dek, nonce)
+}
+
+/// One segment of the given chunk cipher (format version) with a fixed data key and wrap nonce.
+fn segment_with(
+    cipher: ChunkCipher,
+    part: u32,
+    plain: &[u8],
+    chunk: u32,
+    dek: [u8; 32],
+    nonce: [u8; 24],
+) -> Vec<u8> {
     let keys = DerivedKeys::derive(&MasterKey::new(KEY_ID, MASTER));
     let mut e = SegmentEncryptor::with_fixed_randomness(
+        cipher,
         &keys,
         OBJ,
         part,
@@ -374,6 +390,97 @@ fn all_vectors() -> Vec<Vector> {
         plain[..8192].to_vec(),
         p1.clone(),
     ));
+
+    // Format version 2: AES-256-GCM chunks, same keys, nonces and plaintexts as above.
+    let v2 = |name, comment, plain: &[u8], chunk: u32, desc: String| {
+        let body = segment_with(V2, 0, plain, chunk, DEK1, NONCE1);
+        let mut x = base(name, comment, "success", plain.to_vec(), body);
+        x.info = describe(chunk, &[0], &[DEK1], &[NONCE1], &desc);
+        x.info.insert(0, ("version", "2".into()));
+        x
+    };
+    v.push(v2(
+        "v2_empty",
+        "format version 2 (AES-256-GCM chunks): empty single-part object",
+        b"",
+        c64,
+        "(empty)".into(),
+    ));
+    v.push(v2(
+        "v2_partial_chunk",
+        "format version 2: single-part object shorter than one chunk",
+        HELLO,
+        c64,
+        format!("{:?}", std::str::from_utf8(HELLO).unwrap()),
+    ));
+    let v2_chunks = v2(
+        "v2_chunks_4096",
+        "format version 2: three chunks of chunk size 4096 (4096, 4096, 1808)",
+        &plain,
+        4096,
+        plain_desc.into(),
+    );
+    let v2_body = v2_chunks.body.clone();
+    v.push(v2_chunks);
+    // Parts written by proxies with different settings: part 1 version 1, part 2 version 2.
+    let q2 = segment_with(V2, 2, &plain[8192..], 4096, DEK2, NONCE2);
+    let mut x = base(
+        "multipart_mixed",
+        "two-part multipart upload, part 1 in version 1 (XChaCha20-Poly1305), part 2 in version 2 (AES-256-GCM)",
+        "success",
+        plain.clone(),
+        [&p1[..], &q2].concat(),
+    );
+    x.segments = 2;
+    x.info = describe(4096, &[1, 2], &[DEK1, DEK2], &[NONCE1, NONCE2], plain_desc);
+    x.info.insert(0, ("version", "1 2".into()));
+    v.push(x);
+    // The version byte is authenticated: flipped, the header no longer opens.
+    let mut b = v2_body.clone();
+    b[7] = 1;
+    let mut x = base(
+        "v2_version_flipped",
+        "v2_chunks_4096 with its version byte changed to 1 (the header's associated data changes)",
+        "header failure",
+        vec![],
+        b,
+    );
+    x.info = describe(4096, &[0], &[DEK1], &[NONCE1], plain_desc);
+    x.info.insert(0, ("version", "2".into()));
+    v.push(x);
+    let mut b = chunks.clone();
+    b[7] = 2;
+    v.push(neg(
+        "v1_version_flipped",
+        "chunks_4096 with its version byte changed to 2",
+        "header failure",
+        vec![],
+        b,
+    ));
+    let mut b = v2_body.clone();
+    b[c(1).start + 100] ^= 0x01;
+    let mut x = base(
+        "v2_chunk_bit_flip",
+        "v2_chunks_4096 with bit 0 of byte 100 of chunk 1 flipped",
+        "payload failure",
+        plain[..4096].to_vec(),
+        b,
+    );
+    x.info = describe(4096, &[0], &[DEK1], &[NONCE1], plain_desc);
+    x.info.insert(0, ("version", "2".into()));
+    v.push(x);
+    let mut b = v2_body.clone();
+    b.truncate(c(2).start);
+    let mut x = base(
+        "v2_dropped_final_chunk",
+        "v2_chunks_4096 without its final chunk (ends on a chunk boundary)",
+        "truncated",
+        plain[..8192].to_vec(),
+        b,
+    );
+    x.info = describe(4096, &[0], &[DEK1], &[NONCE1], plain_desc);
+    x.info.insert(0, ("version", "2".into()));
+    v.push(x);
     v
 }
 

@@ -5,7 +5,8 @@ from docs/object-format.md with the Python `cryptography` package, not from the 
     python3 format/tools/check_vectors.py format/tests/vectors/*
 
 For every vector it derives the sub-keys, parses and authenticates each segment header,
-decrypts every chunk (XChaCha20-Poly1305 built from HChaCha20 + ChaCha20-Poly1305), applies
+decrypts every chunk (version 1: XChaCha20-Poly1305 built from HChaCha20 + ChaCha20-Poly1305;
+version 2: AES-256-GCM), applies
 the reader rules, and compares the outcome with `expect:` and the SHA-256 of the released
 plaintext with `payload:`. Also opens the sealed metadata header when a vector has one.
 Prints the derived keys with -v.
@@ -17,10 +18,11 @@ import sys
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-MAGIC = b"S3CPOBJ\x01"
+MAGIC = b"S3CPOBJ"
+VERSIONS = (1, 2)  # 1: XChaCha20-Poly1305 chunks, 2: AES-256-GCM chunks
 H, T = 108, 16
 
 
@@ -76,12 +78,13 @@ def read_object(data, master, key_id, bucket, key, segments_expected, released):
         if prev == 0:
             raise Fail("trailing data")
         hdr = data[pos:pos + H]
-        if prev is None and hdr[:7] != MAGIC[:7][:len(hdr)]:
+        if prev is None and hdr[:7] != MAGIC[:len(hdr)]:
             raise Fail("header failure")  # not encrypted
         if len(hdr) < H:
             raise Fail("truncated")
-        if hdr[:8] != MAGIC:
+        if hdr[:7] != MAGIC or hdr[7] not in VERSIONS:
             raise Fail("header failure")
+        version = hdr[7]
         c, kid, part, plen = struct.unpack(">IIIQ", hdr[8:28])
         if c & (c - 1) or not 4096 <= c <= 1 << 24 or part > 10000:
             raise Fail("header failure")
@@ -105,9 +108,14 @@ def read_object(data, master, key_id, bucket, key, segments_expected, released):
             chunk = data[pos:pos + clen]
             if len(chunk) < clen:
                 raise Fail("truncated")
-            nonce = b"\0" * 15 + (b"\x01" if final else b"\x00") + struct.pack(">Q", i)
+            flag = b"\x01" if final else b"\x00"
             try:
-                released.extend(xchacha_open(dek, nonce, chunk, b""))
+                if version == 1:
+                    nonce = b"\0" * 15 + flag + struct.pack(">Q", i)
+                    released.extend(xchacha_open(dek, nonce, chunk, b""))
+                else:
+                    nonce = b"\0" * 3 + flag + struct.pack(">Q", i)
+                    released.extend(AESGCM(dek).decrypt(nonce, chunk, b""))
             except InvalidTag:
                 raise Fail("payload failure")
             pos += clen

@@ -8,7 +8,7 @@
 //!   plaintext each released is a prefix of the other's (release never depends on how
 //!   the stream was cut).
 //! * structured (odd): a fuzzed plaintext is encrypted with `SegmentEncryptor` as one
-//!   segment or as 1..N parts, then damaged (flip, set, truncate, insert, delete,
+//!   segment or as 1..N parts, each in format version 1 or 2 (chosen by the seed), then damaged (flip, set, truncate, insert, delete,
 //!   overwrite/duplicate a region) and decrypted in fuzzed pieces, expecting the object's
 //!   segment count. Properties:
 //!   - the plaintext released is always a prefix of the original;

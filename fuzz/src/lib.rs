@@ -325,7 +325,7 @@ pub mod chunked {
 
 /// Object-format fixtures: one key ring, one object name, and a deterministic encryptor.
 pub mod object {
-    use s3cp_format::{KeyRing, MasterKey, ObjectId, SegmentEncryptor};
+    use s3cp_format::{ChunkCipher, KeyRing, MasterKey, ObjectId, SegmentEncryptor};
 
     pub const OBJ: ObjectId<'static> = ObjectId {
         bucket: "fuzz-bucket",
@@ -339,7 +339,9 @@ pub mod object {
 
     /// Encrypts `plain` as one segment (part 0), or as parts of `part` bytes numbered from 1.
     /// Each segment gets its own data key and wrap nonce (derived from `seed` and the part
-    /// number; fixed so that runs reproduce, distinct as real random ones would be).
+    /// number; fixed so that runs reproduce, distinct as real random ones would be), and its
+    /// own format version (chunk cipher) from bit `part number` of `seed`, so that objects
+    /// mix versions 1 and 2 as parts uploaded through differently configured proxies do.
     /// Returns the stored bytes and the number of segments.
     pub fn encrypt(ring: &KeyRing, plain: &[u8], part: Option<usize>, seed: u64) -> (Vec<u8>, u32) {
         let parts: Vec<(u32, &[u8])> = match part {
@@ -356,7 +358,9 @@ pub mod object {
             let rnd = super::pseudo_bytes(seed ^ (u64::from(*number) << 40), 56);
             let dek: [u8; 32] = rnd[..32].try_into().expect("32 bytes");
             let nonce: [u8; 24] = rnd[32..].try_into().expect("24 bytes");
+            let cipher = ChunkCipher::ALL[((seed >> (number % 64)) & 1) as usize];
             let mut enc = SegmentEncryptor::with_fixed_randomness(
+                cipher,
                 ring.current(),
                 OBJ,
                 *number,

@@ -13,6 +13,7 @@ use filters::conditional::ConditionalMode;
 use filters::crypto::UnencryptedPolicy;
 use filters::sigv4::Credentials;
 use filters::FilterKind;
+use s3cp_format::ChunkCipher;
 use serde::Deserialize;
 
 #[derive(Debug, Default, Deserialize)]
@@ -199,6 +200,8 @@ impl RawClientEntry {
 pub struct RawEncryption {
     pub chunk_size: Option<u32>,
     pub former_chunk_sizes: Option<Vec<u32>>,
+    /// Chunk cipher of new writes: `auto` (default), `aes-256-gcm` or `chacha20-poly1305`.
+    pub cipher: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -236,6 +239,8 @@ pub struct Config {
     /// Every client (the single `client:` included), by access key.
     pub clients: Arc<Clients>,
     pub chunk_size: u32,
+    /// Chunk cipher (format version) of the segments this proxy writes; reads take both.
+    pub cipher: ChunkCipher,
     /// Chunk sizes objects in these buckets were written with before (listings size them).
     pub former_chunk_sizes: Vec<u32>,
     pub allowed_buckets: Vec<String>,
@@ -281,6 +286,7 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ("S3CP_CLIENT_SECRET_KEY", "client.secret_key"),
     ("S3CP_CHUNK_SIZE", "encryption.chunk_size"),
     ("S3CP_FORMER_CHUNK_SIZES", "encryption.former_chunk_sizes (comma-separated)"),
+    ("S3CP_CIPHER", "encryption.cipher"),
     ("S3CP_ALLOWED_BUCKETS", "allowed_buckets (comma-separated)"),
     ("S3CP_MEMKEY_SOCKET", "memkey.socket_path"),
     ("S3CP_MEMKEY_ENDPOINT", "memkey.endpoint"),
@@ -369,6 +375,9 @@ impl RawConfig {
         }
         if let Some(v) = s("S3CP_CHUNK_SIZE") {
             self.encryption.chunk_size = Some(v.parse().map_err(|_| format!("S3CP_CHUNK_SIZE={v:?} is not a number"))?);
+        }
+        if let Some(v) = s("S3CP_CIPHER") {
+            self.encryption.cipher = Some(v);
         }
         if let Some(v) = s("S3CP_FORMER_CHUNK_SIZES") {
             let sizes = list(&v).iter().map(|n| n.parse().map_err(|_| format!("S3CP_FORMER_CHUNK_SIZES={v:?} is not a list of numbers"))).collect::<Result<_, _>>()?;
@@ -469,6 +478,7 @@ impl RawConfig {
         let in_runtime_dir = |name: &str| Path::new(&runtime_dir).join(name).to_string_lossy().into_owned();
         let chunk_size = self.encryption.chunk_size.unwrap_or(s3cp_format::DEFAULT_CHUNK_SIZE);
         s3cp_format::validate_chunk_size(chunk_size).map_err(|e| format!("encryption.chunk_size: {e}"))?;
+        let cipher = cipher_setting(self.encryption.cipher.as_deref().unwrap_or("auto"), ChunkCipher::auto)?;
         let mut former_chunk_sizes = Vec::new();
         for c in self.encryption.former_chunk_sizes.unwrap_or_default() {
             s3cp_format::validate_chunk_size(c).map_err(|e| format!("encryption.former_chunk_sizes: {e}"))?;
@@ -493,6 +503,7 @@ impl RawConfig {
             backend,
             clients,
             chunk_size,
+            cipher,
             former_chunk_sizes,
             allowed_buckets,
             memkey_socket,
@@ -525,6 +536,15 @@ impl Config {
             }
         }
         vec![("server.upgrade_sock", parent(&self.upgrade_sock)), ("server.pid_file", parent(&self.pid_file))]
+    }
+}
+
+/// `encryption.cipher`: a chunk cipher name, or `auto` for what `auto` picks on this CPU
+/// (AES-256-GCM with AES instructions, else ChaCha20-Poly1305).
+fn cipher_setting(v: &str, auto: impl FnOnce() -> ChunkCipher) -> Result<ChunkCipher, String> {
+    match v.trim() {
+        "auto" => Ok(auto()),
+        name => name.parse().map_err(|e| format!("encryption.cipher: {e}, or auto")),
     }
 }
 
@@ -683,6 +703,26 @@ mod tests {
         assert_eq!(c.finish().unwrap().backend.verified_writes, VerifiedWrites::Off);
         let c: RawConfig = serde_yaml::from_str(&MIN.replace("secret_key: b}", "secret_key: b, verified_writes: maybe}")).unwrap();
         assert!(c.finish().unwrap_err().contains("backend.verified_writes"));
+    }
+
+    #[test]
+    fn cipher_setting_and_env() {
+        let c: RawConfig = serde_yaml::from_str(MIN).unwrap();
+        assert_eq!(c.finish().unwrap().cipher, ChunkCipher::auto(), "auto by default");
+        for (v, want) in [("aes-256-gcm", ChunkCipher::Aes256Gcm), ("chacha20-poly1305", ChunkCipher::XChaCha20Poly1305)] {
+            let c: RawConfig = serde_yaml::from_str(&format!("{MIN}encryption: {{cipher: {v}}}")).unwrap();
+            assert_eq!(c.finish().unwrap().cipher, want);
+            // The variable overrides the file.
+            let mut c: RawConfig = serde_yaml::from_str(&format!("{MIN}encryption: {{cipher: auto}}")).unwrap();
+            c.apply_env(|k| (k == "S3CP_CIPHER").then(|| v.into())).unwrap();
+            assert_eq!(c.finish().unwrap().cipher, want);
+        }
+        let c: RawConfig = serde_yaml::from_str(&format!("{MIN}encryption: {{cipher: aes-128-gcm}}")).unwrap();
+        let e = c.finish().unwrap_err();
+        assert!(e.contains("encryption.cipher") && e.contains("aes-128-gcm"), "{e}");
+        // auto follows the CPU.
+        assert_eq!(cipher_setting("auto", || ChunkCipher::Aes256Gcm), Ok(ChunkCipher::Aes256Gcm));
+        assert_eq!(cipher_setting("auto", || ChunkCipher::XChaCha20Poly1305), Ok(ChunkCipher::XChaCha20Poly1305));
     }
 
     #[test]

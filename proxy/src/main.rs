@@ -191,7 +191,7 @@ fn build_chain(cfg: &config::Config, backend: &Arc<Backend>, keys: &Arc<KeyState
                     // With encryption, If-Match may name the sealed plaintext MD5 a client was shown.
                     Arc::new(if cfg.filters.contains(&FilterKind::Crypto) { filter.with_keys(keys.clone()) } else { filter })
                 }
-                FilterKind::Crypto => Arc::new(CryptoFilter::new(keys.clone(), backend.clone(), cfg.chunk_size, cfg.unencrypted_objects.clone())),
+                FilterKind::Crypto => Arc::new(CryptoFilter::new(keys.clone(), backend.clone(), cfg.chunk_size, cfg.cipher, cfg.unencrypted_objects.clone())),
                 FilterKind::Listing => Arc::new(
                     ListingFilter::new(cfg.chunk_size, cfg.former_chunk_sizes.clone(), cfg.unencrypted_objects.legacy().cloned(), backend.clone())
                         .normalizing_listings(cfg.normalize_listings),
@@ -280,7 +280,7 @@ fn run(cfg: config::Config, parts: Parts, hardened: bool, upgrade: bool, daemon:
     let keyd_holds_key = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let admin_api = admin::AdminApi {
         backend: parts.backend.clone(),
-        rewrap: Arc::new(rewrap::Rewrapper::default()),
+        rewrap: Arc::new(rewrap::Rewrapper::new(cfg.cipher)),
         keys: keys.clone(),
         metrics: metrics.clone(),
         token: cfg.admin_token.clone(),
@@ -328,6 +328,6 @@ fn run(cfg: config::Config, parts: Parts, hardened: bool, upgrade: bool, daemon:
             metrics: metrics.clone(),
         },
     ));
-    log::info!("s3-crypt-proxy {} starting: filters {:?}, backend {:?}", env!("CARGO_PKG_VERSION"), names, parts.backend);
+    log::info!("s3-crypt-proxy {} starting: filters {:?}, backend {:?}, chunk cipher {} (format version {})", env!("CARGO_PKG_VERSION"), names, parts.backend, cfg.cipher, cfg.cipher.version());
     server.run_forever();
 }

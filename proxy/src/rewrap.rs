@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use filters::backend::Backend;
 use filters::keys::KeyState;
 use filters::rotation::{list_keys, rewrap_object, Rewrapped};
+use s3cp_format::ChunkCipher;
 use serde::Serialize;
 
 #[derive(Clone, Serialize, Default)]
@@ -26,9 +27,17 @@ pub struct JobStatus {
 #[derive(Default)]
 pub struct Rewrapper {
     status: Mutex<Option<JobStatus>>,
+    /// Chunk cipher of the objects the job re-encrypts (multipart objects, which are rewritten
+    /// as one segment); single-segment objects keep theirs, only their header is re-wrapped.
+    cipher: ChunkCipher,
 }
 
 impl Rewrapper {
+    /// A job runner writing re-encrypted objects with `cipher` (`encryption.cipher`).
+    pub fn new(cipher: ChunkCipher) -> Self {
+        Self { status: Mutex::default(), cipher }
+    }
+
     pub fn status(&self) -> Option<JobStatus> {
         self.status.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
@@ -50,6 +59,7 @@ impl Rewrapper {
             *g = Some(JobStatus { state: "running", bucket: bucket.clone(), prefix: prefix.clone(), target_key_id: ring.current_id(), ..Default::default() });
         }
         let me = self.clone();
+        let cipher = self.cipher;
         tokio::spawn(async move {
             let mut token: Option<String> = None;
             loop {
@@ -68,7 +78,7 @@ impl Rewrapper {
                     s.listed_all = next.is_none();
                 });
                 for key in page {
-                    match rewrap_object(&backend, &ring, &bucket, &key).await {
+                    match rewrap_object(&backend, &ring, cipher, &bucket, &key).await {
                         Ok(Rewrapped::Done) => me.update(|s| s.done += 1),
                         Ok(Rewrapped::AlreadyCurrent) => me.update(|s| s.already_current += 1),
                         Err(e) => {

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use bytes::BytesMut;
 
 use pingora::http::RequestHeader;
-use s3cp_format::{meta, Decryptor, FormatError, KeyId, KeyRing, ObjectId, Rewrapper, SegmentEncryptor};
+use s3cp_format::{meta, ChunkCipher, Decryptor, FormatError, KeyId, KeyRing, ObjectId, Rewrapper, SegmentEncryptor};
 
 use super::{crypto_error, metadata};
 use crate::backend::Backend;
@@ -58,13 +58,16 @@ pub struct Copied {
     pub source_key_id: KeyId,
 }
 
-/// Streams `src` to `dst`, re-wrapping every segment for `dst` under the ring's current key.
+/// Streams `src` to `dst`, re-wrapping every segment for `dst` under the ring's current key
+/// (a single segment keeps its chunks and so its chunk cipher; several segments are
+/// re-encrypted into one, sealed with `cipher`).
 /// `only_if_not_current`: skip (returning `Ok(None)`) when the source already uses the
 /// current key and `src == dst` (key rotation). `extra_put` headers go on the upload.
 #[allow(clippy::too_many_arguments)]
 pub async fn reencrypt_copy(
     backend: &Backend,
     ring: &Arc<KeyRing>,
+    cipher: ChunkCipher,
     src: ObjectId<'_>,
     src_version: Option<&str>,
     dst: ObjectId<'_>,
@@ -133,7 +136,7 @@ pub async fn reencrypt_copy(
         if layout.plain_len > MAX_SINGLE_PUT {
             return Err(s3err(S3ErrorCode::InvalidRequest, "The specified copy source is larger than the maximum allowable size for a copy source: 5368709120").into());
         }
-        let enc = SegmentEncryptor::new(ring.current(), dst, 0, layout.plain_len, opened.chunk_size).map_err(format_failure)?;
+        let enc = SegmentEncryptor::new(cipher, ring.current(), dst, 0, layout.plain_len, opened.chunk_size).map_err(format_failure)?;
         CopyStream::Reencrypt(Decryptor::expecting((**ring).clone(), src, layout), enc)
     } else {
         CopyStream::Rewrap(Rewrapper::new((**ring).clone(), src, dst, ring.current().clone()).expecting(layout))
@@ -262,6 +265,7 @@ impl CopyStream {
 pub async fn copy_object(
     backend: &Backend,
     ring: &Arc<KeyRing>,
+    cipher: ChunkCipher,
     req: &RequestHeader,
     s3: &S3Request,
     ctx: &mut RequestCtx,
@@ -291,6 +295,7 @@ pub async fn copy_object(
     let copied = reencrypt_copy(
         backend,
         ring,
+        cipher,
         ObjectId { bucket: &src.bucket, key: &src.key },
         src.version_id.as_deref(),
         ObjectId { bucket: dst_bucket, key: dst_key },

@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use bytes::BytesMut;
 use pingora::http::{RequestHeader, ResponseHeader};
-use s3cp_format::{meta, Decryptor, KeyRing, ObjectId, SegmentEncryptor};
+use s3cp_format::{meta, ChunkCipher, Decryptor, KeyRing, ObjectId, SegmentEncryptor};
 
 use super::copy::{check_source_conditions, SourceConditions};
 use super::range::{trim, ByteRange};
@@ -110,6 +110,7 @@ pub async fn upload_part_copy(
     req: &RequestHeader,
     s3: &S3Request,
     chunk_size: u32,
+    cipher: ChunkCipher,
     ctx: &mut RequestCtx,
 ) -> Result<Reply, S3Error> {
     let part = s3
@@ -197,7 +198,7 @@ pub async fn upload_part_copy(
         return Err(s3err(S3ErrorCode::InvalidRequest, "The specified copy source is larger than the maximum allowable size for a copy source: 5368709120"));
     }
 
-    let mut enc = SegmentEncryptor::new(ring.current(), dst, part, plain_len, chunk_size).map_err(|e| format_err(ctx, e))?;
+    let mut enc = SegmentEncryptor::new(cipher, ring.current(), dst, part, plain_len, chunk_size).map_err(|e| format_err(ctx, e))?;
     let query = vec![("partNumber".to_string(), part.to_string()), ("uploadId".to_string(), upload_id)];
     let (put, mut framer) = backend.upload_request(Some(dst.bucket), Some(dst.key), &query, &[("content-type", "application/octet-stream")], enc.cipher_len())?;
     let mut dest = backend.open(Some(dst.bucket), put).await?;

@@ -2,8 +2,15 @@
 #![allow(dead_code)]
 
 use s3cp_format::{
-    Decryptor, DerivedKeys, FormatError, KeyRing, MasterKey, ObjectId, SegmentEncryptor,
+    ChunkCipher, Decryptor, DerivedKeys, FormatError, KeyRing, MasterKey, ObjectId,
+    SegmentEncryptor,
 };
+
+/// Format version 1 and 2 chunk ciphers, for short test code.
+pub const V1: ChunkCipher = ChunkCipher::XChaCha20Poly1305;
+pub const V2: ChunkCipher = ChunkCipher::Aes256Gcm;
+/// Both, and the two mixes (segment i uses entry i mod len).
+pub const CIPHER_MIXES: [&[ChunkCipher]; 4] = [&[V1], &[V2], &[V1, V2], &[V2, V1]];
 
 pub const OBJ: ObjectId<'static> = ObjectId {
     bucket: "test-bucket",
@@ -41,8 +48,9 @@ pub fn pieces<'a>(data: &'a [u8], sizes: &[usize]) -> Vec<&'a [u8]> {
     out
 }
 
-/// Encrypts one segment feeding the plaintext in pieces of `sizes`.
+/// Encrypts one segment with `cipher` feeding the plaintext in pieces of `sizes`.
 pub fn encrypt_segment(
+    cipher: ChunkCipher,
     keys: &DerivedKeys,
     obj: ObjectId<'_>,
     part: u32,
@@ -50,7 +58,8 @@ pub fn encrypt_segment(
     chunk: u32,
     sizes: &[usize],
 ) -> Vec<u8> {
-    let mut enc = SegmentEncryptor::new(keys, obj, part, plain.len() as u64, chunk).unwrap();
+    let mut enc =
+        SegmentEncryptor::new(cipher, keys, obj, part, plain.len() as u64, chunk).unwrap();
     let expected = enc.cipher_len();
     let mut out = Vec::new();
     for p in pieces(plain, sizes) {
@@ -61,16 +70,18 @@ pub fn encrypt_segment(
     out
 }
 
-/// Encrypts a whole object: one segment (part 0) or parts of `part_size` bytes.
+/// Encrypts a whole object: one segment (part 0) or parts of `part_size` bytes; segment `i`
+/// uses `ciphers[i % len]` (as parts uploaded through proxies with different settings).
 pub fn encrypt_object(
     ring: &KeyRing,
     obj: ObjectId<'_>,
     plain: &[u8],
     chunk: u32,
     part_size: Option<usize>,
+    ciphers: &[ChunkCipher],
 ) -> Vec<u8> {
     match part_size {
-        None => encrypt_segment(ring.current(), obj, 0, plain, chunk, &[]),
+        None => encrypt_segment(ciphers[0], ring.current(), obj, 0, plain, chunk, &[]),
         Some(p) => {
             let mut out = Vec::new();
             let parts: Vec<&[u8]> = if plain.is_empty() {
@@ -80,6 +91,7 @@ pub fn encrypt_object(
             };
             for (i, part) in parts.iter().enumerate() {
                 out.extend(encrypt_segment(
+                    ciphers[i % ciphers.len()],
                     ring.current(),
                     obj,
                     i as u32 + 1,
