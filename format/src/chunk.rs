@@ -119,12 +119,11 @@ impl FromStr for ChunkCipher {
 /// A segment's chunk cipher, set up for one direction. OpenSSL keeps the keys inside its
 /// cipher contexts and wipes them when they are freed (`EVP_CIPHER_CTX_free` clears the
 /// cipher state); our copies are zeroized at once.
-pub(crate) struct ChunkAead {
-    cipher: ChunkCipher,
-    /// ChaCha: the subkey of the non-final chunks. AES: the data key, for every chunk.
-    body: CipherCtx,
-    /// ChaCha only: the subkey of the final chunk.
-    last: Option<CipherCtx>,
+pub(crate) enum ChunkAead {
+    /// Version 1: the HChaCha20 subkeys of the non-final chunks and of the final chunk.
+    XChaCha20Poly1305 { body: CipherCtx, last: CipherCtx },
+    /// Version 2: the data key, for every chunk.
+    Aes256Gcm(CipherCtx),
 }
 
 /// The first 16 bytes of a version 1 chunk nonce: 15 zero bytes and the final flag.
@@ -212,25 +211,20 @@ impl ChunkAead {
 
     fn new(cipher: ChunkCipher, dek: &[u8; DEK_LEN], direction: Direction) -> Self {
         match cipher {
-            ChunkCipher::XChaCha20Poly1305 => Self {
-                cipher,
+            ChunkCipher::XChaCha20Poly1305 => Self::XChaCha20Poly1305 {
                 body: subkey(dek, false, direction),
-                last: Some(subkey(dek, true, direction)),
+                last: subkey(dek, true, direction),
             },
-            ChunkCipher::Aes256Gcm => Self {
-                cipher,
-                body: context(aes_256_gcm(), dek, direction),
-                last: None,
-            },
+            ChunkCipher::Aes256Gcm => Self::Aes256Gcm(context(aes_256_gcm(), dek, direction)),
         }
     }
 
     /// The context and the 12-byte nonce of a chunk.
     fn ctx(&mut self, index: u64, is_final: bool) -> (&mut CipherCtx, [u8; 12]) {
-        match (self.cipher, &mut self.last) {
-            (ChunkCipher::XChaCha20Poly1305, Some(last)) if is_final => (last, inner_nonce(index)),
-            (ChunkCipher::XChaCha20Poly1305, _) => (&mut self.body, inner_nonce(index)),
-            (ChunkCipher::Aes256Gcm, _) => (&mut self.body, gcm_chunk_nonce(index, is_final)),
+        match self {
+            Self::XChaCha20Poly1305 { last, .. } if is_final => (last, inner_nonce(index)),
+            Self::XChaCha20Poly1305 { body, .. } => (body, inner_nonce(index)),
+            Self::Aes256Gcm(ctx) => (ctx, gcm_chunk_nonce(index, is_final)),
         }
     }
 
