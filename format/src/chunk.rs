@@ -30,10 +30,9 @@ pub const DEK_LEN: usize = 32;
 
 /// The chunk cipher of a segment, chosen by its writer and recorded in the header's version
 /// byte. Readers accept both; the segments of one object may differ.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ChunkCipher {
     /// Format version 1: XChaCha20-Poly1305. Fast everywhere (no table lookups).
-    #[default]
     XChaCha20Poly1305,
     /// Format version 2: AES-256-GCM. About twice as fast where the CPU has AES and
     /// carry-less multiply instructions, much slower where it has not.

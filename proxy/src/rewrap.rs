@@ -24,7 +24,6 @@ pub struct JobStatus {
     pub errors: Vec<String>,
 }
 
-#[derive(Default)]
 pub struct Rewrapper {
     status: Mutex<Option<JobStatus>>,
     /// Chunk cipher of the objects the job re-encrypts (multipart objects, which are rewritten
