@@ -495,7 +495,7 @@ impl RawConfig {
         if poll_interval < Duration::from_millis(100) {
             return Err("memkey.poll_interval must be at least 100ms".into());
         }
-        Ok(Config {
+        let cfg = Config {
             listen_addr: self.listen_addr.unwrap_or_else(|| "0.0.0.0:8080".into()),
             admin_listen_addr: self.admin_listen_addr.unwrap_or_else(|| "127.0.0.1:9090".into()),
             tls,
@@ -522,11 +522,18 @@ impl RawConfig {
             graceful_shutdown_timeout_seconds: self.server.graceful_shutdown_timeout_seconds.unwrap_or(30),
             upgrade_sock: self.server.upgrade_sock.filter(|s| !s.is_empty()).unwrap_or_else(|| in_runtime_dir("upgrade.sock")),
             pid_file: self.server.pid_file.filter(|s| !s.is_empty()).unwrap_or_else(|| in_runtime_dir("proxy.pid")),
-        })
+        };
+        crate::listen::check_distinct(&cfg.listeners())?;
+        Ok(cfg)
     }
 }
 
 impl Config {
+    /// Every TCP listener, with the setting that names it.
+    pub fn listeners(&self) -> [(&'static str, &str); 2] {
+        [("listen_addr", &self.listen_addr), ("admin_listen_addr", &self.admin_listen_addr)]
+    }
+
     /// The directories of the upgrade socket and the PID file, with the setting each is for.
     pub fn runtime_dirs(&self) -> Vec<(&'static str, &Path)> {
         fn parent(f: &str) -> &Path {

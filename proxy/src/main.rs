@@ -6,6 +6,7 @@ mod background;
 mod config;
 mod key_verify;
 mod key_usage;
+mod listen;
 mod metrics;
 mod redact;
 mod rewrap;
@@ -130,6 +131,10 @@ fn main() {
             // Before any key is fetched.
             let hardening = keyd::harden::disable_core_dumps();
             let parts = prepare(&cfg, true).unwrap_or_else(|e| die(e));
+            if !upgrade {
+                // With --upgrade the running process holds the sockets and hands them over.
+                listen::check_free(&cfg.listeners()).unwrap_or_else(|e| die(e));
+            }
             init_logging(&cfg.log_level);
             if !hardening.applied.is_empty() {
                 log::info!("process hardening: {}", hardening.applied.join(", "));

@@ -61,10 +61,20 @@ class hosts_entries:
             f.truncate()
 
 
+_ports_given = set()
+
+
 def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port nothing listens on now, and never one this test run handed out before: the kernel
+    may offer a just-released port again, and two servers given one port (a proxy's S3 and admin
+    listeners, say) would not both start."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _ports_given:
+            _ports_given.add(port)
+            return port
 
 
 def wait_port(port, proc=None, timeout=30.0):

@@ -70,3 +70,33 @@ def test_fingerprint_matches_pbs_format(tmp_path):
     cert, _ = harness.self_signed_cert(str(tmp_path), "fp")
     out = subprocess.run([harness.binary("s3-crypt-proxy"), "fingerprint", "--cert", cert], capture_output=True, text=True, check=True).stdout.strip()
     assert out == harness.cert_fingerprint(cert)
+
+
+def test_one_port_for_s3_and_admin_is_refused(tmp_path):
+    port = harness.free_port()
+    one_line_exit_2(check(tmp_path, dict(BASE, listen_addr=f"127.0.0.1:{port}", admin_listen_addr=f"127.0.0.1:{port}")),
+                    "are the same socket")
+    one_line_exit_2(check(tmp_path, dict(BASE, admin_listen_addr=f"127.0.0.1:{port}"), {"S3CP_LISTEN_ADDR": f"0.0.0.0:{port}"}),
+                    "are the same socket")
+
+
+def test_a_port_held_by_another_server_stops_the_start(tmp_path):
+    """Pingora alone would retry for 30 s and then lose only that listener, leaving a process
+    whose /readyz says ready while S3 clients reach whoever holds the port."""
+    import socket
+    import time
+    held = socket.create_server(("127.0.0.1", 0))
+    port = held.getsockname()[1]
+    cfg = dict(BASE, listen_addr=f"127.0.0.1:{port}", admin_listen_addr=f"127.0.0.1:{harness.free_port()}",
+               server={"upgrade_sock": str(tmp_path / "u.sock"), "pid_file": str(tmp_path / "p.pid")})
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("S3CP_")}
+    started = time.time()
+    try:
+        r = subprocess.run([harness.binary("s3-crypt-proxy"), "run", "--config", str(path)],
+                           capture_output=True, text=True, env=env, timeout=30)
+    finally:
+        held.close()
+    assert r.returncode == 2 and time.time() - started < 20, (r.returncode, r.stderr)
+    assert f"listen_addr: cannot listen on 127.0.0.1:{port}: Address already in use" in r.stderr, r.stderr
