@@ -77,7 +77,8 @@ struct Counts {
     bytes_got: u64,
 }
 
-/// Why an operation failed in the end: an HTTP status ("503"), or "connection"/"timeout".
+/// Why an operation failed in the end: an HTTP status ("503"), "connection" (no answer),
+/// "cut" (an answer broken off after its status line) or "timeout".
 pub struct Fail {
     class: String,
     msg: String,
@@ -190,8 +191,11 @@ impl Soaker {
                 Err((class, msg)) if last => return Err(Fail { class, msg }),
                 Err((class, msg)) => (class, msg),
             };
+            if !msg.is_empty() {
+                // A transport error carries no status: its message says where it broke.
+                self.shared.note(format!("retried after {cause} (attempt {attempt}): {msg}"));
+            }
             *self.shared.retried.lock().unwrap().entry(cause).or_default() += 1;
-            let _ = msg;
             let pause = (200u64 << (attempt - 1).min(4)).min(2000);
             tokio::time::sleep(Duration::from_millis(pause)).await;
         }
@@ -208,7 +212,9 @@ impl Soaker {
             let mut len = 0u64;
             let mut verifier = check.map(|(seed, size, first)| self.pool.verifier(seed, size, first));
             while let Some(frame) = body.frame().await {
-                let frame = frame.map_err(|e| ("connection".to_string(), format!("{what}: {status} after {len} bytes: {}", err_chain(&e))))?;
+                // The answer had started: the server cut it (as a proxy must when its backend
+                // fails mid-body), which is not the same as no answer at all.
+                let frame = frame.map_err(|e| ("cut".to_string(), format!("{what}: {status} after {len} bytes: {}", err_chain(&e))))?;
                 if let Some(d) = frame.data_ref() {
                     len += d.len() as u64;
                     sha.update(d);

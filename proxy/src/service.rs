@@ -352,6 +352,14 @@ impl ProxyHttp for S3Proxy {
     }
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
+        // An answer that came before the whole request body (the backend's own early 503 or
+        // 412, relayed by pingora) is followed by a close; closing with the body unread makes
+        // the kernel send a reset, which destroys the answer on its way to the client (seen
+        // behind HAProxy as a PUT with no answer at all). Lingering close here covers every
+        // path, ours (already drained: a no-op) and pingora's.
+        if session.response_written().is_some() && !session.is_body_done() {
+            drain_unread_body(session).await;
+        }
         self.metrics.active.dec();
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         let s3 = ctx.s3.as_ref();

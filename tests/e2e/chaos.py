@@ -18,6 +18,9 @@ requests it matches:
   empty_body
            with `status`: answer with no body at all (Content-Length: 0), as Garage does
            for some errors
+  early    with `status`: answer as soon as the request head is read and close at once, the
+           body unread (the proxy's writes then fail), as a Garage node that is starting or
+           stopping does
   header   only requests that carry this header (lowercase name) match: a provider quirk
            such as B2 refusing PUTs with If-None-Match
   flip_body_byte_at
@@ -50,13 +53,14 @@ from harness import free_port
 class Fault:
     def __init__(self, method=None, path_contains=None, times=1, status=None, code="InternalError",
                  delay=None, reset_response_after=None, reset_request_after=None, skip=0, empty_body=False,
-                 header=None, flip_body_byte_at=None, record=False, rewrite_response=None):
+                 header=None, flip_body_byte_at=None, record=False, rewrite_response=None, early=False):
         self.method, self.path_contains, self.times = method, path_contains, times
         self.status, self.code, self.delay = status, code, delay
         self.reset_response_after, self.reset_request_after = reset_response_after, reset_request_after
         self.skip, self.empty_body, self.header = skip, empty_body, header
         self.flip_body_byte_at, self.record = flip_body_byte_at, record
         self.rewrite_response = rewrite_response
+        self.early = early
         self.head, self.body = None, bytearray()
         self.fired = 0
 
@@ -325,7 +329,7 @@ class Relay:
 
     @staticmethod
     def _answer_status(down, fault, rest, length):
-        if length is not None:
+        if length is not None and not fault.early:
             need = length - len(rest)
             try:
                 while need > 0:
@@ -344,8 +348,9 @@ class Relay:
                 f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode()
         try:
             down.sendall(head + body)
-            down.shutdown(socket.SHUT_WR)
-            down.recv(1)
+            if not fault.early:
+                down.shutdown(socket.SHUT_WR)
+                down.recv(1)
         except OSError:
             pass
         _close(down)

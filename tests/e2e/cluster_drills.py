@@ -282,8 +282,9 @@ def fault_upgrade(cluster, timing, log):
 def fault_garage(cluster, timing, log):
     """Stop Garage node 3 (the backend of replica c) for a while, then start it again."""
     node = cluster.garage.nodes[2]
-    # A clean stop (SIGTERM, Garage finishes what it serves: up to ~10 s), as an operator's
-    # `systemctl stop` would; the teardown default kills after 3 s.
+    # A clean stop (SIGTERM), as an operator's `systemctl stop` would; Garage then breaks off
+    # the transfers it has in progress (seen in its log), so answers may be cut. The teardown
+    # default kills after 3 s.
     node.stop(timeout=30)
     log["stopped_at"] = time.time()
     try:

@@ -195,6 +195,25 @@ def test_backend_error_on_put_keeps_the_old_object(rstack, relay, status, code):
     assert c.get_object(key).body == old
 
 
+def test_backend_answering_before_the_body_gets_to_the_client(rstack, relay):
+    """The backend answers 503 as soon as it has the request head and hangs up (a Garage node
+    starting or stopping), while the proxy is still sending the body. The client, which sends
+    its whole body before it reads (as PBS and http.client do), gets that 503, not a reset: the
+    proxy reads the rest of the body before it closes. The old object stays."""
+    c = rstack.client()
+    key = "relay/early-503"
+    old = os.urandom(100_000)
+    assert c.put_object(key, old, replace=True).status == 200
+    raw_before = rstack.stored(key)
+    for size in (4 * 1024 * 1024, 12 * 1024 * 1024):
+        relay.arm(method="PUT", path_contains=key, status=503, code="SlowDown", early=True)
+        r = c.put_object(key, os.urandom(size), replace=True)
+        assert r.status == 503 and error_code(r.body) == "SlowDown", (size, r.status, r.body[:300])
+        c = rstack.client()
+    assert rstack.stored(key) == raw_before
+    assert c.get_object(key).body == old
+
+
 @pytest.mark.parametrize("status,code", [(500, "InternalError"), (503, "SlowDown")])
 def test_backend_error_on_get_is_a_clean_s3_error(rstack, relay, status, code):
     c = rstack.client()
