@@ -64,9 +64,6 @@ pub struct RequestCtx {
     /// A short label when the failure was cryptographic (`tampered`, `wrong_key`, ...).
     pub crypto_failure: Option<&'static str>,
     pub auth_failure: Option<&'static str>,
-    /// The proxy already read and threw away what was left of the request body after an
-    /// early answer (lingering close): it is tried once per request, not once per path.
-    pub lingered: bool,
 }
 
 impl RequestCtx {
@@ -99,7 +96,6 @@ impl RequestCtx {
             error: None,
             crypto_failure: None,
             auth_failure: None,
-            lingered: false,
         }
     }
 

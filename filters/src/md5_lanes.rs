@@ -18,9 +18,9 @@
 //! kernel). So a listed stream starts a job only when it has company ([`COMPANY`] streams
 //! ready, or every live upload's stream when fewer are live), when its own queue reaches
 //! [`START_AT`] pieces, or when its upload ends ([`Md5Stream::finish`]). A lone upload (the
-//! only one whose body is arriving) is hashed on its own thread as its pieces come. The MD5
-//! of a piece may lag its upload by up to [`START_AT`] pieces (held as shared `Bytes`),
-//! never more: before the digest is read, `finish` hashes what is left. A stream keeps at most [`MAX_QUEUED`] pieces queued: its
+//! only one whose body is arriving) is hashed on its own thread as its pieces come. The MD5 of a piece may lag its upload by up to
+//! [`START_AT`] pieces (held as shared `Bytes`), never more: before the digest is read,
+//! `finish` hashes what is left. A stream keeps at most [`MAX_QUEUED`] pieces queued: its
 //! upload waits for the hasher rather than piling up memory.
 
 use std::collections::VecDeque;
@@ -111,8 +111,8 @@ impl Md5Stream {
     /// Appends `piece`. With nothing queued, a small piece, or any piece of the only upload
     /// whose body is arriving, is hashed here: a hand-off costs more than a small piece, and a
     /// lone stream would fill one lane of a batch, paying the hand-off and two wake-ups for
-    /// nothing (`cargo bench -p filters --bench digests`: one upload 2.09 → 1.63 CPU-s/GiB once it
-    /// stopped handing off). Others queue for the lanes.
+    /// nothing (`cargo bench -p filters --bench digests`: 2.09 against 1.58 CPU-s/GiB for one
+    /// upload). Others queue for the lanes.
     pub fn feed(&mut self, piece: Bytes) {
         if piece.is_empty() {
             return;

@@ -67,12 +67,11 @@ enum Closing {
 const LINGER_MAX_BYTES: u64 = 16 << 20;
 const LINGER_TIME: Duration = Duration::from_secs(5);
 
-/// Reads and discards the rest of the request body within the limits above, once per request;
-/// true when it was read whole (the connection can then be reused), false when the connection
-/// must be closed.
-async fn drain_unread_body(session: &mut Session, ctx: &mut RequestCtx) -> bool {
-    if session.is_body_done() || std::mem::replace(&mut ctx.lingered, true) {
-        return session.is_body_done();
+/// Reads and discards the rest of the request body within the limits above; true when it was
+/// read whole (the connection can then be reused), false when the connection must be closed.
+async fn drain_unread_body(session: &mut Session) -> bool {
+    if session.is_body_done() {
+        return true;
     }
     let req = session.req_header();
     let waits_for_continue = req.headers.get("expect").is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
@@ -96,14 +95,14 @@ async fn drain_unread_body(session: &mut Session, ctx: &mut RequestCtx) -> bool 
 impl S3Proxy {
     /// Sends a reply of the proxy's own. `Closing::AfterReply` when the caller will close the
     /// connection anyway (pingora does after a failed proxy attempt): the client is told so.
-    async fn write_reply(&self, session: &mut Session, ctx: &mut RequestCtx, reply: Reply, closing: Closing) -> Result<()> {
+    async fn write_reply(&self, session: &mut Session, ctx: &RequestCtx, reply: Reply, closing: Closing) -> Result<()> {
         let mut h = base_header(reply.status, ctx)?;
         for (n, v) in reply.headers {
             h.insert_header(n, v)?;
         }
         h.insert_header("content-length", reply.body.len().to_string())?;
         // Drained or not, the client gets its answer; only a whole body allows reuse.
-        if !drain_unread_body(session, ctx).await || closing == Closing::AfterReply {
+        if !drain_unread_body(session).await || closing == Closing::AfterReply {
             session.set_keepalive(None);
         }
         session.write_response_header(Box::new(h), false).await?;
@@ -357,9 +356,9 @@ impl ProxyHttp for S3Proxy {
         // 412, relayed by pingora) is followed by a close; closing with the body unread makes
         // the kernel send a reset, which destroys the answer on its way to the client (seen
         // behind HAProxy as a PUT with no answer at all). Lingering close here covers every
-        // path: pingora's, and ours (drained before the reply: not tried twice).
-        if session.response_written().is_some() {
-            drain_unread_body(session, ctx).await;
+        // path, ours (already drained: a no-op) and pingora's.
+        if session.response_written().is_some() && !session.is_body_done() {
+            drain_unread_body(session).await;
         }
         self.metrics.active.dec();
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
