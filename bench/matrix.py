@@ -14,6 +14,9 @@ Targets:
   full    s3-crypt-proxy with the default chain and a key delivered by memkey-admin
   full-before  the same as full with the s3-crypt-proxy of --before-bin-dir (an older build),
           to compare two versions of the proxy side by side in one run
+  full-unverified  full with `backend.verified_writes: off`: the bodies go to Garage plain
+          instead of aws-chunked with a CRC32C trailer, which shows what the trailer costs
+          Garage (its aws-chunked decoder copies the body a byte at a time, BENCHMARKS.md)
   rclone  `rclone serve s3` over crypt when this rclone has it, else `rclone serve webdav`
           over the same crypt remote (Debian 12's rclone 1.60 has no `serve s3`)
 
@@ -81,9 +84,10 @@ def run_ca(h, workdir, name):
     return h.test_ca(os.path.join(workdir, name))[0]
 
 
-def start_proxy(h, workdir, name, garage, filters, keyd=None, binary=None, tls=False):
+def start_proxy(h, workdir, name, garage, filters, keyd=None, binary=None, tls=False, verified_writes=True):
     """An s3-crypt-proxy on Garage; (proc, endpoint). With tls, it listens with TLS on a
-    certificate made for the run (its CA: run_ca(h, workdir, name)) and endpoint is https://."""
+    certificate made for the run (its CA: run_ca(h, workdir, name)) and endpoint is https://.
+    verified_writes=False sends the bodies to Garage without the ciphertext checksum trailer."""
     d = os.path.join(workdir, name)
     os.makedirs(d, exist_ok=True)
     port, admin_port = h.free_port(), h.free_port()
@@ -91,7 +95,8 @@ def start_proxy(h, workdir, name, garage, filters, keyd=None, binary=None, tls=F
         "listen_addr": f"127.0.0.1:{port}",
         "admin_listen_addr": f"127.0.0.1:{admin_port}",
         "backend": {"endpoint": garage.endpoint, "region": garage.region, "access_key": garage.access_key,
-                    "secret_key": garage.secret_key, "path_style": True},
+                    "secret_key": garage.secret_key, "path_style": True,
+                    "verified_writes": "trailer" if verified_writes else "off"},
         "client": {"access_key": "bench-client", "secret_key": "bench-client-secret"},
         "allowed_buckets": [BUCKET],
         "filters": filters,
@@ -304,12 +309,14 @@ class Stack:
             t["haproxy"] = Target("haproxy", endpoint, garage.access_key, garage.secret_key, watch=[("haproxy", proc.pid), gw],
                                   ca_file=run_ca(h, gdir, "haproxy"))
         full_chain = ["sigv4", "allowlist", "conditional", "crypto", "listing", "resign"]
-        specs = {"pass": (["sigv4", "allowlist", "conditional", "resign"], None, None),
-                 "full-before": (full_chain, self.keyd, self.before_proxy),
-                 "full": (full_chain, self.keyd, None)}
-        for name, (filters, kd, binary) in specs.items():
+        specs = {"pass": (["sigv4", "allowlist", "conditional", "resign"], None, None, True),
+                 "full-before": (full_chain, self.keyd, self.before_proxy, True),
+                 "full": (full_chain, self.keyd, None, True),
+                 "full-unverified": (full_chain, self.keyd, None, False)}
+        for name, (filters, kd, binary, verified) in specs.items():
             if name in self.wanted:
-                proc, endpoint = start_proxy(h, gdir, name, garage, filters, kd, binary, tls=self.client_tls)
+                proc, endpoint = start_proxy(h, gdir, name, garage, filters, kd, binary, tls=self.client_tls,
+                                             verified_writes=verified)
                 self._own(proc)
                 t[name] = Target(name, endpoint, "bench-client", "bench-client-secret", proc=proc,
                                  watch=[("proxy", proc.pid), gw],
@@ -352,7 +359,7 @@ def read_set_args(workload, size, args):
     return extra
 
 
-TARGET_ORDER = ["direct", "haproxy", "pass", "full-before", "full", "rclone"]
+TARGET_ORDER = ["direct", "haproxy", "pass", "full-before", "full", "full-unverified", "rclone"]
 
 
 def parse_cells(spec):
@@ -462,7 +469,7 @@ def main():
                     help="exactly these cells (workload:size:concurrency[:signed], comma-separated, e.g. head:15MiB:1 "
                          "or put:4MiB:8:signed) instead of sizes x concurrency x workloads and the default cells")
     ap.add_argument("--targets", default="direct,haproxy,pass,full,rclone",
-                    help="direct, haproxy, pass, full, full-before, rclone")
+                    help="direct, haproxy, pass, full, full-before, full-unverified, rclone")
     ap.add_argument("--client-tls", action=argparse.BooleanOptionalAction, default=True,
                     help="the proxies listen with TLS (a certificate made for the run), as PBS reaches them")
     ap.add_argument("--before-bin-dir", default=None,
@@ -541,7 +548,7 @@ def main():
     stack = None
     try:
         keyd = None
-        if "full" in targets_wanted or "full-before" in targets_wanted:
+        if any(t.startswith("full") for t in targets_wanted):
             keyd = h.Keyd(workdir)
             procs.append(keyd.proc)
             keyd.send_key(keyd.new_key(1))

@@ -21,7 +21,9 @@
 //! the other descriptive headers from the sealed metadata on every read.
 //!
 //! "verified writes off" means the backend gets no checksum of the ciphertext it stores
-//! (`docs/filters.md`, "Verified writes", lists which providers check trailers).
+//! (`docs/filters.md`, "Verified writes", lists which providers check trailers). `garage`
+//! keeps the trailer although Garage 2.0–2.5 decodes aws-chunked bodies at about twice its
+//! CPU per GiB (docs/filters.md says why and when `off` is safe): integrity is the default.
 //!
 //! `enforce` costs one HEAD per conditional write (for PBS's `If-None-Match: *` chunk uploads
 //! sent alongside the body, so not a round trip of its own: `conditional.rs`); `backend` costs
