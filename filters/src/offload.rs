@@ -15,9 +15,10 @@
 //! misses, so each piece is processed where it arrived. A job also starts only when a pool
 //! thread is idle, and only while the **machine** has a core to spare ([`IDLE_NEEDED`]: idle
 //! in `/proc/stat`, or busy with the pool's own jobs): the cores may be busy with other
-//! processes the proxy cannot see otherwise, a backend on the same host above all. Measured with Garage on the same two cores
-//! (BENCHMARKS.md, "Ninth session"): offloading there cost 8–14 % more proxy CPU per GiB for
-//! no throughput.
+//! processes the proxy cannot see otherwise, a backend on the same host above all. Measured
+//! with Garage on the same two cores (BENCHMARKS.md, "Ninth session"): offloading there cost
+//! 8–14 % more proxy CPU per GiB for no throughput. (`/proc/stat` counts the host's cores: in
+//! a container held to a CPU quota the gate may stay open, as it always was before.)
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
@@ -44,7 +45,9 @@ type Job = Box<dyn FnOnce() + Send>;
 /// `u32::MAX` (idle) until the first sample and where `/proc/stat` cannot be read.
 static IDLE_CENTICORES: AtomicU32 = AtomicU32::new(u32::MAX);
 
-/// Time the pool's threads spent in jobs, in nanoseconds, over the process's life.
+/// Time the pool's threads spent in jobs, in nanoseconds, over the process's life (wall
+/// time: a job preempted on a busy machine counts longer than it ran, which only errs towards
+/// offloading, as before the gate).
 static POOL_BUSY_NS: AtomicU64 = AtomicU64::new(0);
 
 /// How often the machine's idle CPU is sampled (20 ticks of `/proc/stat` per core).
