@@ -76,11 +76,16 @@ fn md5_many_single(data: &Bytes) -> [u8; 16] {
 
 /// libcrypto's assembly MD5 alone (what a solo stream of md5_lanes uses).
 fn libcrypto(data: &Bytes) -> [u8; 16] {
-    let mut h = openssl::hash::Hasher::new(openssl::hash::MessageDigest::md5()).expect("libcrypto MD5");
+    libcrypto_digest(openssl::hash::MessageDigest::md5(), data)
+}
+
+/// One libcrypto digest of `data`, fed in the proxy's piece size.
+fn libcrypto_digest<const N: usize>(md: openssl::hash::MessageDigest, data: &Bytes) -> [u8; N] {
+    let mut h = openssl::hash::Hasher::new(md).expect("libcrypto digest");
     for p in data.chunks(PIECE) {
-        h.update(p).expect("libcrypto MD5");
+        h.update(p).expect("libcrypto digest");
     }
-    h.finish().expect("libcrypto MD5").as_ref().try_into().expect("16 bytes")
+    h.finish().expect("libcrypto digest").as_ref().try_into().expect("the digest's length")
 }
 
 fn sha256(data: &Bytes) -> [u8; 32] {
@@ -94,11 +99,7 @@ fn sha256(data: &Bytes) -> [u8; 32] {
 
 /// libcrypto's SHA-256 (its own SHA-NI assembly), beside `sha2`'s.
 fn sha256_libcrypto(data: &Bytes) -> [u8; 32] {
-    let mut h = openssl::hash::Hasher::new(openssl::hash::MessageDigest::sha256()).expect("libcrypto SHA-256");
-    for p in data.chunks(PIECE) {
-        h.update(p).expect("libcrypto SHA-256");
-    }
-    h.finish().expect("libcrypto SHA-256").as_ref().try_into().expect("32 bytes")
+    libcrypto_digest(openssl::hash::MessageDigest::sha256(), data)
 }
 
 fn main() {

@@ -54,7 +54,7 @@ static POOL_BUSY_NS: AtomicU64 = AtomicU64::new(0);
 const SAMPLE_EVERY: Duration = Duration::from_millis(200);
 
 /// Idle CPU the machine needs for a piece to be offloaded, in hundredths of a core.
-pub const IDLE_NEEDED: u32 = 75;
+const IDLE_NEEDED: u32 = 75;
 
 /// The aggregate `cpu` line of `/proc/stat`: (idle ticks, all ticks), and the number of
 /// `cpuN` lines (cores).
