@@ -165,17 +165,31 @@ class Target:
         self.rtt_ms = None  # the round trip added on its path (set by main)
 
 
-def start_proxy(h, workdir, name, backend, ca_file, keyd, conditional):
+def start_proxy(h, workdir, name, backend, ca_file, keyd, conditional, verified_writes="trailer"):
     d = os.path.join(workdir, name)
     os.makedirs(d, exist_ok=True)
     p = h.Proxy(d, backend, keyd, tls=False, name="proxy",
-                backend_options={"ca_file": ca_file, "profile": "garage"},
+                backend_options={"ca_file": ca_file, "profile": "garage", "verified_writes": verified_writes},
                 filters=FULL_CHAIN, allowed_buckets=[BUCKET], audit_log="off", log_level="warn",
                 conditional_writes=conditional,
                 # memkey's default poll interval, which also paces the readiness probe (HEAD bucket).
                 memkey={"socket_path": keyd.socket, "poll_interval": "5s"})
     p.wait_ready(60)
     return p
+
+
+def cpu_halves():
+    """The machine's CPUs split in two: (client side, backend side) for --pin."""
+    cpus = sorted(os.sched_getaffinity(0))
+    half = max(1, len(cpus) // 2)
+    return cpus[:half], cpus[half:] or cpus[:half]
+
+
+def pin(pid, cpus):
+    """Every thread of `pid` (and the threads it starts later) on `cpus`."""
+    subprocess.run(["taskset", "-a", "-p", "-c", ",".join(map(str, cpus)), str(pid)], check=True, capture_output=True)
+    if os.sched_getaffinity(pid) != set(cpus):
+        raise RuntimeError(f"pinning {pid} to CPUs {cpus} did not take: {sorted(os.sched_getaffinity(pid))}")
 
 
 def run_cell(bench_bin, t, workload, size, conc, args, extra=()):
@@ -186,6 +200,8 @@ def run_cell(bench_bin, t, workload, size, conc, args, extra=()):
         cmd += ["--ca-file", t.ca_file]
     for n, pid in t.watch:
         cmd += ["--watch", f"{n}={pid}"]
+    if args.pin:
+        cmd = ["taskset", "-c", ",".join(map(str, cpu_halves()[0])), *cmd]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
     line = r.stdout.strip().splitlines()[-1] if r.stdout.strip() else ""
     try:
@@ -215,7 +231,9 @@ def human(n):
 
 def render(results, args, elapsed, env):
     L = [f"Remote backend: RTT {args.rtt}{' (targets marked @0ms: ' + args.also_rtt + ')' if args.also_rtt else ''} added by s3cp-delay-relay, TLS 1.3 (HAProxy) in front of one Garage "
-         f"{'in its own network namespace' if env['netns'] else 'on 127.0.0.1'}; {env['cpu']}; load before {env['load_before']}.", ""]
+         f"{'in its own network namespace' if env['netns'] else 'on 127.0.0.1'}; {env['cpu']}"
+         + (f", client side (proxies, load generator) pinned to CPUs {env['pinned']['client']} and backend side (Garage, TLS front, relays) to {env['pinned']['backend']}" if env.get("pinned") else "")
+         + f"; load before {env['load_before']}.", ""]
     L.append("| workload | c | target | MiB/s | of direct | p50 / p99 ms | client requests | backend requests per client request (by kind) "
              "| new backend connections | TLS handshakes per 1,000 requests | proxy CPU cores | load (1/5/15) |")
     L.append("|---|--:|---|--:|--:|--:|--:|---|--:|--:|--:|---|")
@@ -270,6 +288,9 @@ def main():
     ap.add_argument("--targets", default="direct,full,full-cond-backend")
     ap.add_argument("--repeat", type=int, default=1)
     ap.add_argument("--window", default="4096", help="s3cp-delay-relay's window per direction and connection, KiB")
+    ap.add_argument("--pin", action="store_true", help="the backend side (Garage, its TLS front, the delay relays) on one half "
+                    "of the CPUs, the client side (proxies, load generator) on the other, as if the backend were another "
+                    "machine: the proxy's CPU then does not take the backend's")
     ap.add_argument("--no-netns", action="store_true", help="Garage and HAProxy on 127.0.0.1 in the root namespace")
     ap.add_argument("--bin-dir", default=os.path.join(ROOT, "target", "release"))
     ap.add_argument("--out", default=None, help="directory for results.jsonl and table.md")
@@ -311,6 +332,11 @@ def main():
         term = h.TlsFront(workdir, garage.port, listen_ip=ns.ns_ip if ns else "127.0.0.1",
                           prefix=ns.prefix() if ns else (), wait=ns.wait_port if ns else None)
         stopping.append(term)
+        if args.pin:
+            for pid in (garage.proc.pid, term.proc.pid):
+                pin(pid, cpu_halves()[1])
+            log(f"remote: client side on CPUs {cpu_halves()[0]}, backend side on {cpu_halves()[1]}")
+            env["pinned"] = {"client": cpu_halves()[0], "backend": cpu_halves()[1]}
         upstream = f"{ns.ns_ip if ns else '127.0.0.1'}:{term.port}"
         endpoints = {}
         for ms in rtts:
@@ -319,6 +345,8 @@ def main():
             relay = h.Proc([relay_bin, "--listen", f"127.0.0.1:{relay_port}", "--upstream", upstream, "--rtt", f"{ms}ms",
                             "--window-kib", args.window, "--max-lifetime", "7200s"], workdir, f"relay-{ms}ms")
             stopping.append(relay)
+            if args.pin:
+                pin(relay.pid, cpu_halves()[1])
             h.wait_port(relay_port, relay.p)
             endpoints[ms] = f"https://127.0.0.1:{relay_port}"
         endpoint = endpoints[rtt_ms]
@@ -343,13 +371,18 @@ def main():
                 order.append("direct" + suffix)
                 targets["direct" + suffix] = Target("direct" + suffix, endpoints[ms], garage.access_key, garage.secret_key,
                                                     ca_file=term.ca_file, watch=[gw])
-            for name, cond in (("full", "enforce"), ("full-before", "enforce"), ("full-cond-backend", "backend")):
+            # full-unverified: verified_writes off, to tell the proxy's own cost from what Garage 2.5's
+            # aws-chunked decoder spends on the trailer (BENCHMARKS.md, ninth session).
+            for name, cond, verified in (("full", "enforce", "trailer"), ("full-before", "enforce", "trailer"),
+                                         ("full-cond-backend", "backend", "trailer"), ("full-unverified", "enforce", "off")):
                 if name in wanted:
                     if name == "full-before" and not args.before_bin_dir:
                         raise SystemExit("target full-before needs --before-bin-dir")
                     # harness.binary() reads BIN_DIR when the proxy starts.
                     h.BIN_DIR = os.path.abspath(args.before_bin_dir) if name == "full-before" else args.bin_dir
-                    p = start_proxy(h, workdir, name + suffix.replace("@", "-"), backend, term.ca_file, keyd, cond)
+                    p = start_proxy(h, workdir, name + suffix.replace("@", "-"), backend, term.ca_file, keyd, cond, verified)
+                    if args.pin:
+                        pin(p.proc.pid, cpu_halves()[0])
                     h.BIN_DIR = args.bin_dir
                     stopping.append(p)
                     order.append(name + suffix)
