@@ -19,7 +19,7 @@ use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use criterion::{criterion_group, BatchSize, BenchmarkId, Criterion, Throughput};
 use openssl::cipher::Cipher;
 use openssl::cipher_ctx::CipherCtx;
-use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, CHACHA20_POLY1305};
+use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, CHACHA20_POLY1305};
 use s3cp_format::{
     chunk_nonce, ChunkCipher, Decryptor, KeyRing, MasterKey, ObjectId, SegmentEncryptor,
     DEFAULT_CHUNK_SIZE,
@@ -139,6 +139,7 @@ fn bench(c: &mut Criterion) {
     let mut aead = raw_key();
     let mut gcm = raw_key_for(Cipher::aes_256_gcm());
     let ring_key = LessSafeKey::new(UnboundKey::new(&CHACHA20_POLY1305, &[9u8; 32]).unwrap());
+    let ring_gcm = LessSafeKey::new(UnboundKey::new(&AES_256_GCM, &[9u8; 32]).unwrap());
     let xchacha = XChaCha20Poly1305::new(&[9u8; 32].into());
     for (size, label) in SIZES {
         let plain: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
@@ -160,6 +161,9 @@ fn bench(c: &mut Criterion) {
         });
         g.bench_function(BenchmarkId::from_parameter("ring"), |b| {
             b.iter(|| ring_encrypt(&ring_key, black_box(&mut buf)))
+        });
+        g.bench_function(BenchmarkId::from_parameter("ring-aes-gcm"), |b| {
+            b.iter(|| ring_encrypt(&ring_gcm, black_box(&mut buf)))
         });
         g.bench_function(BenchmarkId::from_parameter("xchacha-rustcrypto"), |b| {
             b.iter(|| rustcrypto_encrypt(&xchacha, black_box(&mut buf)))

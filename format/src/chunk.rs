@@ -9,18 +9,22 @@
 //! * **Version 2, AES-256-GCM** with the data key itself and the 12-byte nonce
 //!   `[0; 3] || final_flag || index (u64 BE)`: one cipher context per segment.
 //!
-//! Both run on OpenSSL (libcrypto 3), whose AVX-512 ChaCha20-Poly1305 seals and opens about
-//! 4.3 GB/s per core here and whose VAES AES-256-GCM about twice that (format/BENCH.md);
-//! HChaCha20 stays with RustCrypto. ChaCha remains for CPUs without AES instructions, where
-//! GCM is slow.
+//! Version 1 runs on OpenSSL (libcrypto 3), whose ChaCha20-Poly1305 seals and opens about
+//! 4 GB/s per core here; HChaCha20 stays with RustCrypto. Version 2 runs on ring, whose
+//! AES-256-GCM uses VAES with AVX2 (2024, from BoringSSL) where OpenSSL 3.0 has VAES only for
+//! AVX-512: on the reference machine (AMD EPYC, AVX2 and VAES, no AVX-512) ring seals 5.7–6.3
+//! GiB/s against OpenSSL's 2.7–3.3 (format/BENCH.md). ChaCha remains for CPUs without AES
+//! instructions, where GCM is slow.
 
 use std::fmt;
+use std::mem::MaybeUninit;
 use std::str::FromStr;
 use std::sync::OnceLock;
 
 use chacha20::cipher::consts::U10;
 use openssl::cipher::Cipher;
 use openssl::cipher_ctx::CipherCtx;
+use ring::aead::{Aad, LessSafeKey, Nonce, Tag, UnboundKey, AES_256_GCM};
 use zeroize::Zeroize;
 
 use crate::size::TAG_LEN;
@@ -117,12 +121,42 @@ impl FromStr for ChunkCipher {
 
 /// A segment's chunk cipher, set up for one direction. OpenSSL keeps the keys inside its
 /// cipher contexts and wipes them when they are freed (`EVP_CIPHER_CTX_free` clears the
-/// cipher state); our copies are zeroized at once.
+/// cipher state); our copies are zeroized at once; ring's key is wiped by [`GcmKey`].
 pub(crate) enum ChunkAead {
     /// Version 1: the HChaCha20 subkeys of the non-final chunks and of the final chunk.
     XChaCha20Poly1305 { body: CipherCtx, last: CipherCtx },
-    /// Version 2: the data key, for every chunk.
-    Aes256Gcm(CipherCtx),
+    /// Version 2: the data key, for every chunk (both directions).
+    Aes256Gcm(GcmKey),
+}
+
+/// ring's AES-256-GCM key of one segment, wiped when dropped. ring keeps the expanded key
+/// (AES round keys, whose first is the data key itself, and the GHASH key table) inline in
+/// `LessSafeKey` and does not wipe it. It lives in a box, so that moving a `ChunkAead` never
+/// leaves a copy behind, as a `MaybeUninit`, so that its bytes can be overwritten with
+/// zeroize's volatile writes: `LessSafeKey` owns no memory besides its bytes and has no
+/// `Drop`, so nothing is skipped by not dropping it.
+pub(crate) struct GcmKey(Box<MaybeUninit<LessSafeKey>>);
+
+impl GcmKey {
+    fn new(dek: &[u8; DEK_LEN]) -> Self {
+        let key = UnboundKey::new(&AES_256_GCM, dek).expect("AES-256-GCM takes a 32-byte key");
+        Self(Box::new(MaybeUninit::new(LessSafeKey::new(key))))
+    }
+
+    fn get(&self) -> &LessSafeKey {
+        // The one `unsafe` of this crate (lib.rs).
+        #[allow(unsafe_code)]
+        // SAFETY: initialised by `new`; only `drop` overwrites it, and nothing reads it after.
+        unsafe {
+            self.0.assume_init_ref()
+        }
+    }
+}
+
+impl Drop for GcmKey {
+    fn drop(&mut self) {
+        self.0.zeroize();
+    }
 }
 
 /// The first 16 bytes of a version 1 chunk nonce: 15 zero bytes and the final flag.
@@ -161,13 +195,6 @@ fn chacha20_poly1305() -> &'static Cipher {
     CIPHER.get_or_init(|| {
         Cipher::fetch(None, "ChaCha20-Poly1305", None)
             .expect("libcrypto provides ChaCha20-Poly1305")
-    })
-}
-
-fn aes_256_gcm() -> &'static Cipher {
-    static CIPHER: OnceLock<Cipher> = OnceLock::new();
-    CIPHER.get_or_init(|| {
-        Cipher::fetch(None, "AES-256-GCM", None).expect("libcrypto provides AES-256-GCM")
     })
 }
 
@@ -214,22 +241,33 @@ impl ChunkAead {
                 body: subkey(dek, false, direction),
                 last: subkey(dek, true, direction),
             },
-            ChunkCipher::Aes256Gcm => Self::Aes256Gcm(context(aes_256_gcm(), dek, direction)),
+            ChunkCipher::Aes256Gcm => Self::Aes256Gcm(GcmKey::new(dek)),
         }
     }
 
-    /// The context and the 12-byte nonce of a chunk.
-    fn ctx(&mut self, index: u64, is_final: bool) -> (&mut CipherCtx, [u8; 12]) {
-        match self {
-            Self::XChaCha20Poly1305 { last, .. } if is_final => (last, inner_nonce(index)),
-            Self::XChaCha20Poly1305 { body, .. } => (body, inner_nonce(index)),
-            Self::Aes256Gcm(ctx) => (ctx, gcm_chunk_nonce(index, is_final)),
-        }
+    /// The version 1 context and 12-byte inner nonce of a chunk.
+    fn chacha_ctx<'a>(
+        body: &'a mut CipherCtx,
+        last: &'a mut CipherCtx,
+        index: u64,
+        is_final: bool,
+    ) -> (&'a mut CipherCtx, [u8; 12]) {
+        (if is_final { last } else { body }, inner_nonce(index))
     }
 
     /// Encrypts `buf` in place and returns the tag. Only on a [`ChunkAead::for_sealing`].
     pub(crate) fn seal(&mut self, index: u64, is_final: bool, buf: &mut [u8]) -> [u8; TAG_LEN] {
-        let (ctx, nonce) = self.ctx(index, is_final);
+        let (ctx, nonce) = match self {
+            Self::XChaCha20Poly1305 { body, last } => Self::chacha_ctx(body, last, index, is_final),
+            Self::Aes256Gcm(key) => {
+                let nonce = Nonce::assume_unique_for_key(gcm_chunk_nonce(index, is_final));
+                let tag = key
+                    .get()
+                    .seal_in_place_separate_tag(nonce, Aad::empty(), buf)
+                    .expect("a chunk is far below GCM's message limit");
+                return tag.as_ref().try_into().expect("a 16-byte tag");
+            }
+        };
         let mut tag = [0u8; TAG_LEN];
         // Chunks (at most 16 MiB) are far below both ciphers' message limits (256 GiB for
         // ChaCha20-Poly1305, 64 GiB for GCM); the calls fail only on a context set up for the
@@ -248,7 +286,8 @@ impl ChunkAead {
     }
 
     /// Verifies `tag` and decrypts `buf` in place. Only on a [`ChunkAead::for_opening`].
-    /// On failure `buf` is zeroed (OpenSSL decrypts before it checks the tag) and the
+    /// On failure `buf` is zeroed (OpenSSL decrypts before it checks the tag; ring leaves it
+    /// unspecified) and the
     /// caller must discard it.
     pub(crate) fn open(
         &mut self,
@@ -257,7 +296,21 @@ impl ChunkAead {
         buf: &mut [u8],
         tag: &[u8; TAG_LEN],
     ) -> bool {
-        let (ctx, nonce) = self.ctx(index, is_final);
+        let (ctx, nonce) = match self {
+            Self::XChaCha20Poly1305 { body, last } => Self::chacha_ctx(body, last, index, is_final),
+            Self::Aes256Gcm(key) => {
+                let nonce = Nonce::assume_unique_for_key(gcm_chunk_nonce(index, is_final));
+                let ok = key
+                    .get()
+                    .open_in_place_separate_tag(nonce, Aad::empty(), Tag::from(*tag), buf, 0..)
+                    .is_ok();
+                if !ok {
+                    // ring leaves the buffer unspecified on failure.
+                    buf.zeroize();
+                }
+                return ok;
+            }
+        };
         let ok = (|| {
             ctx.decrypt_init(None, None, Some(&nonce))?;
             if !buf.is_empty() {
@@ -322,45 +375,36 @@ mod tests {
         }
     }
 
-    /// Version 2 chunks are exactly AES-256-GCM (ring's own implementation, not OpenSSL's)
-    /// under the data key with the documented nonce and no associated data.
+    /// Version 2 chunks are exactly AES-256-GCM (OpenSSL's, an implementation independent of
+    /// ring's) under the data key with the documented nonce and no associated data.
     #[test]
     fn equals_aes256gcm() {
-        use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
+        use openssl::symm::{decrypt_aead, encrypt_aead, Cipher as Symm};
         let dek = dek();
         let mut fast = ChunkAead::for_sealing(ChunkCipher::Aes256Gcm, &dek);
         let mut fast_open = ChunkAead::for_opening(ChunkCipher::Aes256Gcm, &dek);
-        let reference = LessSafeKey::new(UnboundKey::new(&AES_256_GCM, &dek).unwrap());
         for (index, is_final, len) in CASES {
             let plain: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
             let mut a = plain.clone();
             let tag_a = fast.seal(index, is_final, &mut a);
             let nonce = gcm_chunk_nonce(index, is_final);
-            let mut b = plain.clone();
-            let tag_b = reference
-                .seal_in_place_separate_tag(
-                    Nonce::assume_unique_for_key(nonce),
-                    Aad::empty(),
-                    &mut b,
-                )
-                .unwrap();
+            let mut tag_b = [0u8; TAG_LEN];
+            let b = encrypt_aead(
+                Symm::aes_256_gcm(),
+                &dek,
+                Some(&nonce),
+                &[],
+                &plain,
+                &mut tag_b,
+            )
+            .unwrap();
             assert_eq!(a, b, "ciphertext of ({index}, {is_final}, {len})");
-            assert_eq!(
-                &tag_a[..],
-                tag_b.as_ref(),
-                "tag of ({index}, {is_final}, {len})"
-            );
-            // the reference opens what OpenSSL sealed, and OpenSSL what the reference sealed
-            let mut sealed = [&a[..], &tag_a[..]].concat();
-            let opened = reference
-                .open_in_place(
-                    Nonce::assume_unique_for_key(nonce),
-                    Aad::empty(),
-                    &mut sealed,
-                )
-                .unwrap();
-            assert_eq!(opened, &plain[..]);
-            let tag_b: [u8; TAG_LEN] = tag_b.as_ref().try_into().unwrap();
+            assert_eq!(tag_a, tag_b, "tag of ({index}, {is_final}, {len})");
+            // the reference opens what ring sealed, and ring what the reference sealed
+            let opened =
+                decrypt_aead(Symm::aes_256_gcm(), &dek, Some(&nonce), &[], &a, &tag_a).unwrap();
+            assert_eq!(opened, plain);
+            let mut b = b;
             assert!(fast_open.open(index, is_final, &mut b, &tag_b));
             assert_eq!(b, plain);
         }
@@ -369,6 +413,37 @@ mod tests {
             gcm_chunk_nonce(0x0102_0304_0506_0708, true),
             [0, 0, 0, 1, 1, 2, 3, 4, 5, 6, 7, 8]
         );
+    }
+
+    /// Dropping a version 2 cipher wipes ring's expanded key (whose first round key is the
+    /// data key itself), so no copy of it is left in freed memory.
+    #[test]
+    fn gcm_key_is_wiped_on_drop() {
+        let dek = dek();
+        let mut key = GcmKey::new(&dek);
+        let bytes = |k: &GcmKey| -> Vec<u8> {
+            let p = k.0.as_ptr().cast::<u8>();
+            (0..std::mem::size_of::<LessSafeKey>())
+                // SAFETY (test only): reads the bytes of the box's MaybeUninit.
+                .map(|i| {
+                    #[allow(unsafe_code)]
+                    unsafe {
+                        std::ptr::read_volatile(p.add(i))
+                    }
+                })
+                .collect()
+        };
+        let before = bytes(&key);
+        assert!(
+            before.windows(DEK_LEN).any(|w| w == dek),
+            "the data key is the first AES-256 round key"
+        );
+        key.0.zeroize();
+        assert!(bytes(&key).iter().all(|&b| b == 0));
+        // Put a key back so that `drop` has a key to wipe.
+        key.0.write(LessSafeKey::new(
+            UnboundKey::new(&AES_256_GCM, &dek).unwrap(),
+        ));
     }
 
     #[test]
