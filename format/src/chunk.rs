@@ -151,6 +151,22 @@ impl GcmKey {
             self.0.assume_init_ref()
         }
     }
+
+    fn seal(&self, nonce: [u8; 12], buf: &mut [u8]) -> [u8; TAG_LEN] {
+        let nonce = Nonce::assume_unique_for_key(nonce);
+        let tag = self
+            .get()
+            .seal_in_place_separate_tag(nonce, Aad::empty(), buf)
+            .expect("a chunk is far below GCM's message limit");
+        tag.as_ref().try_into().expect("a 16-byte tag")
+    }
+
+    fn open(&self, nonce: [u8; 12], buf: &mut [u8], tag: &[u8; TAG_LEN]) -> bool {
+        let nonce = Nonce::assume_unique_for_key(nonce);
+        self.get()
+            .open_in_place_separate_tag(nonce, Aad::empty(), Tag::from(*tag), buf, 0..)
+            .is_ok()
+    }
 }
 
 impl Drop for GcmKey {
@@ -245,50 +261,19 @@ impl ChunkAead {
         }
     }
 
-    /// The version 1 context and 12-byte inner nonce of a chunk.
-    fn chacha_ctx<'a>(
-        body: &'a mut CipherCtx,
-        last: &'a mut CipherCtx,
-        index: u64,
-        is_final: bool,
-    ) -> (&'a mut CipherCtx, [u8; 12]) {
-        (if is_final { last } else { body }, inner_nonce(index))
-    }
-
     /// Encrypts `buf` in place and returns the tag. Only on a [`ChunkAead::for_sealing`].
     pub(crate) fn seal(&mut self, index: u64, is_final: bool, buf: &mut [u8]) -> [u8; TAG_LEN] {
-        let (ctx, nonce) = match self {
-            Self::XChaCha20Poly1305 { body, last } => Self::chacha_ctx(body, last, index, is_final),
-            Self::Aes256Gcm(key) => {
-                let nonce = Nonce::assume_unique_for_key(gcm_chunk_nonce(index, is_final));
-                let tag = key
-                    .get()
-                    .seal_in_place_separate_tag(nonce, Aad::empty(), buf)
-                    .expect("a chunk is far below GCM's message limit");
-                return tag.as_ref().try_into().expect("a 16-byte tag");
+        match self {
+            Self::XChaCha20Poly1305 { body, last } => {
+                openssl_seal(if is_final { last } else { body }, &inner_nonce(index), buf)
             }
-        };
-        let mut tag = [0u8; TAG_LEN];
-        // Chunks (at most 16 MiB) are far below both ciphers' message limits (256 GiB for
-        // ChaCha20-Poly1305, 64 GiB for GCM); the calls fail only on a context set up for the
-        // other direction, a bug.
-        (|| {
-            ctx.encrypt_init(None, None, Some(&nonce))?;
-            if !buf.is_empty() {
-                let len = buf.len();
-                ctx.cipher_update_inplace(buf, len)?;
-            }
-            ctx.cipher_final(&mut [])?;
-            ctx.tag(&mut tag)
-        })()
-        .expect("sealing a chunk with a sealing context");
-        tag
+            Self::Aes256Gcm(key) => key.seal(gcm_chunk_nonce(index, is_final), buf),
+        }
     }
 
     /// Verifies `tag` and decrypts `buf` in place. Only on a [`ChunkAead::for_opening`].
-    /// On failure `buf` is zeroed (OpenSSL decrypts before it checks the tag; ring leaves it
-    /// unspecified) and the
-    /// caller must discard it.
+    /// On failure `buf` is zeroed (OpenSSL decrypts before it checks the tag, ring leaves it
+    /// unspecified) and the caller must discard it.
     pub(crate) fn open(
         &mut self,
         index: u64,
@@ -296,36 +281,57 @@ impl ChunkAead {
         buf: &mut [u8],
         tag: &[u8; TAG_LEN],
     ) -> bool {
-        let (ctx, nonce) = match self {
-            Self::XChaCha20Poly1305 { body, last } => Self::chacha_ctx(body, last, index, is_final),
-            Self::Aes256Gcm(key) => {
-                let nonce = Nonce::assume_unique_for_key(gcm_chunk_nonce(index, is_final));
-                let ok = key
-                    .get()
-                    .open_in_place_separate_tag(nonce, Aad::empty(), Tag::from(*tag), buf, 0..)
-                    .is_ok();
-                if !ok {
-                    // ring leaves the buffer unspecified on failure.
-                    buf.zeroize();
-                }
-                return ok;
-            }
+        let ok = match self {
+            Self::XChaCha20Poly1305 { body, last } => openssl_open(
+                if is_final { last } else { body },
+                &inner_nonce(index),
+                buf,
+                tag,
+            ),
+            Self::Aes256Gcm(key) => key.open(gcm_chunk_nonce(index, is_final), buf, tag),
         };
-        let ok = (|| {
-            ctx.decrypt_init(None, None, Some(&nonce))?;
-            if !buf.is_empty() {
-                let len = buf.len();
-                ctx.cipher_update_inplace(buf, len)?;
-            }
-            ctx.set_tag(tag)?;
-            ctx.cipher_final(&mut [])
-        })()
-        .is_ok();
         if !ok {
             buf.zeroize();
         }
         ok
     }
+}
+
+// Chunks (at most 16 MiB) are far below both ciphers' message limits (256 GiB for
+// ChaCha20-Poly1305, 64 GiB for GCM): sealing fails only on a context or key set up for the
+// other direction, a bug.
+
+fn openssl_seal(ctx: &mut CipherCtx, nonce: &[u8; 12], buf: &mut [u8]) -> [u8; TAG_LEN] {
+    let mut tag = [0u8; TAG_LEN];
+    (|| {
+        ctx.encrypt_init(None, None, Some(nonce))?;
+        if !buf.is_empty() {
+            let len = buf.len();
+            ctx.cipher_update_inplace(buf, len)?;
+        }
+        ctx.cipher_final(&mut [])?;
+        ctx.tag(&mut tag)
+    })()
+    .expect("sealing a chunk with a sealing context");
+    tag
+}
+
+fn openssl_open(
+    ctx: &mut CipherCtx,
+    nonce: &[u8; 12],
+    buf: &mut [u8],
+    tag: &[u8; TAG_LEN],
+) -> bool {
+    (|| {
+        ctx.decrypt_init(None, None, Some(nonce))?;
+        if !buf.is_empty() {
+            let len = buf.len();
+            ctx.cipher_update_inplace(buf, len)?;
+        }
+        ctx.set_tag(tag)?;
+        ctx.cipher_final(&mut [])
+    })()
+    .is_ok()
 }
 
 #[cfg(test)]
