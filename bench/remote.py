@@ -201,7 +201,7 @@ def run_cell(bench_bin, t, workload, size, conc, args, extra=()):
     for n, pid in t.watch:
         cmd += ["--watch", f"{n}={pid}"]
     if args.pin:
-        cmd = ["taskset", "-c", ",".join(map(str, cpu_halves()[0])), *cmd]
+        cmd = ["taskset", "-c", ",".join(map(str, args.client_cpus)), *cmd]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
     line = r.stdout.strip().splitlines()[-1] if r.stdout.strip() else ""
     try:
@@ -299,6 +299,7 @@ def main():
                     "to keep a 512 MiB × cells run off a small disk (default: the system's temporary directory)")
     ap.add_argument("--min-free-gib", type=float, default=8.0, help="stop before an upload that would leave less free space")
     args = ap.parse_args()
+    args.client_cpus, args.backend_cpus = cpu_halves()
 
     args.bin_dir = os.path.abspath(args.bin_dir)
     os.environ["S3CP_BIN_DIR"] = args.bin_dir
@@ -334,9 +335,9 @@ def main():
         stopping.append(term)
         if args.pin:
             for pid in (garage.proc.pid, term.proc.pid):
-                pin(pid, cpu_halves()[1])
-            log(f"remote: client side on CPUs {cpu_halves()[0]}, backend side on {cpu_halves()[1]}")
-            env["pinned"] = {"client": cpu_halves()[0], "backend": cpu_halves()[1]}
+                pin(pid, args.backend_cpus)
+            log(f"remote: client side on CPUs {args.client_cpus}, backend side on {args.backend_cpus}")
+            env["pinned"] = {"client": args.client_cpus, "backend": args.backend_cpus}
         upstream = f"{ns.ns_ip if ns else '127.0.0.1'}:{term.port}"
         endpoints = {}
         for ms in rtts:
@@ -346,7 +347,7 @@ def main():
                             "--window-kib", args.window, "--max-lifetime", "7200s"], workdir, f"relay-{ms}ms")
             stopping.append(relay)
             if args.pin:
-                pin(relay.pid, cpu_halves()[1])
+                pin(relay.pid, args.backend_cpus)
             h.wait_port(relay_port, relay.p)
             endpoints[ms] = f"https://127.0.0.1:{relay_port}"
         endpoint = endpoints[rtt_ms]
@@ -382,7 +383,7 @@ def main():
                     h.BIN_DIR = os.path.abspath(args.before_bin_dir) if name == "full-before" else args.bin_dir
                     p = start_proxy(h, workdir, name + suffix.replace("@", "-"), backend, term.ca_file, keyd, cond, verified)
                     if args.pin:
-                        pin(p.proc.pid, cpu_halves()[0])
+                        pin(p.proc.pid, args.client_cpus)
                     h.BIN_DIR = args.bin_dir
                     stopping.append(p)
                     order.append(name + suffix)
