@@ -10,6 +10,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use filters::md5_lanes::Md5Stream;
+use filters::md5_sha256::Md5Sha256;
 use md5::Digest as _;
 
 const OBJECT: usize = 4 << 20;
@@ -102,6 +103,27 @@ fn sha256_libcrypto(data: &Bytes) -> [u8; 32] {
     libcrypto_digest(openssl::hash::MessageDigest::sha256(), data)
 }
 
+/// Both digests of a PBS upload apart, as the proxy hashes them without the stitched kernel
+/// (md5-many's one-stream MD5, then `sha2`), folded into one value to compare.
+fn md5_then_sha256(data: &Bytes) -> [u8; 32] {
+    let md5 = md5_many_single(data);
+    fold(md5, sha256(data))
+}
+
+fn stitched(data: &Bytes) -> [u8; 32] {
+    let mut h = Md5Sha256::new().expect("checked by the caller");
+    for p in data.chunks(PIECE) {
+        h.update(p);
+    }
+    let (md5, sha) = h.finalize();
+    fold(md5, sha)
+}
+
+fn fold(md5: [u8; 16], mut sha: [u8; 32]) -> [u8; 32] {
+    sha.iter_mut().zip(md5).for_each(|(s, m)| *s ^= m);
+    sha
+}
+
 fn main() {
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     println!("load average at start: {}", load.split_whitespace().take(3).collect::<Vec<_>>().join(" "));
@@ -117,10 +139,18 @@ fn main() {
             println!("{name:<28} {uploads:>8} {gbs:>10.2} {cpu:>12.3}");
         }
     }
-    // SHA-256 for scale, one stream: the `sha2` crate (what the proxy uses) and libcrypto.
+    // SHA-256 for scale, one stream: the `sha2` crate (what the proxy uses) and libcrypto;
+    // then both digests of a PBS upload, one after the other and stitched (md5_sha256).
     let data = body();
     assert_eq!(sha256(&data), sha256_libcrypto(&data));
-    for (name, f) in [("sha2 SHA-256 (scale)", sha256 as fn(&Bytes) -> [u8; 32]), ("libcrypto SHA-256", sha256_libcrypto)] {
+    let mut kinds = vec![("sha2 SHA-256 (scale)", sha256 as fn(&Bytes) -> [u8; 32]), ("libcrypto SHA-256", sha256_libcrypto), ("MD5 then SHA-256 (apart)", md5_then_sha256)];
+    if Md5Sha256::new().is_some() {
+        assert_eq!(md5_then_sha256(&data), stitched(&data));
+        kinds.push(("MD5 + SHA-256 stitched", stitched));
+    } else {
+        println!("(no SHA extensions here: no stitched MD5 + SHA-256)");
+    }
+    for (name, f) in kinds {
         let (cpu0, t0) = (cpu_seconds(), Instant::now());
         for _ in 0..32 {
             std::hint::black_box(f(&data));

@@ -3,7 +3,7 @@
 //! Each filter is one module with the phases it needs ([`filter::Filter`]); the chain
 //! ([`chain::Chain`]) runs them in the configured order, checked by
 //! [`chain::validate_order`] at start-up.
-#![deny(unsafe_code)] // one audited exception: backend::ack_promptly (a setsockopt on a raw fd)
+#![deny(unsafe_code)] // audited exceptions: backend::ack_promptly (a setsockopt on a raw fd), md5_sha256 (the stitched hash kernel)
 
 pub mod allowlist;
 pub mod auth;
@@ -23,6 +23,7 @@ pub mod keylock;
 pub mod keys;
 pub mod listing;
 pub mod md5_lanes;
+pub mod md5_sha256;
 pub mod offload;
 pub mod passthrough;
 pub mod profile;

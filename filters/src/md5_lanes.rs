@@ -47,6 +47,11 @@ pub const COMPANY: usize = 4;
 /// Live [`Md5Stream`]s (uploads with a Content-MD5 in progress).
 static LIVE: AtomicUsize = AtomicUsize::new(0);
 
+/// Uploads whose MD5 is being hashed here now.
+pub fn live() -> usize {
+    LIVE.load(Ordering::Relaxed)
+}
+
 /// One upload's MD5, hashed in lanes beside the other uploads'.
 pub struct Md5Stream {
     shared: Arc<Shared>,
