@@ -152,10 +152,10 @@ fn main() {
     }
     for (name, f) in kinds {
         let (cpu0, t0) = (cpu_seconds(), Instant::now());
-        for _ in 0..32 {
+        for _ in 0..96 {
             std::hint::black_box(f(&data));
         }
-        let bytes = (32 * OBJECT) as f64;
+        let bytes = (96 * OBJECT) as f64;
         println!("{name:<28} {:>8} {:>10.2} {:>12.3}", 1, bytes / t0.elapsed().as_secs_f64() / 1e9, (cpu_seconds() - cpu0) / (bytes / GIB));
     }
 }

@@ -7,6 +7,7 @@ mod config;
 mod key_verify;
 mod key_usage;
 mod listen;
+mod malloc;
 mod metrics;
 mod redact;
 mod rewrap;
@@ -128,6 +129,8 @@ fn main() {
         }
         Cmd::Run { config, upgrade, daemon } => {
             let cfg = config::load(config.as_deref()).unwrap_or_else(|e| die(e));
+            // Before any thread starts.
+            let malloc_tuned = malloc::tune();
             // Before any key is fetched.
             let hardening = keyd::harden::disable_core_dumps();
             let parts = prepare(&cfg, true).unwrap_or_else(|e| die(e));
@@ -136,6 +139,9 @@ fn main() {
                 listen::check_free(&cfg.listeners()).unwrap_or_else(|e| die(e));
             }
             init_logging(&cfg.log_level);
+            if malloc_tuned {
+                log::debug!("malloc: heaps keep up to {} KiB free; blocks from {} KiB are mmap'd", malloc::TRIM_THRESHOLD >> 10, malloc::MMAP_THRESHOLD >> 10);
+            }
             if !hardening.applied.is_empty() {
                 log::info!("process hardening: {}", hardening.applied.join(", "));
             }
