@@ -363,6 +363,24 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+        /// Random bytes cut at random points: the same digests as `md-5` and `sha2`.
+        #[test]
+        fn random_bodies_and_cuts(data in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..5000), cuts in proptest::collection::vec(0usize..5000, 0..8)) {
+            if let Some(mut h) = Md5Sha256::new() {
+                let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c.min(data.len())).collect();
+                cuts.sort_unstable();
+                let mut at = 0;
+                for c in cuts.into_iter().chain([data.len()]) {
+                    h.update(&data[at..c]);
+                    at = c;
+                }
+                proptest::prop_assert_eq!(h.finalize(), reference(&data));
+            }
+        }
+    }
+
     #[test]
     fn large_bodies_in_uneven_pieces() {
         let Some(fresh) = hasher() else { return };
