@@ -11,8 +11,9 @@
 //! [`Md5Sha256::new`] says `None` elsewhere and the caller hashes the two apart. The MD5 steps
 //! are inline assembly so that their order is the one written here (the compiler's own
 //! schedule put the round function early in the chain: ~25 % slower); SHA-256 is the usual
-//! SHA-NI sequence in intrinsics. Correctness: the tests compare every length from 0 to 300
-//! bytes, fed in every way, with `md-5` and `sha2`.
+//! SHA-NI sequence in intrinsics. Correctness: the tests compare with `md-5` and `sha2` every
+//! length from 0 to 300 bytes, whole and cut in two at every point (every 7th above 140),
+//! random bodies cut at random points, and 5 MiB bodies in uneven pieces.
 #![allow(unsafe_code)] // inline assembly and SHA-NI intrinsics, each call behind a feature check
 
 /// MD5 and SHA-256 of one stream.
