@@ -1,11 +1,11 @@
 //! The Content-MD5 and the signed SHA-256 of one body in one pass, their rounds stitched.
 //!
 //! A PBS upload declares both digests, and each is a chain of dependent steps: MD5 is bound by
-//! its adds and rotates in the general-purpose registers (~1.55 CPU-s/GiB here), SHA-256 by
-//! the SHA-NI round instruction in the vector unit (~0.69). Hashed one after the other they
-//! cost the sum (2.25); with four MD5 steps written between each four SHA-256 rounds of the
-//! same 64-byte block, the core runs both chains side by side and SHA-256 costs ~0.2 more
-//! than MD5 alone (`cargo bench -p filters --bench digests`: ~1.77 CPU-s/GiB for both).
+//! its adds and rotates in the general-purpose registers (~1.55–1.6 CPU-s/GiB here), SHA-256
+//! by the SHA-NI round instruction in the vector unit (~0.7). Hashed one after the other they
+//! cost the sum (2.24–2.40); with four MD5 steps written between each four SHA-256 rounds of
+//! the same 64-byte block, the core runs both chains side by side and SHA-256 adds only
+//! 0.2–0.4 to MD5 (`cargo bench -p filters --bench digests`: 1.81–2.00 CPU-s/GiB for both).
 //!
 //! x86-64 with the SHA extensions only (AMD since Zen, Intel since Ice Lake / Goldmont):
 //! [`Md5Sha256::new`] says `None` elsewhere and the caller hashes the two apart. The MD5 steps
