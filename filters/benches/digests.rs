@@ -1,4 +1,4 @@
-//! Content-MD5 cost of PBS-like uploads: CPU-seconds per GiB of MD5 for 1, 8 and 16
+//! Content-MD5 cost of PBS-like uploads: CPU-seconds per GiB of MD5 for 1, 4, 8 and 16
 //! concurrent 4 MiB uploads fed in 64 KiB pieces (what the proxy's upload path receives),
 //! through `md5_lanes` (multi-buffer lanes) against the `md-5` crate on each upload's own
 //! thread (what the proxy used before), in the same run. SHA-256 (`sha2`, SHA-NI) is shown
@@ -128,7 +128,7 @@ fn main() {
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     println!("load average at start: {}", load.split_whitespace().take(3).collect::<Vec<_>>().join(" "));
     println!("{:<28} {:>8} {:>10} {:>12}", "digest", "uploads", "GB/s", "CPU-s/GiB");
-    for uploads in [1usize, 8, 16] {
+    for uploads in [1usize, 4, 8, 16] {
         let per = 96 / uploads.max(1) + 8;
         let mut kinds = vec![("md-5 (before)", md5_crate as fn(&Bytes) -> [u8; 16]), ("md5_lanes", lanes)];
         if uploads == 1 {
