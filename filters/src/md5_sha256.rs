@@ -71,10 +71,9 @@ impl Md5Sha256 {
         let mut md5_pad = pad;
         md5_pad[n - 1][56..].copy_from_slice(&bits.to_le_bytes());
         pad[n - 1][56..].copy_from_slice(&bits.to_be_bytes());
-        // SAFETY: as in `blocks`.
-        unsafe { kernel::md5_only(&mut self.md5, &md5_pad[..n]) };
-        let sha_blocks: Vec<_> = pad[..n].iter().map(|b| sha2::digest::generic_array::GenericArray::clone_from_slice(b)).collect();
-        sha2::compress256(&mut self.sha256, &sha_blocks);
+        kernel::md5_only(&mut self.md5, &md5_pad[..n]);
+        let sha_blocks = pad.map(|b| sha2::digest::generic_array::GenericArray::clone_from_slice(&b));
+        sha2::compress256(&mut self.sha256, &sha_blocks[..n]);
         let mut md5 = [0u8; 16];
         for (out, word) in md5.chunks_exact_mut(4).zip(self.md5) {
             out.copy_from_slice(&word.to_le_bytes());
@@ -266,30 +265,30 @@ mod kernel {
         _mm_storeu_si128(sha256.as_mut_ptr().add(4).cast(), _mm_alignr_epi8(dchg, feba, 8));
     }
 
-    /// MD5 alone (the padding blocks, which differ from SHA-256's).
-    ///
-    /// # Safety
-    /// As [`both`] (this part needs nothing beyond x86-64, but is only reached from there).
-    pub unsafe fn md5_only(md5: &mut [u32; 4], blocks: &[[u8; 64]]) {
+    /// MD5 alone (the padding blocks, which differ from SHA-256's): plain x86-64.
+    pub fn md5_only(md5: &mut [u32; 4], blocks: &[[u8; 64]]) {
         for block in blocks {
             let m = block.as_ptr();
             let [mut a, mut b, mut c, mut d] = *md5;
-            md5_4!(F, 0, a, b, c, d, m);
-            md5_4!(F, 4, a, b, c, d, m);
-            md5_4!(F, 8, a, b, c, d, m);
-            md5_4!(F, 12, a, b, c, d, m);
-            md5_4!(G, 16, a, b, c, d, m);
-            md5_4!(G, 20, a, b, c, d, m);
-            md5_4!(G, 24, a, b, c, d, m);
-            md5_4!(G, 28, a, b, c, d, m);
-            md5_4!(H, 32, a, b, c, d, m);
-            md5_4!(H, 36, a, b, c, d, m);
-            md5_4!(H, 40, a, b, c, d, m);
-            md5_4!(H, 44, a, b, c, d, m);
-            md5_4!(I, 48, a, b, c, d, m);
-            md5_4!(I, 52, a, b, c, d, m);
-            md5_4!(I, 56, a, b, c, d, m);
-            md5_4!(I, 60, a, b, c, d, m);
+            // SAFETY: each step reads one 32-bit word at offset 0..64 of `block`.
+            unsafe {
+                md5_4!(F, 0, a, b, c, d, m);
+                md5_4!(F, 4, a, b, c, d, m);
+                md5_4!(F, 8, a, b, c, d, m);
+                md5_4!(F, 12, a, b, c, d, m);
+                md5_4!(G, 16, a, b, c, d, m);
+                md5_4!(G, 20, a, b, c, d, m);
+                md5_4!(G, 24, a, b, c, d, m);
+                md5_4!(G, 28, a, b, c, d, m);
+                md5_4!(H, 32, a, b, c, d, m);
+                md5_4!(H, 36, a, b, c, d, m);
+                md5_4!(H, 40, a, b, c, d, m);
+                md5_4!(H, 44, a, b, c, d, m);
+                md5_4!(I, 48, a, b, c, d, m);
+                md5_4!(I, 52, a, b, c, d, m);
+                md5_4!(I, 56, a, b, c, d, m);
+                md5_4!(I, 60, a, b, c, d, m);
+            }
             *md5 = [md5[0].wrapping_add(a), md5[1].wrapping_add(b), md5[2].wrapping_add(c), md5[3].wrapping_add(d)];
         }
     }
@@ -303,7 +302,7 @@ mod kernel {
     pub unsafe fn both(_: &mut [u32; 4], _: &mut [u32; 8], _: &[[u8; 64]]) {
         unreachable!("Md5Sha256::new says None here")
     }
-    pub unsafe fn md5_only(_: &mut [u32; 4], _: &[[u8; 64]]) {
+    pub fn md5_only(_: &mut [u32; 4], _: &[[u8; 64]]) {
         unreachable!("Md5Sha256::new says None here")
     }
 }
