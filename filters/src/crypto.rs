@@ -15,6 +15,7 @@
 
 mod attributes;
 pub mod copy;
+pub mod known;
 mod metadata;
 mod multipart;
 mod partcopy;
@@ -38,6 +39,7 @@ use crate::passthrough::{self, LegacyObjects};
 use crate::request::Operation;
 use crate::verified_write::BodyFramer;
 use range::ByteRange;
+use known::KnownObjects;
 use ranged::{Prepared, RangedRead, Want};
 
 /// What to do with objects that have no sealed metadata (`x-amz-meta-s3cp`).
@@ -119,6 +121,8 @@ enum UploadBody {
 pub struct Read {
     ring: Arc<KeyRing>,
     what: ReadWhat,
+    /// The client's Range or `partNumber`, as asked (planned again if the object changes).
+    want: Option<Want>,
     /// The client's ETag conditions, answered here (the backend knows only ciphertext
     /// ETags).
     if_match: Option<String>,
@@ -143,6 +147,9 @@ enum ReadWhat {
     /// planned anew that the backend is asked for again.
     /// `end`: the last stored byte asked for (`None`: to the end).
     Speculative { range: ByteRange, end: Option<u64> },
+    /// A plan made from what this replica remembered no longer fits the object (replaced
+    /// meanwhile): planned again from fresh probes before the backend is asked again.
+    Replan(Want),
 }
 
 /// What the answer to a `Speculative` read showed.
@@ -180,11 +187,13 @@ pub struct CryptoFilter {
     /// Chunk cipher (format version) of every segment this filter writes; reads take both.
     cipher: ChunkCipher,
     unencrypted: UnencryptedPolicy,
+    /// What earlier reads established about recently read objects (`crypto/known.rs`).
+    known: KnownObjects,
 }
 
 impl CryptoFilter {
     pub fn new(keys: Arc<KeyState>, backend: Arc<Backend>, chunk_size: u32, cipher: ChunkCipher, unencrypted: UnencryptedPolicy) -> Self {
-        Self { keys, backend, chunk_size, cipher, unencrypted }
+        Self { keys, backend, chunk_size, cipher, unencrypted, known: KnownObjects::default() }
     }
 
     fn ring(&self) -> Result<Arc<KeyRing>, S3Error> {
@@ -262,6 +271,10 @@ impl Filter for CryptoFilter {
         let ring = self.ring()?;
         let (bucket, key) = (s3.bucket.clone().unwrap_or_default(), s3.key.clone().unwrap_or_default());
         let obj = ObjectId { bucket: &bucket, key: &key };
+        if matches!(s3.op, Operation::PutObject | Operation::CompleteMultipartUpload | Operation::CopyObject) {
+            // Written through this replica: what it remembered of the name is out of date.
+            self.known.forget(obj, None);
+        }
         ctx.crypto = match s3.op {
             Operation::PutObject | Operation::CreateMultipartUpload => {
                 let mut payload = metadata::from_request(req, s3.content_md5, None);
@@ -317,6 +330,13 @@ impl Filter for CryptoFilter {
     }
 
     async fn upstream_request(&self, up: &mut RequestHeader, ctx: &mut RequestCtx) -> Result<(), S3Error> {
+        if let CryptoCtx::Read(Read { what: ReadWhat::Replan(want), ring, .. }) = &ctx.crypto {
+            let (want, ring) = (*want, ring.clone());
+            let what = self.replan(want, &ring, ctx).await?;
+            if let CryptoCtx::Read(read) = &mut ctx.crypto {
+                read.what = what;
+            }
+        }
         let mut state = std::mem::take(&mut ctx.crypto);
         let result = self.shape_upstream(&mut state, up, ctx);
         ctx.crypto = state;
@@ -363,6 +383,7 @@ impl Filter for CryptoFilter {
                 let resource = ctx.s3()?.resource();
                 Err(s3err(S3ErrorCode::NoSuchUpload, "The specified upload does not exist. The upload ID may be invalid, or the upload may have been aborted or completed.").with_resource(resource))
             }
+            CryptoCtx::Read(read) if status == 412 && read.remembered() => Err(self.forget_and_resend(read, ctx)),
             CryptoCtx::Read(Read { what: ReadWhat::Planned { .. }, .. }) if status == 412 => {
                 // An error answer of its own: the backend's 412 may have no body to replace.
                 Err(s3err(S3ErrorCode::ServiceUnavailable, "The object changed while it was being read; please retry").with_retry_after(1))
@@ -425,6 +446,26 @@ impl Filter for CryptoFilter {
                 }
                 Err(e) => Err(crypto_error(ctx, &e)),
             },
+        }
+    }
+}
+
+/// The 416 answer's error.
+fn unsatisfiable(s3: &crate::request::S3Request) -> S3Error {
+    s3err(S3ErrorCode::InvalidRange, "The requested range is not satisfiable").with_resource(s3.resource())
+}
+
+impl Read {
+    /// A plan made from what this replica remembered of the object.
+    fn remembered(&self) -> bool {
+        matches!(&self.what, ReadWhat::Planned { read, .. } if read.remembered)
+    }
+
+    /// The backend ETag a remembered plan was made for.
+    fn remembered_etag(&self) -> Option<&str> {
+        match &self.what {
+            ReadWhat::Planned { read, .. } if read.remembered => Some(&read.backend_etag),
+            _ => None,
         }
     }
 }
@@ -522,39 +563,87 @@ impl CryptoFilter {
             (None, Some(n)) => Some(Want::Part(n)),
             (None, None) => None,
         };
+        if want.is_some() {
+            // The part's plaintext is computed from the format (segment n is part n): the
+            // backend is asked for ciphertext bytes, never for its own part n.
+            if let Some(s) = ctx.s3.as_mut() {
+                s.query.retain(|(k, _)| k != "partNumber");
+            }
+        }
         let what = match want {
             None => ReadWhat::Whole { part: None },
+            // One request, pinned to the version this replica read before.
+            Some(want) if let Some(read) = ranged::remembered_plan(&self.known, s3, want) => ReadWhat::Planned { read, part: part.is_some() },
             // One request, no header probe: the header comes with the data.
             Some(Want::Range(r)) if let Some(end) = range::from_start(r, self.chunk_size) => ReadWhat::Speculative { range: r, end },
             Some(want) => {
-                // The part's plaintext is computed from the format (segment n is part n):
-                // the backend is asked for ciphertext bytes, never for its own part n.
-                if let Some(s) = ctx.s3.as_mut() {
-                    s.query.retain(|(k, _)| k != "partNumber");
-                }
-                match ranged::prepare(&self.backend, &ring, s3, want).await? {
-                    Prepared::Plan(read) => ReadWhat::Planned { read, part: part.is_some() },
-                    Prepared::Unsatisfiable(len) => {
-                        let e = s3err(S3ErrorCode::InvalidRange, "The requested range is not satisfiable").with_resource(s3.resource());
+                let prepared = ranged::prepare(&self.backend, &ring, &self.known, s3, want).await?;
+                match self.planned(prepared, want, s3, ctx).await? {
+                    Ok(what) => what,
+                    Err(len) => {
+                        let e = unsatisfiable(s3);
                         let mut reply = crate::filter::Reply::xml(416, String::from_utf8_lossy(&e.to_xml(&ctx.request_id)).into_owned());
                         reply.headers.push(("content-range", format!("bytes */{len}")));
                         ctx.error = Some(e);
                         return Ok(Err(reply));
                     }
-                    Prepared::NoSuchPart => return Err(self.no_such_part(s3, part.unwrap_or(0)).await),
-                    Prepared::Damaged(e) => return Err(crypto_error(ctx, &e)),
-                    Prepared::Fallback => range.map_or(ReadWhat::Whole { part }, ReadWhat::FromWhole),
                 }
             }
         };
         Ok(Ok(Read {
             ring,
             what,
+            want,
             if_match: h("if-match"),
             if_none_match: h("if-none-match"),
             checksum_mode: h("x-amz-checksum-mode").is_some_and(|v| v.eq_ignore_ascii_case("enabled")),
             answer: Answer::AsIs,
         }))
+    }
+
+    /// What a prepared Range / `partNumber` read becomes; `Ok(Err(len))`: the range lies
+    /// outside an object of `len` bytes (416).
+    async fn planned(&self, prepared: Prepared, want: Want, s3: &crate::request::S3Request, ctx: &mut RequestCtx) -> Result<Result<ReadWhat, u64>, S3Error> {
+        let part = match want {
+            Want::Part(n) => Some(n),
+            Want::Range(_) => None,
+        };
+        Ok(Ok(match prepared {
+            Prepared::Plan(read) => ReadWhat::Planned { read, part: part.is_some() },
+            Prepared::Unsatisfiable(len) => return Ok(Err(len)),
+            Prepared::NoSuchPart => return Err(self.no_such_part(s3, part.unwrap_or(0)).await),
+            Prepared::Damaged(e) => return Err(crypto_error(ctx, &e)),
+            Prepared::Fallback => match want {
+                Want::Range(r) => ReadWhat::FromWhole(r),
+                Want::Part(_) => ReadWhat::Whole { part },
+            },
+        }))
+    }
+
+    /// A read whose remembered plan no longer fits the object: planned from fresh probes.
+    async fn replan(&self, want: Want, ring: &KeyRing, ctx: &mut RequestCtx) -> Result<ReadWhat, S3Error> {
+        let s3 = ctx.s3()?.clone();
+        let obj = ObjectId { bucket: s3.bucket.as_deref().unwrap_or(""), key: s3.key.as_deref().unwrap_or("") };
+        let version = s3.query_value("versionId");
+        let prepared = ranged::prepare_object(&self.backend, ring, obj, version, want, ranged::HeaderRead::WithData, None, Some(&self.known)).await?;
+        match self.planned(prepared, want, &s3, ctx).await? {
+            Ok(what) => Ok(what),
+            // Shrunk meanwhile below the range (rare): no place for a Content-Range here.
+            Err(len) => Err(unsatisfiable(&s3).with_detail("ActualObjectSize", len.to_string())),
+        }
+    }
+
+    /// Forgets what this replica remembered of the object read and sends the read again,
+    /// planned from fresh probes (the remembered version was replaced).
+    fn forget_and_resend(&self, read: &mut Read, ctx: &mut RequestCtx) -> S3Error {
+        if let Some(s3) = ctx.s3.as_ref() {
+            let obj = ObjectId { bucket: s3.bucket.as_deref().unwrap_or(""), key: s3.key.as_deref().unwrap_or("") };
+            self.known.forget(obj, s3.query_value("versionId"));
+        }
+        match read.want {
+            Some(want) => resend(read, ReadWhat::Replan(want), ctx),
+            None => S3Error::internal("replanning a read", "a remembered plan without a Range or partNumber"),
+        }
     }
 
     /// Shapes the request header of one backend attempt.
@@ -769,6 +858,10 @@ impl CryptoFilter {
     /// the announced layout before releasing any of its bytes, and where no byte would be
     /// held back (HEAD, an empty body) the headers are read and checked here first.
     async fn read_response(&self, read: &mut Read, resp: &mut ResponseHeader, ctx: &mut RequestCtx) -> Result<(), S3Error> {
+        if read.remembered_etag().is_some_and(|e| header(resp, "etag").as_deref() != Some(e)) {
+            // Another version than the plan was made for (a backend that ignores If-Match).
+            return Err(self.forget_and_resend(read, ctx));
+        }
         let s3 = ctx.s3()?.clone();
         let Some(sealed) = header(resp, meta::HEADER) else {
             let last_modified = header(resp, "last-modified").and_then(|v| passthrough::http_date(&v));
@@ -815,14 +908,27 @@ impl CryptoFilter {
         }
         let layout = match &read.what {
             // Planned and checked against the headers it rests on before the request.
-            ReadWhat::Planned { .. } | ReadWhat::Speculative { .. } => None,
+            ReadWhat::Planned { .. } | ReadWhat::Speculative { .. } | ReadWhat::Replan(_) => None,
             ReadWhat::Whole { .. } | ReadWhat::FromWhole(_) => {
                 let cipher_len = header(resp, "content-length").and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
                 let (layout, verified) = payload.announced_layout(opened.chunk_size, cipher_len, &backend_etag).map_err(|e| crypto_error(ctx, &e))?;
                 let nothing_held_back = s3.op == Operation::HeadObject || layout.plain_len == 0;
                 let layout = if nothing_held_back && !verified {
                     let version = s3.query_value("versionId");
-                    ranged::verify_layout(&self.backend, &ring, obj, version, &backend_etag, layout).await?.map_err(|e| crypto_error(ctx, &e))?
+                    // Checked before for this version (same ETag, same shape): not read again.
+                    let checked = self.known.get(obj, version).filter(|k| {
+                        let l = k.layout;
+                        k.backend_etag == backend_etag && k.last_checked && (l.plain_len, l.segments, l.chunk_size) == (layout.plain_len, layout.segments, layout.chunk_size)
+                    });
+                    match checked {
+                        Some(k) => k.layout,
+                        None => {
+                            let known = ranged::verify_layout(&self.backend, &ring, obj, version, &backend_etag, layout).await?.map_err(|e| crypto_error(ctx, &e))?;
+                            let layout = known.layout;
+                            self.known.remember(obj, version, known);
+                            layout
+                        }
+                    }
                 } else {
                     layout
                 };
@@ -931,12 +1037,12 @@ impl CryptoFilter {
                 let Some((first, last)) = range.resolve(layout.plain_len) else { return Ok(Settled::Unsatisfiable(layout.plain_len)) };
                 if let Some(plan) = plan_range(0, last, layout.plain_len, chunk_size, None).filter(|p| p.cipher_end == end) {
                     let (backend_etag, plain_len) = (backend_etag.to_string(), layout.plain_len);
-                    let read = RangedRead { plan, header: None, lead: first, backend_etag, plain_len, first, last, parts_count: None };
+                    let read = RangedRead { plan, header: None, lead: first, backend_etag, plain_len, first, last, parts_count: None, remembered: false };
                     return Ok(Settled::Read(ReadWhat::Planned { read, part: false }));
                 }
             }
         }
-        Ok(match ranged::prepare_object(&self.backend, ring, obj, version, Want::Range(range), ranged::HeaderRead::WithData, Some(backend_etag)).await? {
+        Ok(match ranged::prepare_object(&self.backend, ring, obj, version, Want::Range(range), ranged::HeaderRead::WithData, Some(backend_etag), Some(&self.known)).await? {
             Prepared::Plan(read) => {
                 // A multipart object whose range starts in its first part: the plan (its part
                 // length and last header checked by the probes) may still fit this answer.

@@ -102,20 +102,28 @@ def test_a_range_beyond_the_end_in_the_last_chunk_is_416(counted):
     assert len(seen) == 1, seen
 
 
-def test_a_multipart_object_is_planned_anew_and_read_exactly(counted):
-    """The single request's answer shows a multipart object: the proxy plans the range with
-    the header probes and asks again; the client sees one exact answer."""
-    s3 = counted.boto()
-    key = "reads/multipart"
-    part = 5 * MIB
+def three_parts(s3, key, part=5 * MIB):
+    """A fresh 3-part object (2 full parts and 1000 bytes): nothing of it is remembered."""
     data = blob(2 * part + 1000, key)
     multipart(s3, key, [data[off:off + part] for off in range(0, len(data), part)])
+    return data
+
+
+def test_a_multipart_object_is_planned_anew_and_read_exactly(counted):
+    """The single request's answer shows a multipart object: the proxy plans the range with
+    the header probes and asks again; the client sees one exact answer. (A first read of each
+    object: later reads of it are planned from what this one learned, see below.)"""
+    s3 = counted.boto()
+    part = 5 * MIB
+    total = 2 * part + 1000
     # (range, backend requests): the first answer serves a range inside part 1 once the
     # header probes (first part: its length; last part: the total) have planned it, and an
     # open range to the end once the first header has; a range into part 2 is asked again.
     cases = [("bytes=0-99", 0, 99, 3), ("bytes=5000-6000", 5000, 6000, 3), (f"bytes=0-{part - 1}", 0, part - 1, 3),
-             ("bytes=100-", 100, len(data) - 1, 2), (f"bytes=0-{part + 9}", 0, part + 9, 4)]
-    for spec, first, last, requests in cases:
+             ("bytes=100-", 100, total - 1, 2), (f"bytes=0-{part + 9}", 0, part + 9, 4)]
+    for i, (spec, first, last, requests) in enumerate(cases):
+        key = f"reads/multipart-{i}"
+        data = three_parts(s3, key)
         (content_range, body), seen = backend_requests(counted, key, lambda: ranged(s3, key, spec))
         assert body == data[first:last + 1], spec
         assert content_range == f"bytes {first}-{last}/{len(data)}"
@@ -165,19 +173,21 @@ def test_a_range_from_a_part_boundary_fetches_that_parts_header_with_the_data(co
     """A range (or `partNumber` read) starting at or just after a part boundary gets that
     part's header from the start of the data request instead of a probe of its own."""
     s3 = counted.boto()
-    key = "reads/part-boundary"
     part = 5 * MIB
-    data = blob(2 * part + 1000, key)
-    multipart(s3, key, [data[off:off + part] for off in range(0, len(data), part)])
     # First header (the part length), last header (the total) unless the range reaches the
-    # last part, and the data request carrying the header of the part the range starts in.
-    for spec, first, last, requests in [(f"bytes={part}-{part + 99}", part, part + 99, 3),
-                                        (f"bytes={part + 100_000}-{part + 200_000}", part + 100_000, part + 200_000, 3),
-                                        (f"bytes={2 * part}-", 2 * part, len(data) - 1, 2)]:
+    # last part, and the data request carrying the header of the part the range starts in
+    # (each a first read of a fresh object).
+    for i, (spec, first, last, requests) in enumerate([(f"bytes={part}-{part + 99}", part, part + 99, 3),
+                                                       (f"bytes={part + 100_000}-{part + 200_000}", part + 100_000, part + 200_000, 3),
+                                                       (f"bytes={2 * part}-", 2 * part, 2 * part + 999, 2)]):
+        key = f"reads/part-boundary-{i}"
+        data = three_parts(s3, key)
         (content_range, body), seen = backend_requests(counted, key, lambda: ranged(s3, key, spec))
         assert body == data[first:last + 1] and content_range == f"bytes {first}-{last}/{len(data)}", spec
         assert len(seen) == requests, (spec, seen)
     for n, requests in [(2, 3), (3, 2)]:
+        key = f"reads/part-boundary-part{n}"
+        data = three_parts(s3, key)
         r, seen = backend_requests(counted, key, lambda: s3.get_object(Bucket=BUCKET, Key=key, PartNumber=n))
         assert r["Body"].read() == data[(n - 1) * part:n * part] and r["PartsCount"] == 3
         assert len(seen) == requests, (n, seen)
@@ -213,3 +223,77 @@ def test_an_object_replaced_while_a_range_is_planned_is_read_anew(counted):
     assert body == data[:100] and content_range == f"bytes 0-99/{len(data)}"
     # Speculative answer, the refused first-header probe, then the whole object read anew.
     assert len(seen) == 3, seen
+
+
+def test_later_reads_of_an_object_are_one_request_each(counted):
+    """What the first read's header probes established is remembered (per replica, per
+    version): every later Range or `partNumber` read of that version is one request,
+    pinned to it with If-Match; a multipart HEAD is one request too (aws-cli's download: a
+    HEAD, then ranged GETs of the parts)."""
+    s3 = counted.boto()
+    key = "reads/remembered-single"
+    data = blob(3 * MIB, key)
+    s3.put_object(Bucket=BUCKET, Key=key, Body=data)
+    for spec, first, last, requests in [("bytes=2000000-2000099", 2000000, 2000099, 2),
+                                        ("bytes=1000000-1000009", 1000000, 1000009, 1),
+                                        ("bytes=-100", len(data) - 100, len(data) - 1, 1),
+                                        ("bytes=0-99", 0, 99, 1)]:
+        (content_range, body), seen = backend_requests(counted, key, lambda: ranged(s3, key, spec))
+        assert body == data[first:last + 1] and content_range == f"bytes {first}-{last}/{len(data)}", spec
+        assert len(seen) == requests and all(m == "GET" for m, _ in seen), (spec, seen)
+
+    key = "reads/remembered-multipart"
+    part = 5 * MIB
+    data = three_parts(s3, key)
+    head, seen = backend_requests(counted, key, lambda: s3.head_object(Bucket=BUCKET, Key=key))
+    assert head["ContentLength"] == len(data) and len(seen) == 3, seen   # HEAD, first and last header
+    head, seen = backend_requests(counted, key, lambda: s3.head_object(Bucket=BUCKET, Key=key))
+    assert head["ContentLength"] == len(data) and seen == [("HEAD", f"/{BUCKET}/{key}")], seen
+    for first in range(0, len(data), part):
+        last = min(first + part, len(data)) - 1
+        (content_range, body), seen = backend_requests(counted, key, lambda: ranged(s3, key, f"bytes={first}-{last}"))
+        assert body == data[first:last + 1] and content_range == f"bytes {first}-{last}/{len(data)}"
+        assert len(seen) == 1, (first, seen)
+    r, seen = backend_requests(counted, key, lambda: s3.get_object(Bucket=BUCKET, Key=key, PartNumber=2))
+    assert r["Body"].read() == data[part:2 * part] and r["PartsCount"] == 3 and len(seen) == 1, seen
+    # Deep inside part 2: its header is read once, then remembered.
+    deep = f"bytes={part + 3_000_000}-{part + 3_000_099}"
+    for requests in (2, 1):
+        (_, body), seen = backend_requests(counted, key, lambda: ranged(s3, key, deep))
+        assert body == data[part + 3_000_000:part + 3_000_100] and len(seen) == requests, seen
+
+
+def test_a_remembered_object_replaced_elsewhere_is_planned_anew(counted):
+    """Another replica (here: the stored bytes of another version put back directly) replaced
+    the object this replica remembers: the pinned request gets 412, the read is planned from
+    fresh probes and serves the new version exactly; an answer for another ETag (a backend
+    that ignores If-Match) is never decrypted with the remembered plan either."""
+    s3 = counted.boto(retries={"total_max_attempts": 1, "mode": "standard"})
+    key = "reads/remembered-replaced"
+    old, new = blob(3 * MIB, key + "-old"), blob(3 * MIB + 5000, key + "-new")
+    s3.put_object(Bucket=BUCKET, Key=key, Body=new)
+    stored_new = counted.stored(key)
+    meta_new = counted.direct.head_object(Bucket=BUCKET, Key=key)["Metadata"]
+    s3.put_object(Bucket=BUCKET, Key=key, Body=old)
+    spec, first, last = "bytes=2000000-2000099", 2000000, 2000099
+    (_, body), seen = backend_requests(counted, key, lambda: ranged(s3, key, spec))
+    assert body == old[first:last + 1] and len(seen) == 2
+    counted.direct.put_object(Bucket=BUCKET, Key=key, Body=stored_new, Metadata=meta_new)
+    (content_range, body), seen = backend_requests(counted, key, lambda: ranged(s3, key, spec))
+    assert body == new[first:last + 1] and content_range == f"bytes {first}-{last}/{len(new)}"
+    assert len(seen) == 3, seen    # 412 to the pinned request, the first header, the data
+    (_, body), seen = backend_requests(counted, key, lambda: ranged(s3, key, spec))
+    assert body == new[first:last + 1] and len(seen) == 1, seen
+
+    def other_etag(head, body):
+        lines = [b'ETag: "0123456789abcdef0123456789abcdef"' if l.lower().startswith(b"etag:") else l
+                 for l in head.split(b"\r\n")]
+        return b"\r\n".join(lines), body
+    fault = counted.relay.arm(method="GET", path_contains=key, header="if-match", rewrite_response=other_etag)
+    try:
+        (content_range, body), seen = backend_requests(counted, key, lambda: ranged(s3, key, spec))
+    finally:
+        counted.relay.clear()
+    assert fault.fired == 1
+    assert body == new[first:last + 1] and content_range == f"bytes {first}-{last}/{len(new)}"
+    assert len(seen) == 3, seen    # the answer for "another" ETag, the first header, the data

@@ -132,7 +132,7 @@ pub async fn get_object_attributes(backend: &Backend, ring: &KeyRing, req: &Requ
             let layout = if verified && layout.segments <= 1 {
                 layout
             } else {
-                ranged::verify_layout(backend, ring, obj, version, &backend_etag, layout).await?.map_err(|e| crypto_error(ctx, &e))?
+                ranged::verify_layout(backend, ring, obj, version, &backend_etag, layout).await?.map_err(|e| crypto_error(ctx, &e))?.layout
             };
             Attributes {
                 etag: client_etag(&backend_etag, payload.md5()),

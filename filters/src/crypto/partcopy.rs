@@ -140,7 +140,7 @@ pub async fn upload_part_copy(
 
     // Only the chunks holding the range are fetched when the source can be planned for.
     let planned = match range {
-        Some((a, b)) => match prepare_object(backend, ring, src_obj, version, Want::Range(ByteRange::FromTo(a, b)), HeaderRead::Probe, None).await? {
+        Some((a, b)) => match prepare_object(backend, ring, src_obj, version, Want::Range(ByteRange::FromTo(a, b)), HeaderRead::Probe, None, None).await? {
             Prepared::Plan(rr) if rr.first == a && rr.last == b => Some(rr),
             Prepared::Plan(rr) => return Err(range_invalid(rr.plain_len)),
             Prepared::Unsatisfiable(len) => return Err(range_invalid(len)),
