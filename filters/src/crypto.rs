@@ -573,10 +573,17 @@ impl CryptoFilter {
         let what = match want {
             None => ReadWhat::Whole { part: None },
             // One request, pinned to the version this replica read before.
-            Some(want) if let Some(read) = ranged::remembered_plan(&self.known, s3, want) => ReadWhat::Planned { read, part: part.is_some() },
+            Some(want) if let Some(read) = ranged::remembered_plan(&self.known, s3, want) => {
+                ctx.read_plan = Some("memory");
+                ReadWhat::Planned { read, part: part.is_some() }
+            }
             // One request, no header probe: the header comes with the data.
-            Some(Want::Range(r)) if let Some(end) = range::from_start(r, self.chunk_size) => ReadWhat::Speculative { range: r, end },
+            Some(Want::Range(r)) if let Some(end) = range::from_start(r, self.chunk_size) => {
+                ctx.read_plan = Some("from_start");
+                ReadWhat::Speculative { range: r, end }
+            }
             Some(want) => {
+                ctx.read_plan = Some("header_reads");
                 let prepared = ranged::prepare(&self.backend, &ring, &self.known, s3, want).await?;
                 match self.planned(prepared, want, s3, ctx).await? {
                     Ok(what) => what,
@@ -636,6 +643,7 @@ impl CryptoFilter {
     /// Forgets what this replica remembered of the object read and sends the read again,
     /// planned from fresh probes (the remembered version was replaced).
     fn forget_and_resend(&self, read: &mut Read, ctx: &mut RequestCtx) -> S3Error {
+        ctx.read_plan = Some("replanned");
         if let Some(s3) = ctx.s3.as_ref() {
             let obj = ObjectId { bucket: s3.bucket.as_deref().unwrap_or(""), key: s3.key.as_deref().unwrap_or("") };
             self.known.forget(obj, s3.query_value("versionId"));

@@ -59,6 +59,10 @@ pub struct RequestCtx {
     /// Plaintext bytes encrypted / decrypted for this request (metrics).
     pub bytes_encrypted: u64,
     pub bytes_decrypted: u64,
+    /// How a Range / `partNumber` read was planned (metrics): `memory` (from what this
+    /// replica remembered, no header read), `header_reads`, `from_start` (one request from
+    /// stored byte 0), `replanned` (the remembered version was replaced).
+    pub read_plan: Option<&'static str>,
     /// Why the request failed, kept for `fail_to_proxy`, metrics and the audit log.
     pub error: Option<S3Error>,
     /// A short label when the failure was cryptographic (`tampered`, `wrong_key`, ...).
@@ -93,6 +97,7 @@ impl RequestCtx {
             key_id: None,
             bytes_encrypted: 0,
             bytes_decrypted: 0,
+            read_plan: None,
             error: None,
             crypto_failure: None,
             auth_failure: None,

@@ -22,6 +22,7 @@ pub struct Metrics {
     pub core_dumps_disabled: IntGauge,
     pub key_conflict: IntGauge,
     pub key_conflicts: IntCounter,
+    pub read_plans: IntCounterVec,
     /// Per configured client (the label is a configured access key: bounded by the config).
     pub client_requests: IntCounterVec,
     pub client_bytes: IntCounterVec,
@@ -66,6 +67,7 @@ impl Metrics {
             core_dumps_disabled: reg(&r, IntGauge::new(format!("{p}core_dumps_disabled"), "1 when core dumps are off and the process is not dumpable (RLIMIT_CORE=0, PR_SET_DUMPABLE=0)").expect("valid")),
             key_conflict: reg(&r, IntGauge::new(format!("{p}key_conflict"), "1 while keyd offers different key material under a key id already loaded (refused; the loaded key stays)").expect("valid")),
             key_conflicts: reg(&r, IntCounter::new(format!("{p}key_conflicts_total"), "Key deliveries refused because a key id came with different key material").expect("valid")),
+            read_plans: reg(&r, IntCounterVec::new(Opts::new(format!("{p}read_plans_total"), "Range and partNumber reads by how they were planned: memory (no header read), header_reads, from_start (one request from stored byte 0), replanned (the remembered version was replaced)"), &["plan"]).expect("valid")),
             client_requests: reg(&r, IntCounterVec::new(Opts::new(format!("{p}client_requests_total"), "Requests by configured client and status class (2xx, 3xx, 4xx, 5xx)"), &["access_key", "class"]).expect("valid")),
             client_bytes: reg(&r, IntCounterVec::new(Opts::new(format!("{p}client_bytes_total"), "Body bytes by configured client, received from it (in) and sent to it (out)"), &["access_key", "direction"]).expect("valid")),
             client_throttled: reg(&r, IntCounterVec::new(Opts::new(format!("{p}client_throttled_total"), "Requests refused with 503 SlowDown by the client's rate limit"), &["access_key"]).expect("valid")),

@@ -389,6 +389,9 @@ impl ProxyHttp for S3Proxy {
                 m.client_throttled.with_label_values(&[key]).inc();
             }
         }
+        if let Some(plan) = ctx.read_plan {
+            m.read_plans.with_label_values(&[plan]).inc();
+        }
         if let Some(kind) = ctx.crypto_failure {
             m.encryption_errors.with_label_values(&[kind]).inc();
         }

@@ -7,6 +7,7 @@ and still read back exactly. Every request the proxy makes passes the counting r
 
 import os
 import tempfile
+import time
 import types
 
 import botocore.exceptions
@@ -231,6 +232,7 @@ def test_later_reads_of_an_object_are_one_request_each(counted):
     pinned to it with If-Match; a multipart HEAD is one request too (aws-cli's download: a
     HEAD, then ranged GETs of the parts)."""
     s3 = counted.boto()
+    plans = {p: counted.proxy.metric("s3_crypt_proxy_read_plans_total", plan=p) for p in ("memory", "header_reads")}
     key = "reads/remembered-single"
     data = blob(3 * MIB, key)
     s3.put_object(Bucket=BUCKET, Key=key, Body=data)
@@ -241,6 +243,12 @@ def test_later_reads_of_an_object_are_one_request_each(counted):
         (content_range, body), seen = backend_requests(counted, key, lambda: ranged(s3, key, spec))
         assert body == data[first:last + 1] and content_range == f"bytes {first}-{last}/{len(data)}", spec
         assert len(seen) == requests and all(m == "GET" for m, _ in seen), (spec, seen)
+    # The metrics are counted when a request ends (after the client has its answer).
+    deadline = time.time() + 5
+    while counted.proxy.metric("s3_crypt_proxy_read_plans_total", plan="memory") < plans["memory"] + 3 and time.time() < deadline:
+        time.sleep(0.05)
+    assert counted.proxy.metric("s3_crypt_proxy_read_plans_total", plan="memory") == plans["memory"] + 3
+    assert counted.proxy.metric("s3_crypt_proxy_read_plans_total", plan="header_reads") == plans["header_reads"] + 1
 
     key = "reads/remembered-multipart"
     part = 5 * MIB
