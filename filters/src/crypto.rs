@@ -461,12 +461,18 @@ impl Read {
         matches!(&self.what, ReadWhat::Planned { read, .. } if read.remembered)
     }
 
-    /// The backend ETag a remembered plan was made for.
-    fn remembered_etag(&self) -> Option<&str> {
-        match &self.what {
-            ReadWhat::Planned { read, .. } if read.remembered => Some(&read.backend_etag),
-            _ => None,
+    /// A remembered plan, and `resp` is not an answer for the version it was made for (its
+    /// ETag or stored length differ: replaced, and a backend that ignores If-Match).
+    fn remembered_elsewhere(&self, resp: &ResponseHeader) -> bool {
+        let ReadWhat::Planned { read, .. } = &self.what else { return false };
+        if !read.remembered {
+            return false;
         }
+        let stored = match header(resp, "content-range") {
+            Some(cr) => range::parse_content_range(&cr).map(|(_, _, total)| total),
+            None => header(resp, "content-length").and_then(|v| v.parse::<u64>().ok()),
+        };
+        header(resp, "etag").as_deref() != Some(read.backend_etag.as_str()) || stored != read.stored_len
     }
 }
 
@@ -866,7 +872,7 @@ impl CryptoFilter {
     /// the announced layout before releasing any of its bytes, and where no byte would be
     /// held back (HEAD, an empty body) the headers are read and checked here first.
     async fn read_response(&self, read: &mut Read, resp: &mut ResponseHeader, ctx: &mut RequestCtx) -> Result<(), S3Error> {
-        if read.remembered_etag().is_some_and(|e| header(resp, "etag").as_deref() != Some(e)) {
+        if read.remembered_elsewhere(resp) {
             // Another version than the plan was made for (a backend that ignores If-Match).
             return Err(self.forget_and_resend(read, ctx));
         }
@@ -1045,7 +1051,7 @@ impl CryptoFilter {
                 let Some((first, last)) = range.resolve(layout.plain_len) else { return Ok(Settled::Unsatisfiable(layout.plain_len)) };
                 if let Some(plan) = plan_range(0, last, layout.plain_len, chunk_size, None).filter(|p| p.cipher_end == end) {
                     let (backend_etag, plain_len) = (backend_etag.to_string(), layout.plain_len);
-                    let read = RangedRead { plan, header: None, lead: first, backend_etag, plain_len, first, last, parts_count: None, remembered: false };
+                    let read = RangedRead { plan, header: None, lead: first, backend_etag, plain_len, first, last, parts_count: None, remembered: false, stored_len: Some(total) };
                     return Ok(Settled::Read(ReadWhat::Planned { read, part: false }));
                 }
             }

@@ -51,6 +51,14 @@ impl Known {
         Self { backend_etag, layout, first_header, last_checked, headers: Vec::new() }
     }
 
+    /// The stored length of this version (every segment's header and chunks), which every
+    /// answer for it must show.
+    pub fn stored_len(&self) -> Option<u64> {
+        let last = self.layout.segments.checked_sub(1)?;
+        let tail = s3cp_format::segment_cipher_len(self.layout.segment_len(last)?, self.layout.chunk_size);
+        self.layout.segment_offset(last)?.checked_add(tail)
+    }
+
     /// The header of segment `ordinal`, if it was read.
     pub fn header(&self, ordinal: u32) -> Option<&Bytes> {
         if ordinal == 0 {
@@ -183,5 +191,16 @@ mod tests {
         }
         assert!(many.header(4).is_none() && many.header(5).is_some() && many.header(8).is_some());
         assert!(Known::new("\"e\"".into(), layout(1), Bytes::new()).last_checked);
+    }
+
+    #[test]
+    fn the_stored_length_follows_the_layout() {
+        let full = 65_536 + 16;
+        // One segment of 1 MiB + 10 bytes: a header, 16 full chunks and one of 10 bytes.
+        let one = Layout { plain_len: (1 << 20) + 10, chunk_size: 65_536, segments: 1, part_len: Some((1 << 20) + 10) };
+        assert_eq!(Known::new("\"e\"".into(), one, Bytes::new()).stored_len(), Some(108 + 16 * full + 10 + 16));
+        // Three parts of 5 MiB, 5 MiB and 1000 bytes.
+        let three = Layout { plain_len: 2 * (5 << 20) + 1000, chunk_size: 65_536, segments: 3, part_len: Some(5 << 20) };
+        assert_eq!(Known::new("\"e-3\"".into(), three, Bytes::new()).stored_len(), Some(2 * (108 + 80 * full) + 108 + 1000 + 16));
     }
 }

@@ -39,6 +39,8 @@ pub struct RangedRead {
     /// Planned from what this replica remembered of the object, without probes: an answer
     /// for another version means the read is planned anew.
     pub remembered: bool,
+    /// The stored length of the version planned for (its answer must show it).
+    pub stored_len: Option<u64>,
 }
 
 impl RangedRead {
@@ -334,7 +336,7 @@ fn plan_known(known: &Known, want: Want, header_read: HeaderRead) -> Planning {
     // A multipart object (backend ETag `…-N`, even for N = 1) reports its part count.
     let parts_count = known.backend_etag.trim_matches('"').contains('-').then_some(segments);
     let backend_etag = known.backend_etag.clone();
-    Planning::Done(Prepared::Plan(RangedRead { plan, header, lead, backend_etag, plain_len, first, last, parts_count, remembered: false }))
+    Planning::Done(Prepared::Plan(RangedRead { plan, header, lead, backend_etag, plain_len, first, last, parts_count, remembered: false, stored_len: known.stored_len() }))
 }
 
 #[cfg(test)]
