@@ -12,6 +12,7 @@ the work directory."""
 import json
 import os
 import tempfile
+import time
 
 import pytest
 
@@ -57,6 +58,39 @@ def test_one_key_send_reaches_all_three_memkey_servers(cluster):
     assert cluster.lb.server_states() == {"proxy-a": 2, "proxy-b": 2, "proxy-c": 2}
 
 
+def test_a_range_read_remembered_by_one_replica_follows_a_write_through_another(cluster):
+    """Replicas keep their own memory of what they read (docs/object-format.md 6.3.2): a
+    replica that remembers an object plans its next Range read from that memory, pinned to
+    the version it read; after another replica replaced the object, the pinned request is
+    refused and the read is planned anew, so the new bytes come back exactly."""
+    import harness
+    from test_pbs import blob
+    a, b = cluster.proxies[0], cluster.proxies[1]
+    via_a = cluster.boto(endpoint=a.endpoint, ca=harness.test_ca(a.dir)[0])
+    via_b = cluster.boto(endpoint=b.endpoint, ca=harness.test_ca(b.dir)[0])
+    key = "remembered/replaced-elsewhere"
+    old, new = blob(3 << 20, key + "-old"), blob((3 << 20) + 777, key + "-new")
+    via_a.put_object(Bucket=cd.BUCKET, Key=key, Body=old)
+    spec = "bytes=2000000-2000099"
+
+    def read():
+        r = via_b.get_object(Bucket=cd.BUCKET, Key=key, Range=spec)
+        return r["ContentRange"], r["Body"].read()
+
+    assert read() == (f"bytes 2000000-2000099/{len(old)}", old[2000000:2000100])
+    memory = b.metric("s3_crypt_proxy_read_plans_total", plan="memory")
+    assert read()[1] == old[2000000:2000100]
+    via_a.put_object(Bucket=cd.BUCKET, Key=key, Body=new)
+    replanned = b.metric("s3_crypt_proxy_read_plans_total", plan="replanned")
+    assert read() == (f"bytes 2000000-2000099/{len(new)}", new[2000000:2000100])
+    # Counted as each request ends (after the client has its answer).
+    deadline = time.time() + 5
+    while b.metric("s3_crypt_proxy_read_plans_total", plan="replanned") < replanned + 1 and time.time() < deadline:
+        time.sleep(0.05)
+    assert b.metric("s3_crypt_proxy_read_plans_total", plan="replanned") == replanned + 1
+    assert b.metric("s3_crypt_proxy_read_plans_total", plan="memory") >= memory + 1
+
+
 @pytest.mark.parametrize("name", list(SHORT))
 def test_drill(cluster, name):
     r = cd.run_drill(cluster, name, clients=8, max_size="1MiB", **SHORT[name])
@@ -91,3 +125,4 @@ def test_drill(cluster, name):
         status, body = f["readyz_without_keyd_key"]
         assert status == 503 and body["key_loaded"] and not body["keyd_holds_key"], f
         assert f["key_send_exit"] == 0, f["key_send_output"]
+
