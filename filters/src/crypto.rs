@@ -127,6 +127,12 @@ pub struct Read {
     /// ETags).
     if_match: Option<String>,
     if_none_match: Option<String>,
+    /// `If-Range` of a Range GET: the Range applies only to the version it names (an ETag
+    /// the client was shown, or its Last-Modified time); any other gets the whole object.
+    if_range: Option<String>,
+    /// The Range of a HEAD: answered as the GET would be (206, the range's length), from
+    /// the object's authenticated length.
+    head_range: Option<ByteRange>,
     /// `x-amz-checksum-mode: ENABLED`.
     checksum_mode: bool,
     answer: Answer,
@@ -450,6 +456,25 @@ impl Filter for CryptoFilter {
     }
 }
 
+/// Whether `If-Range: validator` names the version answered (RFC 9110 13.1.5): an entity tag
+/// by strong comparison with an ETag the client may have been shown (a weak one never
+/// matches), a date when it is exactly the object's Last-Modified time. Anything else (an
+/// unparsable value included) does not: the client then gets the whole object, never a part
+/// of another version than the one it holds the rest of.
+fn if_range_holds(validator: &str, etags: &[String], last_modified: Option<&str>) -> bool {
+    let v = validator.trim();
+    if v.starts_with("W/") {
+        return false;
+    }
+    if v.starts_with('"') {
+        return etags.iter().any(|e| e == v);
+    }
+    match (passthrough::http_date(v), last_modified.and_then(passthrough::http_date)) {
+        (Some(asked), Some(modified)) => asked == modified,
+        _ => false,
+    }
+}
+
 /// The 416 answer's error.
 fn unsatisfiable(s3: &crate::request::S3Request) -> S3Error {
     s3err(S3ErrorCode::InvalidRange, "The requested range is not satisfiable").with_resource(s3.resource())
@@ -609,6 +634,8 @@ impl CryptoFilter {
             want,
             if_match: h("if-match"),
             if_none_match: h("if-none-match"),
+            if_range: h("if-range").filter(|_| matches!(want, Some(Want::Range(_)))),
+            head_range: h("range").filter(|_| s3.op == Operation::HeadObject && part.is_none()).and_then(|r| ByteRange::parse(&r)),
             checksum_mode: h("x-amz-checksum-mode").is_some_and(|v| v.eq_ignore_ascii_case("enabled")),
             answer: Answer::AsIs,
         }))
@@ -960,6 +987,16 @@ impl CryptoFilter {
 
         // ETag conditions, on the ETags this client may have been shown.
         let candidates = [etag, client_etag(&backend_etag, None)];
+        if let Some(validator) = read.if_range.take() {
+            if !if_range_holds(&validator, &candidates, header(resp, "last-modified").as_deref()) {
+                // Another version than the client holds part of: the whole object, 200.
+                match read.what {
+                    ReadWhat::FromWhole(_) => read.what = ReadWhat::Whole { part: None },
+                    ReadWhat::Planned { part: false, .. } => return Err(resend(read, ReadWhat::Whole { part: None }, ctx)),
+                    _ => {}
+                }
+            }
+        }
         let matches = |list: &str| {
             list.split(',').map(str::trim).any(|t| t == "*" || candidates.iter().any(|c| c == t || c.trim_matches('"') == t.trim_matches('"')))
         };
@@ -1012,6 +1049,14 @@ impl CryptoFilter {
                     set_header(resp, "content-range", format!("bytes */{}", layout.plain_len))?;
                     return Ok(());
                 }
+            },
+            // A HEAD with a Range: what the GET would answer, without a body.
+            (ReadWhat::Whole { part: None }, Some(layout)) if let Some(r) = read.head_range => match r.resolve(layout.plain_len) {
+                Some((first, last)) => {
+                    set_header(resp, "content-range", format!("bytes {first}-{last}/{}", layout.plain_len))?;
+                    (206, first, last - first + 1)
+                }
+                None => return Err(unsatisfiable(&s3)),
             },
             (_, layout) => (200, 0, layout.map_or(0, |l| l.plain_len)),
         };
@@ -1143,5 +1188,28 @@ fn strip_checksums(resp: &mut ResponseHeader) {
         .collect();
     for n in names {
         resp.remove_header(&n);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::if_range_holds;
+
+    #[test]
+    fn if_range_names_one_version_strongly() {
+        let etags = ["\"5d41402abc4b2a76b9719d911017c592\"".to_string(), "\"0123-2\"".to_string()];
+        let modified = Some("Sun, 06 Dec 2026 10:00:00 GMT");
+        assert!(if_range_holds("\"5d41402abc4b2a76b9719d911017c592\"", &etags, modified));
+        assert!(if_range_holds(" \"0123-2\" ", &etags, modified));
+        assert!(!if_range_holds("\"5d41402abc4b2a76b9719d911017c593\"", &etags, modified));
+        // Weak tags never match; an unquoted tag is no entity tag (and no date).
+        assert!(!if_range_holds("W/\"5d41402abc4b2a76b9719d911017c592\"", &etags, modified));
+        assert!(!if_range_holds("5d41402abc4b2a76b9719d911017c592", &etags, modified));
+        // A date matches the Last-Modified time exactly, not an earlier or later one.
+        assert!(if_range_holds("Sun, 06 Dec 2026 10:00:00 GMT", &etags, modified));
+        assert!(!if_range_holds("Sun, 06 Dec 2026 10:00:01 GMT", &etags, modified));
+        assert!(!if_range_holds("Sun, 06 Dec 2026 09:59:59 GMT", &etags, modified));
+        assert!(!if_range_holds("Sun, 06 Dec 2026 10:00:00 GMT", &etags, None));
+        assert!(!if_range_holds("", &etags, modified));
     }
 }

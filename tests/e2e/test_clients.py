@@ -249,6 +249,60 @@ def test_conditional_gets_and_response_overrides(http_stack):
     assert r["ContentType"] == "application/x-override" and r["ContentDisposition"] == "inline"
 
 
+def get_if_range(s3, key, byte_range, validator):
+    """A Range GET with `If-Range: validator` (boto3 has no parameter for it): (status,
+    Content-Range, body)."""
+    def add(request, **_):
+        request.headers["If-Range"] = validator
+    s3.meta.events.register_first("before-sign.s3.GetObject", add)
+    try:
+        r = s3.get_object(Bucket=BUCKET, Key=key, Range=byte_range)
+        return r["ResponseMetadata"]["HTTPStatusCode"], r.get("ContentRange"), r["Body"].read()
+    finally:
+        s3.meta.events.unregister("before-sign.s3.GetObject", add)
+
+
+def test_if_range_resumes_only_the_version_the_client_holds(http_stack):
+    """If-Range (as S3 honours it): the Range is served only when the validator names the
+    stored version — its ETag (strong comparison) or its exact Last-Modified time; otherwise
+    the whole object comes back with 200, so a resumed download never appends a piece of
+    another version. Every read path: a range near the start (one request with the header),
+    further in (header read first, then remembered) and open-ended."""
+    s3 = http_stack.boto()
+    key = "boto/if-range"
+    data = blob(3 << 20, key)
+    etag = s3.put_object(Bucket=BUCKET, Key=key, Body=data)["ETag"]
+    modified = s3.head_object(Bucket=BUCKET, Key=key)["ResponseMetadata"]["HTTPHeaders"]["last-modified"]
+    n = len(data)
+    for byte_range, first, last in [("bytes=100-199", 100, 199), ("bytes=2000000-2000099", 2000000, 2000099),
+                                    ("bytes=2000000-2000099", 2000000, 2000099), ("bytes=1000000-", 1000000, n - 1)]:
+        for current in (etag, modified):
+            assert get_if_range(s3, key, byte_range, current) == (206, f"bytes {first}-{last}/{n}", data[first:last + 1]), (byte_range, current)
+        for stale in ('"0123456789abcdef0123456789abcdef"', "W/" + etag, "Sun, 01 Jan 2023 00:00:00 GMT"):
+            status, content_range, body = get_if_range(s3, key, byte_range, stale)
+            assert (status, content_range) == (200, None) and body == data, (byte_range, stale)
+
+
+def test_head_with_a_range_answers_as_the_get_would(http_stack):
+    """HeadObject takes a Range as S3 does: 206 with the range's Content-Length and
+    Content-Range (from the object's authenticated length), 416 when it cannot be met."""
+    s3 = http_stack.boto()
+    key = "boto/head-range"
+    data = blob(300_000, key)
+    s3.put_object(Bucket=BUCKET, Key=key, Body=data)
+    n = len(data)
+    for byte_range, first, last in [("bytes=100-199", 100, 199), ("bytes=-10", n - 10, n - 1),
+                                    ("bytes=299990-400000", 299990, n - 1), ("bytes=0-", 0, n - 1)]:
+        r = s3.head_object(Bucket=BUCKET, Key=key, Range=byte_range)
+        assert r["ResponseMetadata"]["HTTPStatusCode"] == 206, byte_range
+        assert (r["ContentLength"], r["ContentRange"]) == (last - first + 1, f"bytes {first}-{last}/{n}"), byte_range
+    with pytest.raises(s3.exceptions.ClientError) as e:
+        s3.head_object(Bucket=BUCKET, Key=key, Range=f"bytes={n}-")
+    assert e.value.response["ResponseMetadata"]["HTTPStatusCode"] == 416
+    plain = s3.head_object(Bucket=BUCKET, Key=key)
+    assert plain["ResponseMetadata"]["HTTPStatusCode"] == 200 and plain["ContentLength"] == n and "ContentRange" not in plain
+
+
 def test_copy_of_a_multipart_object_reads_back_with_the_right_size(http_stack):
     s3 = http_stack.boto()
     part = 5 * 1024 * 1024
