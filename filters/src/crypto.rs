@@ -772,6 +772,15 @@ impl CryptoFilter {
                 for h in ["range", "if-range", "if-match", "if-none-match"] {
                     up.remove_header(h);
                 }
+                // The date conditions yield to the ETag ones answered here (RFC 9110 13.2.2;
+                // S3: If-Match true and If-Unmodified-Since false is 200 with the data): the
+                // backend must not answer 412 or 304 on a date the ETag condition overrides.
+                if read.if_match.is_some() {
+                    up.remove_header("if-unmodified-since");
+                }
+                if read.if_none_match.is_some() {
+                    up.remove_header("if-modified-since");
+                }
                 if let ReadWhat::Speculative { end, .. } = &read.what {
                     let end = end.map(|e| e.to_string()).unwrap_or_default();
                     set(up, "range", format!("bytes=0-{end}"))?;

@@ -245,6 +245,18 @@ def test_conditional_gets_and_response_overrides(http_stack):
     with pytest.raises(s3.exceptions.ClientError) as e:
         s3.get_object(Bucket=BUCKET, Key="boto/cond", IfModifiedSince=lm + datetime.timedelta(seconds=5))
     assert e.value.response["ResponseMetadata"]["HTTPStatusCode"] == 304
+    # The ETag conditions win over the date ones (S3 and RFC 9110): If-Match true with
+    # If-Unmodified-Since false is 200 with the data; If-None-Match true with
+    # If-Modified-Since false is 200 too; If-None-Match false is 304 whatever the date says.
+    earlier, later = lm - datetime.timedelta(days=1), lm + datetime.timedelta(days=1)
+    assert s3.get_object(Bucket=BUCKET, Key="boto/cond", IfMatch=etag, IfUnmodifiedSince=earlier)["Body"].read() == data
+    assert s3.get_object(Bucket=BUCKET, Key="boto/cond", IfNoneMatch='"0123"', IfModifiedSince=later)["Body"].read() == data
+    with pytest.raises(s3.exceptions.ClientError) as e:
+        s3.get_object(Bucket=BUCKET, Key="boto/cond", IfNoneMatch=etag, IfModifiedSince=earlier)
+    assert e.value.response["ResponseMetadata"]["HTTPStatusCode"] == 304
+    with pytest.raises(s3.exceptions.ClientError) as e:
+        s3.get_object(Bucket=BUCKET, Key="boto/cond", IfUnmodifiedSince=earlier)
+    assert e.value.response["ResponseMetadata"]["HTTPStatusCode"] == 412
     r = s3.get_object(Bucket=BUCKET, Key="boto/cond", ResponseContentType="application/x-override", ResponseContentDisposition="inline")
     assert r["ContentType"] == "application/x-override" and r["ContentDisposition"] == "inline"
 
