@@ -434,7 +434,11 @@ impl Filter for CryptoFilter {
             Answer::HeaderFirst { .. } => {
                 let obj = ObjectId { bucket: ctx.s3.as_ref().and_then(|s| s.bucket.as_deref()).unwrap_or(""), key: ctx.s3.as_ref().and_then(|s| s.key.as_deref()).unwrap_or("") };
                 let piece = body.take();
-                let result = header_first(&mut read.answer, &read.ring, obj, piece, end).and_then(|rest| decrypt_piece(&mut read.answer, rest, end));
+                let mut opened = None;
+                let result = header_first(&mut read.answer, &read.ring, obj, piece, end, &mut opened).and_then(|rest| decrypt_piece(&mut read.answer, rest, end));
+                if let Some(header) = opened {
+                    self.remember_first_header(read, header, obj, ctx.s3.as_ref().and_then(|s| s.query_value("versionId")));
+                }
                 match result {
                     Ok((plain, n)) => {
                         ctx.bytes_decrypted += n;
@@ -512,7 +516,8 @@ fn resend(read: &mut Read, what: ReadWhat, ctx: &mut RequestCtx) -> S3Error {
 /// Collects the first segment header from the start of a `HeaderFirst` answer; once it is
 /// whole, the answer becomes `Decrypt` for the rest, which is returned (`None` while the
 /// header is incomplete).
-fn header_first(answer: &mut Answer, ring: &KeyRing, obj: ObjectId<'_>, piece: Option<Bytes>, end: bool) -> Result<Option<Bytes>, FormatError> {
+/// `opened` receives the header once it is authenticated.
+fn header_first(answer: &mut Answer, ring: &KeyRing, obj: ObjectId<'_>, piece: Option<Bytes>, end: bool, opened: &mut Option<Vec<u8>>) -> Result<Option<Bytes>, FormatError> {
     let Answer::HeaderFirst { header, .. } = answer else { return Ok(piece) };
     let mut piece = piece.unwrap_or_default();
     let n = (HEADER_LEN - header.len()).min(piece.len());
@@ -523,6 +528,7 @@ fn header_first(answer: &mut Answer, ring: &KeyRing, obj: ObjectId<'_>, piece: O
     let Answer::HeaderFirst { header, plan, skip, take } = std::mem::replace(answer, Answer::AsIs) else { unreachable!("matched above") };
     let decryptor = Decryptor::for_range(ring.clone(), obj, &header, &plan)?;
     *answer = Answer::Decrypt { decryptor, skip, take };
+    *opened = Some(header);
     Ok(Some(piece))
 }
 
@@ -670,6 +676,21 @@ impl CryptoFilter {
             Ok(what) => Ok(what),
             // Shrunk meanwhile below the range (rare): no place for a Content-Range here.
             Err(len) => Err(unsatisfiable(&s3).with_detail("ActualObjectSize", len.to_string())),
+        }
+    }
+
+    /// The first header of a single-part object, authenticated at the start of a ranged
+    /// answer (a Range near the start, one request): later ranges of that version need no
+    /// header read either.
+    fn remember_first_header(&self, read: &Read, header: Vec<u8>, obj: ObjectId<'_>, version: Option<&str>) {
+        let ReadWhat::Planned { read: rr, .. } = &read.what else { return };
+        if rr.plan.layout.segments != 1 || rr.plan.header_offset != 0 {
+            return;
+        }
+        let known = known::Known::new(rr.backend_etag.clone(), rr.plan.layout, Bytes::from(header));
+        // The answer's stored length is the one this layout has (else it is not remembered).
+        if rr.stored_len.is_some() && known.stored_len() == rr.stored_len {
+            self.known.remember(obj, version, known);
         }
     }
 

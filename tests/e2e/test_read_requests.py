@@ -251,6 +251,16 @@ def test_later_reads_of_an_object_are_one_request_each(counted):
     assert counted.proxy.metric("s3_crypt_proxy_read_plans_total", plan="memory") == plans["memory"] + 3
     assert counted.proxy.metric("s3_crypt_proxy_read_plans_total", plan="header_reads") == plans["header_reads"] + 1
 
+    # A range near the start (one request, the header with the data) is remembered too: a
+    # seek further in afterwards is one request.
+    key = "reads/remembered-from-start"
+    data = blob(3 * MIB, key)
+    s3.put_object(Bucket=BUCKET, Key=key, Body=data)
+    for spec, first, last in [("bytes=0-99", 0, 99), ("bytes=2000000-2000099", 2000000, 2000099), ("bytes=-100", len(data) - 100, len(data) - 1)]:
+        (content_range, body), seen = backend_requests(counted, key, lambda: ranged(s3, key, spec))
+        assert body == data[first:last + 1] and content_range == f"bytes {first}-{last}/{len(data)}", spec
+        assert len(seen) == 1, (spec, seen)
+
     key = "reads/remembered-multipart"
     part = 5 * MIB
     data = three_parts(s3, key)
