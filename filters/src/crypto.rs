@@ -15,7 +15,7 @@
 
 mod attributes;
 pub mod copy;
-pub mod known;
+mod known;
 mod metadata;
 mod multipart;
 mod partcopy;
@@ -155,7 +155,7 @@ enum ReadWhat {
     Speculative { range: ByteRange, end: Option<u64> },
     /// A plan made from what this replica remembered no longer fits the object (replaced
     /// meanwhile): planned again from fresh probes before the backend is asked again.
-    Replan(Want),
+    Replan,
 }
 
 /// What the answer to a `Speculative` read showed.
@@ -336,7 +336,7 @@ impl Filter for CryptoFilter {
     }
 
     async fn upstream_request(&self, up: &mut RequestHeader, ctx: &mut RequestCtx) -> Result<(), S3Error> {
-        if let CryptoCtx::Read(Read { what: ReadWhat::Replan(want), ring, .. }) = &ctx.crypto {
+        if let CryptoCtx::Read(Read { what: ReadWhat::Replan, want: Some(want), ring, .. }) = &ctx.crypto {
             let (want, ring) = (*want, ring.clone());
             let what = self.replan(want, &ring, ctx).await?;
             if let CryptoCtx::Read(read) = &mut ctx.crypto {
@@ -436,7 +436,7 @@ impl Filter for CryptoFilter {
                 let piece = body.take();
                 let mut opened = None;
                 let result = header_first(&mut read.answer, &read.ring, obj, piece, end, &mut opened).and_then(|rest| decrypt_piece(&mut read.answer, rest, end));
-                if let Some(header) = opened {
+                if let Some(header) = opened.map(Bytes::from) {
                     self.remember_first_header(read, header, obj, ctx.s3.as_ref().and_then(|s| s.query_value("versionId")));
                 }
                 match result {
@@ -682,12 +682,12 @@ impl CryptoFilter {
     /// The first header of a single-part object, authenticated at the start of a ranged
     /// answer (a Range near the start, one request): later ranges of that version need no
     /// header read either.
-    fn remember_first_header(&self, read: &Read, header: Vec<u8>, obj: ObjectId<'_>, version: Option<&str>) {
+    fn remember_first_header(&self, read: &Read, header: Bytes, obj: ObjectId<'_>, version: Option<&str>) {
         let ReadWhat::Planned { read: rr, .. } = &read.what else { return };
         if rr.plan.layout.segments != 1 || rr.plan.header_offset != 0 {
             return;
         }
-        let known = known::Known::new(rr.backend_etag.clone(), rr.plan.layout, Bytes::from(header));
+        let known = known::Known::new(rr.backend_etag.clone(), rr.plan.layout, header);
         // The answer's stored length is the one this layout has (else it is not remembered).
         if rr.stored_len.is_some() && known.stored_len() == rr.stored_len {
             self.known.remember(obj, version, known);
@@ -702,10 +702,8 @@ impl CryptoFilter {
             let obj = ObjectId { bucket: s3.bucket.as_deref().unwrap_or(""), key: s3.key.as_deref().unwrap_or("") };
             self.known.forget(obj, s3.query_value("versionId"));
         }
-        match read.want {
-            Some(want) => resend(read, ReadWhat::Replan(want), ctx),
-            None => S3Error::internal("replanning a read", "a remembered plan without a Range or partNumber"),
-        }
+        // A remembered plan is only ever made for a Range or partNumber (`want`).
+        resend(read, ReadWhat::Replan, ctx)
     }
 
     /// Shapes the request header of one backend attempt.
@@ -970,7 +968,7 @@ impl CryptoFilter {
                 Settled::Damaged(e) => return Err(crypto_error(ctx, &e)),
                 Settled::Unsatisfiable(len) => {
                     // The answer has a body (at least a header's worth): it carries the error.
-                    let e = s3err(S3ErrorCode::InvalidRange, "The requested range is not satisfiable").with_resource(s3.resource());
+                    let e = unsatisfiable(&s3);
                     read.answer = Answer::Replace(self.error_answer(resp, ctx, e)?);
                     set_header(resp, "content-range", format!("bytes */{len}"))?;
                     return Ok(());
@@ -979,7 +977,7 @@ impl CryptoFilter {
         }
         let layout = match &read.what {
             // Planned and checked against the headers it rests on before the request.
-            ReadWhat::Planned { .. } | ReadWhat::Speculative { .. } | ReadWhat::Replan(_) => None,
+            ReadWhat::Planned { .. } | ReadWhat::Speculative { .. } | ReadWhat::Replan => None,
             ReadWhat::Whole { .. } | ReadWhat::FromWhole(_) => {
                 let cipher_len = header(resp, "content-length").and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
                 let (layout, verified) = payload.announced_layout(opened.chunk_size, cipher_len, &backend_etag).map_err(|e| crypto_error(ctx, &e))?;
@@ -987,12 +985,13 @@ impl CryptoFilter {
                 let layout = if nothing_held_back && !verified {
                     let version = s3.query_value("versionId");
                     // Checked before for this version (same ETag, same shape): not read again.
-                    let checked = self.known.get(obj, version).filter(|k| {
+                    let checked = self.known.with(obj, version, |k| {
                         let l = k.layout;
-                        k.backend_etag == backend_etag && k.last_checked && (l.plain_len, l.segments, l.chunk_size) == (layout.plain_len, layout.segments, layout.chunk_size)
+                        let same = k.backend_etag == backend_etag && k.last_checked && (l.plain_len, l.segments, l.chunk_size) == (layout.plain_len, layout.segments, layout.chunk_size);
+                        same.then_some(l)
                     });
-                    match checked {
-                        Some(k) => k.layout,
+                    match checked.flatten() {
+                        Some(l) => l,
                         None => {
                             let known = ranged::verify_layout(&self.backend, &ring, obj, version, &backend_etag, layout).await?.map_err(|e| crypto_error(ctx, &e))?;
                             let layout = known.layout;
@@ -1074,7 +1073,7 @@ impl CryptoFilter {
                 None => {
                     // The backend's answer holds the whole object (at least one header's
                     // worth of bytes), so its body can carry the error document.
-                    let e = s3err(S3ErrorCode::InvalidRange, "The requested range is not satisfiable").with_resource(s3.resource());
+                    let e = unsatisfiable(&s3);
                     read.answer = Answer::Replace(self.error_answer(resp, ctx, e)?);
                     set_header(resp, "content-range", format!("bytes */{}", layout.plain_len))?;
                     return Ok(());
@@ -1160,8 +1159,7 @@ impl CryptoFilter {
                 read.answer = Answer::Slice { skip: first, take: last - first + 1 };
             }
             None => {
-                let resource = ctx.s3()?.resource();
-                let e = s3err(S3ErrorCode::InvalidRange, "The requested range is not satisfiable").with_resource(resource);
+                let e = unsatisfiable(ctx.s3()?);
                 if len == 0 {
                     // No body to carry the error document: the proxy answers it in full.
                     return Err(e);

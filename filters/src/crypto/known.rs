@@ -118,8 +118,13 @@ impl KnownObjects {
 
     /// What is remembered of `obj` (the version last seen, when `version` is `None`).
     pub fn get(&self, obj: ObjectId<'_>, version: Option<&str>) -> Option<Known> {
+        self.with(obj, version, Known::clone)
+    }
+
+    /// `f` of what is remembered of `obj`, looked at in place (no copy of the entry).
+    pub fn with<R>(&self, obj: ObjectId<'_>, version: Option<&str>, f: impl FnOnce(&Known) -> R) -> Option<R> {
         let name = Name::of(obj, version)?;
-        self.lock().get(&name).cloned()
+        self.lock().get(&name).map(f)
     }
 
     pub fn remember(&self, obj: ObjectId<'_>, version: Option<&str>, known: Known) {
@@ -136,12 +141,9 @@ impl KnownObjects {
         }
     }
 
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.lock().len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 

@@ -26,7 +26,7 @@ pub struct RangedRead {
     /// The header of the segment the plan starts in; `None` when it comes with the data (the
     /// backend is then asked from `plan.header_offset`, and the plan starts at that segment's
     /// first chunk).
-    pub header: Option<Vec<u8>>,
+    pub header: Option<bytes::Bytes>,
     /// Plaintext the plan decrypts before `first` (with the header fetched with the data, the
     /// plan starts at the segment's first chunk).
     pub lead: u64,
@@ -120,6 +120,12 @@ fn open_header(ring: &KeyRing, obj: ObjectId<'_>, bytes: &[u8]) -> Result<Segmen
     Ok(hdr)
 }
 
+/// Authenticates `bytes` as the header of segment `ordinal` of `layout` (for segment 0 of a
+/// multipart object, learning the part length).
+fn check_header(ring: &KeyRing, obj: ObjectId<'_>, bytes: &[u8], layout: &mut Layout, ordinal: u32) -> Result<(), FormatError> {
+    open_header(ring, obj, bytes).and_then(|hdr| layout.check(ordinal, &hdr))
+}
+
 /// The object changed between two requests of one read.
 fn changed() -> S3Error {
     s3err(S3ErrorCode::ServiceUnavailable, "The object changed while it was being read; please retry").with_retry_after(1)
@@ -150,7 +156,7 @@ fn unexpected(obj: ObjectId<'_>, status: u16) -> Result<FormatError, S3Error> {
 async fn read_header_at(backend: &Backend, ring: &KeyRing, obj: ObjectId<'_>, version: Option<&str>, etag: &str, layout: &mut Layout, ordinal: u32) -> Result<Result<bytes::Bytes, FormatError>, S3Error> {
     let offset = layout.segment_offset(ordinal).unwrap_or(0);
     match probe(backend, obj, version, offset, Some(etag)).await? {
-        Probe::Header(_, b) => Ok(open_header(ring, obj, &b).and_then(|hdr| layout.check(ordinal, &hdr)).map(|()| b)),
+        Probe::Header(_, b) => Ok(check_header(ring, obj, &b, layout, ordinal).map(|()| b)),
         Probe::Other(status) => unexpected(obj, status).map(Err),
     }
 }
@@ -180,8 +186,8 @@ pub async fn verify_layout(backend: &Backend, ring: &KeyRing, obj: ObjectId<'_>,
 /// backend.
 pub fn remembered_plan(remembered: &KnownObjects, s3: &S3Request, want: Want) -> Option<RangedRead> {
     let obj = ObjectId { bucket: s3.bucket.as_deref().unwrap_or(""), key: s3.key.as_deref().unwrap_or("") };
-    let known = remembered.get(obj, s3.query_value("versionId"))?;
-    match plan_known(&known, want, HeaderRead::WithData) {
+    let planned = remembered.with(obj, s3.query_value("versionId"), |known| plan_known(known, want, HeaderRead::WithData))?;
+    match planned {
         Planning::Done(Prepared::Plan(read)) => Some(RangedRead { remembered: true, ..read }),
         _ => None,
     }
@@ -276,7 +282,7 @@ async fn learn(backend: &Backend, ring: &KeyRing, obj: ObjectId<'_>, version: Op
         Err(e) => return Ok(Err(Prepared::Damaged(e))),
     };
     // Segment 0's header, authenticated; a multipart object's part length is learned here.
-    if let Err(e) = open_header(ring, obj, &first_header).and_then(|hdr| layout.check(0, &hdr)) {
+    if let Err(e) = check_header(ring, obj, &first_header, &mut layout, 0) {
         return Ok(Err(Prepared::Damaged(e)));
     }
     Ok(Ok(Known::new(etag, layout, first_header)))
@@ -320,7 +326,7 @@ fn plan_known(known: &Known, want: Want, header_read: HeaderRead) -> Planning {
     let from_segment = plan_range(u64::from(plan.segment) * part_len, last, plain_len, layout.chunk_size, multipart)
         .filter(|whole| header_read == HeaderRead::WithData && plan.cipher_start - whole.cipher_start <= super::range::AHEAD_ALWAYS);
     let (plan, header, lead) = if let Some(h) = known.header(plan.segment) {
-        (plan, Some(h.to_vec()), 0)
+        (plan, Some(h.clone()), 0)
     } else if let Some(whole) = from_segment {
         let lead = first - u64::from(plan.segment) * part_len;
         (whole, None, lead)
