@@ -34,6 +34,8 @@ pub struct AdminApi {
     pub allowed_buckets: Vec<String>,
     pub core_dumps_disabled: bool,
     pub upgrade_sock: String,
+    /// A stop in progress takes the replica out of the pool (`/readyz` 503, `draining`).
+    pub drain: Arc<crate::drain::Drain>,
     pub pid_file: String,
 }
 
@@ -180,10 +182,11 @@ impl ServeHttp for AdminApi {
                 let backend = self.metrics.backend_up.get() == 1;
                 let keyd = self.keyd_holds_key.load(Ordering::Relaxed);
                 let keyd_ok = !(self.needs_key && self.ready_requires_keyd_key) || keyd;
-                let status = if key && backend && keyd_ok { 200 } else { 503 };
+                let draining = self.drain.stopping();
+                let status = if key && backend && keyd_ok && !draining { 200 } else { 503 };
                 json(
                     status,
-                    serde_json::json!({ "ready": status == 200, "key_loaded": key, "backend_up": backend, "keyd_holds_key": keyd }),
+                    serde_json::json!({ "ready": status == 200, "key_loaded": key, "backend_up": backend, "keyd_holds_key": keyd, "draining": draining }),
                 )
             }
             "/metrics" => respond(200, "text/plain; version=0.0.4", self.metrics.render()),

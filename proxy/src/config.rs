@@ -222,6 +222,7 @@ pub struct RawMemkey {
 #[serde(deny_unknown_fields)]
 pub struct RawServer {
     pub threads: Option<usize>,
+    pub drain_seconds: Option<u64>,
     pub grace_period_seconds: Option<u64>,
     pub graceful_shutdown_timeout_seconds: Option<u64>,
     pub upgrade_sock: Option<String>,
@@ -259,6 +260,8 @@ pub struct Config {
     pub log_level: String,
     pub audit_log: Option<String>,
     pub threads: usize,
+    /// On SIGTERM: seconds of serving with `/readyz` 503 and `Connection: close` (drain.rs).
+    pub drain_seconds: u64,
     pub grace_period_seconds: u64,
     pub graceful_shutdown_timeout_seconds: u64,
     pub upgrade_sock: String,
@@ -518,6 +521,7 @@ impl RawConfig {
             log_level: self.log_level.unwrap_or_else(|| "info".into()),
             audit_log: self.audit_log.filter(|s| s != "off"),
             threads: self.server.threads.unwrap_or(0),
+            drain_seconds: self.server.drain_seconds.unwrap_or(5),
             grace_period_seconds: self.server.grace_period_seconds.unwrap_or(30),
             graceful_shutdown_timeout_seconds: self.server.graceful_shutdown_timeout_seconds.unwrap_or(30),
             upgrade_sock: self.server.upgrade_sock.filter(|s| !s.is_empty()).unwrap_or_else(|| in_runtime_dir("upgrade.sock")),

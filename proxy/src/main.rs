@@ -4,6 +4,7 @@ mod admin;
 mod audit;
 mod background;
 mod config;
+mod drain;
 mod key_verify;
 mod key_usage;
 mod listen;
@@ -30,7 +31,7 @@ use filters::resign::ResignFilter;
 use filters::{Chain, Filter, FilterKind};
 use pingora::apps::http_app::HttpServer;
 use pingora::server::configuration::{Opt, ServerConf};
-use pingora::server::Server;
+use pingora::server::{RunArgs, Server};
 use pingora::services::background::background_service;
 use pingora::services::listening::Service;
 
@@ -254,6 +255,7 @@ fn run(cfg: config::Config, parts: Parts, hardened: bool, upgrade: bool, daemon:
     server.bootstrap();
 
     let keys = Arc::new(KeyState::with_memory_lock(lock_keyring));
+    let drain = Arc::new(drain::Drain::default());
     let metrics = Arc::new(metrics::Metrics::new());
     // Every configured client's throttle counter exists from the start (at 0), so alerts and
     // dashboards see the series before the first refusal.
@@ -274,6 +276,7 @@ fn run(cfg: config::Config, parts: Parts, hardened: bool, upgrade: bool, daemon:
         vhost_suffix: cfg.virtual_host_suffix.clone(),
         metrics: metrics.clone(),
         audit,
+        drain: drain.clone(),
     };
     let mut s3 = pingora::proxy::http_proxy_service_with_name(&server.configuration, proxy, "s3");
     match &cfg.tls {
@@ -306,6 +309,7 @@ fn run(cfg: config::Config, parts: Parts, hardened: bool, upgrade: bool, daemon:
         core_dumps_disabled: hardened,
         upgrade_sock: cfg.upgrade_sock.clone(),
         pid_file: cfg.pid_file.clone(),
+        drain: drain.clone(),
     };
     let mut admin = Service::new("admin".to_string(), HttpServer::new_app(admin_api));
     match &cfg.tls {
@@ -340,5 +344,7 @@ fn run(cfg: config::Config, parts: Parts, hardened: bool, upgrade: bool, daemon:
         },
     ));
     log::info!("s3-crypt-proxy {} starting: filters {:?}, backend {:?}, chunk cipher {} (format version {})", env!("CARGO_PKG_VERSION"), names, parts.backend, cfg.cipher, cfg.cipher.version());
-    server.run_forever();
+    let stop_after = Duration::from_secs(cfg.drain_seconds);
+    server.run(RunArgs { shutdown_signal: Box::new(drain::DrainingSignals { drain, stop_after }) });
+    std::process::exit(0)
 }

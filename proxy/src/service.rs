@@ -27,6 +27,8 @@ pub struct S3Proxy {
     pub vhost_suffix: Option<String>,
     pub metrics: Arc<Metrics>,
     pub audit: Option<Arc<Audit>>,
+    /// An upgrade or stop in progress: every answer closes its connection (drain.rs).
+    pub drain: Arc<crate::drain::Drain>,
 }
 
 fn request_id() -> String {
@@ -102,7 +104,7 @@ impl S3Proxy {
         }
         h.insert_header("content-length", reply.body.len().to_string())?;
         // Drained or not, the client gets its answer; only a whole body allows reuse.
-        if !drain_unread_body(session).await || closing == Closing::AfterReply {
+        if !drain_unread_body(session).await || closing == Closing::AfterReply || self.drain.closes_connections() {
             session.set_keepalive(None);
         }
         session.write_response_header(Box::new(h), false).await?;
@@ -237,7 +239,7 @@ impl ProxyHttp for S3Proxy {
         }
     }
 
-    async fn upstream_response_filter(&self, _session: &mut Session, resp: &mut ResponseHeader, ctx: &mut RequestCtx) -> Result<()> {
+    async fn upstream_response_filter(&self, session: &mut Session, resp: &mut ResponseHeader, ctx: &mut RequestCtx) -> Result<()> {
         // Acknowledge the header at once: a backend with Nagle on (Garage) holds back a small
         // body (a 16 KiB object) until its header is acknowledged, and the kernel would delay
         // that ACK by 40 ms: every small GET waited for it (issue 14, goal 3).
@@ -246,6 +248,11 @@ impl ProxyHttp for S3Proxy {
         }
         if resp.status.is_informational() {
             return Ok(());
+        }
+        if self.drain.closes_connections() {
+            // `Connection: close` on this answer: the connection ends after it, not under
+            // the client's next request (drain.rs).
+            session.set_keepalive(None);
         }
         let status = resp.status.as_u16();
         if status >= 500 || status == 429 {

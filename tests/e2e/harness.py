@@ -413,9 +413,9 @@ class KeyServers:
 
 class Proxy:
     def __init__(self, workdir, backend_server, keyd=None, tls=True, name="proxy", backend_options=None, cert_names=(),
-                 **overrides):
-        """backend_options: extra keys of the `backend:` section (e.g. timeout); cert_names: more DNS names in the
-        TLS certificate; other overrides replace top-level keys."""
+                 server_options=None, **overrides):
+        """backend_options / server_options: extra keys of the `backend:` (e.g. timeout) / `server:` section;
+        cert_names: more DNS names in the TLS certificate; other overrides replace top-level keys."""
         backend = backend_server
         self.dir = os.path.join(workdir, name)
         os.makedirs(self.dir, exist_ok=True)
@@ -433,10 +433,13 @@ class Proxy:
             "client": {"access_key": self.access_key, "secret_key": self.secret_key},
             "audit_log": os.path.join(self.dir, "audit.log"),
             "server": {"upgrade_sock": os.path.join(self.dir, "upgrade.sock"), "pid_file": os.path.join(self.dir, "proxy.pid"),
-                       "grace_period_seconds": 1, "graceful_shutdown_timeout_seconds": 2, "threads": 2},
+                       "grace_period_seconds": 1, "graceful_shutdown_timeout_seconds": 2, "threads": 2,
+                       # Tests stop proxies all the time; the stop drain has its own tests.
+                       "drain_seconds": 0},
             "memkey": {"poll_interval": "200ms"},
         }
         cfg["backend"].update(backend_options or {})
+        cfg["server"].update(server_options or {})
         if keyd is not None:
             cfg["memkey"]["socket_path"] = keyd.socket
         if tls:

@@ -1,11 +1,15 @@
 """Operating the proxy: zero-downtime upgrade under load, several stateless replicas,
 keyd restarts."""
 
+import http.client
+import json
 import os
 import signal
+import socket
 import tempfile
 import threading
 import time
+import urllib.parse
 
 import boto3
 import botocore.config
@@ -72,6 +76,125 @@ def test_graceful_upgrade_under_load(ops_stack):
     assert proxy.proc.poll() is None, "the new process serves"
     status, _ = proxy.admin_get("/healthz")
     assert status == 200
+
+
+def presigned_get(proxy, key):
+    s3 = boto3.client("s3", endpoint_url=proxy.endpoint, region_name="us-east-1",
+                      aws_access_key_id=proxy.access_key, aws_secret_access_key=proxy.secret_key,
+                      config=botocore.config.Config(s3={"addressing_style": "path"}, signature_version="s3v4"))
+    return s3.generate_presigned_url("get_object", Params={"Bucket": BUCKET, "Key": key}, ExpiresIn=600)
+
+
+def raw_get(url_or_path, port):
+    """A GET request as bytes, for a socket kept open across answers (the path of a presigned
+    URL, or a bare path)."""
+    u = urllib.parse.urlsplit(url_or_path)
+    target = u.path + ("?" + u.query if u.query else "")
+    return f"GET {target} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode()
+
+
+def exchange(sock, request):
+    """Sends `request` on `sock` and reads one whole answer: (status, lower-cased headers,
+    body, whether the server closed the connection right after the answer)."""
+    sock.sendall(request)
+    r = http.client.HTTPResponse(sock, method="GET")
+    r.begin()
+    body = r.read()
+    headers = {k.lower(): v for k, v in r.getheaders()}
+    # A server that ends the connection does so right after the answer; one that keeps it
+    # sends nothing more. (Pingora's own close of idle connections comes 5 s after SIGQUIT.)
+    sock.settimeout(1.5)
+    try:
+        closed = sock.recv(1) == b""
+    except socket.timeout:
+        closed = False
+    sock.settimeout(10)
+    return r.status, headers, body, closed
+
+
+def log_count(proc, text):
+    with open(proc.log_path, errors="replace") as f:
+        return f.read().count(text)
+
+
+def wait_log(proc, text, count, timeout=10):
+    deadline = time.time() + timeout
+    while log_count(proc, text) < count:
+        assert time.time() < deadline, f"{text!r} not logged\n{harness.tail(proc.log_path)}"
+        time.sleep(0.05)
+
+
+def test_an_upgrade_ends_each_kept_connection_after_an_answer(ops_stack):
+    """proxy/src/drain.rs: pingora closes the idle keep-alive connections when the old process
+    stops, and a request sent on one at that moment meets a closed connection (HAProxy can
+    resend only a body that fits its 16 KiB buffer). From SIGQUIT on, the old process answers
+    every request with `Connection: close` and then closes, so each kept connection ends
+    after a whole answer, proxied or the proxy's own."""
+    proxy = ops_stack.proxy
+    s3 = boto_for(proxy)
+    s3.put_object(Bucket=BUCKET, Key="drain/upgrade", Body=b"kept until the answer")
+    requests = [(raw_get(presigned_get(proxy, "drain/upgrade"), proxy.port), 200), (raw_get(f"/{BUCKET}/drain/upgrade", proxy.port), 403)]
+    kept = [socket.create_connection(("127.0.0.1", proxy.port), timeout=10) for _ in requests]
+    try:
+        for sock, (req, status) in zip(kept, requests):
+            got = exchange(sock, req)
+            assert got[0] == status and got[1]["connection"] == "keep-alive" and not got[3], got[:2]
+        said = log_count(proxy.proc, "SIGQUIT: handing")
+        old = proxy.upgrade(wait_old=False)
+        wait_log(old, "SIGQUIT: handing", said + 1)
+        for sock, (req, status) in zip(kept, requests):
+            got = exchange(sock, req)
+            assert got[0] == status and got[1]["connection"] == "close", got[:2]
+            assert got[3], "the old process closes the connection after its answer"
+        old.p.wait(30)
+        old.log.close()
+        assert old.p.returncode == 0
+        # The new process keeps its connections as before.
+        with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as sock:
+            got = exchange(sock, requests[0][0])
+            assert got[0] == 200 and got[1]["connection"] == "keep-alive" and got[2] == b"kept until the answer"
+    finally:
+        for sock in kept:
+            sock.close()
+
+
+def test_a_stop_drains_before_it_stops_accepting(ops_stack):
+    """SIGTERM: for server.drain_seconds the proxy still accepts and answers, each answer
+    closing its connection, while /readyz says 503 `draining` so load balancers take it out;
+    then the graceful stop (exit 0)."""
+    first = ops_stack.proxy
+    p = harness.Proxy(ops_stack.workdir, ops_stack.backend, ops_stack.keyd, tls=False, name="proxy-drain",
+                      allowed_buckets=[BUCKET], client={"access_key": first.access_key, "secret_key": first.secret_key},
+                      server_options={"drain_seconds": 4})
+    try:
+        p.wait_ready()
+        s3 = boto_for(p)
+        s3.put_object(Bucket=BUCKET, Key="drain/stop", Body=b"answered while draining")
+        req = raw_get(presigned_get(p, "drain/stop"), p.port)
+        kept = socket.create_connection(("127.0.0.1", p.port), timeout=10)
+        got = exchange(kept, req)
+        assert got[0] == 200 and got[1]["connection"] == "keep-alive" and not got[3]
+        status, body = p.admin_get("/readyz")
+        assert status == 200 and json.loads(body)["draining"] is False, body
+
+        stopped_at = time.time()
+        p.proc.p.send_signal(signal.SIGTERM)
+        wait_log(p.proc, "SIGTERM: draining", 1)
+        status, body = p.admin_get("/readyz")
+        assert status == 503 and json.loads(body)["draining"] is True, body
+        got = exchange(kept, req)
+        assert got[0] == 200 and got[1]["connection"] == "close" and got[3], got[:2]
+        kept.close()
+        # A new connection is still accepted and answered during the drain.
+        with socket.create_connection(("127.0.0.1", p.port), timeout=10) as sock:
+            got = exchange(sock, req)
+            assert got[0] == 200 and got[2] == b"answered while draining" and got[1]["connection"] == "close", got[:2]
+        assert p.proc.poll() is None, "still serving within drain_seconds"
+        p.proc.p.wait(20)
+        assert p.proc.p.returncode == 0, harness.tail(p.proc.log_path)
+        assert time.time() - stopped_at >= 4
+    finally:
+        p.stop()
 
 
 def test_two_replicas_alternating_including_multipart_parts(ops_stack):
