@@ -66,7 +66,9 @@ class Cluster:
                 # builds on a loaded 2-core machine are slow).
                 server={"upgrade_sock": os.path.join(self.workdir, f"proxy-{i}-upgrade.sock"),
                         "pid_file": os.path.join(self.workdir, f"proxy-{i}.pid"),
-                        "grace_period_seconds": 2, "graceful_shutdown_timeout_seconds": 20, "threads": 2}))
+                        "grace_period_seconds": 2, "graceful_shutdown_timeout_seconds": 20, "threads": 2,
+                        # The shipped default: a stop serves on for 5 s with /readyz 503.
+                        "drain_seconds": 5}))
         for p in self.proxies:
             p.wait_ready(timeout=60)
         self.lb = harness.HAProxy(self.workdir, self.proxies)
@@ -279,6 +281,24 @@ def fault_upgrade(cluster, timing, log):
         u["old_exit_code"] = old.p.returncode
 
 
+def fault_stop(cluster, timing, log):
+    """`systemctl stop` of replica a under load, then start: SIGTERM drains first (/readyz
+    503 takes it out of HAProxy's pool while it still answers, each answer closing its
+    connection), then it stops accepting and exits."""
+    p = cluster.proxies[0]
+    p.proc.p.send_signal(signal.SIGTERM)
+    log["stopped_at"] = t = time.time()
+    log["marked_down_after_s"] = round(cluster.lb.wait_state("proxy-a", False, 30) - t, 1)
+    p.proc.p.wait(60)
+    p.proc.log.close()
+    log["exit_code"] = p.proc.p.returncode
+    log["exited_after_s"] = round(time.time() - t, 1)
+    time.sleep(timing["down"])
+    p.start()
+    p.wait_ready(timeout=60)
+    log["back_up_after_s"] = round(cluster.lb.wait_state("proxy-a", True, 60) - t, 1)
+
+
 def fault_garage(cluster, timing, log):
     """Stop Garage node 3 (the backend of replica c) for a while, then start it again."""
     node = cluster.garage.nodes[2]
@@ -335,6 +355,7 @@ def fault_slow(cluster, timing, log):
 DRILLS = {
     "kill": fault_kill,
     "upgrade": fault_upgrade,
+    "stop": fault_stop,
     "garage": fault_garage,
     "keyd": fault_keyd,
     "slow": fault_slow,

@@ -23,6 +23,7 @@ import cluster_drills as cd
 SHORT = {
     "kill": dict(seconds=16, lead=3, timing={"down": 2}),
     "upgrade": dict(seconds=16, lead=3, timing={"between": 1}),
+    "stop": dict(seconds=24, lead=3, timing={"down": 2}),
     "garage": dict(seconds=28, lead=3, timing={"down": 15}),
     "keyd": dict(seconds=16, lead=3, timing={"down": 2}),
     "slow": dict(seconds=18, lead=3, timing={"down": 10}),
@@ -121,6 +122,10 @@ def test_drill(cluster, name):
     elif name == "upgrade":
         assert len(f["upgrades"]) == 3 and all(u["new_pid"] != u["old_pid"] for u in f["upgrades"]), f
         assert all(u["old_exit_code"] == 0 for u in f["upgrades"]), f
+    elif name == "stop":
+        # HAProxy took the replica out while it still answered (drain_seconds 5), and it
+        # stopped cleanly.
+        assert f["marked_down_after_s"] < f["exited_after_s"] and f["exit_code"] == 0, f
     elif name == "garage":
         # Replica c's backend (node 3) was gone: it left the pool through /readyz.
         assert f["replica_c_marked_down_after_s"] is not None, f
