@@ -142,11 +142,12 @@ def cluster_main(args):
     total = (args.minutes or 5.5) * 60
     # Shares of the total load time; each drill's fault lasts what the issue asks for.
     plan = {
-        "kill": dict(share=0.18, lead=0.3, timing={"down": 10}),
-        "upgrade": dict(share=0.18, lead=0.2, timing={"between": 5}),
-        "garage": dict(share=0.28, lead=0.1, timing={"down": 60}),
-        "keyd": dict(share=0.18, lead=0.2, timing={"down": 15}),
-        "slow": dict(share=0.18, lead=0.3, timing={"down": 10}),
+        "kill": dict(share=0.15, lead=0.3, timing={"down": 10}),
+        "upgrade": dict(share=0.15, lead=0.2, timing={"between": 5}),
+        "stop": dict(share=0.15, lead=0.2, timing={"down": 10}),
+        "garage": dict(share=0.25, lead=0.1, timing={"down": 60}),
+        "keyd": dict(share=0.15, lead=0.2, timing={"down": 15}),
+        "slow": dict(share=0.15, lead=0.3, timing={"down": 10}),
     }
     workdir = tempfile.mkdtemp(prefix="s3cp-cluster-soak-")
     print(f"soak --cluster: work directory {workdir}; {os.cpu_count()} cores, load "
