@@ -123,16 +123,9 @@ impl Filter for Sigv4Filter {
     }
 
     async fn upstream_request(&self, up: &mut RequestHeader, ctx: &mut RequestCtx) -> Result<(), S3Error> {
-        // A retried attempt replays the body from its start: every body state starts anew.
-        ctx.payload = None;
-        ctx.held_piece = None;
-        ctx.checksummer = ctx.checksum_spec.as_ref().map(|(alg, _)| Checksummer::new(*alg));
-        let v = ctx.verified()?;
-        ctx.chunked = if v.payload.is_streaming() {
-            let s3 = ctx.s3()?;
-            let decoded = s3.decoded_content_length.unwrap_or(0);
-            let trailer = ctx.checksum_spec.as_ref().filter(|(_, value)| value.is_none()).map(|(alg, _)| *alg);
-            let signing = matches!(v.payload, PayloadMode::StreamingSigned | PayloadMode::StreamingSignedTrailer).then(|| ChunkSigning::from_verified(v));
+        // A retried attempt replays the body from its start: its check starts anew.
+        let check = BodyCheck::new(ctx)?;
+        if check.decoder.is_some() {
             // The body goes on decoded: describe it as such (the crypto filter, if any,
             // then replaces the length by the ciphertext's).
             for h in ["content-encoding", "x-amz-decoded-content-length", "x-amz-trailer", "transfer-encoding"] {
@@ -141,11 +134,10 @@ impl Filter for Sigv4Filter {
             if let Some((alg, _)) = &ctx.checksum_spec {
                 up.remove_header(alg.header_name());
             }
+            let decoded = ctx.s3()?.decoded_content_length.unwrap_or(0);
             up.insert_header("content-length", decoded.to_string()).map_err(|e| S3Error::internal("content-length", e))?;
-            Some(ChunkedDecoder::new(v.payload, signing, trailer, decoded)?)
-        } else {
-            None
-        };
+        }
+        ctx.body_check = Some(check);
         Ok(())
     }
 
@@ -168,91 +160,130 @@ impl Filter for Sigv4Filter {
     }
 
     fn request_body(&self, body: &mut Option<Bytes>, end: bool, ctx: &mut RequestCtx) -> Result<(), S3Error> {
-        let signed = match ctx.verified()?.payload {
-            PayloadMode::Signed(h) => Some(h),
-            _ => None,
-        };
-        if ctx.payload.is_none() {
-            let md5 = ctx.s3()?.content_md5;
-            ctx.payload = Some(PayloadVerifier::new(signed, md5));
+        if ctx.body_check.is_none() {
+            ctx.body_check = Some(BodyCheck::new(ctx)?);
         }
+        let check = ctx.body_check.as_mut().expect("made above");
         // aws-chunked: from here on the body is the decoded payload.
-        if let Some(decoder) = ctx.chunked.as_mut() {
+        if let Some(decoder) = check.decoder.as_mut() {
             if let Some(raw) = body.take() {
                 *body = Some(decoder.feed_bytes(raw).inspect_err(|e| ctx.auth_failure = Some(auth_failure_label(e.code)))?);
             }
         }
-        let verifier = ctx.payload.as_mut().expect("created above");
         if let Some(b) = body.as_ref() {
-            verifier.update(b);
-            if let Some(c) = ctx.checksummer.as_mut() {
+            check.verifier.update(b);
+            if let Some(c) = check.sum.as_mut() {
                 c.update(b);
             }
         }
-        if end {
-            let trailer = match ctx.chunked.take() {
-                Some(d) => d.finish().inspect_err(|e| ctx.auth_failure = Some(auth_failure_label(e.code)))?,
-                None => None,
-            };
-            let verifier = ctx.payload.take().expect("created above");
-            match verifier.finish() {
-                Ok(md5) => ctx.body_md5 = md5,
-                Err(e) => {
-                    ctx.auth_failure = Some(auth_failure_label(e.code));
-                    return Err(e);
-                }
+        if !end {
+            if !ctx.body_rewritten {
+                check.pass_on_one_piece_late(body);
             }
-            if let Some(c) = ctx.checksummer.take() {
-                let alg = c.algorithm();
-                let computed = c.finish_base64();
-                let expected = match &ctx.checksum_spec {
-                    Some((_, Some(header_value))) => Some(header_value.clone()),
-                    _ => trailer.filter(|(a, _)| *a == alg).map(|(_, v)| v),
-                };
-                match expected {
-                    Some(e) if e != computed => {
-                        ctx.auth_failure = Some("checksum");
-                        return Err(checksum::mismatch_error(alg));
-                    }
-                    Some(_) => ctx.checksum_result = Some((alg, computed)),
-                    None => return Err(s3err(S3ErrorCode::InvalidRequest, format!("The {} trailer announced in x-amz-trailer did not come", alg.header_name()))),
+            return Ok(());
+        }
+        let BodyCheck { verifier, decoder, sum, held } = ctx.body_check.take().expect("made above");
+        let trailer = match decoder {
+            Some(d) => d.finish().inspect_err(|e| ctx.auth_failure = Some(auth_failure_label(e.code)))?,
+            None => None,
+        };
+        match verifier.finish() {
+            Ok(md5) => ctx.body_md5 = md5,
+            Err(e) => {
+                ctx.auth_failure = Some(auth_failure_label(e.code));
+                return Err(e);
+            }
+        }
+        if let Some(c) = sum {
+            let alg = c.algorithm();
+            let computed = c.finish_base64();
+            let expected = match &ctx.checksum_spec {
+                Some((_, Some(header_value))) => Some(header_value.clone()),
+                _ => trailer.filter(|(a, _)| *a == alg).map(|(_, v)| v),
+            };
+            match expected {
+                Some(e) if e != computed => {
+                    ctx.auth_failure = Some("checksum");
+                    return Err(checksum::mismatch_error(alg));
                 }
+                Some(_) => ctx.checksum_result = Some((alg, computed)),
+                None => return Err(s3err(S3ErrorCode::InvalidRequest, format!("The {} trailer announced in x-amz-trailer did not come", alg.header_name()))),
             }
         }
         if ctx.body_rewritten {
             return Ok(());
         }
-        // Pass the body on one piece late, so the last piece waits for the verdict.
-        let current = body.take();
-        let previous = ctx.held_piece.take();
-        if end {
-            *body = match (previous, current) {
-                (Some(p), Some(c)) if !c.is_empty() => {
-                    let mut joined = BytesMut::with_capacity(p.len() + c.len());
-                    joined.extend_from_slice(&p);
-                    joined.extend_from_slice(&c);
-                    Some(joined.freeze())
-                }
-                (Some(p), _) => Some(p),
-                (None, c) => c,
-            };
+        // The whole body checked out: the held piece goes on with the last one.
+        *body = match (held, body.take()) {
+            (Some(p), Some(c)) if !c.is_empty() => {
+                let mut joined = BytesMut::with_capacity(p.len() + c.len());
+                joined.extend_from_slice(&p);
+                joined.extend_from_slice(&c);
+                Some(joined.freeze())
+            }
+            (Some(p), _) => Some(p),
+            (None, c) => c,
+        };
+        Ok(())
+    }
+}
+
+/// The sigv4 filter's check of one attempt's request body: made anew for every backend
+/// attempt (a retried attempt replays the body from its start), consumed by the verdict at
+/// the body's end.
+pub struct BodyCheck {
+    /// SHA-256 of a signed payload, and the Content-MD5, over the plaintext.
+    verifier: PayloadVerifier,
+    /// aws-chunked framing being decoded (the streaming payload modes).
+    decoder: Option<ChunkedDecoder>,
+    /// The flexible checksum the client declared, over the plaintext.
+    sum: Option<Checksummer>,
+    /// When the body goes on as the client sent it (no filter rewrites it): the last piece,
+    /// held back until the verdict, so a forged body never reaches the backend whole.
+    held: Option<Bytes>,
+}
+
+impl BodyCheck {
+    fn new(ctx: &RequestCtx) -> Result<Self, S3Error> {
+        let v = ctx.verified()?;
+        let s3 = ctx.s3()?;
+        let signed = match v.payload {
+            PayloadMode::Signed(h) => Some(h),
+            _ => None,
+        };
+        let decoder = if v.payload.is_streaming() {
+            let trailer = ctx.checksum_spec.as_ref().filter(|(_, value)| value.is_none()).map(|(alg, _)| *alg);
+            let signing = matches!(v.payload, PayloadMode::StreamingSigned | PayloadMode::StreamingSignedTrailer).then(|| ChunkSigning::from_verified(v));
+            Some(ChunkedDecoder::new(v.payload, signing, trailer, s3.decoded_content_length.unwrap_or(0))?)
         } else {
-            match current {
-                // A read can decode to nothing (an aws-chunked read holding only framing: a
-                // chunk header, the final chunk, part of the trailer). The held piece may be
-                // the last data, so it stays held: releasing it now would hand the backend the
-                // whole body before the trailer's verdict.
-                Some(c) if !c.is_empty() => {
-                    ctx.held_piece = Some(c);
-                    *body = Some(previous.unwrap_or_default());
-                }
-                _ => {
-                    ctx.held_piece = previous;
-                    *body = Some(Bytes::new());
-                }
+            None
+        };
+        Ok(Self {
+            verifier: PayloadVerifier::new(signed, s3.content_md5),
+            decoder,
+            sum: ctx.checksum_spec.as_ref().map(|(alg, _)| Checksummer::new(*alg)),
+            held: None,
+        })
+    }
+
+    /// Before the body's end: `body` goes on in place of the piece held before it, and is
+    /// held itself.
+    fn pass_on_one_piece_late(&mut self, body: &mut Option<Bytes>) {
+        let previous = self.held.take();
+        match body.take() {
+            // A read can decode to nothing (an aws-chunked read holding only framing: a
+            // chunk header, the final chunk, part of the trailer). The held piece may be
+            // the last data, so it stays held: releasing it now would hand the backend the
+            // whole body before the trailer's verdict.
+            Some(c) if !c.is_empty() => {
+                self.held = Some(c);
+                *body = Some(previous.unwrap_or_default());
+            }
+            _ => {
+                self.held = previous;
+                *body = Some(Bytes::new());
             }
         }
-        Ok(())
     }
 }
 
@@ -328,4 +359,44 @@ mod tests {
         assert_eq!(released.concat(), PAYLOAD.as_bytes());
         assert_eq!(released.last().unwrap(), b" world", "the last data piece is released with the end of the body");
     }
+
+    async fn signed_put(declared: &[u8], reads: &[&[u8]]) -> (Vec<Vec<u8>>, Result<(), S3Error>) {
+        use sha2::Digest;
+        let creds = Credentials::new("AKTEST", "secret");
+        let filter = Sigv4Filter::new(creds.clone());
+        let mut req = RequestHeader::build("PUT", b"/bkt/k", None).unwrap();
+        req.insert_header("host", "proxy:9000").unwrap();
+        req.insert_header("content-length", declared.len().to_string()).unwrap();
+        let sha = hex::encode(sha2::Sha256::digest(declared));
+        test_signer::sign(&mut req, &creds, &["content-length", "host", "x-amz-content-sha256", "x-amz-date"], &sha, SystemTime::now());
+        let mut ctx = RequestCtx::new("test".into());
+        ctx.s3 = Some(S3Request::parse(&req, None).unwrap());
+        filter.request(&req, &mut ctx).await.unwrap();
+        filter.upstream_request(&mut req.clone(), &mut ctx).await.unwrap();
+        let mut released = Vec::new();
+        for (i, read) in reads.iter().enumerate() {
+            let mut body = Some(Bytes::copy_from_slice(read));
+            let verdict = filter.request_body(&mut body, i + 1 == reads.len(), &mut ctx);
+            if verdict.is_err() {
+                return (released, verdict);
+            }
+            released.push(body.map(|b| b.to_vec()).unwrap_or_default());
+        }
+        (released, Ok(()))
+    }
+
+    /// A signed payload goes on one piece late, whole once its SHA-256 checked out, and a
+    /// body that does not match never reaches the backend whole.
+    #[tokio::test]
+    async fn signed_payload_goes_on_one_piece_late() {
+        let body = b"hello signed world";
+        let (released, verdict) = signed_put(body, &[b"hello ", b"signed ", b"world"]).await;
+        verdict.unwrap();
+        assert_eq!(released, vec![b"".to_vec(), b"hello ".to_vec(), b"signed world".to_vec()]);
+
+        let (released, verdict) = signed_put(body, &[b"hello ", b"signed ", b"WORLD"]).await;
+        assert_eq!(verdict.unwrap_err().code, S3ErrorCode::XAmzContentSHA256Mismatch);
+        assert_eq!(released.concat(), b"hello ");
+    }
+
 }

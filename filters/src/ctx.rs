@@ -5,14 +5,14 @@ use std::time::Instant;
 
 use s3cp_format::KeyId;
 
-use crate::checksum::{ChecksumAlgorithm, Checksummer};
+use crate::auth::BodyCheck;
+use crate::checksum::ChecksumAlgorithm;
 use crate::conditional::ConditionalCtx;
 use crate::crypto::CryptoCtx;
 use crate::error::{s3err, S3Error, S3ErrorCode};
 use crate::listing::ListingCtx;
 use crate::request::S3Request;
-use crate::sigv4::chunked::ChunkedDecoder;
-use crate::sigv4::{PayloadVerifier, VerifiedRequest};
+use crate::sigv4::VerifiedRequest;
 
 pub struct RequestCtx {
     pub request_id: String,
@@ -27,15 +27,12 @@ pub struct RequestCtx {
     pub client: Option<std::sync::Arc<crate::clients::Client>>,
     /// The request was refused by the client's rate limit.
     pub throttled: bool,
-    /// The sigv4 filter's body check, and the piece it holds back until the check passes.
-    pub payload: Option<PayloadVerifier>,
-    pub held_piece: Option<bytes::Bytes>,
-    /// aws-chunked framing being decoded (streaming payload modes).
-    pub chunked: Option<ChunkedDecoder>,
+    /// The sigv4 filter's check of the body on its way (auth.rs): made for each backend
+    /// attempt, consumed by the verdict at the body's end.
+    pub body_check: Option<BodyCheck>,
     /// The flexible checksum the client declared: algorithm, and the value when it came as
     /// a header (a trailer brings it at the end of the body).
     pub checksum_spec: Option<(ChecksumAlgorithm, Option<String>)>,
-    pub checksummer: Option<Checksummer>,
     /// The verified checksum of the plaintext, echoed in the answer as S3 does.
     pub checksum_result: Option<(ChecksumAlgorithm, String)>,
     /// The MD5 of the plaintext body when the client declared Content-MD5, once verified.
@@ -80,11 +77,8 @@ impl RequestCtx {
             verified: None,
             client: None,
             throttled: false,
-            payload: None,
-            held_piece: None,
-            chunked: None,
+            body_check: None,
             checksum_spec: None,
-            checksummer: None,
             checksum_result: None,
             body_md5: None,
             body_rewritten: false,
