@@ -315,11 +315,16 @@ mod tests {
         }
         let signed = ["content-encoding", "host", "x-amz-content-sha256", "x-amz-date", "x-amz-decoded-content-length", "x-amz-trailer"];
         test_signer::sign(&mut req, &creds, &signed, "STREAMING-UNSIGNED-PAYLOAD-TRAILER", SystemTime::now());
+        send(&filter, &req, reads).await
+    }
+
+    /// Runs a signed request through the filter as one backend attempt: the pieces the
+    /// backend would get (up to the first error), and the verdict.
+    async fn send(filter: &Sigv4Filter, req: &RequestHeader, reads: &[&[u8]]) -> (Vec<Vec<u8>>, Result<(), S3Error>) {
         let mut ctx = RequestCtx::new("test".into());
-        ctx.s3 = Some(S3Request::parse(&req, None).unwrap());
-        filter.request(&req, &mut ctx).await.unwrap();
-        let mut up = req.clone();
-        filter.upstream_request(&mut up, &mut ctx).await.unwrap();
+        ctx.s3 = Some(S3Request::parse(req, None).unwrap());
+        filter.request(req, &mut ctx).await.unwrap();
+        filter.upstream_request(&mut req.clone(), &mut ctx).await.unwrap();
         let mut released = Vec::new();
         for (i, read) in reads.iter().enumerate() {
             let mut body = Some(Bytes::copy_from_slice(read));
@@ -369,20 +374,7 @@ mod tests {
         req.insert_header("content-length", declared.len().to_string()).unwrap();
         let sha = hex::encode(sha2::Sha256::digest(declared));
         test_signer::sign(&mut req, &creds, &["content-length", "host", "x-amz-content-sha256", "x-amz-date"], &sha, SystemTime::now());
-        let mut ctx = RequestCtx::new("test".into());
-        ctx.s3 = Some(S3Request::parse(&req, None).unwrap());
-        filter.request(&req, &mut ctx).await.unwrap();
-        filter.upstream_request(&mut req.clone(), &mut ctx).await.unwrap();
-        let mut released = Vec::new();
-        for (i, read) in reads.iter().enumerate() {
-            let mut body = Some(Bytes::copy_from_slice(read));
-            let verdict = filter.request_body(&mut body, i + 1 == reads.len(), &mut ctx);
-            if verdict.is_err() {
-                return (released, verdict);
-            }
-            released.push(body.map(|b| b.to_vec()).unwrap_or_default());
-        }
-        (released, Ok(()))
+        send(&filter, &req, reads).await
     }
 
     /// A signed payload goes on one piece late, whole once its SHA-256 checked out, and a
