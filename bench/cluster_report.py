@@ -28,6 +28,7 @@ def drills(rep):
             "kill": lambda: f"SIGKILL proxy-b; down in HAProxy after {f.get('marked_down_after_s')} s, back {f.get('back_up_after_s')} s after the kill",
             "upgrade": lambda: "graceful upgrade of a, b, c; new process serving after " + ", ".join(
                 f"{u['new_serving_after_s']} s" for u in f.get("upgrades", [])),
+            "stop": lambda: f"`systemctl stop` (SIGTERM) proxy-a: out of HAProxy after {f.get('marked_down_after_s')} s while draining, exit {f.get('exit_code')} after {f.get('exited_after_s')} s, back {f.get('back_up_after_s')} s after the stop",
             "garage": lambda: f"Garage node 3 stopped; proxy-c out after {f.get('replica_c_marked_down_after_s')} s, back {f.get('replica_c_back_after_restart_s')} s after the restart",
             "keyd": lambda: f"memkey-server a restarted; proxy-a out after {f.get('left_pool_after_s')} s, back {f.get('back_after_send_s')} s after one key send",
             "slow": lambda: f"proxy-c SIGSTOP {f.get('paused_s')} s; marked down after {f.get('marked_down_after_s')} s, back {f.get('back_up_after_cont_s')} s after SIGCONT",

@@ -64,7 +64,7 @@ def main():
     ap.add_argument("--json", default=None, help="also write the report as JSON to this file")
     ap.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
     ap.add_argument("--cluster", action="store_true",
-                    help="issue 17: 3 replicas behind HAProxy on a 3-node Garage, the five failure drills under "
+                    help="issue 17: 3 replicas behind HAProxy on a 3-node Garage, the six failure drills under "
                          "PBS-like load, then throughput with 1, 2 and 3 replicas (tests/e2e/cluster_drills.py)")
     ap.add_argument("--minutes", type=float, default=None, help="--cluster: total load time of the drills (default 5.5)")
     ap.add_argument("--throughput-seconds", type=int, default=30, help="--cluster: seconds per throughput run")

@@ -14,7 +14,7 @@
 # --keep) or, when unknown there, to s3cp-bench (e.g. --rss-growth 8MiB).
 # A short version runs in the end-to-end tests: tests/e2e/test_soak.py.
 #
-# Issue 17, the cluster soak: 3 replicas behind HAProxy (TLS) on a 3-node Garage, the five
+# Issue 17, the cluster soak: 3 replicas behind HAProxy (TLS) on a 3-node Garage, the six
 # failure drills under PBS-like load (s3cp-bench --pbs and boto3), each with its end check,
 # then throughput with 1, 2 and 3 replicas (BENCHMARKS.md, "Three replicas under failures"):
 #

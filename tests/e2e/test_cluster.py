@@ -18,7 +18,7 @@ import pytest
 
 import cluster_drills as cd
 
-# Short timings for CI (2 cores, debug builds): all five drills with their end checks took
+# Short timings for CI (2 cores, debug builds): the five drills before "stop" with their end checks took
 # 195–224 s here at load 8–15 (other builds on the same 2 cores); less on a quiet machine.
 SHORT = {
     "kill": dict(seconds=16, lead=3, timing={"down": 2}),
