@@ -94,7 +94,11 @@ class Cluster:
             if part is None:
                 continue
             try:
-                part.stop()
+                if part in self.proxies:
+                    # Torn down, not stopped as in production: no drain (drain_seconds 5).
+                    part.proc.stop(signal.SIGINT)
+                else:
+                    part.stop()
             except Exception as e:  # keep stopping the rest
                 print(f"stopping {part}: {e}")
 
