@@ -165,7 +165,7 @@ def test_a_stop_drains_before_it_stops_accepting(ops_stack):
     first = ops_stack.proxy
     p = harness.Proxy(ops_stack.workdir, ops_stack.backend, ops_stack.keyd, tls=False, name="proxy-drain",
                       allowed_buckets=[BUCKET], client={"access_key": first.access_key, "secret_key": first.secret_key},
-                      server_options={"drain_seconds": 4})
+                      server_options={"drain_seconds": 6})
     try:
         p.wait_ready()
         s3 = boto_for(p)
@@ -192,7 +192,7 @@ def test_a_stop_drains_before_it_stops_accepting(ops_stack):
         assert p.proc.poll() is None, "still serving within drain_seconds"
         p.proc.p.wait(20)
         assert p.proc.p.returncode == 0, harness.tail(p.proc.log_path)
-        assert time.time() - stopped_at >= 4
+        assert time.time() - stopped_at >= 6
     finally:
         p.stop()
 
