@@ -65,6 +65,9 @@ pub struct RequestCtx {
     /// A short label when the failure was cryptographic (`tampered`, `wrong_key`, ...).
     pub crypto_failure: Option<&'static str>,
     pub auth_failure: Option<&'static str>,
+    /// The proxy read and threw away what was left of the request body after an early
+    /// answer (lingering close): tried once per request, whichever path comes first.
+    pub lingered: bool,
 }
 
 impl RequestCtx {
@@ -95,6 +98,7 @@ impl RequestCtx {
             error: None,
             crypto_failure: None,
             auth_failure: None,
+            lingered: false,
         }
     }
 

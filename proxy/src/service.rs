@@ -94,17 +94,26 @@ async fn drain_unread_body(session: &mut Session) -> bool {
     matches!(tokio::time::timeout(LINGER_TIME, drain).await, Ok(Some(())))
 }
 
+/// [`drain_unread_body`] at most once per request: our own early reply and `logging` both
+/// linger, and a drain that gave up (time or size) must not make a slow client wait twice.
+async fn linger_once(session: &mut Session, ctx: &mut RequestCtx) -> bool {
+    if std::mem::replace(&mut ctx.lingered, true) {
+        return session.is_body_done();
+    }
+    drain_unread_body(session).await
+}
+
 impl S3Proxy {
     /// Sends a reply of the proxy's own. `Closing::AfterReply` when the caller will close the
     /// connection anyway (pingora does after a failed proxy attempt): the client is told so.
-    async fn write_reply(&self, session: &mut Session, ctx: &RequestCtx, reply: Reply, closing: Closing) -> Result<()> {
+    async fn write_reply(&self, session: &mut Session, ctx: &mut RequestCtx, reply: Reply, closing: Closing) -> Result<()> {
         let mut h = base_header(reply.status, ctx)?;
         for (n, v) in reply.headers {
             h.insert_header(n, v)?;
         }
         h.insert_header("content-length", reply.body.len().to_string())?;
         // Drained or not, the client gets its answer; only a whole body allows reuse.
-        if !drain_unread_body(session).await || closing == Closing::AfterReply || self.drain.closes_connections() {
+        if !linger_once(session, ctx).await || closing == Closing::AfterReply || self.drain.closes_connections() {
             session.set_keepalive(None);
         }
         session.write_response_header(Box::new(h), false).await?;
@@ -363,9 +372,9 @@ impl ProxyHttp for S3Proxy {
         // 412, relayed by pingora) is followed by a close; closing with the body unread makes
         // the kernel send a reset, which destroys the answer on its way to the client (seen
         // behind HAProxy as a PUT with no answer at all). Lingering close here covers every
-        // path, ours (already drained: a no-op) and pingora's.
+        // path, pingora's and ours (lingered before the reply: not again).
         if session.response_written().is_some() && !session.is_body_done() {
-            drain_unread_body(session).await;
+            linger_once(session, ctx).await;
         }
         self.metrics.active.dec();
         let status = session.response_written().map_or(0, |r| r.status.as_u16());

@@ -51,6 +51,49 @@ def test_early_error_is_read_by_a_client_still_sending(stack, size, answered):
     assert stack.stored(key) is None
 
 
+def test_a_client_trickling_its_body_is_lingered_on_once(stack):
+    """After an early error the proxy reads and throws away the rest of the body for at most
+    5 s (lingering close) before it answers and closes. Our own reply's lingering and the one
+    at the end of every request are one: a client trickling its body is answered and closed
+    after about 5 s, not kept another 5 s."""
+    import socket
+    import ssl
+    port = stack.proxy.port
+    ctx = ssl.create_default_context()
+    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+    sock = ctx.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=30), server_hostname="127.0.0.1")
+    head = (f"PUT /{BUCKET}/{KEY_PREFIX}/trickle HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 1048576\r\n"
+            "x-amz-content-sha256: UNSIGNED-PAYLOAD\r\n"
+            "Authorization: AWS4-HMAC-SHA256 Credential=nobody/20260101/us-east-1/s3/aws4_request, "
+            "SignedHeaders=host, Signature=00\r\n\r\n")
+    start = time.time()
+    sock.sendall(head.encode())
+    sock.settimeout(0.2)
+    answer, answered_at, closed_at = b"", None, None
+    while time.time() - start < 20:
+        try:
+            got = sock.recv(65536)
+            if not got:
+                closed_at = time.time() - start
+                break
+            answer += got
+            answered_at = answered_at or time.time() - start
+        except (TimeoutError, socket.timeout, ssl.SSLWantReadError):
+            pass
+        except OSError:
+            closed_at = time.time() - start
+            break
+        try:
+            sock.sendall(b"x" * 1024)  # 5 KiB/s: never done within the lingering time
+        except OSError:
+            pass
+    sock.close()
+    assert answer.startswith(b"HTTP/1.1 403"), answer[:200]
+    assert answered_at is not None and 4 <= answered_at < 8, answered_at
+    assert closed_at is not None and closed_at - answered_at < 2, (answered_at, closed_at)
+    assert stack.stored(f"{KEY_PREFIX}/trickle") is None
+
+
 def test_unknown_access_key(stack):
     c = stack.client()
     c.access_key = "nobody"
