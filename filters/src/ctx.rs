@@ -68,6 +68,9 @@ pub struct RequestCtx {
     /// The proxy read and threw away what was left of the request body after an early
     /// answer (lingering close): tried once per request, whichever path comes first.
     pub lingered: bool,
+    /// The proxy answered `Expect: 100-continue` with 100 Continue: the client sends its body
+    /// (and an early answer must read it before closing).
+    pub continued: bool,
 }
 
 impl RequestCtx {
@@ -99,6 +102,7 @@ impl RequestCtx {
             crypto_failure: None,
             auth_failure: None,
             lingered: false,
+            continued: false,
         }
     }
 

@@ -71,13 +71,13 @@ const LINGER_TIME: Duration = Duration::from_secs(5);
 
 /// Reads and discards the rest of the request body within the limits above; true when it was
 /// read whole (the connection can then be reused), false when the connection must be closed.
-async fn drain_unread_body(session: &mut Session) -> bool {
+async fn drain_unread_body(session: &mut Session, continued: bool) -> bool {
     if session.is_body_done() {
         return true;
     }
     let req = session.req_header();
     let waits_for_continue = req.headers.get("expect").is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
-    if waits_for_continue && session.body_bytes_read() == 0 {
+    if waits_for_continue && !continued && session.body_bytes_read() == 0 {
         return false; // the client has not sent the body and will not: nothing to drain
     }
     let declared = req.headers.get("content-length").and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
@@ -100,7 +100,7 @@ async fn linger_once(session: &mut Session, ctx: &mut RequestCtx) -> bool {
     if std::mem::replace(&mut ctx.lingered, true) {
         return session.is_body_done();
     }
-    drain_unread_body(session).await
+    drain_unread_body(session, ctx.continued).await
 }
 
 impl S3Proxy {
@@ -187,6 +187,7 @@ impl ProxyHttp for S3Proxy {
                 let expects = req.headers.get("expect").is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
                 if expects {
                     session.write_continue_response().await?;
+                    ctx.continued = true;
                 }
                 if ctx.s3.as_ref().is_some_and(|s| s.op == filters::request::Operation::DeleteObjects)
                     && self.backend.delete_objects() == filters::delete_emulation::DeleteObjectsMode::Emulate

@@ -3,6 +3,7 @@ gets a clean error or a cut connection, never unauthenticated plaintext, and no 
 object becomes visible."""
 
 import http.client
+import json
 import os
 import signal
 import socket
@@ -11,6 +12,8 @@ import threading
 import time
 import xml.etree.ElementTree as ET
 
+import boto3
+import botocore.config
 import botocore.exceptions
 import pytest
 
@@ -157,6 +160,47 @@ def test_backend_killed_mid_get_and_mid_put(fstack):
     with pytest.raises(fstack.direct.exceptions.NoSuchKey):
         fstack.direct.get_object(Bucket=BUCKET, Key="faults/killed-put")
     assert c.get_object("faults/big").body == data
+
+
+def test_unreachable_backend_after_100_continue_answers_503_not_a_reset(fstack):
+    """A PUT sent with `Expect: 100-continue` (botocore's for bodies over 1 MB, curl's, PBS's
+    HTTP client's): the proxy says 100 Continue once the request passed its checks, so the
+    client sends its body, and only then does the backend turn out to be unreachable. A client
+    that sends everything before it reads must get the 503: the proxy reads the rest of the
+    body before it answers and closes (closing on an unread body makes the kernel send a
+    reset; behind HAProxy botocore saw these as broken connections, not retryable 503s)."""
+    import types
+    import urllib.parse
+    dead = types.SimpleNamespace(endpoint=f"http://127.0.0.1:{harness.free_port()}", region="us-east-1",
+                                 access_key="nobody", secret_key="nothing")
+    first = fstack.proxy
+    p = harness.Proxy(fstack.workdir, dead, fstack.keyd, tls=False, name="proxy-dead-backend", allowed_buckets=[BUCKET],
+                      client={"access_key": first.access_key, "secret_key": first.secret_key})
+    try:
+        presigner = boto3.client("s3", endpoint_url=p.endpoint, region_name="us-east-1", aws_access_key_id=p.access_key,
+                                 aws_secret_access_key=p.secret_key,
+                                 config=botocore.config.Config(s3={"addressing_style": "path"}, signature_version="s3v4"))
+        url = urllib.parse.urlsplit(presigner.generate_presigned_url(
+            "put_object", Params={"Bucket": BUCKET, "Key": "dead/backend"}, ExpiresIn=600))
+        size = 12 << 20  # more than the sockets buffer between the two: a reset breaks the send
+        sock = socket.create_connection(("127.0.0.1", p.port), timeout=30)
+        sock.sendall(f"PUT {url.path}?{url.query} HTTP/1.1\r\nHost: 127.0.0.1:{p.port}\r\n"
+                     f"Content-Length: {size}\r\nExpect: 100-continue\r\n\r\n".encode())
+        interim = b""
+        while b"\r\n\r\n" not in interim:
+            interim += sock.recv(1)
+        assert interim.startswith(b"HTTP/1.1 100"), interim
+        sock.sendall(os.urandom(size))  # all of it, then read: as botocore and PBS do
+        r = http.client.HTTPResponse(sock, method="PUT")
+        r.begin()
+        body = r.read()
+        sock.close()
+        assert r.status == 503 and b"<Code>ServiceUnavailable</Code>" in body, (r.status, body[:300])
+        with open(os.path.join(p.dir, "audit.log")) as f:
+            line = [json.loads(x) for x in f if '"dead/backend"' in x][-1]
+        assert line["status"] == 503 and line["bytes_in"] == size, line
+    finally:
+        p.stop()
 
 
 # ------------------------------------------------- a backend that fails, stalls or resets
