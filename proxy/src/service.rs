@@ -69,15 +69,17 @@ enum Closing {
 const LINGER_MAX_BYTES: u64 = 16 << 20;
 const LINGER_TIME: Duration = Duration::from_secs(5);
 
-/// Reads and discards the rest of the request body within the limits above; true when it was
-/// read whole (the connection can then be reused), false when the connection must be closed.
-async fn drain_unread_body(session: &mut Session, continued: bool) -> bool {
-    if session.is_body_done() {
-        return true;
+/// Reads and discards the rest of the request body within the limits above, once per request
+/// (our own early reply and `logging` both linger: a drain that gave up must not make a slow
+/// client wait twice); true when it was read whole (the connection can then be reused), false
+/// when the connection must be closed.
+async fn drain_unread_body(session: &mut Session, ctx: &mut RequestCtx) -> bool {
+    if session.is_body_done() || std::mem::replace(&mut ctx.lingered, true) {
+        return session.is_body_done();
     }
     let req = session.req_header();
     let waits_for_continue = req.headers.get("expect").is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
-    if waits_for_continue && !continued && session.body_bytes_read() == 0 {
+    if waits_for_continue && !ctx.continued && session.body_bytes_read() == 0 {
         return false; // the client has not sent the body and will not: nothing to drain
     }
     let declared = req.headers.get("content-length").and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
@@ -94,15 +96,6 @@ async fn drain_unread_body(session: &mut Session, continued: bool) -> bool {
     matches!(tokio::time::timeout(LINGER_TIME, drain).await, Ok(Some(())))
 }
 
-/// [`drain_unread_body`] at most once per request: our own early reply and `logging` both
-/// linger, and a drain that gave up (time or size) must not make a slow client wait twice.
-async fn linger_once(session: &mut Session, ctx: &mut RequestCtx) -> bool {
-    if std::mem::replace(&mut ctx.lingered, true) {
-        return session.is_body_done();
-    }
-    drain_unread_body(session, ctx.continued).await
-}
-
 impl S3Proxy {
     /// Sends a reply of the proxy's own. `Closing::AfterReply` when the caller will close the
     /// connection anyway (pingora does after a failed proxy attempt): the client is told so.
@@ -113,7 +106,7 @@ impl S3Proxy {
         }
         h.insert_header("content-length", reply.body.len().to_string())?;
         // Drained or not, the client gets its answer; only a whole body allows reuse.
-        if !linger_once(session, ctx).await || closing == Closing::AfterReply || self.drain.closes_connections() {
+        if !drain_unread_body(session, ctx).await || closing == Closing::AfterReply || self.drain.closes_connections() {
             session.set_keepalive(None);
         }
         session.write_response_header(Box::new(h), false).await?;
@@ -375,7 +368,7 @@ impl ProxyHttp for S3Proxy {
         // behind HAProxy as a PUT with no answer at all). Lingering close here covers every
         // path, pingora's and ours (lingered before the reply: not again).
         if session.response_written().is_some() && !session.is_body_done() {
-            linger_once(session, ctx).await;
+            drain_unread_body(session, ctx).await;
         }
         self.metrics.active.dec();
         let status = session.response_written().map_or(0, |r| r.status.as_u16());

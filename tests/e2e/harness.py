@@ -529,6 +529,16 @@ class Proxy:
                 total += float(m.group(3))
         return total
 
+    def presigned_url(self, operation, bucket, key, expires=600):
+        """A SigV4 presigned URL of this proxy's client credential for `operation` (boto3's
+        name, e.g. "put_object") on `bucket`/`key`."""
+        import boto3
+        import botocore.config
+        s3 = boto3.client("s3", endpoint_url=self.endpoint, region_name="us-east-1", aws_access_key_id=self.access_key,
+                          aws_secret_access_key=self.secret_key,
+                          config=botocore.config.Config(s3={"addressing_style": "path"}, signature_version="s3v4"))
+        return s3.generate_presigned_url(operation, Params={"Bucket": bucket, "Key": key}, ExpiresIn=expires)
+
     def stop(self):
         self.proc.stop()
 

@@ -12,8 +12,6 @@ import threading
 import time
 import xml.etree.ElementTree as ET
 
-import boto3
-import botocore.config
 import botocore.exceptions
 import pytest
 
@@ -177,11 +175,7 @@ def test_unreachable_backend_after_100_continue_answers_503_not_a_reset(fstack):
     p = harness.Proxy(fstack.workdir, dead, fstack.keyd, tls=False, name="proxy-dead-backend", allowed_buckets=[BUCKET],
                       client={"access_key": first.access_key, "secret_key": first.secret_key})
     try:
-        presigner = boto3.client("s3", endpoint_url=p.endpoint, region_name="us-east-1", aws_access_key_id=p.access_key,
-                                 aws_secret_access_key=p.secret_key,
-                                 config=botocore.config.Config(s3={"addressing_style": "path"}, signature_version="s3v4"))
-        url = urllib.parse.urlsplit(presigner.generate_presigned_url(
-            "put_object", Params={"Bucket": BUCKET, "Key": "dead/backend"}, ExpiresIn=600))
+        url = urllib.parse.urlsplit(p.presigned_url("put_object", BUCKET, "dead/backend"))
         size = 12 << 20  # more than the sockets buffer between the two: a reset breaks the send
         sock = socket.create_connection(("127.0.0.1", p.port), timeout=30)
         sock.sendall(f"PUT {url.path}?{url.query} HTTP/1.1\r\nHost: 127.0.0.1:{p.port}\r\n"

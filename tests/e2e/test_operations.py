@@ -78,13 +78,6 @@ def test_graceful_upgrade_under_load(ops_stack):
     assert status == 200
 
 
-def presigned_get(proxy, key):
-    s3 = boto3.client("s3", endpoint_url=proxy.endpoint, region_name="us-east-1",
-                      aws_access_key_id=proxy.access_key, aws_secret_access_key=proxy.secret_key,
-                      config=botocore.config.Config(s3={"addressing_style": "path"}, signature_version="s3v4"))
-    return s3.generate_presigned_url("get_object", Params={"Bucket": BUCKET, "Key": key}, ExpiresIn=600)
-
-
 def raw_get(url_or_path, port):
     """A GET request as bytes, for a socket kept open across answers (the path of a presigned
     URL, or a bare path)."""
@@ -133,7 +126,7 @@ def test_an_upgrade_ends_each_kept_connection_after_an_answer(ops_stack):
     proxy = ops_stack.proxy
     s3 = boto_for(proxy)
     s3.put_object(Bucket=BUCKET, Key="drain/upgrade", Body=b"kept until the answer")
-    requests = [(raw_get(presigned_get(proxy, "drain/upgrade"), proxy.port), 200), (raw_get(f"/{BUCKET}/drain/upgrade", proxy.port), 403)]
+    requests = [(raw_get(proxy.presigned_url("get_object", BUCKET, "drain/upgrade"), proxy.port), 200), (raw_get(f"/{BUCKET}/drain/upgrade", proxy.port), 403)]
     kept = [socket.create_connection(("127.0.0.1", proxy.port), timeout=10) for _ in requests]
     try:
         for sock, (req, status) in zip(kept, requests):
@@ -170,7 +163,7 @@ def test_a_stop_drains_before_it_stops_accepting(ops_stack):
         p.wait_ready()
         s3 = boto_for(p)
         s3.put_object(Bucket=BUCKET, Key="drain/stop", Body=b"answered while draining")
-        req = raw_get(presigned_get(p, "drain/stop"), p.port)
+        req = raw_get(p.presigned_url("get_object", BUCKET, "drain/stop"), p.port)
         kept = socket.create_connection(("127.0.0.1", p.port), timeout=10)
         got = exchange(kept, req)
         assert got[0] == 200 and got[1]["connection"] == "keep-alive" and not got[3]
