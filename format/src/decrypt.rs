@@ -48,6 +48,41 @@ impl<S> Phase<S> {
             prev_part: None,
         }
     }
+
+    /// Steps a reader that is between chunks (`Done`, `Header`) over `input`: after a
+    /// segment's end, the next header starts (none may follow a single-part object's); the
+    /// header takes what it still needs from `input`, its magic checked as it arrives. Returns
+    /// the whole header and the part number of the segment before it once it is complete; the
+    /// caller then opens it and moves to `Body`.
+    pub(crate) fn collect_header(
+        &mut self,
+        input: &mut &[u8],
+    ) -> Result<Option<([u8; HEADER_LEN], Option<u32>)>, FormatError> {
+        if let Phase::Done { part_number } = *self {
+            if part_number == 0 {
+                return Err(FormatError::TrailingData);
+            }
+            *self = Phase::Header {
+                buf: [0; HEADER_LEN],
+                filled: 0,
+                prev_part: Some(part_number),
+            };
+        }
+        let Phase::Header {
+            buf,
+            filled,
+            prev_part,
+        } = self
+        else {
+            unreachable!("called between chunks")
+        };
+        let take = (HEADER_LEN - *filled).min(input.len());
+        buf[*filled..*filled + take].copy_from_slice(&input[..take]);
+        *filled += take;
+        *input = &input[take..];
+        check_magic_prefix(&buf[..*filled], prev_part.is_none())?;
+        Ok((*filled == HEADER_LEN).then_some((*buf, *prev_part)))
+    }
 }
 
 /// The segment being decrypted.
@@ -307,29 +342,8 @@ impl Decryptor {
         self.out.reserve(input.len());
         while !input.is_empty() {
             match &mut self.phase {
-                Phase::Done { part_number } => {
-                    let prev = *part_number;
-                    if prev == 0 {
-                        return Err(FormatError::TrailingData);
-                    }
-                    self.phase = Phase::Header {
-                        buf: [0; HEADER_LEN],
-                        filled: 0,
-                        prev_part: Some(prev),
-                    };
-                }
-                Phase::Header {
-                    buf,
-                    filled,
-                    prev_part,
-                } => {
-                    let take = (HEADER_LEN - *filled).min(input.len());
-                    buf[*filled..*filled + take].copy_from_slice(&input[..take]);
-                    *filled += take;
-                    input = &input[take..];
-                    check_magic_prefix(&buf[..*filled], prev_part.is_none())?;
-                    if *filled == HEADER_LEN {
-                        let (buf, prev) = (*buf, *prev_part);
+                Phase::Done { .. } | Phase::Header { .. } => {
+                    if let Some((buf, prev)) = self.phase.collect_header(&mut input)? {
                         let seg = self.start_segment(&buf, prev)?;
                         self.phase = Phase::Body(seg);
                     }

@@ -9,7 +9,7 @@ use rand::RngCore;
 use crate::decrypt::{check_order, Phase};
 use crate::layout::Layout;
 use crate::error::FormatError;
-use crate::header::{check_magic_prefix, ObjectId, SegmentHeader, WRAP_NONCE_LEN};
+use crate::header::{ObjectId, SegmentHeader, WRAP_NONCE_LEN};
 use crate::keys::{DerivedKeys, KeyRing};
 use crate::size::{HEADER_LEN, TAG_LEN};
 
@@ -134,31 +134,10 @@ impl Rewrapper {
         self.out.reserve(input.len());
         while !input.is_empty() {
             match &mut self.phase {
-                Phase::Done { part_number } => {
-                    let prev = *part_number;
-                    if prev == 0 {
-                        return Err(FormatError::TrailingData);
-                    }
-                    // Another segment follows; the previous final chunk stays held until
-                    // its header is accepted.
-                    self.phase = Phase::Header {
-                        buf: [0; HEADER_LEN],
-                        filled: 0,
-                        prev_part: Some(prev),
-                    };
-                }
-                Phase::Header {
-                    buf,
-                    filled,
-                    prev_part,
-                } => {
-                    let take = (HEADER_LEN - *filled).min(input.len());
-                    buf[*filled..*filled + take].copy_from_slice(&input[..take]);
-                    *filled += take;
-                    input = &input[take..];
-                    check_magic_prefix(&buf[..*filled], prev_part.is_none())?;
-                    if *filled == HEADER_LEN {
-                        let (buf, prev) = (*buf, *prev_part);
+                // Another segment follows a `Done` one; the previous final chunk stays held
+                // until its header is accepted.
+                Phase::Done { .. } | Phase::Header { .. } => {
+                    if let Some((buf, prev)) = self.phase.collect_header(&mut input)? {
                         let body = self.rewrap_header(&buf, prev)?;
                         self.phase = Phase::Body(body);
                     }
