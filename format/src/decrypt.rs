@@ -40,6 +40,10 @@ pub(crate) enum Phase<S> {
     Done { part_number: u32 },
 }
 
+/// A complete segment header and the part number of the segment before it (`None` at the
+/// start of the stream).
+pub(crate) type CollectedHeader = ([u8; HEADER_LEN], Option<u32>);
+
 impl<S> Phase<S> {
     pub(crate) fn start() -> Self {
         Phase::Header {
@@ -57,7 +61,7 @@ impl<S> Phase<S> {
     pub(crate) fn collect_header(
         &mut self,
         input: &mut &[u8],
-    ) -> Result<Option<([u8; HEADER_LEN], Option<u32>)>, FormatError> {
+    ) -> Result<Option<CollectedHeader>, FormatError> {
         if let Phase::Done { part_number } = *self {
             if part_number == 0 {
                 return Err(FormatError::TrailingData);
