@@ -490,18 +490,16 @@ impl Read {
         matches!(&self.what, ReadWhat::Planned { read, .. } if read.remembered)
     }
 
-    /// A remembered plan, and `resp` is not an answer for the version it was made for (its
-    /// ETag or stored length differ: replaced, and a backend that ignores If-Match).
-    fn remembered_elsewhere(&self, resp: &ResponseHeader) -> bool {
+    /// A planned read, and `resp` is not an answer for the version the plan was made for
+    /// (its ETag or stored length differ): the object was replaced since the plan's header
+    /// reads, or since this replica remembered it, and the backend ignored If-Match.
+    fn answer_of_another_version(&self, resp: &ResponseHeader) -> bool {
         let ReadWhat::Planned { read, .. } = &self.what else { return false };
-        if !read.remembered {
-            return false;
-        }
         let stored = match header(resp, "content-range") {
             Some(cr) => range::parse_content_range(&cr).map(|(_, _, total)| total),
             None => header(resp, "content-length").and_then(|v| v.parse::<u64>().ok()),
         };
-        header(resp, "etag").as_deref() != Some(read.backend_etag.as_str()) || stored != read.stored_len
+        header(resp, "etag").as_deref() != Some(read.backend_etag.as_str()) || read.stored_len.is_some_and(|s| stored != Some(s))
     }
 }
 
@@ -927,9 +925,14 @@ impl CryptoFilter {
     /// the announced layout before releasing any of its bytes, and where no byte would be
     /// held back (HEAD, an empty body) the headers are read and checked here first.
     async fn read_response(&self, read: &mut Read, resp: &mut ResponseHeader, ctx: &mut RequestCtx) -> Result<(), S3Error> {
-        if read.remembered_elsewhere(resp) {
-            // Another version than the plan was made for (a backend that ignores If-Match).
-            return Err(self.forget_and_resend(read, ctx));
+        if read.answer_of_another_version(resp) {
+            // Another version than the plan was made for (a backend that ignores If-Match):
+            // a plan from memory is made anew; one from this read's own header reads met a
+            // replacement between its requests, as a 412 would have said.
+            if read.remembered() {
+                return Err(self.forget_and_resend(read, ctx));
+            }
+            return Err(ranged::changed());
         }
         let s3 = ctx.s3()?.clone();
         let Some(sealed) = header(resp, meta::HEADER) else {

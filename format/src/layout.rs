@@ -88,13 +88,23 @@ impl Layout {
     ///
     /// Errors: `LayoutMismatch` (other chunk size, or a part length that cannot produce the
     /// announced total), `Truncated` (the header holds more plaintext than announced: the
-    /// stored object was cut), `TrailingData` (it holds less, or the segment is one too many).
+    /// stored object was cut), `TrailingData` (it holds less, or the segment is one too many),
+    /// `SegmentOrder` (segment `ordinal` of a multipart object is not part `ordinal + 1`: the
+    /// object was assembled from its own parts in another order or number, section 6.2).
     pub fn check(&mut self, ordinal: u32, hdr: &SegmentHeader) -> Result<(), FormatError> {
         if hdr.chunk_size != self.chunk_size {
             return Err(FormatError::LayoutMismatch);
         }
         if ordinal >= self.segments {
             return Err(FormatError::TrailingData);
+        }
+        // A single segment is a PutObject (part 0) or a one-part upload (part 1).
+        let part_fits = match self.segments {
+            1 => hdr.part_number <= 1,
+            _ => hdr.part_number == ordinal + 1,
+        };
+        if !part_fits {
+            return Err(FormatError::SegmentOrder { expected: ordinal + 1, found: hdr.part_number });
         }
         if self.part_len.is_none() {
             if ordinal != 0 {
@@ -197,5 +207,28 @@ mod tests {
         assert_eq!(l.check(0, &header(1, 4 * p, c)), Err(FormatError::Truncated));
         let mut l = Layout::announced(stored, c, 3, None).unwrap();
         assert_eq!(l.check(0, &header(1, 4096, c)), Err(FormatError::LayoutMismatch));
+    }
+
+    #[test]
+    fn every_checked_segment_is_the_part_its_place_says() {
+        let c = 4096;
+        let p = 8192;
+        let stored = 2 * segment_cipher_len(p, c) + segment_cipher_len(100, c);
+        let order = |expected, found| Err(FormatError::SegmentOrder { expected, found });
+        // The object's own parts in another order or number (UploadPartCopy of its own
+        // ranges, or a backend serving them so): e.g. parts 1, 2, 1 under an honest `-3`.
+        let mut l = Layout::announced(stored, c, 3, None).unwrap();
+        l.check(0, &header(1, p, c)).unwrap();
+        assert_eq!(l.check(2, &header(1, p, c)), order(3, 1));
+        assert_eq!(l.check(1, &header(3, p, c)), order(2, 3));
+        let mut l = Layout::announced(stored, c, 3, None).unwrap();
+        assert_eq!(l.check(0, &header(2, p, c)), order(1, 2));
+        assert_eq!(l.check(0, &header(0, p, c)), order(1, 0));
+        // A single segment is part 0 (PutObject) or 1 (a one-part upload), nothing else.
+        let one = segment_cipher_len(p, c);
+        for part in [0, 1] {
+            Layout::announced(one, c, 1, None).unwrap().check(0, &header(part, p, c)).unwrap();
+        }
+        assert_eq!(Layout::announced(one, c, 1, None).unwrap().check(0, &header(2, p, c)), order(1, 2));
     }
 }

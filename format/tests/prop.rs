@@ -269,6 +269,12 @@ enum Damage {
     /// Flip the version byte of segment i (modulo the count) between 1 and 2, so that it
     /// names the other chunk cipher.
     FlipVersion(usize),
+    /// Rebuild a multipart object from its own stored segments, in this order (indices
+    /// modulo the segment count), under an honest segment count (UploadPartCopy of its own
+    /// ranges, or a backend serving them so). Parts 1..k in order are the shorter object
+    /// section 6.4 cannot tell from a genuine one; any other arrangement must never be read
+    /// as the object, nor change an announced length.
+    Reassemble(Vec<usize>),
 }
 
 fn damage() -> impl Strategy<Value = Damage> {
@@ -281,6 +287,7 @@ fn damage() -> impl Strategy<Value = Damage> {
         Just(Damage::OtherChunkSize),
         (0u64..40_000).prop_map(Damage::OtherSealedLength),
         any::<usize>().prop_map(Damage::FlipVersion),
+        prop::collection::vec(any::<usize>(), 1..6).prop_map(Damage::Reassemble),
     ]
 }
 
@@ -335,7 +342,19 @@ fn apply(d: &Damage, stored: &[u8], c: u32, total: usize, last_plain: usize, sea
             v[starts[i % starts.len()] + 7] ^= 3;
             (v, c, sealed)
         }
+        // Segment arrangements are applied by `reassemble` (they change the segment count).
+        Damage::Reassemble(_) => (stored.to_vec(), c, sealed),
     }
+}
+
+/// The stored bytes of `stored` (an object of `n` segments of `part` plaintext bytes but the
+/// last) rebuilt from its own segments in the order `order` (indices modulo `n`), and the
+/// segment count a reader is then told (the honest `-k` of such an upload).
+fn reassemble(order: &[usize], stored: &[u8], c: u32, n: usize, part: usize) -> (Vec<u8>, u32) {
+    let full = segment_cipher_len(part as u64, c) as usize;
+    let segment = |i: usize| &stored[i * full..if i + 1 == n { stored.len() } else { (i + 1) * full }];
+    let v = order.iter().flat_map(|i| segment(i % n).iter().copied()).collect();
+    (v, order.len() as u32)
 }
 
 /// What the proxy's HEAD answers: the announced length, checked as it checks it (sealed
@@ -385,10 +404,23 @@ proptest! {
         let sealed = (seal_len && part.is_none()).then_some(total as u64);
         let last_plain = part.map_or(total, |p| total - (n as usize - 1) * p);
         let (stored, c_told, sealed) = apply(&d, &good, c, total, last_plain, sealed);
+        // The lengths a read may announce: the object's; for parts rebuilt into a k-part
+        // object (k < n), that of its first k parts (section 6.4: parts 1..k are a genuine
+        // object; any other k parts must fail where they differ from them).
+        let mut lengths = vec![total as u64];
+        let (stored, n) = match (&d, part) {
+            (Damage::Reassemble(order), Some(p)) => {
+                if order.len() < n as usize {
+                    lengths.push((order.len() * p) as u64);
+                }
+                reassemble(order, &stored, c, n as usize, p)
+            }
+            _ => (stored, n),
+        };
 
         // HEAD.
         if let Ok(len) = head(&ring, &stored, c_told, n, sealed) {
-            prop_assert_eq!(len, total as u64, "HEAD announced a wrong length");
+            prop_assert!(lengths.contains(&len), "HEAD announced a wrong length {}", len);
         }
 
         // Whole GET: announce, then stream with the layout.
@@ -414,8 +446,8 @@ proptest! {
                 "a segment whose version byte was flipped was read");
             match result {
                 Ok(()) => {
-                    prop_assert_eq!(announced, total as u64);
-                    prop_assert_eq!(got.len(), total);
+                    prop_assert!(lengths.contains(&announced), "GET announced a wrong length {}", announced);
+                    prop_assert_eq!(got.len() as u64, announced);
                 }
                 Err(_) => prop_assert!((got.len() as u64) < announced || announced == 0,
                     "a failed GET released all {} announced bytes", announced),
@@ -460,7 +492,7 @@ proptest! {
                 Ok((first, got, plain_len))
             })();
             if let Ok((first, got, plain_len)) = read {
-                prop_assert_eq!(plain_len, total as u64, "a range announced a wrong total");
+                prop_assert!(lengths.contains(&plain_len), "a range announced a wrong total {}", plain_len);
                 prop_assert_eq!(&got[..], &plain[first as usize..first as usize + got.len()]);
                 let last = (first + span).min(plain_len - 1);
                 prop_assert_eq!(got.len() as u64, last - first + 1);

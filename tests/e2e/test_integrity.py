@@ -126,6 +126,27 @@ def test_a_remnant_is_not_an_empty_object(stack):
         assert get_fails(s3, key) == 500
 
 
+def rebuild_from_own_parts(stack, key, spans, stash=None):
+    """The attacker's rebuild of a stored object as a new multipart upload (UploadPartCopy of
+    its own stored byte ranges `spans`, the metadata kept): the backend's ETag then honestly
+    counts len(spans) parts. `stash`: a raw copy of the object as it was, kept by the caller."""
+    meta = stack.direct.head_object(Bucket=BUCKET, Key=key)["Metadata"]
+    keep = stash is not None
+    if not keep:
+        stash = key + "-stash"
+        stack.direct.copy_object(Bucket=BUCKET, Key=stash, CopySource={"Bucket": BUCKET, "Key": key})
+    rebuilt = stack.direct.create_multipart_upload(Bucket=BUCKET, Key=key, Metadata=meta)["UploadId"]
+    done = []
+    for i, (a, b) in enumerate(spans, 1):
+        r = stack.direct.upload_part_copy(Bucket=BUCKET, Key=key, UploadId=rebuilt, PartNumber=i,
+                                          CopySource={"Bucket": BUCKET, "Key": stash}, CopySourceRange=f"bytes={a}-{b}")
+        done.append({"PartNumber": i, "ETag": r["CopyPartResult"]["ETag"]})
+    stack.direct.complete_multipart_upload(Bucket=BUCKET, Key=key, UploadId=rebuilt, MultipartUpload={"Parts": done})
+    if not keep:
+        stack.direct.delete_object(Bucket=BUCKET, Key=stash)
+    assert stack.direct.head_object(Bucket=BUCKET, Key=key)["ETag"].strip('"').endswith(f"-{len(spans)}")
+
+
 def test_multipart_last_part_cut_fails_every_read(stack):
     """A multipart object rebuilt on the backend (UploadPartCopy of its own stored parts,
     the last one cut at a chunk boundary) keeps an honest `-3` ETag: HEAD, ranges in the
@@ -138,18 +159,35 @@ def test_multipart_last_part_cut_fails_every_read(stack):
     assert s3.head_object(Bucket=BUCKET, Key=key)["ContentLength"] == size
     raw = stack.stored(key)
     full = 108 + 5 * MIB + (5 * MIB // C) * 16
-    meta = stack.direct.head_object(Bucket=BUCKET, Key=key)["Metadata"]
-    # The attacker's rebuild: the stored parts copied back, the last one short of 2 chunks.
-    rebuilt = stack.direct.create_multipart_upload(Bucket=BUCKET, Key=key, Metadata=meta)["UploadId"]
-    spans = [(0, full - 1), (full, 2 * full - 1), (2 * full, len(raw) - 1 - (500 + 16) - CT)]
-    done = []
-    for i, (a, b) in enumerate(spans, 1):
-        r = stack.direct.upload_part_copy(Bucket=BUCKET, Key=key, UploadId=rebuilt, PartNumber=i,
-                                          CopySource={"Bucket": BUCKET, "Key": key}, CopySourceRange=f"bytes={a}-{b}")
-        done.append({"PartNumber": i, "ETag": r["CopyPartResult"]["ETag"]})
-    stack.direct.complete_multipart_upload(Bucket=BUCKET, Key=key, UploadId=rebuilt, MultipartUpload={"Parts": done})
-    assert stack.direct.head_object(Bucket=BUCKET, Key=key)["ETag"].strip('"').endswith("-3")
+    rebuild_from_own_parts(stack, key, [(0, full - 1), (full, 2 * full - 1), (2 * full, len(raw) - 1 - (500 + 16) - CT)])
     assert_every_read_fails(stack, s3, key, size)
+
+
+@pytest.mark.parametrize("order", [[1, 2, 1], [1, 3], [1, 2, 2, 3]])
+def test_multipart_rebuilt_from_its_own_parts_in_another_order_fails(stack, order):
+    """Parts 1, 2, 1 under an honest `-3` (or 1, 3 under `-2`, 1, 2, 2, 3 under `-4`): the
+    first and last headers the size rests on are genuine headers of this object, so only
+    their part numbers show that they are not in their place. HEAD, Range, partNumber and
+    GetObjectAttributes announced sizes the object never had (15 MiB for 1, 2, 1)."""
+    s3 = stack.boto()
+    parts = [blob(5 * MIB, "re1"), blob(5 * MIB, "re2"), blob(1000, "re3")]
+    key = fresh("reorder")
+    multipart(s3, key, parts)
+    size = sum(map(len, parts))
+    raw = stack.stored(key)
+    full = 108 + 5 * MIB + (5 * MIB // C) * 16
+    spans = {1: (0, full - 1), 2: (full, 2 * full - 1), 3: (2 * full, len(raw) - 1)}
+    stash = key + "-as-written"
+    stack.direct.copy_object(Bucket=BUCKET, Key=stash, CopySource={"Bucket": BUCKET, "Key": key})
+    rebuild_from_own_parts(stack, key, [spans[p] for p in order], stash)
+    assert_every_read_fails(stack, s3, key, size)
+    assert error_status(lambda: s3.get_object_attributes(Bucket=BUCKET, Key=key, ObjectAttributes=["ObjectSize", "ObjectParts"])) == 500
+    # The parts in their own order read back exactly (the check refuses nothing genuine).
+    rebuild_from_own_parts(stack, key, [spans[p] for p in (1, 2, 3)], stash)
+    assert s3.head_object(Bucket=BUCKET, Key=key)["ContentLength"] == size
+    assert s3.get_object(Bucket=BUCKET, Key=key, Range="bytes=0-99")["ContentRange"] == f"bytes 0-99/{size}"
+    assert s3.get_object(Bucket=BUCKET, Key=key, PartNumber=2)["Body"].read() == parts[1]
+    assert s3.get_object(Bucket=BUCKET, Key=key)["Body"].read() == b"".join(parts)
 
 
 def test_metadata_of_a_version_with_another_chunk_size_fails(stack, workroot):

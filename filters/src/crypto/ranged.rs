@@ -127,7 +127,7 @@ fn check_header(ring: &KeyRing, obj: ObjectId<'_>, bytes: &[u8], layout: &mut La
 }
 
 /// The object changed between two requests of one read.
-fn changed() -> S3Error {
+pub(super) fn changed() -> S3Error {
     s3err(S3ErrorCode::ServiceUnavailable, "The object changed while it was being read; please retry").with_retry_after(1)
 }
 
