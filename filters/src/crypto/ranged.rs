@@ -144,6 +144,16 @@ fn unexpected(obj: ObjectId<'_>, status: u16) -> Result<FormatError, S3Error> {
             "The backend refused reading the object's content (403): an object in an archive storage class must be restored (RestoreObject) before its encrypted segment headers, and with them its length, can be read through the encryption proxy",
         )
         .with_resource(format!("/{}/{}", obj.bucket, obj.key))),
+        // The whole object for a Range of 108 bytes of an object of at least 124: the backend
+        // ignores Range. Asking again would get the same; a retryable 503 would be retried forever.
+        200 => {
+            log::warn!("backend answered a segment header probe of /{}/{} with the whole object: it does not honour Range", obj.bucket, obj.key);
+            Err(s3err(
+                S3ErrorCode::NotImplemented,
+                "The backend answered a Range request with the whole object (200): reading an encrypted object's length and ranges needs a backend that honours Range",
+            )
+            .with_resource(format!("/{}/{}", obj.bucket, obj.key)))
+        }
         s => {
             log::warn!("backend answered {s} to a segment header probe of /{}/{}", obj.bucket, obj.key);
             Err(s3err(S3ErrorCode::ServiceUnavailable, "the object could not be read; please retry").with_retry_after(1))
@@ -348,6 +358,20 @@ fn plan_known(known: &Known, want: Want, header_read: HeaderRead) -> Planning {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn probe_answers_that_are_not_partial() {
+        let obj = ObjectId { bucket: "b", key: "k" };
+        assert_eq!(unexpected(obj, 416).unwrap(), FormatError::Truncated);
+        let changed = unexpected(obj, 412).unwrap_err();
+        assert_eq!((changed.status(), changed.retry_after), (503, Some(1)));
+        let failed = unexpected(obj, 500).unwrap_err();
+        assert_eq!((failed.status(), failed.retry_after), (503, Some(1)));
+        // A backend that ignores Range would answer every retry the same: not retryable.
+        let ignored = unexpected(obj, 200).unwrap_err();
+        assert_eq!((ignored.code, ignored.retry_after), (S3ErrorCode::NotImplemented, None));
+        assert_eq!(ignored.status(), 501);
+    }
 
     const C: u32 = 65_536;
     const FULL: u64 = 65_536 + 16;
