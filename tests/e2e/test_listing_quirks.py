@@ -94,7 +94,8 @@ def test_boto3_pages_are_complete(quirky):
             assert o["StorageClass"] == "STANDARD", o
             seen[o["Key"]] = o["Size"]
     assert seen == OBJECTS
-    # Delimiter, encoding type (boto3 asks for url), start-after and the token are echoed.
+    # Delimiter, start-after and the token are echoed; the encoding type (boto3 asks for
+    # url) is Garage's own.
     r = s3.list_objects_v2(Bucket=BUCKET, Prefix="ls/", Delimiter="/", StartAfter="ls/c", MaxKeys=4)
     assert r["Delimiter"] == "/" and r["EncodingType"] == "url" and r["StartAfter"] == "ls/c", r
     assert [o["Key"] for o in r["Contents"]] == ["ls/d", "ls/e", "ls/f", "ls/g"] and r["IsTruncated"] and r["KeyCount"] == 4

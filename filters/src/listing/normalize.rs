@@ -3,8 +3,8 @@
 //!
 //! Some providers omit `Name`, `Prefix`, `KeyCount`, `MaxKeys` or `IsTruncated` in
 //! ListObjectsV2, the markers of ListObjects (v1), or `StorageClass` in each entry (Google
-//! Cloud Storage), and some do not echo `Delimiter`, `EncodingType`, `ContinuationToken`
-//! or `StartAfter`. Clients made these optional one report at a time (PBS did); with the
+//! Cloud Storage), and some do not echo `Delimiter`, `ContinuationToken` or `StartAfter`
+//! (`EncodingType` is left as the backend sent it: see `fill`). Clients made these optional one report at a time (PBS did); with the
 //! proxy in front, none needs to. A missing field is filled from the request (the bucket,
 //! the echoed query parameters, their S3 defaults) or from the answer itself (`KeyCount`
 //! counts `Contents` and `CommonPrefixes`, `StorageClass` is `STANDARD`); a field the
@@ -47,13 +47,15 @@ impl ListingRequest<'_> {
         self.query.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
     }
 
-    fn url_encoded(&self) -> bool {
-        self.q("encoding-type").is_some_and(|v| v.eq_ignore_ascii_case("url"))
+    /// A request parameter echoed in a field that `encoding-type=url` encodes: encoded when
+    /// the answer says its keys are (`encoded`).
+    fn echo_key(&self, name: &str, encoded: bool) -> Option<String> {
+        self.q(name).map(|v| if encoded { url_encode(v) } else { v.to_string() })
     }
 
-    /// A request parameter echoed in a field that `encoding-type=url` encodes.
-    fn echo_key(&self, name: &str) -> Option<String> {
-        self.q(name).map(|v| if self.url_encoded() { url_encode(v) } else { v.to_string() })
+    /// A `Delimiter` to echo: S3 leaves the element out for an empty one.
+    fn echo_delimiter(&self, encoded: bool) -> Option<String> {
+        self.echo_key("delimiter", encoded).filter(|d| !d.is_empty())
     }
 
     fn max(&self, name: &str) -> String {
@@ -393,6 +395,11 @@ fn fill(fields: &mut Vec<Element>, req: &ListingRequest<'_>) {
             add.push((name, v));
         }
     };
+    // `EncodingType` is never added: only the backend knows whether it encoded the keys it
+    // sent (moto's ListObjectVersions and ListMultipartUploads ignore `encoding-type`; a
+    // claimed `url` over raw keys made clients decode `a+b` into `a b`). Echoed fields are
+    // encoded as the answer says its keys are.
+    let encoded = value(fields, "EncodingType").is_some_and(|v| v.eq_ignore_ascii_case("url"));
     match req.op {
         Operation::ListObjectsV2 | Operation::ListObjectsV1 | Operation::ListObjectVersions => {
             let entries: &[&str] = match req.op {
@@ -401,10 +408,9 @@ fn fill(fields: &mut Vec<Element>, req: &ListingRequest<'_>) {
             };
             let max_keys = req.max("max-keys");
             want(fields, "Name", Some(req.bucket.to_string()));
-            want(fields, "Prefix", Some(req.echo_key("prefix").unwrap_or_default()));
+            want(fields, "Prefix", Some(req.echo_key("prefix", encoded).unwrap_or_default()));
             want(fields, "MaxKeys", Some(max_keys.clone()));
-            want(fields, "Delimiter", req.echo_key("delimiter"));
-            want(fields, "EncodingType", req.q("encoding-type").map(str::to_string));
+            want(fields, "Delimiter", req.echo_delimiter(encoded));
             let truncated = match req.op {
                 // A V2 page continues only with a token.
                 Operation::ListObjectsV2 => non_empty(fields, "NextContinuationToken"),
@@ -418,11 +424,11 @@ fn fill(fields: &mut Vec<Element>, req: &ListingRequest<'_>) {
                 Operation::ListObjectsV2 => {
                     want(fields, "KeyCount", Some(count(fields, entries).to_string()));
                     want(fields, "ContinuationToken", req.q("continuation-token").map(str::to_string));
-                    want(fields, "StartAfter", req.echo_key("start-after"));
+                    want(fields, "StartAfter", req.echo_key("start-after", encoded));
                 }
-                Operation::ListObjectsV1 => want(fields, "Marker", Some(req.echo_key("marker").unwrap_or_default())),
+                Operation::ListObjectsV1 => want(fields, "Marker", Some(req.echo_key("marker", encoded).unwrap_or_default())),
                 _ => {
-                    want(fields, "KeyMarker", Some(req.echo_key("key-marker").unwrap_or_default()));
+                    want(fields, "KeyMarker", Some(req.echo_key("key-marker", encoded).unwrap_or_default()));
                     want(fields, "VersionIdMarker", Some(req.q("version-id-marker").unwrap_or_default().to_string()));
                 }
             }
@@ -430,12 +436,11 @@ fn fill(fields: &mut Vec<Element>, req: &ListingRequest<'_>) {
         Operation::ListMultipartUploads => {
             let max = req.max("max-uploads");
             want(fields, "Bucket", Some(req.bucket.to_string()));
-            want(fields, "KeyMarker", Some(req.echo_key("key-marker").unwrap_or_default()));
+            want(fields, "KeyMarker", Some(req.echo_key("key-marker", encoded).unwrap_or_default()));
             want(fields, "UploadIdMarker", Some(req.q("upload-id-marker").unwrap_or_default().to_string()));
-            want(fields, "Delimiter", req.echo_key("delimiter"));
-            want(fields, "Prefix", req.echo_key("prefix"));
+            want(fields, "Delimiter", req.echo_delimiter(encoded));
+            want(fields, "Prefix", req.echo_key("prefix", encoded));
             want(fields, "MaxUploads", Some(max.clone()));
-            want(fields, "EncodingType", req.q("encoding-type").map(str::to_string));
             let next = non_empty(fields, "NextKeyMarker") || non_empty(fields, "NextUploadIdMarker");
             want(fields, "IsTruncated", Some((next && full(fields, &["Upload", "CommonPrefixes"], &max)).to_string()));
         }
@@ -489,9 +494,27 @@ mod tests {
         let q = [("list-type", "2"), ("prefix", "d/"), ("delimiter", "/"), ("encoding-type", "url"), ("continuation-token", "tok1"), ("start-after", "d/0 x"), ("max-keys", "3")];
         let out = run(Operation::ListObjectsV2, &q, &xml);
         let expected = format!(
-            r#"<?xml version="1.0" encoding="UTF-8"?><ListBucketResult {NS}><Name>pbs-bucket</Name><Prefix>d/</Prefix><ContinuationToken>tok1</ContinuationToken><NextContinuationToken>tok2</NextContinuationToken><StartAfter>d/0%20x</StartAfter><KeyCount>3</KeyCount><MaxKeys>3</MaxKeys><Delimiter>/</Delimiter><EncodingType>url</EncodingType><IsTruncated>true</IsTruncated><Contents><Key>d/a%20b</Key><LastModified>2026-12-06T01:00:00.000Z</LastModified><ETag>"e1"</ETag><Size>5</Size><StorageClass>STANDARD</StorageClass></Contents><Contents><Key>d/c</Key><LastModified>2026-12-06T01:00:00.000Z</LastModified><ETag>"e2"</ETag><Size>6</Size><StorageClass>STANDARD</StorageClass></Contents><CommonPrefixes><Prefix>d/sub/</Prefix></CommonPrefixes></ListBucketResult>"#
+            r#"<?xml version="1.0" encoding="UTF-8"?><ListBucketResult {NS}><Name>pbs-bucket</Name><Prefix>d/</Prefix><ContinuationToken>tok1</ContinuationToken><NextContinuationToken>tok2</NextContinuationToken><StartAfter>d/0 x</StartAfter><KeyCount>3</KeyCount><MaxKeys>3</MaxKeys><Delimiter>/</Delimiter><IsTruncated>true</IsTruncated><Contents><Key>d/a%20b</Key><LastModified>2026-12-06T01:00:00.000Z</LastModified><ETag>"e1"</ETag><Size>5</Size><StorageClass>STANDARD</StorageClass></Contents><Contents><Key>d/c</Key><LastModified>2026-12-06T01:00:00.000Z</LastModified><ETag>"e2"</ETag><Size>6</Size><StorageClass>STANDARD</StorageClass></Contents><CommonPrefixes><Prefix>d/sub/</Prefix></CommonPrefixes></ListBucketResult>"#
         );
         assert_eq!(out, expected);
+    }
+
+    /// `EncodingType` is the backend's to say: never added (moto's ListObjectVersions ignores
+    /// `encoding-type` and sends raw keys, which a client told `url` decodes wrongly); the
+    /// fields echoed from the request are encoded only when the backend says its keys are.
+    /// An empty delimiter is left out, as S3 does (s3-tests `test_bucket_listv2_delimiter_empty`).
+    #[test]
+    fn encoding_type_is_never_claimed_and_echoes_follow_it() {
+        let q = [("versions", ""), ("prefix", "a b"), ("key-marker", "a+1"), ("encoding-type", "url"), ("delimiter", "")];
+        let raw = "<ListVersionsResult><Version><Key>a b/foo+1</Key><VersionId>v</VersionId></Version></ListVersionsResult>";
+        let out = run(Operation::ListObjectVersions, &q, raw);
+        assert!(!out.contains("EncodingType") && !out.contains("Delimiter"), "{out}");
+        assert!(out.contains("<Prefix>a b</Prefix><KeyMarker>a+1</KeyMarker>") && out.contains("<Key>a b/foo+1</Key>"), "{out}");
+        let encoded = "<ListVersionsResult><EncodingType>url</EncodingType><Version><Key>a%20b/foo%2B1</Key><VersionId>v</VersionId></Version></ListVersionsResult>";
+        let out = run(Operation::ListObjectVersions, &q, encoded);
+        assert!(out.contains("<Prefix>a%20b</Prefix><KeyMarker>a%2B1</KeyMarker>") && out.contains("<EncodingType>url</EncodingType>"), "{out}");
+        let out = run(Operation::ListObjectsV2, &[("list-type", "2"), ("delimiter", "/")], "<ListBucketResult/>");
+        assert!(out.contains("<Delimiter>/</Delimiter>"), "{out}");
     }
 
     #[test]
