@@ -935,6 +935,15 @@ impl CryptoFilter {
             return Err(ranged::changed());
         }
         let s3 = ctx.s3()?.clone();
+        if let (Some(asked), Some(answered)) = (s3.query_value("versionId"), header(resp, "x-amz-version-id")) {
+            // Not authenticated (a backend can serve an older version under any id: section
+            // 11 of docs/object-format.md), but another id than asked for is a plain lie.
+            if asked != answered {
+                ctx.crypto_failure = Some("other_version");
+                log::error!("request {}: {} asked for version {asked}, the backend answered version {answered}", ctx.request_id, s3.resource());
+                return Err(s3err(S3ErrorCode::InternalError, format!("The backend answered with another version than the one asked for (request {})", ctx.request_id)));
+            }
+        }
         let Some(sealed) = header(resp, meta::HEADER) else {
             let last_modified = header(resp, "last-modified").and_then(|v| passthrough::http_date(&v));
             if self.unencrypted.legacy().is_some_and(|l| l.admits(s3.key.as_deref().unwrap_or(""), last_modified)) {

@@ -5,6 +5,7 @@ run on moto, and the ones that apply to every bucket (GetObjectAttributes, Resto
 passed through, no x-amz-version-id without versioning) run on both."""
 
 import os
+import re
 import tempfile
 import time
 from datetime import datetime, timedelta, timezone
@@ -23,7 +24,7 @@ MiB = 1 << 20
 @pytest.fixture(scope="module")
 def vstack(workroot):
     d = tempfile.mkdtemp(prefix="versions-", dir=workroot)
-    s = Stack(d, "moto", tls=False, allowed_buckets=[BUCKET, VB, LB])
+    s = Stack(d, "moto", tls=False, relay=True, allowed_buckets=[BUCKET, VB, LB])
     s.direct.create_bucket(Bucket=VB)
     # Versioning is switched on through the proxy (a bucket sub-resource, passed on).
     s.boto().put_bucket_versioning(Bucket=VB, VersioningConfiguration={"Status": "Enabled"})
@@ -129,6 +130,29 @@ def test_listings_of_keys_a_backend_did_not_encode_keep_them(vstack):
     assert len(gone["Deleted"]) == len(keys) and not gone.get("Errors"), gone
     assert "Versions" not in s3.list_object_versions(Bucket=VB, Prefix="enc/")
     assert "Delimiter" not in s3.list_objects_v2(Bucket=VB, Prefix="enc/", Delimiter="")
+
+
+def test_an_answer_for_another_version_than_asked_is_refused(vstack):
+    """A backend answering `?versionId=v1` with another version's id (a naive rollback or a
+    broken cache) is refused on GET, Range and HEAD; the version ids are not authenticated,
+    so this catches only a backend that says so (docs/object-format.md 11)."""
+    s3 = vstack.boto(retries={"total_max_attempts": 1, "mode": "standard"})
+    k = "vid/lie"
+    v1 = s3.put_object(Bucket=VB, Key=k, Body=b"one" * 1000)["VersionId"]
+    v2 = s3.put_object(Bucket=VB, Key=k, Body=b"two" * 1000)["VersionId"]
+
+    def other_id(head, body):
+        return re.sub(rb"(?im)^x-amz-version-id:.*$", b"x-amz-version-id: " + v2.encode(), head), body
+    for method, call in (("GET", lambda: s3.get_object(Bucket=VB, Key=k, VersionId=v1)["Body"].read()),
+                         ("GET", lambda: s3.get_object(Bucket=VB, Key=k, VersionId=v1, Range="bytes=10-20")["Body"].read()),
+                         ("HEAD", lambda: s3.head_object(Bucket=VB, Key=k, VersionId=v1))):
+        fault = vstack.relay.arm(method=method, path_contains="versionId=", rewrite_response=other_id)
+        try:
+            assert error_of(call)[1] == 500
+        finally:
+            vstack.relay.clear()
+        assert fault.fired >= 1
+    assert s3.get_object(Bucket=VB, Key=k, VersionId=v1)["Body"].read() == b"one" * 1000
 
 
 def test_ranges_parts_and_copies_of_an_older_version(vstack):
