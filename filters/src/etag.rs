@@ -17,6 +17,12 @@ pub fn segments_from_etag(etag: &str) -> u32 {
     t.rsplit_once('-').and_then(|(_, n)| n.parse::<u32>().ok()).filter(|n| *n > 0).unwrap_or(1)
 }
 
+/// The backend's ETag is that of a multipart upload (`…-N`), one part or more.
+pub fn is_multipart_etag(etag: &str) -> bool {
+    let t = etag.trim().trim_matches('"');
+    t.rsplit_once('-').is_some_and(|(_, n)| n.parse::<u32>().is_ok_and(|n| n > 0))
+}
+
 /// The ETag shown to the client for an encrypted object (quoted).
 pub fn client_etag(backend_etag: &str, plaintext_md5: Option<&str>) -> String {
     if let Some(md5) = plaintext_md5 {

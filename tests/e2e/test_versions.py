@@ -405,6 +405,12 @@ def test_get_object_attributes_are_plaintext(http_stack):
     assert page["IsTruncated"] and page["NextPartNumberMarker"] == 1 and [p["PartNumber"] for p in page["Parts"]] == [1]
     page = s3.get_object_attributes(Bucket=BUCKET, Key="attr/mp", ObjectAttributes=["ObjectParts"], PartNumberMarker=1)["ObjectParts"]
     assert not page["IsTruncated"] and [(p["PartNumber"], p["Size"]) for p in page["Parts"]] == [(2, 1234)]
+    # A one-part upload is a multipart object of one part, as S3 reports it (s3-tests
+    # test_get_single_multipart_object_attributes).
+    one = os.urandom(5 * MiB)
+    multipart(s3, BUCKET, "attr/one-part", [one])
+    parts = s3.get_object_attributes(Bucket=BUCKET, Key="attr/one-part", ObjectAttributes=everything)["ObjectParts"]
+    assert parts["TotalPartsCount"] == 1 and [(p["PartNumber"], p["Size"]) for p in parts["Parts"]] == [(1, 5 * MiB)]
     assert error_of(lambda: s3.get_object_attributes(Bucket=BUCKET, Key="attr/none", ObjectAttributes=["ObjectSize"])) == ("NoSuchKey", 404)
     # An object stored around the proxy is refused, as a GET of it is.
     http_stack.direct.put_object(Bucket=BUCKET, Key="attr/raw", Body=b"raw")

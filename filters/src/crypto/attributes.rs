@@ -84,13 +84,17 @@ struct Attributes {
     parts: Option<Vec<u64>>,
 }
 
-/// The plaintext size of each part of a multipart object (`None` for a single-part one).
-fn part_sizes(layout: &Layout) -> Option<Vec<u64>> {
-    if layout.segments <= 1 {
+/// The plaintext size of each part of a multipart upload (`multipart`: its backend ETag
+/// says `-N`, one part included, as S3 reports it); `None` for an object stored by a PUT.
+fn part_sizes(layout: &Layout, multipart: bool) -> Option<Vec<u64>> {
+    if !multipart {
         return None;
     }
-    let p = layout.part_len?;
     let n = u64::from(layout.segments);
+    if n == 1 {
+        return Some(vec![layout.plain_len]);
+    }
+    let p = layout.part_len?;
     let last = layout.plain_len.checked_sub((n - 1) * p)?;
     Some((1..n).map(|_| p).chain(std::iter::once(last)).collect())
 }
@@ -139,7 +143,7 @@ pub async fn get_object_attributes(backend: &Backend, ring: &KeyRing, req: &Requ
                 size: layout.plain_len,
                 storage_class,
                 checksum: payload.checksum(),
-                parts: part_sizes(&layout),
+                parts: part_sizes(&layout, crate::etag::is_multipart_etag(&backend_etag)),
             }
         }
     };
@@ -214,9 +218,14 @@ mod tests {
     #[test]
     fn parts_are_plaintext_sizes() {
         let layout = Layout { plain_len: 12 << 20, chunk_size: 65536, segments: 3, part_len: Some(5 << 20) };
-        assert_eq!(part_sizes(&layout), Some(vec![5 << 20, 5 << 20, 2 << 20]));
-        let single = Layout { plain_len: 100, chunk_size: 65536, segments: 1, part_len: None };
-        assert_eq!(part_sizes(&single), None);
+        assert_eq!(part_sizes(&layout, true), Some(vec![5 << 20, 5 << 20, 2 << 20]));
+        let single = Layout { plain_len: 100, chunk_size: 65536, segments: 1, part_len: Some(100) };
+        assert_eq!(part_sizes(&single, false), None);
+        // A one-part upload is a multipart object of one part (s3-tests
+        // test_get_single_multipart_object_attributes).
+        assert_eq!(part_sizes(&single, true), Some(vec![100]));
+        assert!(crate::etag::is_multipart_etag("\"0123456789abcdef0123456789abcdef-1\""));
+        assert!(!crate::etag::is_multipart_etag("\"0123456789abcdef0123456789abcdef\""));
     }
 
     #[test]
