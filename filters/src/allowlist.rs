@@ -80,6 +80,11 @@ impl Filter for AllowlistFilter {
     }
 }
 
+/// The bucket settings a client limited to a key prefix may read. Only those every backend
+/// implements: one that does not know a sub-resource may answer it as a plain listing of
+/// the whole bucket (moto does for `?requestPayment`, `?policyStatus`, `?metrics`, …).
+const SETTINGS_UNDER_A_PREFIX: &[&str] = &["location", "versioning", "object-lock"];
+
 /// A client with its own grants: the bucket, key, listing prefix and copy source must all
 /// lie inside them.
 fn granted(client: &Client, s3: &S3Request) -> Result<(), S3Error> {
@@ -90,16 +95,18 @@ fn granted(client: &Client, s3: &S3Request) -> Result<(), S3Error> {
             Some(key) if !grant.allows_key(key) => return Err(denied(format!("{bucket}/{key}"))),
             Some(_) => {}
             // Bucket-level requests under a prefix grant: listings inside the prefix, HEAD
-            // and GET of the bucket's own settings; nothing that changes the bucket.
+            // and GET of the bucket settings clients read (`SETTINGS_UNDER_A_PREFIX`);
+            // nothing that changes the bucket.
             None if !grant.prefixes.is_empty() => {
                 let listing = matches!(s3.op, Operation::ListObjectsV1 | Operation::ListObjectsV2 | Operation::ListMultipartUploads)
                     || s3.query.iter().any(|(k, _)| k == "versions");
+                let setting = s3.method == "GET" && s3.op == Operation::BucketOther && s3.query.iter().all(|(k, _)| SETTINGS_UNDER_A_PREFIX.contains(&k.as_str()));
                 if listing {
                     let prefix = s3.query_value("prefix").unwrap_or("");
                     if !grant.allows_listing(prefix) {
                         return Err(denied(format!("{bucket}/{prefix}")));
                     }
-                } else if s3.op != Operation::DeleteObjects && !matches!(s3.method.as_str(), "GET" | "HEAD") {
+                } else if !(s3.op == Operation::DeleteObjects || s3.method == "HEAD" || setting) {
                     return Err(denied(bucket.clone()));
                 }
             }

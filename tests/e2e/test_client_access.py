@@ -114,8 +114,16 @@ def test_prefix_client_stays_inside_its_prefix_by_every_path(cstack):
         # A DeleteObjects on its bucket naming another host's key.
         lambda: a.delete_objects(Bucket=OTHER, Delete={"Objects": [{"Key": "host-a/chunk"}, {"Key": "host-b/chunk"}]}),
         lambda: a.put_bucket_versioning(Bucket=OTHER, VersioningConfiguration={"Status": "Enabled"}),
+        # Settings a backend may not implement: moto answers them as a listing of the whole
+        # bucket (every host's keys and sizes).
+        lambda: a.get_bucket_request_payment(Bucket=OTHER),
+        lambda: a.get_bucket_policy_status(Bucket=OTHER),
+        lambda: a.get_bucket_metrics_configuration(Bucket=OTHER, Id="x"),
     ]:
         assert denied(call) == ("AccessDenied", 403)
+    # The settings clients read stay readable.
+    for read in (a.get_bucket_location, a.get_bucket_versioning):
+        assert read(Bucket=OTHER)["ResponseMetadata"]["HTTPStatusCode"] == 200
     assert cstack.raw_objects(OTHER) == before
     # Its own keys can be batch-deleted (PBS garbage collection).
     r = a.delete_objects(Bucket=OTHER, Delete={"Objects": [{"Key": "host-a/new"}]})
