@@ -289,6 +289,12 @@ impl Filter for ConditionalFilter {
     async fn request(&self, req: &RequestHeader, ctx: &mut RequestCtx) -> Result<Flow, S3Error> {
         ctx.verified()?;
         let s3 = ctx.s3()?;
+        if takes_write_conditions(s3.op) && matches!(s3.if_none_match, Some(IfNoneMatch::ETags(_))) {
+            // S3 takes only `*` on a write; an ETag list would be an unconditional overwrite
+            // on a backend that ignores it.
+            return Err(s3err(S3ErrorCode::NotImplemented, "A header you provided implies functionality that is not implemented: If-None-Match on a write takes only '*'")
+                .with_resource(s3.resource()));
+        }
         if self.mode != ConditionalMode::Enforce || !is_object_write(s3.op) {
             return Ok(Flow::Continue);
         }

@@ -118,6 +118,17 @@ def test_if_match_stale_and_current(enforce_stack):
     assert enforce_stack.stored("im/missing") is None
 
 
+def test_if_none_match_with_etags_on_a_write_is_not_implemented(enforce_stack):
+    """S3 takes only `*` in a write's If-None-Match; an ETag (list) is 501, never an
+    unconditional overwrite (Garage ignores the header)."""
+    s3 = enforce_stack.boto()
+    key = "inm/etags"
+    etag = s3.put_object(Bucket=BUCKET, Key=key, Body=b"kept")["ETag"]
+    for value in (etag, '"abc"', '*, "x"'):
+        assert outcome(lambda: s3.put_object(Bucket=BUCKET, Key=key, Body=b"overwritten", IfNoneMatch=value)) == ("NotImplemented", 501)
+    assert s3.get_object(Bucket=BUCKET, Key=key)["Body"].read() == b"kept"
+
+
 def test_if_match_with_the_md5_etag(enforce_stack):
     """A client that sent Content-MD5 (PBS, rclone, s3cmd) was shown the plaintext MD5 as ETag."""
     import base64
