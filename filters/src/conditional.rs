@@ -180,6 +180,9 @@ fn is_object_write(op: Operation) -> bool {
 }
 
 /// Writes on which S3 honours `If-None-Match: *` and `If-Match`.
+/// How long a write waits for another write of the same object to end (`enforce`).
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
 fn takes_write_conditions(op: Operation) -> bool {
     matches!(op, Operation::PutObject | Operation::CopyObject | Operation::CompleteMultipartUpload)
 }
@@ -306,7 +309,13 @@ impl Filter for ConditionalFilter {
         } else {
             None
         };
-        let guard = self.locks.lock(format!("{bucket}/{key}")).await;
+        let Ok(guard) = tokio::time::timeout(LOCK_WAIT, self.locks.lock(format!("{bucket}/{key}"))).await else {
+            // Another write of this object has held it that long (a large or a trickled
+            // body): answered, not waited on for as long as that writer keeps sending.
+            return Err(s3err(S3ErrorCode::ServiceUnavailable, "Another write to this object has been in progress for 30 seconds; please retry")
+                .with_retry_after(5)
+                .with_resource(s3.resource()));
+        };
         let s3 = ctx.s3()?;
         let conditional = takes_write_conditions(s3.op) && (s3.if_none_match == Some(IfNoneMatch::Any) || if_match.is_some());
         let mut pending = None;

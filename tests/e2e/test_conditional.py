@@ -129,6 +129,51 @@ def test_if_none_match_with_etags_on_a_write_is_not_implemented(enforce_stack):
     assert s3.get_object(Bucket=BUCKET, Key=key)["Body"].read() == b"kept"
 
 
+def test_a_write_held_up_by_a_trickled_one_is_answered_after_30_s(enforce_stack):
+    """Under `enforce` a write waits for the other write of its object to end; a writer
+    trickling its body (a valid presigned PUT is enough) must not hold every other writer
+    for as long as it keeps sending: after 30 s the waiting one gets a retryable 503."""
+    import socket
+    import ssl
+    import urllib.parse
+    p = enforce_stack.proxy
+    key = "lock/trickled"
+    url = urllib.parse.urlsplit(p.presigned_url("put_object", BUCKET, key))
+    tls = ssl.create_default_context()
+    tls.check_hostname, tls.verify_mode = False, ssl.CERT_NONE
+    slow = tls.wrap_socket(socket.create_connection(("127.0.0.1", p.port), timeout=60), server_hostname="127.0.0.1")
+    slow.sendall(f"PUT {url.path}?{url.query} HTTP/1.1\r\nHost: 127.0.0.1:{p.port}\r\nContent-Length: 1000\r\n\r\n".encode() + b"z" * 10)
+    s3 = boto3.client("s3", endpoint_url=p.endpoint, region_name="us-east-1", verify=False,
+                      aws_access_key_id=p.access_key, aws_secret_access_key=p.secret_key,
+                      config=botocore.config.Config(s3={"addressing_style": "path"}, retries={"total_max_attempts": 1}))
+    result, done = {}, threading.Event()
+
+    def second():
+        start = time.time()
+        result["outcome"] = outcome(lambda: s3.put_object(Bucket=BUCKET, Key=key, Body=b"second"))
+        result["after"] = time.time() - start
+        done.set()
+    threading.Thread(target=second, daemon=True).start()
+    started = time.time()
+    try:
+        while not done.wait(2) and time.time() - started < 45:  # a byte every 2 s: never idle long
+            slow.sendall(b"z")
+    finally:
+        slow.close()
+    assert result["outcome"] == ("ServiceUnavailable", 503), result
+    assert 29 <= result["after"] < 40, result
+    # The lock is free once the trickler is gone: the write goes through.
+    deadline = time.time() + 90
+    while True:
+        try:
+            s3.put_object(Bucket=BUCKET, Key=key, Body=b"third")
+            break
+        except ClientError:
+            assert time.time() < deadline
+            time.sleep(1)
+    assert s3.get_object(Bucket=BUCKET, Key=key)["Body"].read() == b"third"
+
+
 def test_if_match_with_the_md5_etag(enforce_stack):
     """A client that sent Content-MD5 (PBS, rclone, s3cmd) was shown the plaintext MD5 as ETag."""
     import base64
