@@ -179,10 +179,10 @@ fn is_object_write(op: Operation) -> bool {
     matches!(op, Operation::PutObject | Operation::CopyObject | Operation::CompleteMultipartUpload | Operation::DeleteObject)
 }
 
-/// Writes on which S3 honours `If-None-Match: *` and `If-Match`.
 /// How long a write waits for another write of the same object to end (`enforce`).
 const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
+/// Writes on which S3 honours `If-None-Match: *` and `If-Match`.
 fn takes_write_conditions(op: Operation) -> bool {
     matches!(op, Operation::PutObject | Operation::CopyObject | Operation::CompleteMultipartUpload)
 }
