@@ -312,7 +312,7 @@ impl Filter for ConditionalFilter {
         let Ok(guard) = tokio::time::timeout(LOCK_WAIT, self.locks.lock(format!("{bucket}/{key}"))).await else {
             // Another write of this object has held it that long (a large or a trickled
             // body): answered, not waited on for as long as that writer keeps sending.
-            return Err(s3err(S3ErrorCode::ServiceUnavailable, "Another write to this object has been in progress for 30 seconds; please retry")
+            return Err(s3err(S3ErrorCode::ServiceUnavailable, format!("Another write to this object has been in progress for {} seconds; please retry", LOCK_WAIT.as_secs()))
                 .with_retry_after(5)
                 .with_resource(s3.resource()));
         };

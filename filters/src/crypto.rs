@@ -392,7 +392,7 @@ impl Filter for CryptoFilter {
             CryptoCtx::Read(read) if status == 412 && read.remembered() => Err(self.forget_and_resend(read, ctx)),
             CryptoCtx::Read(Read { what: ReadWhat::Planned { .. }, .. }) if status == 412 => {
                 // An error answer of its own: the backend's 412 may have no body to replace.
-                Err(s3err(S3ErrorCode::ServiceUnavailable, "The object changed while it was being read; please retry").with_retry_after(1))
+                Err(ranged::changed())
             }
             CryptoCtx::Read(_) if status == 304 || status == 412 => match header(resp, "etag") {
                 Some(e) => set_header(resp, "etag", client_etag(&e, None)),

@@ -11,16 +11,20 @@
 //! Listings cannot read sealed metadata, so they show the second form for every object.
 //! Conditional headers (`If-Match`, `If-None-Match`) accept both forms.
 
+/// The part count `N` of a multipart upload's ETag (`…-N`); `None` for an object stored by a PUT.
+fn multipart_parts(etag: &str) -> Option<u32> {
+    let t = etag.trim().trim_matches('"');
+    t.rsplit_once('-').and_then(|(_, n)| n.parse::<u32>().ok()).filter(|n| *n > 0)
+}
+
 /// Number of parts (= segments) an object has, from the backend's ETag.
 pub fn segments_from_etag(etag: &str) -> u32 {
-    let t = etag.trim().trim_matches('"');
-    t.rsplit_once('-').and_then(|(_, n)| n.parse::<u32>().ok()).filter(|n| *n > 0).unwrap_or(1)
+    multipart_parts(etag).unwrap_or(1)
 }
 
 /// The backend's ETag is that of a multipart upload (`…-N`), one part or more.
 pub fn is_multipart_etag(etag: &str) -> bool {
-    let t = etag.trim().trim_matches('"');
-    t.rsplit_once('-').is_some_and(|(_, n)| n.parse::<u32>().is_ok_and(|n| n > 0))
+    multipart_parts(etag).is_some()
 }
 
 /// The ETag shown to the client for an encrypted object (quoted).
